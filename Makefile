@@ -1,0 +1,31 @@
+# Two commands: `make test` and `make demo`. Both use one virtual environment in .venv,
+# installed once (a stamp file makes the second run a no-op unless pyproject.toml changed).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test demo bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/structlearn learn --out runs/demo
+
+bench: $(STAMP)
+	$(PY) -m torch_structlearn.bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check torch_structlearn tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

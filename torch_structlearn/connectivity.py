@@ -1,0 +1,340 @@
+"""``Connectivity``: which inputs each output unit of a sparse layer reads, as validated CSR.
+
+Row ``i`` of a connectivity of shape ``(out_features, in_features)`` lists, sorted and unique,
+the input indices that unit ``i`` connects to. A unit with no inputs (an empty row) is legal.
+The structure is immutable: every constructor validates it once, and every accessor hands out
+a copy, so nothing a caller does can break the invariants afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["Connectivity", "validate_csr", "csr_transpose", "fan_in_for_density"]
+
+_INT_DTYPES = (torch.int32, torch.int64)
+
+
+def _as_shape(shape: Sequence[int], name: str = "shape") -> tuple[int, int]:
+    if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 2:
+        raise ValueError(f"{name} must be a pair (out_features, in_features), got {shape!r}")
+    rows, cols = shape
+    for what, v in (("out_features", rows), ("in_features", cols)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name}: {what} must be a non-negative int, got {v!r}")
+    return int(rows), int(cols)
+
+
+def _check_density(density: float) -> float:
+    if isinstance(density, bool) or not isinstance(density, (int, float)):
+        raise TypeError(f"density must be a float in (0, 1], got {type(density).__name__}")
+    if not (0.0 < float(density) <= 1.0) or math.isnan(density):
+        raise ValueError(f"density must be in (0, 1], got {density!r}")
+    return float(density)
+
+
+def fan_in_for_density(density: float, in_features: int) -> int:
+    """The per-unit fan-in ``ceil(density * in_features)`` used by every ``per_unit`` read-off."""
+    density = _check_density(density)
+    # round() first so that e.g. 0.07 * 100 = 7.000000000000001 gives 7, not 8.
+    return min(in_features, math.ceil(round(density * in_features, 9)))
+
+
+def validate_csr(crow_indices: Tensor, col_indices: Tensor, shape: Sequence[int]) -> None:
+    """Check every CSR invariant; raise ``ValueError``/``TypeError`` naming the one that is broken.
+
+    Invariants: both index tensors are 1-D integer tensors; ``crow_indices`` has ``rows + 1``
+    entries, starts at 0, never decreases and ends at ``nnz = len(col_indices)``; every column
+    lies in ``[0, cols)``; within each row the columns are strictly increasing (sorted, unique).
+    """
+    rows, cols = _as_shape(shape)
+    for name, t in (("crow_indices", crow_indices), ("col_indices", col_indices)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _INT_DTYPES:
+            raise TypeError(f"{name} must have an integer dtype (int32 or int64), got {t.dtype}")
+        if t.dim() != 1:
+            raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+    nnz = col_indices.numel()
+    if crow_indices.numel() != rows + 1:
+        raise ValueError(
+            f"crow_indices must have out_features + 1 = {rows + 1} entries, "
+            f"got {crow_indices.numel()}"
+        )
+    crow = crow_indices.to("cpu", torch.int64)
+    col = col_indices.to("cpu", torch.int64)
+    if int(crow[0]) != 0:
+        raise ValueError(f"crow_indices must start at 0, got {int(crow[0])}")
+    if int(crow[-1]) != nnz:
+        raise ValueError(
+            f"crow_indices must end at nnz = len(col_indices) = {nnz}, got {int(crow[-1])}"
+        )
+    steps = crow.diff()
+    if rows and bool((steps < 0).any()):
+        row = int((steps < 0).nonzero()[0])
+        raise ValueError(f"crow_indices must be non-decreasing (monotone); it decreases at row {row}")
+    if nnz:
+        lo, hi = int(col.min()), int(col.max())
+        if lo < 0 or hi >= cols:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"col_indices must lie in [0, in_features={cols}), found {bad}")
+        # Strictly increasing inside each row: a non-increase is only allowed where a row starts.
+        bad = col[1:] <= col[:-1]
+        if bool(bad.any()):
+            row_start = torch.zeros(nnz, dtype=torch.bool)
+            row_start[crow[1:-1][crow[1:-1] < nnz]] = True
+            bad &= ~row_start[1:]
+            if bool(bad.any()):
+                pos = int(bad.nonzero()[0]) + 1
+                row = int(torch.searchsorted(crow, pos, right=True)) - 1
+                kind = "unique" if int(col[pos]) == int(col[pos - 1]) else "sorted"
+                raise ValueError(
+                    f"col_indices must be {kind} within each row: row {row} has "
+                    f"{int(col[pos - 1])} followed by {int(col[pos])}"
+                )
+
+
+def csr_transpose(crow: Tensor, col: Tensor, n_cols: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Transpose a CSR structure without values.
+
+    Args:
+        crow: ``(rows + 1,)`` row pointers.  col: ``(nnz,)`` column indices.  n_cols: columns.
+    Returns:
+        ``(crow_t, col_t, perm)``: the CSR structure of the transpose, shape ``(n_cols, rows)``,
+        in the dtype and device of ``crow``, and ``perm`` ``(nnz,)`` int64 such that
+        ``values_t = values[perm]``.
+    """
+    rows = crow.numel() - 1
+    counts = crow.diff().long()
+    row_of = torch.repeat_interleave(torch.arange(rows, device=crow.device), counts)
+    # Stable sort by column keeps rows ascending inside each column (i.e. sorted col_t).
+    perm = torch.sort(col.long(), stable=True).indices
+    col_t = row_of[perm].to(crow.dtype)
+    crow_t = torch.zeros(n_cols + 1, dtype=torch.int64, device=crow.device)
+    crow_t[1:] = torch.bincount(col.long(), minlength=n_cols).cumsum(0)
+    return crow_t.to(crow.dtype), col_t, perm
+
+
+class Connectivity:
+    """An immutable CSR connectivity pattern: row = output unit, columns = its inputs.
+
+    Args:
+        crow_indices: ``(out_features + 1,)`` integer row pointers.
+        col_indices: ``(nnz,)`` integer column indices, sorted and unique within each row.
+        shape: ``(out_features, in_features)``.
+
+    Stored on the CPU as int64. Constructors: :meth:`from_mask`, :meth:`random`,
+    :meth:`from_scores`, :meth:`blocks`.
+    """
+
+    __slots__ = ("_crow", "_col", "_shape")
+
+    def __init__(self, crow_indices: Tensor, col_indices: Tensor, shape: Sequence[int]):
+        validate_csr(crow_indices, col_indices, shape)
+        object.__setattr__(self, "_crow", crow_indices.detach().to("cpu", torch.int64).clone())
+        object.__setattr__(self, "_col", col_indices.detach().to("cpu", torch.int64).clone())
+        object.__setattr__(self, "_shape", _as_shape(shape))
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Connectivity is immutable")
+
+    # ------------------------------------------------------------------ accessors
+    @property
+    def crow_indices(self) -> Tensor:
+        """``(out_features + 1,)`` int64 row pointers (a copy)."""
+        return self._crow.clone()
+
+    @property
+    def col_indices(self) -> Tensor:
+        """``(nnz,)`` int64 column indices (a copy)."""
+        return self._col.clone()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(out_features, in_features)``."""
+        return self._shape
+
+    @property
+    def nnz(self) -> int:
+        return self._col.numel()
+
+    @property
+    def density(self) -> float:
+        """Fraction of the ``out_features * in_features`` possible connections that exist."""
+        rows, cols = self._shape
+        return self.nnz / (rows * cols) if rows * cols else 0.0
+
+    @property
+    def fan_in(self) -> Tensor:
+        """``(out_features,)`` int64: number of inputs of each unit."""
+        return self._crow.diff()
+
+    def row_indices(self) -> Tensor:
+        """``(nnz,)`` int64: the output unit of each connection (COO rows)."""
+        return torch.repeat_interleave(torch.arange(self._shape[0]), self.fan_in)
+
+    def to_mask(self) -> Tensor:
+        """``(out_features, in_features)`` bool mask, True where a connection exists."""
+        mask = torch.zeros(self._shape, dtype=torch.bool)
+        mask[self.row_indices(), self._col] = True
+        return mask
+
+    def transpose(self) -> Connectivity:
+        """The ``(in_features, out_features)`` structure: row = input, columns = units reading it."""
+        crow_t, col_t, _ = csr_transpose(self._crow, self._col, self._shape[1])
+        return Connectivity(crow_t, col_t, (self._shape[1], self._shape[0]))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Connectivity):
+            return NotImplemented
+        return (
+            self._shape == other._shape
+            and torch.equal(self._crow, other._crow)
+            and torch.equal(self._col, other._col)
+        )
+
+    __hash__ = None  # mutable-looking tensors inside; equality is by value
+
+    def __repr__(self) -> str:
+        rows, cols = self._shape
+        fi = self.fan_in
+        fan = f"fan_in={int(fi.min())}..{int(fi.max())}" if rows else "fan_in=-"
+        return (
+            f"Connectivity(shape=({rows}, {cols}), nnz={self.nnz}, "
+            f"density={self.density:.4g}, {fan})"
+        )
+
+    def __reduce__(self):
+        return (Connectivity, (self._crow, self._col, self._shape))
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_mask(cls, mask: Tensor) -> Connectivity:
+        """From a dense ``(out_features, in_features)`` mask (bool, or numbers: nonzero = connected)."""
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+        if mask.dim() != 2:
+            raise ValueError(f"mask must be 2-D (out_features, in_features), got shape {tuple(mask.shape)}")
+        m = mask.detach().to("cpu") != 0
+        rows, cols = m.shape
+        crow = torch.zeros(rows + 1, dtype=torch.int64)
+        crow[1:] = m.sum(1).cumsum(0)
+        col = m.nonzero()[:, 1]  # row-major order: sorted within rows
+        return cls(crow, col, (rows, cols))
+
+    @classmethod
+    def _from_rows(cls, cols_per_row: Tensor, shape: tuple[int, int]) -> Connectivity:
+        """From a ``(rows, f)`` tensor of column indices (any order inside a row, unique)."""
+        rows, f = cols_per_row.shape
+        col = cols_per_row.sort(dim=1).values.reshape(-1)
+        crow = torch.arange(rows + 1, dtype=torch.int64) * f
+        return cls(crow, col, shape)
+
+    @classmethod
+    def random(
+        cls,
+        shape: Sequence[int],
+        *,
+        density: float | None = None,
+        fan_in: int | None = None,
+        seed: int | None = None,
+    ) -> Connectivity:
+        """Each unit connects to ``fan_in`` inputs drawn uniformly without replacement.
+
+        Give exactly one of ``density`` (then ``fan_in = ceil(density * in_features)``) or
+        ``fan_in``. ``seed=None`` draws from torch's global generator (so ``torch.manual_seed``
+        controls it, as for ``nn.Linear``'s init).
+        """
+        rows, cols = _as_shape(shape)
+        if (density is None) == (fan_in is None):
+            raise ValueError("give exactly one of density= or fan_in=")
+        if fan_in is None:
+            fan_in = fan_in_for_density(density, cols)
+        if isinstance(fan_in, bool) or not isinstance(fan_in, int) or not 0 <= fan_in <= cols:
+            raise ValueError(f"fan_in must be an int in [0, in_features={cols}], got {fan_in!r}")
+        gen = None
+        if seed is not None:
+            gen = torch.Generator().manual_seed(int(seed))
+        # argsort of iid uniforms = a uniform random subset per row.
+        keys = torch.rand(rows, cols, generator=gen)
+        picks = keys.topk(fan_in, dim=1).indices if fan_in else torch.empty(rows, 0, dtype=torch.int64)
+        return cls._from_rows(picks, (rows, cols))
+
+    @classmethod
+    def from_scores(
+        cls,
+        scores: Tensor,
+        density: float,
+        mode: str = "per_unit",
+        *,
+        block: tuple[int, int] | None = None,
+    ) -> Connectivity:
+        """Keep the highest-scoring connections of a ``(out_features, in_features)`` score matrix.
+
+        Modes:
+            ``per_unit``: each unit keeps its top ``ceil(density * in_features)`` inputs (exact,
+            equal fan-in).  ``global``: the top ``round(density * out * in)`` entries of the whole
+            matrix (fan-in varies by unit).
+        With ``block=(bo, bi)`` (which must divide the shape) scores are summed over
+        ``bo x bi`` blocks and whole blocks are kept: per block-row for ``per_unit``, over the
+        whole matrix for ``global``. Scores are compared by absolute value.
+        """
+        if not isinstance(scores, Tensor):
+            raise TypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
+        if scores.dim() != 2:
+            raise ValueError(f"scores must be 2-D (out_features, in_features), got shape {tuple(scores.shape)}")
+        if mode not in ("per_unit", "global"):
+            raise ValueError(f"mode must be 'per_unit' or 'global', got {mode!r}")
+        density = _check_density(density)
+        s = scores.detach().to("cpu", torch.float64).abs()
+        if not bool(torch.isfinite(s).all()):
+            raise ValueError("scores contain NaN or Inf")
+        rows, cols = s.shape
+        if block is not None:
+            bo, bi = _check_block(block, (rows, cols))
+            from einops import reduce
+
+            bs = reduce(s, "(r bo) (c bi) -> r c", "sum", bo=bo, bi=bi)
+            bmask = cls.from_scores(bs, density, mode).to_mask()
+            return cls.blocks(bmask, (bo, bi))
+        if mode == "per_unit":
+            k = fan_in_for_density(density, cols)
+            return cls._from_rows(s.topk(k, dim=1).indices, (rows, cols))
+        k = min(rows * cols, round(density * rows * cols))
+        flat = s.reshape(-1).topk(k).indices
+        mask = torch.zeros(rows * cols, dtype=torch.bool)
+        mask[flat] = True
+        return cls.from_mask(mask.view(rows, cols))
+
+    @classmethod
+    def blocks(cls, block_mask: Tensor, block: tuple[int, int]) -> Connectivity:
+        """Expand a ``(out_features / bo, in_features / bi)`` block mask into element connectivity.
+
+        Each True entry ``(r, c)`` connects units ``r*bo .. r*bo+bo-1`` to inputs
+        ``c*bi .. c*bi+bi-1``; the result has shape ``(R * bo, C * bi)``.
+        """
+        if not isinstance(block_mask, Tensor) or block_mask.dim() != 2:
+            raise ValueError("block_mask must be a 2-D tensor (out_blocks, in_blocks)")
+        R, C = block_mask.shape
+        bo, bi = _check_block(block, None)
+        from einops import repeat
+
+        mask = repeat(block_mask.detach().cpu() != 0, "r c -> (r bo) (c bi)", bo=bo, bi=bi)
+        return cls.from_mask(mask)
+
+
+def _check_block(block, shape: tuple[int, int] | None) -> tuple[int, int]:
+    if (
+        not isinstance(block, (tuple, list))
+        or len(block) != 2
+        or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block)
+    ):
+        raise ValueError(f"block must be a pair of positive ints (bo, bi), got {block!r}")
+    bo, bi = block
+    if shape is not None and (shape[0] % bo or shape[1] % bi):
+        raise ValueError(f"block={tuple(block)} must divide the shape {shape}")
+    return int(bo), int(bi)

@@ -1,0 +1,279 @@
+"""The file format: learned structures and weights as safetensors, never pickle.
+
+A file holds, per layer ``i``, the tensors ``layers.{i}.crow_indices`` ``(out + 1,)``,
+``layers.{i}.col_indices`` ``(nnz,)``, ``layers.{i}.values`` ``(nnz,)`` and optionally
+``layers.{i}.bias`` ``(out,)``; and in the safetensors metadata:
+
+* ``format``          ``"torch_structlearn"``
+* ``format_version``  ``"1"``
+* ``header``          JSON: ``{"class", "layers": [{"in_features", "out_features", "nnz",
+  "density", "bias", "backend"}], "user": {...}}``
+* ``sha256``          hex digest over ``header`` and every tensor's bytes, in key order, so
+  a flipped byte anywhere is detected.
+
+:func:`save` writes atomically (temporary file in the same folder, then rename).
+:func:`load` checks the header, keys, dtypes, shapes, checksum and every CSR invariant before
+it builds a module; anything wrong raises :class:`StructureFileError` (a ``ValueError``)
+naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as _st_load
+from safetensors.torch import save as _st_save
+from torch import nn
+
+from .connectivity import Connectivity, validate_csr
+from .layers import StructLearnedLinear
+
+__all__ = ["save", "load", "StructureFileError", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "torch_structlearn"
+FORMAT_VERSION = "1"
+_INDEX_DTYPES = {"I32": torch.int32, "I64": torch.int64}
+_VALUE_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+_ITEMSIZE = {"I32": 4, "I64": 8, "F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+class StructureFileError(ValueError):
+    """A structure file is unreadable, corrupted, or not in the torch_structlearn format."""
+
+
+def _layers_of(module: nn.Module) -> tuple[str, list[StructLearnedLinear]]:
+    if isinstance(module, StructLearnedLinear):
+        return "StructLearnedLinear", [module]
+    raise TypeError(f"save() takes a StructLearnedLinear, got {type(module).__name__}")
+
+
+def _digest(header: str, tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256(header.encode())
+    for key in sorted(tensors):
+        t = tensors[key].detach().contiguous().cpu()
+        h.update(key.encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _serialize(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> bytes:
+    """Bytes of a format-1 file with ``header`` and ``tensors`` (checksum computed here)."""
+    text = json.dumps(header, sort_keys=True)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "header": text,
+            "sha256": _digest(text, tensors)}
+    return _st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
+
+
+def save(module: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``module``'s structure and weights to ``path`` (safetensors), atomically.
+
+    Args:
+        module: a :class:`StructLearnedLinear`.
+        path: destination file (parent folders are created).
+        metadata: optional JSON-serialisable dict stored under ``header["user"]``.
+    Returns:
+        The path written.
+    """
+    cls, layers = _layers_of(module)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"metadata must be JSON-serialisable: {e}") from None
+    tensors: dict[str, torch.Tensor] = {}
+    infos = []
+    for i, layer in enumerate(layers):
+        p = f"layers.{i}."
+        tensors[p + "crow_indices"] = layer.crow_indices
+        tensors[p + "col_indices"] = layer.col_indices
+        tensors[p + "values"] = layer.values
+        if layer.bias is not None:
+            tensors[p + "bias"] = layer.bias
+        infos.append({
+            "in_features": layer.in_features, "out_features": layer.out_features,
+            "nnz": layer.nnz, "density": layer.density, "bias": layer.bias is not None,
+            "backend": layer.backend,
+        })
+    header = {"class": cls, "layers": infos, "user": metadata or {}}
+    path = Path(path)
+    _write_atomic(path, _serialize(header, tensors))
+    return path
+
+
+# ---------------------------------------------------------------------- loading
+def _fail(path, msg: str):
+    raise StructureFileError(f"{path}: {msg}")
+
+
+def _read_safetensors_header(path, data: bytes) -> dict[str, Any]:
+    """Parse and check the raw safetensors header (before any tensor is built)."""
+    if len(data) < 8:
+        _fail(path, f"not a safetensors file (only {len(data)} bytes)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n == 0 or n > _MAX_HEADER or 8 + n > len(data):
+        _fail(path, f"not a safetensors file or truncated (header length {n}, file {len(data)} bytes)")
+    try:
+        raw = json.loads(data[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        _fail(path, f"corrupted safetensors header: {e}")
+    if not isinstance(raw, dict):
+        _fail(path, "corrupted safetensors header: not a JSON object")
+    body = len(data) - 8 - n
+    spans = []
+    for key, info in raw.items():
+        if key == "__metadata__":
+            continue
+        if not (isinstance(info, dict) and set(info) == {"dtype", "shape", "data_offsets"}):
+            _fail(path, f"corrupted entry for tensor {key!r}")
+        dt, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
+        if dt not in _ITEMSIZE:
+            _fail(path, f"tensor {key!r} has unsupported dtype {dt!r}")
+        if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
+            _fail(path, f"tensor {key!r} has an invalid shape {shape!r}")
+        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
+            _fail(path, f"tensor {key!r} has invalid data offsets {offs!r}")
+        numel = 1
+        for s in shape:
+            numel *= s
+        if not 0 <= offs[0] <= offs[1] <= body or offs[1] - offs[0] != numel * _ITEMSIZE[dt]:
+            _fail(path, f"tensor {key!r}: data offsets {offs} do not match its shape/dtype or the file size")
+        spans.append(tuple(offs))
+    spans.sort()
+    end = 0
+    for a, b in spans:
+        if a != end:
+            _fail(path, "tensor data overlaps or leaves gaps: truncated or corrupted file")
+        end = b
+    if end != body:
+        _fail(path, f"file has {body - end} unexpected trailing bytes or is truncated")
+    return raw
+
+
+def _check_entry(path, raw, key: str, dtypes: dict[str, torch.dtype], shape: list[int]) -> str:
+    info = raw[key]
+    if info["dtype"] not in dtypes:
+        _fail(path, f"tensor {key!r} has dtype {info['dtype']}, expected one of {sorted(dtypes)}")
+    if info["shape"] != shape:
+        _fail(path, f"tensor {key!r} has shape {info['shape']}, expected {shape}")
+    return info["dtype"]
+
+
+def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
+    meta = raw.get("__metadata__")
+    if not isinstance(meta, dict):
+        _fail(path, "no torch_structlearn metadata (is this a structure file?)")
+    if meta.get("format") != FORMAT:
+        _fail(path, f"unknown format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        _fail(path, f"unsupported format version {meta.get('format_version')!r}; "
+                    f"this torch_structlearn reads version {FORMAT_VERSION}")
+    if set(meta) != {"format", "format_version", "header", "sha256"}:
+        _fail(path, f"unexpected metadata keys {sorted(meta)}")
+    try:
+        header = json.loads(meta["header"])
+    except json.JSONDecodeError as e:
+        _fail(path, f"corrupted header JSON: {e}")
+    if not isinstance(header, dict) or set(header) != {"class", "layers", "user"}:
+        _fail(path, "header must be an object with keys class, layers, user")
+    if header["class"] != "StructLearnedLinear":
+        _fail(path, f"unknown class {header['class']!r}")
+    layers = header["layers"]
+    if not isinstance(layers, list) or len(layers) != 1:
+        _fail(path, "header 'layers' must be a list of one layer for StructLearnedLinear")
+    if not isinstance(header["user"], dict):
+        _fail(path, "header 'user' must be an object")
+
+    expected = set()
+    for i, L in enumerate(layers):
+        keys = {"in_features", "out_features", "nnz", "density", "bias", "backend"}
+        if not isinstance(L, dict) or set(L) != keys:
+            _fail(path, f"layer {i}: header must have exactly the keys {sorted(keys)}")
+        for k in ("in_features", "out_features"):
+            if not isinstance(L[k], int) or isinstance(L[k], bool) or L[k] < 1:
+                _fail(path, f"layer {i}: {k} must be a positive int, got {L[k]!r}")
+        if not isinstance(L["nnz"], int) or not 0 <= L["nnz"] <= L["in_features"] * L["out_features"]:
+            _fail(path, f"layer {i}: invalid nnz {L['nnz']!r}")
+        if not isinstance(L["bias"], bool):
+            _fail(path, f"layer {i}: bias must be true/false")
+        if not isinstance(L["backend"], str):
+            _fail(path, f"layer {i}: backend must be a string")
+        p, out, nnz = f"layers.{i}.", L["out_features"], L["nnz"]
+        names = ["crow_indices", "col_indices", "values"] + (["bias"] if L["bias"] else [])
+        expected |= {p + n for n in names}
+        missing = sorted(p + n for n in names if p + n not in raw)
+        if missing:
+            _fail(path, f"missing tensors {missing}")
+        dc = _check_entry(path, raw, p + "crow_indices", _INDEX_DTYPES, [out + 1])
+        if _check_entry(path, raw, p + "col_indices", _INDEX_DTYPES, [nnz]) != dc:
+            _fail(path, f"layer {i}: crow_indices and col_indices must share a dtype")
+        dv = _check_entry(path, raw, p + "values", _VALUE_DTYPES, [nnz])
+        if L["bias"] and _check_entry(path, raw, p + "bias", _VALUE_DTYPES, [out]) != dv:
+            _fail(path, f"layer {i}: bias and values must share a dtype")
+    extra = sorted(set(raw) - expected - {"__metadata__"})
+    if extra:
+        _fail(path, f"unexpected tensors {extra}")
+    return header
+
+
+def load(path: str | os.PathLike, *, device=None) -> nn.Module:
+    """Read a file written by :func:`save` and return the module (on ``device``, default CPU).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        StructureFileError: the file is truncated, not safetensors, of an unknown format or
+            version, has missing/extra keys, wrong dtypes or shapes, a checksum mismatch, or
+            an invalid CSR structure (unsorted / out-of-range columns, non-monotone crow).
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    raw = _read_safetensors_header(path, data)
+    header = _check_header(path, raw)
+    try:
+        tensors = _st_load(data)
+    except Exception as e:  # safetensors raises its own error type; wrap it clearly
+        _fail(path, f"unreadable tensor data: {e}")
+    meta = raw["__metadata__"]
+    if _digest(meta["header"], tensors) != meta["sha256"]:
+        _fail(path, "checksum mismatch: the file is corrupted")
+    L = header["layers"][0]
+    p = "layers.0."
+    shape = (L["out_features"], L["in_features"])
+    try:
+        validate_csr(tensors[p + "crow_indices"], tensors[p + "col_indices"], shape)
+    except (TypeError, ValueError) as e:
+        _fail(path, f"invalid structure in layer 0: {e}")
+    conn = Connectivity(tensors[p + "crow_indices"], tensors[p + "col_indices"], shape)
+    backend = L["backend"] if L["backend"] in ("auto", "csr", "dense") else "auto"
+    values = tensors[p + "values"]
+    layer = StructLearnedLinear(
+        L["in_features"], L["out_features"], bias=L["bias"], connectivity=conn,
+        backend=backend, dtype=values.dtype,
+    )
+    with torch.no_grad():
+        layer.values.copy_(values)
+        if L["bias"]:
+            layer.bias.copy_(tensors[p + "bias"])
+    return layer.to(device) if device is not None else layer

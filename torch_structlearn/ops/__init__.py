@@ -1,0 +1,5 @@
+"""Sparse kernels behind one custom op; see :mod:`torch_structlearn.ops.sparse_linear`."""
+
+from .sparse_linear import BACKENDS, available_backends, sparse_linear
+
+__all__ = ["sparse_linear", "BACKENDS", "available_backends"]

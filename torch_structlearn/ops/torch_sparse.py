@@ -1,0 +1,44 @@
+"""``torch_sparse`` backend: the optional torch-sparse package (``pip install .[torch-sparse]``).
+
+* forward / input grad: ``torch_sparse.spmm`` on the COO view (and on the cached transpose).
+* values grad: torch-sparse has no sampled product, so it is a row-chunked gather-and-dot.
+Shapes: ``x (N, in)``, ``values (nnz,)``, ``crow (out + 1,)``, ``col (nnz,)``, ``gy (N, out)``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+from torch import Tensor
+
+from .dense import _rows
+
+AVAILABLE = importlib.util.find_spec("torch_sparse") is not None
+
+
+def _spmm(crow: Tensor, col: Tensor, values: Tensor, n_cols: int, dense: Tensor) -> Tensor:
+    import torch_sparse
+
+    index = torch.stack([_rows(crow), col.long()])
+    # spmm computes (rows x n_cols sparse) @ (n_cols x N dense).
+    return torch_sparse.spmm(index, values, crow.numel() - 1, n_cols, dense.T.contiguous()).T
+
+
+def forward(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t) -> Tensor:
+    return _spmm(crow, col, values, x.shape[1], x)
+
+
+def grad_input(gy: Tensor, values: Tensor, crow: Tensor, col: Tensor, t, in_features: int) -> Tensor:
+    crow_t, col_t, perm = t
+    return _spmm(crow_t, col_t, values[perm], gy.shape[1], gy)
+
+
+def grad_values(gy: Tensor, x: Tensor, crow: Tensor, col: Tensor, chunk: int = 1 << 16) -> Tensor:
+    rows, col = _rows(crow), col.long()
+    gyt, xt = gy.T.contiguous(), x.T.contiguous()
+    out = x.new_empty(col.numel())
+    for s in range(0, col.numel(), chunk):
+        e = s + chunk
+        out[s:e] = (gyt[rows[s:e]] * xt[col[s:e]]).sum(1)
+    return out
