@@ -101,7 +101,7 @@ class StructLearnedLinear(nn.Module):
         crow_t, col_t, perm = csr_transpose(self.crow_indices, self.col_indices, self.in_features)
         self.register_buffer("crow_t", crow_t, persistent=False)
         self.register_buffer("col_t", col_t, persistent=False)
-        self.register_buffer("perm_t", perm, persistent=False)
+        self.register_buffer("perm_t", perm.to(col_t.dtype), persistent=False)
 
     @property
     def backend(self) -> str:

@@ -6,8 +6,9 @@ registered with fake (meta) implementations and ``register_autograd``, so the op
 nonzero values and the bias. Each backend is one module of this package:
 
 * ``csr``          torch native sparse CSR (MKL / cuSPARSE); values grad by sampled product
-* ``dense``        masked dense weight + dense matmuls (the reference; fast at high density)
 * ``torch_sparse`` the optional torch-sparse package
+* ``dense``        masked dense weight + ``F.linear`` in plain differentiable torch ops (no custom
+  op is needed for it; it is traced by torch.compile like any torch code)
 * ``auto``         per device/dtype/density from the crossover table the benchmark measured
 """
 
@@ -22,8 +23,8 @@ from . import torch_sparse as torch_sparse_backend
 
 __all__ = ["sparse_linear", "BACKENDS", "available_backends"]
 
-_IMPL = {"csr": csr, "dense": dense, "torch_sparse": torch_sparse_backend}
-BACKENDS = ("auto", *_IMPL)
+_IMPL = {"csr": csr, "torch_sparse": torch_sparse_backend}
+BACKENDS = ("auto", "csr", "dense", "torch_sparse")
 
 
 def available_backends() -> list[str]:
@@ -43,7 +44,9 @@ def _sparse_linear(
     bias: Optional[Tensor],
     backend: str,
 ) -> Tensor:
-    y = _IMPL[backend].forward(x.contiguous(), values, crow, col, (crow_t, col_t, perm))
+    # The inputs were already cast by the wrapper; autocast must not re-cast the inner matmuls.
+    with torch.autocast(x.device.type, enabled=False):
+        y = _IMPL[backend].forward(x.contiguous(), values, crow, col, (crow_t, col_t, perm))
     if bias is not None:
         y = y + bias
     return y
@@ -68,15 +71,12 @@ def _sparse_linear_backward(
     need_input: bool,
     need_values: bool,
 ) -> tuple[Tensor, Tensor]:
-    impl = _IMPL[backend]
-    gy = gy.contiguous()
-    gx = (
-        impl.grad_input(gy, values, crow, col, (crow_t, col_t, perm), x.shape[1])
-        if need_input
-        else x.new_empty(0)
-    )
-    gv = impl.grad_values(gy, x.contiguous(), crow, col) if need_values else values.new_empty(0)
-    return gx, gv
+    with torch.autocast(x.device.type, enabled=False):
+        gx, gv = _IMPL[backend].backward(
+            gy.contiguous(), x.contiguous(), values, crow, col, (crow_t, col_t, perm),
+            need_input, need_values,
+        )
+    return (gx if need_input else x.new_empty(0)), (gv if need_values else values.new_empty(0))
 
 
 @_sparse_linear_backward.register_fake
@@ -170,8 +170,8 @@ def sparse_linear(
         density = col.shape[0] / max(1, in_features * out_features)
         backend = auto.choose(x.device, x.dtype, density)
     if backend == "dense":
-        transpose = (crow, col, col)  # unused by the dense backend: skip the transpose
-    elif transpose is None:
+        return dense.linear(x, values, crow, col, bias)
+    if transpose is None:
         transpose = csr_transpose(crow, col, in_features)
     lead = x.shape[:-1]
     y = _sparse_linear(

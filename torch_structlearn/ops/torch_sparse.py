@@ -29,12 +29,7 @@ def forward(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t) -> Tensor:
     return _spmm(crow, col, values, x.shape[1], x)
 
 
-def grad_input(gy: Tensor, values: Tensor, crow: Tensor, col: Tensor, t, in_features: int) -> Tensor:
-    crow_t, col_t, perm = t
-    return _spmm(crow_t, col_t, values[perm], gy.shape[1], gy)
-
-
-def grad_values(gy: Tensor, x: Tensor, crow: Tensor, col: Tensor, chunk: int = 1 << 16) -> Tensor:
+def _grad_values(gy: Tensor, x: Tensor, crow: Tensor, col: Tensor, chunk: int = 1 << 16) -> Tensor:
     rows, col = _rows(crow), col.long()
     gyt, xt = gy.T.contiguous(), x.T.contiguous()
     out = x.new_empty(col.numel())
@@ -42,3 +37,11 @@ def grad_values(gy: Tensor, x: Tensor, crow: Tensor, col: Tensor, chunk: int = 1
         e = s + chunk
         out[s:e] = (gyt[rows[s:e]] * xt[col[s:e]]).sum(1)
     return out
+
+
+def backward(gy: Tensor, x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t,
+             need_input: bool, need_values: bool) -> tuple[Tensor | None, Tensor | None]:
+    crow_t, col_t, perm = t
+    gx = _spmm(crow_t, col_t, values[perm], gy.shape[1], gy) if need_input else None
+    gv = _grad_values(gy, x, crow, col) if need_values else None
+    return gx, gv

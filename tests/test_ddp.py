@@ -1,0 +1,62 @@
+"""DDP with 2 gloo processes on CPU equals one process on the combined batch."""
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from torch_structlearn import StructLearnedLinear
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(StructLearnedLinear(12, 16, density=0.25), nn.ReLU(),
+                         StructLearnedLinear(16, 3, density=0.5))
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(8, 12, generator=g), torch.randint(0, 3, (8,), generator=g)
+
+
+def _train(model, step_batches):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for x, y in step_batches:
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def _worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = nn.parallel.DistributedDataParallel(_model())
+        x, y = _data()
+        shard = slice(rank * 4, rank * 4 + 4)
+        _train(model, [(x[shard], y[shard])] * 3)
+        if rank == 0:
+            torch.save(model.module.state_dict(), out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_gloo_processes_match_single_process(tmp_path):
+    out = str(tmp_path / "ddp.pt")
+    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    ddp_state = torch.load(out, weights_only=True)
+    single = _model()
+    x, y = _data()
+    _train(single, [(x, y)] * 3)  # mean loss over the combined batch = DDP's averaged grads
+    for k, v in single.state_dict().items():
+        torch.testing.assert_close(ddp_state[k], v, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(ddp_state["0.values"], _model().state_dict()["0.values"])

@@ -1,0 +1,156 @@
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from torch_structlearn import Connectivity, StructLearnedLinear
+
+from .conftest import devices
+
+
+def test_behaves_like_linear_on_leading_dims():
+    torch.manual_seed(0)
+    layer = StructLearnedLinear(8, 5, density=0.5)
+    x = torch.randn(2, 3, 4, 8)
+    y = layer(x)
+    assert y.shape == (2, 3, 4, 5)
+    ref = nn.functional.linear(x, layer.dense_weight(), layer.bias)
+    torch.testing.assert_close(y, ref)
+    assert layer(torch.randn(8)).shape == (5,)
+
+
+def test_dense_weight_zero_off_structure_and_differentiable():
+    layer = StructLearnedLinear(6, 4, density=0.5)
+    w = layer.dense_weight()
+    assert (w[~layer.connectivity.to_mask()] == 0).all()
+    w.sum().backward()
+    assert torch.equal(layer.values.grad, torch.ones(layer.nnz))
+
+
+def test_kaiming_init_uses_each_units_fan_in():
+    torch.manual_seed(0)
+    mask = torch.zeros(3, 400, dtype=torch.bool)
+    mask[0, :4] = True
+    mask[1, :100] = True  # row 2 empty
+    layer = StructLearnedLinear(400, 3, connectivity=Connectivity.from_mask(mask))
+    w = layer.dense_weight().detach()
+    for row, fan in ((0, 4), (1, 100)):
+        vals = w[row, :fan]
+        assert vals.abs().max() <= fan**-0.5
+        assert vals.abs().max() > 0.5 * fan**-0.5
+        assert abs(layer.bias[row].item()) <= fan**-0.5
+    assert layer.bias[2].item() == 0.0  # fan-in 0: bound 0, as nn.Linear does
+    # the dense nn.Linear bound for comparison: the same rule
+    lin = nn.Linear(100, 1)
+    assert lin.weight.abs().max() <= 100**-0.5
+
+
+def test_state_dict_round_trip_and_different_structure():
+    a = StructLearnedLinear(10, 6, density=0.3)
+    b = StructLearnedLinear(10, 6, density=0.6)  # other structure, other nnz
+    sd = a.state_dict()
+    assert set(sd) == {"values", "bias", "crow_indices", "col_indices"}
+    b.load_state_dict(sd)
+    assert b.connectivity == a.connectivity
+    x = torch.randn(3, 10)
+    torch.testing.assert_close(b(x), a(x))
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    c = StructLearnedLinear(10, 6)
+    c.load_state_dict(torch.load(buf, weights_only=True))
+    assert torch.equal(c(x), a(x))
+    # a gradient step works after loading another structure (the transpose cache was rebuilt)
+    c(x).sum().backward()
+    assert c.values.grad.shape == (a.nnz,)
+
+
+def test_load_state_dict_rejects_invalid_structure():
+    a = StructLearnedLinear(4, 3, density=0.5)
+    sd = a.state_dict()
+    sd["col_indices"] = sd["col_indices"].flip(0)
+    with pytest.raises(RuntimeError, match="invalid structure"):
+        StructLearnedLinear(4, 3, density=0.5).load_state_dict(sd)
+
+
+def test_deepcopy_to_dtype_and_repr():
+    a = StructLearnedLinear(10, 6, density=0.2, backend="csr")
+    b = copy.deepcopy(a)
+    assert b.connectivity == a.connectivity and b.backend == "csr"
+    b.values.data.add_(1)
+    assert not torch.equal(a.values, b.values)
+    d = a.to(torch.float64)
+    assert d.values.dtype == torch.float64 and d.crow_indices.dtype == torch.int32
+    assert d(torch.randn(2, 10, dtype=torch.float64)).dtype == torch.float64
+    r = repr(a)
+    for part in ("in_features=10", "out_features=6", "density=0.2", "backend='csr'"):
+        assert part in r
+
+
+@pytest.mark.parametrize("device", devices())
+def test_module_to_device_moves_structure(device):
+    a = StructLearnedLinear(10, 6, density=0.2).to(device)
+    assert a.crow_indices.device.type == device and a.crow_t.device.type == device
+    a(torch.randn(3, 10, device=device)).sum().backward()
+
+
+def test_from_linear():
+    torch.manual_seed(0)
+    lin = nn.Linear(12, 5)
+    full = StructLearnedLinear.from_linear(lin, density=1.0)
+    x = torch.randn(4, 12)
+    torch.testing.assert_close(full(x), lin(x))
+    half = StructLearnedLinear.from_linear(lin, density=0.5)
+    w = half.dense_weight()
+    kept = w != 0
+    # keeps the 6 largest |w| of each unit, at their original values
+    assert (kept.sum(1) == 6).all()
+    assert torch.equal(w[kept], lin.weight[kept])
+    thr = lin.weight.abs().topk(6, dim=1).values[:, -1:]
+    assert (lin.weight.abs()[kept.logical_not()].view(5, 6) <= thr).all()
+    conn = Connectivity.random((5, 12), fan_in=3, seed=0)
+    assert StructLearnedLinear.from_linear(lin, conn).connectivity == conn
+    with pytest.raises(ValueError, match="exactly one"):
+        StructLearnedLinear.from_linear(lin)
+    with pytest.raises(TypeError, match="nn.Linear"):
+        StructLearnedLinear.from_linear(nn.Conv1d(1, 1, 1), density=0.5)
+
+
+def test_constructor_errors_name_the_argument():
+    with pytest.raises(ValueError, match="in_features must be >= 1, got 0"):
+        StructLearnedLinear(0, 3)
+    with pytest.raises(TypeError, match="out_features must be an int"):
+        StructLearnedLinear(3, 2.5)
+    with pytest.raises(ValueError, match="density must be in \\(0, 1\\], got 0"):
+        StructLearnedLinear(3, 2, density=0)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        StructLearnedLinear(3, 2, backend="cuda")
+    with pytest.raises(ValueError, match="connectivity has shape \\(2, 3\\), expected"):
+        StructLearnedLinear(4, 2, connectivity=Connectivity.random((2, 3), fan_in=1, seed=0))
+    with pytest.raises(ValueError, match="expected input of shape \\(\\*, 3\\)"):
+        StructLearnedLinear(3, 2)(torch.randn(2, 4))
+
+
+def test_trains_with_a_standard_loop():
+    torch.manual_seed(0)
+    teacher = StructLearnedLinear(20, 4, density=0.25)
+    student = StructLearnedLinear(20, 4, connectivity=teacher.connectivity)
+    opt = torch.optim.Adam(student.parameters(), lr=0.05)
+    x = torch.randn(256, 20)
+    y = teacher(x).detach()
+    first = None
+    for _ in range(200):
+        loss = nn.functional.mse_loss(student(x), y)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 1e-3 * first
+
+
+def test_torch_compile_module():
+    layer = StructLearnedLinear(16, 8, density=0.25)
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(torch.compile(layer, fullgraph=True)(x), layer(x))

@@ -1,0 +1,192 @@
+"""The sparse kernel against an independent reference: a dense masked weight built with plain
+differentiable torch ops (autograd supplies the reference gradients)."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from torch_structlearn import Connectivity, sparse_linear
+from torch_structlearn.ops import available_backends
+
+from .conftest import devices
+
+BACKENDS = [b for b in available_backends() if b != "auto"] + ["auto"]
+
+
+def reference(x, values, conn, bias):
+    """y = x @ Wᵀ + b with W dense, built by index_put (autograd differentiates it)."""
+    w = torch.zeros(conn.shape, dtype=values.dtype, device=values.device)
+    w = w.index_put((conn.row_indices().to(x.device), conn.col_indices.to(x.device)), values)
+    y = x @ w.T
+    return y + bias if bias is not None else y
+
+
+@st.composite
+def problems(draw):
+    out_f = draw(st.integers(1, 9))
+    in_f = draw(st.integers(1, 9))
+    kind = draw(st.sampled_from(["random", "empty", "some_empty_rows", "full"]))
+    seed = draw(st.integers(0, 10_000))
+    g = torch.Generator().manual_seed(seed)
+    if kind == "empty":
+        mask = torch.zeros(out_f, in_f, dtype=torch.bool)
+    elif kind == "full":
+        mask = torch.ones(out_f, in_f, dtype=torch.bool)
+    else:
+        mask = torch.rand(out_f, in_f, generator=g) < draw(st.sampled_from([0.1, 0.3, 0.7]))
+        if kind == "some_empty_rows":
+            mask[:: 2] = False
+    lead = draw(st.sampled_from([(3,), (1,), (2, 3), (2, 1, 2)]))
+    bias = draw(st.booleans())
+    noncontig = draw(st.booleans())
+    return Connectivity.from_mask(mask), lead, bias, noncontig, seed
+
+
+def _inputs(conn, lead, bias, noncontig, seed, dtype=torch.float64, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    out_f, in_f = conn.shape
+    if noncontig:  # a strided view: same shape, non-contiguous memory
+        x = torch.randn(*lead, 2 * in_f, generator=g, dtype=dtype)[..., ::2]
+        assert not x.is_contiguous() or x.numel() == 1
+    else:
+        x = torch.randn(*lead, in_f, generator=g, dtype=dtype)
+    v = torch.randn(conn.nnz, generator=g, dtype=dtype)
+    b = torch.randn(out_f, generator=g, dtype=dtype) if bias else None
+    to = dict(device=device)
+    return x.to(**to), v.to(**to), (b.to(**to) if b is not None else None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(problems())
+def test_gradcheck_against_dense_reference(backend, problem):
+    conn, lead, bias, noncontig, seed = problem
+    x, v, b = _inputs(conn, lead, bias, noncontig, seed)
+    crow, col = conn.crow_indices, conn.col_indices
+    args = [t.requires_grad_() for t in (x, v) + ((b,) if b is not None else ())]
+
+    def f(*a):
+        return sparse_linear(a[0], a[1], crow, col, a[2] if b is not None else None, backend=backend)
+
+    # 1. forward and every gradient equal the autograd gradients of the dense reference
+    y = f(*args)
+    assert y.shape == (*lead, conn.shape[0])
+    ref = reference(args[0], args[1], conn, args[2] if b is not None else None)
+    torch.testing.assert_close(y, ref)
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, args, gy, allow_unused=True)
+    want = torch.autograd.grad(ref, args, gy, allow_unused=True)
+    for g1, g2 in zip(got, want):
+        torch.testing.assert_close(g1, g2)
+    # 2. finite differences (float64)
+    assert torch.autograd.gradcheck(f, args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_by_one_and_int32_indices(backend):
+    for crow, col in [([0, 1], [0]), ([0, 0], [])]:
+        crow32 = torch.tensor(crow, dtype=torch.int32)
+        col32 = torch.tensor(col, dtype=torch.int32)
+        x = torch.randn(4, 1, dtype=torch.float64, requires_grad=True)
+        v = torch.randn(len(col), dtype=torch.float64, requires_grad=True)
+        b = torch.randn(1, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(
+            lambda x, v, b: sparse_linear(x, v, crow32, col32, b, backend=backend), (x, v, b)
+        )
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("backend", ["csr", "dense"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_larger_problem_matches_reference(device, backend, dtype):
+    # Bigger than the hypothesis cases: exercises the CPU batch chunking (batch > 256).
+    conn = Connectivity.random((300, 200), density=0.05, seed=0)
+    x, v, b = _inputs(conn, (700,), True, False, 0, dtype=dtype, device=device)
+    x.requires_grad_(), v.requires_grad_(), b.requires_grad_()
+    crow, col = conn.crow_indices.to(device), conn.col_indices.to(device)
+    y = sparse_linear(x, v, crow, col, b, backend=backend)
+    ref = reference(x, v, conn, b)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
+    torch.testing.assert_close(y, ref, **tol)
+    gy = torch.randn_like(y)
+    for g1, g2 in zip(torch.autograd.grad(y, (x, v, b), gy), torch.autograd.grad(ref, (x, v, b), gy)):
+        torch.testing.assert_close(g1, g2, **tol)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_low_precision_forward_close_to_reference(device, backend, dtype):
+    if backend == "torch_sparse":
+        pytest.skip("torch-sparse has no low-precision kernels")
+    conn = Connectivity.random((64, 96), density=0.1, seed=3)
+    x, v, b = _inputs(conn, (32,), True, False, 1, dtype=torch.float32, device=device)
+    crow, col = conn.crow_indices.to(device), conn.col_indices.to(device)
+    with torch.autocast(device, dtype=dtype):
+        y = sparse_linear(x, v, crow, col, b, backend=backend)
+    assert y.dtype == dtype  # like nn.Linear under autocast
+    ref = reference(x.double(), v.double(), conn, b.double())
+    torch.testing.assert_close(y.double(), ref, rtol=2e-2, atol=5e-2)
+    # and backward runs, giving float32 grads for float32 leaves
+    v.requires_grad_()
+    with torch.autocast(device, dtype=dtype):
+        sparse_linear(x, v, crow, col, b, backend=backend).float().sum().backward()
+    assert v.grad.dtype == torch.float32 and torch.isfinite(v.grad).all()
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph_equals_eager(device, backend):
+    conn = Connectivity.random((12, 10), density=0.3, seed=0)
+    crow, col = conn.crow_indices.to(device), conn.col_indices.to(device)
+    x, v, b = _inputs(conn, (4, 5), True, False, 2, dtype=torch.float32, device=device)
+
+    def f(x, v, b):
+        return torch.relu(sparse_linear(x, v, crow, col, b, backend=backend)).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="inductor")
+    args_e = [t.clone().requires_grad_() for t in (x, v, b)]
+    args_c = [t.clone().requires_grad_() for t in (x, v, b)]
+    ye, yc = f(*args_e), compiled(*args_c)
+    torch.testing.assert_close(yc, ye)
+    ye.backward()
+    yc.backward()
+    for a, c in zip(args_e, args_c):
+        torch.testing.assert_close(c.grad, a.grad)
+
+
+def test_op_is_registered_with_fake_impl():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    conn = Connectivity.random((5, 4), fan_in=2, seed=0)
+    with FakeTensorMode():
+        x = torch.empty(3, 4)
+        v = torch.empty(conn.nnz)
+        y = torch.ops.structlearn.sparse_linear(
+            x, v, torch.empty(6, dtype=torch.int64), torch.empty(conn.nnz, dtype=torch.int64),
+            torch.empty(5, dtype=torch.int64), torch.empty(conn.nnz, dtype=torch.int64),
+            torch.empty(conn.nnz, dtype=torch.int64), None, "csr",
+        )
+        assert y.shape == (3, 5)
+    torch.library.opcheck(
+        torch.ops.structlearn.sparse_linear.default,
+        (torch.randn(3, 4), torch.randn(conn.nnz), conn.crow_indices, conn.col_indices,
+         *__import__("torch_structlearn").connectivity.csr_transpose(conn.crow_indices, conn.col_indices, 4),
+         torch.randn(5), "csr"),
+    )
+
+
+def test_bad_arguments():
+    conn = Connectivity.random((3, 4), fan_in=2, seed=0)
+    crow, col = conn.crow_indices, conn.col_indices
+    x = torch.randn(2, 4)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        sparse_linear(x, torch.randn(6), crow, col, backend="fast")
+    with pytest.raises(TypeError, match="same dtype"):
+        sparse_linear(x, torch.randn(6, dtype=torch.float64), crow, col)
+    with pytest.raises(ValueError, match="nnz = len\\(col\\) = 6"):
+        sparse_linear(x, torch.randn(5), crow, col)
+    with pytest.raises(ValueError, match="bias must have shape \\(3,\\)"):
+        sparse_linear(x, torch.randn(6), crow, col, torch.randn(4))
+    with pytest.raises(TypeError, match="floating-point"):
+        sparse_linear(torch.ones(2, 4, dtype=torch.long), torch.randn(6), crow, col)

@@ -1,0 +1,283 @@
+"""Benchmarks: ``python -m torch_structlearn.bench [kernels] [--device cpu|cuda] ...``.
+
+``kernels``: forward and forward+backward median wall time and peak memory of
+``StructLearnedLinear`` (every backend) against dense ``nn.Linear`` on the same input, over a
+grid of densities and shapes. Prints a table, writes JSON, optionally rewrites the ``auto``
+crossover table (``--write-crossover``) and the matching section of ``BENCHMARKS.md``
+(``--markdown``).
+
+Peak memory is what the torch allocator holds above the starting point during one step
+(CPU: from the profiler's allocation events; CUDA: ``max_memory_allocated``). Buffers that MKL
+allocates internally are not seen by the torch allocator and so are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler quiet
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from . import Connectivity, StructLearnedLinear  # noqa: E402
+from .ops import auto, available_backends  # noqa: E402
+
+CPU_SHAPES = [(256, 3072, 4096), (4096, 768, 3072)]  # (batch, in, out)
+DENSITIES = [0.01, 0.02, 0.05, 0.10, 0.25, 0.50]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _paired_median_ms(fns, device, repeats: int) -> list[float]:
+    """Median wall time of each function, run interleaved (a, b, a, b, ...) so that a slow
+    moment of a shared machine hits the candidate and its baseline alike."""
+    for fn in fns:
+        fn()
+    _sync(device)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            ts.append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(ts) for ts in times]
+
+
+def _peak_bytes(fn, device) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    cur = peak = 0
+    for e in events:
+        cur += e.nbytes()
+        peak = max(peak, cur)
+    return peak
+
+
+def _steps(module: nn.Module, x: torch.Tensor):
+    xg = x.detach().clone().requires_grad_()
+    gy = torch.randn(x.shape[0], module.out_features, device=x.device, dtype=x.dtype)
+
+    def fwd():
+        with torch.no_grad():
+            module(x)
+
+    def fwd_bwd():
+        module.zero_grad(set_to_none=True)
+        xg.grad = None
+        module(xg).backward(gy)
+
+    return fwd, fwd_bwd
+
+
+def _measure(module: nn.Module, baseline: nn.Module, x: torch.Tensor, repeats: int) -> dict:
+    """Times of ``module`` and, interleaved with it, of ``baseline`` on the same input."""
+    device = x.device
+    fwd, fwd_bwd = _steps(module, x)
+    bfwd, bfwd_bwd = _steps(baseline, x)
+    f, bf = _paired_median_ms([fwd, bfwd], device, repeats)
+    fb, bfb = _paired_median_ms([fwd_bwd, bfwd_bwd], device, repeats)
+    return {
+        "forward_ms": f, "forward_backward_ms": fb,
+        "baseline_forward_ms": bf, "baseline_forward_backward_ms": bfb,
+        "peak_forward_backward_bytes": _peak_bytes(fwd_bwd, device),
+        "param_bytes": sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers())),
+    }
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def crossover(rows: list[dict], device: str, dtype: str) -> float | None:
+    """Largest grid density up to which ``csr`` beat ``nn.Linear`` (fwd+bwd) on every shape."""
+    limit = None
+    shapes = sorted({r["shape"] for r in rows if r["device"] == device and r["dtype"] == dtype})
+    for shape in shapes:
+        sel = [r for r in rows if r["shape"] == shape and r["device"] == device and r["dtype"] == dtype]
+        best = 0.0
+        for r in sorted((r for r in sel if r["backend"] == "csr"), key=lambda r: r["density"]):
+            if r["forward_backward_ms"] >= r["baseline_forward_backward_ms"]:
+                break
+            best = r["density"]
+        limit = best if limit is None else min(limit, best)
+    return limit or None
+
+
+def run_kernels(args) -> dict:
+    device = torch.device(args.device)
+    dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
+    backends = [b for b in available_backends() if b != "auto"]
+    rows: list[dict] = []
+
+    def record(shape, density, backend, dtype, m):
+        row = {"device": device.type, "dtype": str(dtype).removeprefix("torch."), "shape": shape,
+               "density": density, "backend": backend, **m}
+        rows.append(row)
+        print(f"{shape!s:>22} {row['dtype']:>8} {density:>7.2%} {backend:>12} "
+              f"{m['forward_ms']:>9.2f} {m['forward_backward_ms']:>9.2f} "
+              f"{m['baseline_forward_ms'] / m['forward_ms']:>7.2f}x "
+              f"{m['baseline_forward_backward_ms'] / m['forward_backward_ms']:>7.2f}x "
+              f"{m['peak_forward_backward_bytes'] / 2**20:>9.1f}", flush=True)
+
+    print(f"{'(batch, in, out)':>22} {'dtype':>8} {'density':>8} {'backend':>12} "
+          f"{'fwd ms':>9} {'fwd+bwd':>9} {'fwd x':>8} {'f+b x':>8} {'peak MiB':>9}")
+    for dtype in dtypes:
+        for batch, fin, fout in args.shapes:
+            shape = (batch, fin, fout)
+            torch.manual_seed(0)
+            x = torch.randn(batch, fin, device=device, dtype=dtype)
+            dense = nn.Linear(fin, fout, device=device, dtype=dtype)
+            record(shape, 1.0, "nn.Linear", dtype, _measure(dense, dense, x, args.repeats))
+            for density in args.densities:
+                conn = Connectivity.random((fout, fin), density=density, seed=0)
+                for backend in backends:
+                    layer = StructLearnedLinear(fin, fout, connectivity=conn, backend=backend,
+                                                device=device, dtype=dtype)
+                    record(shape, density, backend, dtype, _measure(layer, dense, x, args.repeats))
+    table = dict(auto.TABLE)
+    for dtype in dtypes:
+        name = str(dtype).removeprefix("torch.")
+        limit = crossover(rows, device.type, name)
+        table.setdefault(device.type, {})[name] = limit
+    if args.write_crossover:
+        auto.TABLE_PATH.write_text(json.dumps({
+            "generated_by": " ".join(["python -m torch_structlearn.bench", *sys.argv[1:]]),
+            "machine": machine(), "crossover": table}, indent=2) + "\n")
+        auto.TABLE.clear()
+        auto.TABLE.update(auto.load_table())
+    # 'auto' with the (possibly new) table, measured in the same run as its baseline.
+    for dtype in dtypes:
+        for batch, fin, fout in args.shapes:
+            shape = (batch, fin, fout)
+            torch.manual_seed(0)
+            x = torch.randn(batch, fin, device=device, dtype=dtype)
+            dense = nn.Linear(fin, fout, device=device, dtype=dtype)
+            for density in args.densities:
+                conn = Connectivity.random((fout, fin), density=density, seed=0)
+                layer = StructLearnedLinear(fin, fout, connectivity=conn, backend="auto",
+                                            device=device, dtype=dtype)
+                record(shape, density, "auto", dtype, _measure(layer, dense, x, args.repeats))
+    return {"benchmark": "kernels", "machine": machine(), "repeats": args.repeats,
+            "command": " ".join(["python -m torch_structlearn.bench", *sys.argv[1:]]),
+            "crossover": table, "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    """The BENCHMARKS.md section for one ``kernels`` result."""
+    m = result["machine"]
+    rows = result["rows"]
+    lines = [f"Command: `{result['command']}`  ",
+             f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}"
+             + (f", GPU {m['gpu']}" if "gpu" in m else "") + f"; median of {result['repeats']} runs.  ",
+             f"Crossover written for `auto`: `{json.dumps(result['crossover'])}`", "",
+             "Speedups are against `nn.Linear` timed interleaved with each row (same input, "
+             "same run).", "",
+             "| device | dtype | (batch, in, out) | density | backend | fwd ms | fwd+bwd ms "
+             "| fwd speedup | fwd+bwd speedup | peak MiB (fwd+bwd) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['device']} | {r['dtype']} | {tuple(r['shape'])} | "
+            f"{'dense' if r['backend'] == 'nn.Linear' else format(r['density'], '.0%')} | "
+            f"{r['backend']} | {r['forward_ms']:.2f} | {r['forward_backward_ms']:.2f} | "
+            f"{r['baseline_forward_ms'] / r['forward_ms']:.2f}x | "
+            f"{r['baseline_forward_backward_ms'] / r['forward_backward_ms']:.2f}x | "
+            f"{r['peak_forward_backward_bytes'] / 2**20:.1f} |")
+    return "\n".join(lines)
+
+
+def update_markdown(path: Path, key: str, body: str) -> None:
+    """Replace the block between ``<!-- bench:key -->`` and ``<!-- /bench:key -->``."""
+    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{start}\n{body}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _shape(s: str) -> tuple[int, int, int]:
+    try:
+        b, i, o = (int(v) for v in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must be 'batch,in,out', got {s!r}") from None
+    return b, i, o
+
+
+def _density(s: str) -> float:
+    v = float(s)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"density must be in (0, 1], got {s}")
+    return v
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m torch_structlearn.bench", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="what")
+    k = sub.add_parser("kernels", help="sparse vs dense linear layers (default)")
+    for q in (p, k):
+        q.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+        q.add_argument("--shapes", type=_shape, nargs="+", default=CPU_SHAPES, metavar="B,IN,OUT")
+        q.add_argument("--densities", type=_density, nargs="+", default=DENSITIES)
+        q.add_argument("--repeats", type=int, default=5)
+        q.add_argument("--json", type=Path, default=Path("runs/bench/kernels.json"))
+        q.add_argument("--markdown", type=Path, default=None, help="update this BENCHMARKS.md")
+        q.add_argument("--write-crossover", action="store_true",
+                       help="rewrite the crossover table that backend='auto' ships with")
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: CUDA is not available on this machine")
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
+    result = run_kernels(args)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.json}")
+    if args.markdown:
+        update_markdown(args.markdown, f"kernels-{torch.device(args.device).type}", markdown(result))
+        print(f"updated {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
