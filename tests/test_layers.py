@@ -154,3 +154,23 @@ def test_torch_compile_module():
     layer = StructLearnedLinear(16, 8, density=0.25)
     x = torch.randn(5, 16)
     torch.testing.assert_close(torch.compile(layer, fullgraph=True)(x), layer(x))
+
+
+@pytest.mark.parametrize("backend", ["csr", "dense", "auto"])
+def test_backend_caches_and_switching(backend):
+    torch.manual_seed(0)
+    layer = StructLearnedLinear(9, 7, density=0.4, backend=backend)
+    x = torch.randn(5, 9)
+    ref = nn.functional.linear(x, layer.dense_weight(), layer.bias)
+    torch.testing.assert_close(layer(x), ref)
+    for other in ["csr", "dense", "auto"]:
+        layer.backend = other
+        uses_dense = layer.dense_index.numel() > 0
+        uses_csr = layer.perm_t.numel() > 0
+        assert uses_dense or uses_csr
+        if other == "dense":
+            assert uses_dense and not uses_csr
+        if other == "csr":
+            assert uses_csr and not uses_dense
+        torch.testing.assert_close(layer(x), ref)
+        layer(x).sum().backward()

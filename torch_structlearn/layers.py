@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from .connectivity import Connectivity, csr_transpose, validate_csr
-from .ops import BACKENDS, sparse_linear
+from .ops import BACKENDS, auto, sparse_linear
+from .ops.dense import dense_weight, flat_index
 from .ops.sparse_linear import torch_sparse_backend
 
 __all__ = ["StructLearnedLinear"]
@@ -95,13 +96,29 @@ class StructLearnedLinear(nn.Module):
         idx = _index_dtype(col.numel())
         self.register_buffer("crow_indices", crow.to(device, idx))
         self.register_buffer("col_indices", col.to(device, idx))
-        self._refresh_transpose()
+        self._refresh_caches()
 
-    def _refresh_transpose(self) -> None:
-        crow_t, col_t, perm = csr_transpose(self.crow_indices, self.col_indices, self.in_features)
+    def _refresh_caches(self) -> None:
+        """Cache what this layer's backend needs, as non-persistent buffers (they follow
+        ``.to()`` but are not saved): the transposed structure for ``csr`` / ``torch_sparse``,
+        the flat scatter index for ``dense``. Empty when not needed; the kernel computes a
+        missing one on the fly (e.g. after ``.to()`` onto a device where ``auto`` differs)."""
+        crow, col = self.crow_indices, self.col_indices
+        backend = self._backend
+        if backend == "auto":  # what auto picks on the current device; others compute on the fly
+            backend = auto.choose(col.device, self.values.dtype, self.density)
+        uses = {backend}
+        empty = col.new_empty(0)
+        if uses & {"csr", "torch_sparse"}:
+            crow_t, col_t, perm = csr_transpose(crow, col, self.in_features)
+            perm = perm.to(col_t.dtype)
+        else:
+            crow_t, col_t, perm = empty, empty, empty
+        index = flat_index(crow, col, self.in_features) if "dense" in uses else empty.long()
         self.register_buffer("crow_t", crow_t, persistent=False)
         self.register_buffer("col_t", col_t, persistent=False)
-        self.register_buffer("perm_t", perm.to(col_t.dtype), persistent=False)
+        self.register_buffer("perm_t", perm, persistent=False)
+        self.register_buffer("dense_index", index, persistent=False)
 
     @property
     def backend(self) -> str:
@@ -114,6 +131,8 @@ class StructLearnedLinear(nn.Module):
         if value == "torch_sparse" and not torch_sparse_backend.AVAILABLE:
             raise ValueError("backend='torch_sparse' needs torch-sparse: pip install '.[torch-sparse]'")
         self._backend = value
+        if "col_indices" in self._buffers:
+            self._refresh_caches()
 
     @property
     def connectivity(self) -> Connectivity:
@@ -192,13 +211,13 @@ class StructLearnedLinear(nn.Module):
             self.bias,
             backend=self._backend,
             transpose=(self.crow_t, self.col_t, self.perm_t),
+            dense_index=self.dense_index,
         )
 
     def dense_weight(self) -> Tensor:
         """``(out_features, in_features)`` dense weight (zeros off the structure); differentiable."""
-        from .ops.dense import dense_weight
-
-        return dense_weight(self.values, self.crow_indices, self.col_indices, self.in_features)
+        return dense_weight(self.values, self.crow_indices, self.col_indices, self.in_features,
+                            self.dense_index)
 
     def extra_repr(self) -> str:
         return (

@@ -34,3 +34,4 @@ def choose(device: torch.device, dtype: torch.dtype, density: float) -> str:
     # MKL computes bf16/fp16 sparse products in float32, so the float32 crossover applies.
     limit = entry.get(name, entry.get("float32") if device.type == "cpu" else None)
     return "csr" if limit is not None and density <= limit else "dense"
+

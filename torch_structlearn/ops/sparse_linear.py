@@ -141,6 +141,7 @@ def sparse_linear(
     *,
     backend: str = "auto",
     transpose: Optional[tuple[Tensor, Tensor, Tensor]] = None,
+    dense_index: Optional[Tensor] = None,
 ) -> Tensor:
     """``y = x Wᵀ + b`` where ``W`` is the ``(out, in)`` CSR matrix ``(crow, col, values)``.
 
@@ -150,7 +151,10 @@ def sparse_linear(
         crow: ``(out_features + 1,)`` row pointers; col: ``(nnz,)`` column indices (int32/int64).
         bias: optional ``(out_features,)``.
         backend: ``'auto'``, ``'csr'``, ``'dense'`` or ``'torch_sparse'``.
-        transpose: the cached ``csr_transpose(crow, col, in_features)``; computed when omitted.
+        transpose: the cached ``csr_transpose(crow, col, in_features)`` for the sparse
+            backends; computed when omitted (or empty).
+        dense_index: the cached ``ops.dense.flat_index(crow, col, in_features)`` for the dense
+            backend; computed when omitted (or empty).
     Returns:
         ``(*, out_features)``. Under autocast, inputs are cast to the autocast dtype (like
         ``nn.Linear``).
@@ -170,8 +174,8 @@ def sparse_linear(
         density = col.shape[0] / max(1, in_features * out_features)
         backend = auto.choose(x.device, x.dtype, density)
     if backend == "dense":
-        return dense.linear(x, values, crow, col, bias)
-    if transpose is None:
+        return dense.linear(x, values, crow, col, bias, dense_index)
+    if transpose is None or transpose[2].numel() != col.numel():
         transpose = csr_transpose(crow, col, in_features)
     lead = x.shape[:-1]
     y = _sparse_linear(

@@ -1,0 +1,90 @@
+"""Reading batches from user loaders: tensors, ``(x, y)`` tuples/lists, or dicts.
+
+Every learning entry point goes through :func:`batches`, so bad input gets one clear error:
+a loader that yields something else, NaN/Inf (naming the batch), a feature size that changes
+between batches, or an empty loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+from torch import Tensor
+
+__all__ = ["batches", "first_batch", "MappedLoader"]
+
+
+def _extract(batch, key: str, index: int) -> Tensor:
+    if isinstance(batch, Tensor):
+        x = batch
+    elif isinstance(batch, (tuple, list)):
+        if not batch or not isinstance(batch[0], Tensor):
+            raise TypeError(f"batch {index}: a tuple/list batch must start with a tensor (x, ...)")
+        x = batch[0]
+    elif isinstance(batch, dict):
+        if key not in batch:
+            raise KeyError(f"batch {index}: dict batch has no key {key!r} (keys: {sorted(batch)}); "
+                           f"pass key=...")
+        x = batch[key]
+        if not isinstance(x, Tensor):
+            raise TypeError(f"batch {index}: batch[{key!r}] must be a tensor, got {type(x).__name__}")
+    else:
+        raise TypeError(
+            f"batch {index}: the loader must yield tensors, (x, y) tuples/lists or dicts, "
+            f"got {type(batch).__name__}"
+        )
+    if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
+        raise TypeError(f"batch {index}: x must be a real tensor, got dtype {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError(f"batch {index}: x must have a batch dimension, got a scalar")
+    return x
+
+
+def batches(loader: Iterable, *, key: str = "x", device=None, dtype=torch.float32,
+            check_finite: bool = True) -> Iterator[Tensor]:
+    """Yield each batch of ``loader`` as a ``(N, d)`` tensor (images are flattened).
+
+    Raises ``TypeError`` for batches that are not tensors/tuples/dicts, ``ValueError`` for
+    NaN/Inf (naming the batch index), a feature size that changes, or an empty loader.
+    """
+    features = None
+    n = 0
+    for i, batch in enumerate(loader):
+        x = _extract(batch, key, i)
+        x = x.reshape(x.shape[0], -1).to(device=device, dtype=dtype)
+        if features is None:
+            features = x.shape[1]
+        elif x.shape[1] != features:
+            raise ValueError(
+                f"batch {i}: feature size changed from {features} to {x.shape[1]}"
+            )
+        if check_finite and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"batch {i}: contains NaN or Inf")
+        if x.shape[0] == 0:
+            continue
+        n += 1
+        yield x
+    if n == 0:
+        raise ValueError("the loader yielded no (non-empty) batches")
+
+
+def first_batch(loader: Iterable, **kw) -> Tensor:
+    """The first batch as ``(N, d)``: used to validate a loader before long work starts."""
+    for x in batches(loader, **kw):
+        return x
+    raise ValueError("the loader yielded no (non-empty) batches")  # pragma: no cover
+
+
+class MappedLoader:
+    """An iterable that applies ``fn`` to every ``(N, d)`` batch of ``loader``."""
+
+    def __init__(self, loader: Iterable, fn: Callable[[Tensor], Tensor], **kw):
+        self.loader, self.fn, self.kw = loader, fn, kw
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for x in batches(self.loader, **self.kw):
+            yield self.fn(x)
+
+    def __len__(self) -> int:
+        return len(self.loader)
