@@ -76,7 +76,7 @@ def test_gradcheck_against_dense_reference(backend, problem):
     gy = torch.randn_like(y)
     got = torch.autograd.grad(y, args, gy, allow_unused=True)
     want = torch.autograd.grad(ref, args, gy, allow_unused=True)
-    for g1, g2 in zip(got, want):
+    for g1, g2 in zip(got, want, strict=False):
         torch.testing.assert_close(g1, g2)
     # 2. finite differences (float64)
     assert torch.autograd.gradcheck(f, args)
@@ -91,7 +91,8 @@ def test_one_by_one_and_int32_indices(backend):
         v = torch.randn(len(col), dtype=torch.float64, requires_grad=True)
         b = torch.randn(1, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(
-            lambda x, v, b: sparse_linear(x, v, crow32, col32, b, backend=backend), (x, v, b)
+            lambda x, v, b, c=crow32, k=col32: sparse_linear(x, v, c, k, b, backend=backend),
+            (x, v, b),
         )
 
 
@@ -109,7 +110,7 @@ def test_larger_problem_matches_reference(device, backend, dtype):
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
     torch.testing.assert_close(y, ref, **tol)
     gy = torch.randn_like(y)
-    for g1, g2 in zip(torch.autograd.grad(y, (x, v, b), gy), torch.autograd.grad(ref, (x, v, b), gy)):
+    for g1, g2 in zip(torch.autograd.grad(y, (x, v, b), gy), torch.autograd.grad(ref, (x, v, b), gy), strict=False):
         torch.testing.assert_close(g1, g2, **tol)
 
 
@@ -151,7 +152,7 @@ def test_torch_compile_fullgraph_equals_eager(device, backend):
     torch.testing.assert_close(yc, ye)
     ye.backward()
     yc.backward()
-    for a, c in zip(args_e, args_c):
+    for a, c in zip(args_e, args_c, strict=False):
         torch.testing.assert_close(c.grad, a.grad)
 
 

@@ -1,16 +1,26 @@
 """torch_structlearn: learn the structure of sparse layers from unlabeled data, train them as
 ordinary PyTorch modules."""
 
+from .coding import DictionaryLearner
 from .connectivity import Connectivity
 from .io import StructureFileError, load, save
 from .layers import StructLearnedLinear
+from .learn import learn_structure
 from .ops import sparse_linear
+from .pooling import GroupPool
+from .stack import StructLearnedStack
+from .whitening import ZCAWhitening
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Connectivity",
     "StructLearnedLinear",
+    "StructLearnedStack",
+    "GroupPool",
+    "ZCAWhitening",
+    "DictionaryLearner",
+    "learn_structure",
     "sparse_linear",
     "save",
     "load",

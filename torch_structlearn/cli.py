@@ -1,31 +1,144 @@
 """The ``structlearn`` command.
 
-``structlearn inspect FILE`` prints a summary of a structure file; ``structlearn bench ...``
-runs :mod:`torch_structlearn.bench`. Errors are one clear line on stderr with exit code 2.
+* ``structlearn learn``  — learn a structure without labels, train it with labels, compare it
+  with random connectivity (same per-unit fan-in) and a dense network under the same recipe,
+  print the accuracy table, write ``structure.safetensors`` and ``receptive_fields.png``.
+* ``structlearn inspect FILE`` — summary of a structure file.
+* ``structlearn bench ...`` — :mod:`torch_structlearn.bench`.
+
+Errors are one clear line on stderr with exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from pathlib import Path
+
+
+def _classifier(whiten, body, n_out: int, n_classes: int):
+    from torch import nn
+
+    return nn.Sequential(whiten, body, nn.Linear(n_out, n_classes))
+
+
+def _learn(args) -> int:
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from . import save
+    from .datasets import load_dataset
+    from .stack import StructLearnedStack
+    from .train import accuracy, fit_classifier
+    from .viz import save_receptive_fields
+    from .whitening import ZCAWhitening
+
+    t_start = time.perf_counter()
+    torch.manual_seed(args.seed)
+    Xtr, ytr = load_dataset(args.dataset, "train", args.data_root, args.limit)
+    Xte, yte = load_dataset(args.dataset, "test", args.data_root)
+    image_shape = tuple(Xtr.shape[1:])
+    d = Xtr[0].numel()
+    n_classes = int(ytr.max()) + 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    verbose = not args.quiet
+    print(f"{args.dataset}: {len(ytr)} train / {len(yte)} test images of shape {image_shape}")
+
+    # 1. unsupervised: whitening and structure, from images only (labels unused)
+    unlabelled = DataLoader(TensorDataset(Xtr), batch_size=args.batch_size, shuffle=False)
+    whiten = ZCAWhitening(d, eps=args.eps).fit(unlabelled)
+    white = DataLoader(TensorDataset(whiten(Xtr).detach()), batch_size=args.batch_size)
+    stack = StructLearnedStack(d, args.width, max_depth=args.max_depth, density=args.density,
+                               group_size=args.group_size, min_gain=args.min_gain,
+                               epochs=args.dict_epochs, seed=args.seed)
+    stack.learn_structure(white, verbose=verbose)
+
+    # 2. supervised: the same recipe for learned, random (same fan-in) and dense structures
+    random_stack = StructLearnedStack.random_like(stack, seed=args.seed)
+    dense_stack = StructLearnedStack(d, args.width, max_depth=args.max_depth, density=1.0,
+                                     group_size=args.group_size, depth=stack.depth)
+    rows = []
+    for name, body in (("learned", stack), ("random", random_stack), ("dense", dense_stack)):
+        torch.manual_seed(args.seed)
+        model = _classifier(whiten, body, stack.out_features, n_classes)
+        whiten.requires_grad_(False)
+        t0 = time.perf_counter()
+        fit_classifier(model, Xtr, ytr, epochs=args.epochs, lr=args.lr, seed=args.seed)
+        acc = accuracy(model, Xte, yte)
+        params = sum(p.numel() for p in body.parameters())
+        rows.append({"structure": name, "depth": body.depth, "density": body.density,
+                     "test_accuracy": acc, "parameters": params,
+                     "train_seconds": time.perf_counter() - t0})
+
+    print(f"\n{'structure':<10} {'depth':>5} {'density':>8} {'params':>8} {'test acc':>9}")
+    for r in rows:
+        print(f"{r['structure']:<10} {r['depth']:>5} {r['density']:>8.3f} {r['parameters']:>8} "
+              f"{r['test_accuracy']:>9.2%}")
+    save(stack, out / "structure.safetensors",
+         metadata={"dataset": args.dataset, "command": " ".join(sys.argv), "results": rows})
+    save_receptive_fields(stack.layers[0][0], image_shape, out / "receptive_fields.png")
+    (out / "results.json").write_text(json.dumps(
+        {"args": vars(args), "report": stack.report, "results": rows,
+         "seconds": time.perf_counter() - t_start}, indent=1, default=str) + "\n")
+    print(f"\nwrote {out / 'structure.safetensors'}, {out / 'receptive_fields.png'}, "
+          f"{out / 'results.json'} ({time.perf_counter() - t_start:.0f} s)")
+    return 0
 
 
 def _inspect(args) -> int:
     from . import load
+    from .layers import StructLearnedLinear
 
-    layer = load(args.file)
-    fan = layer.fan_in.long()
-    print(f"{args.file}")
-    print(f"  {layer}")
-    print(f"  nnz={layer.nnz}  density={layer.density:.4%}  "
-          f"fan_in min/mean/max = {int(fan.min())}/{fan.float().mean():.1f}/{int(fan.max())}  "
-          f"empty units = {int((fan == 0).sum())}")
+    module = load(args.file)
+    layers = [module] if isinstance(module, StructLearnedLinear) else [b[0] for b in module.layers]
+    print(args.file)
+    print(f"  {type(module).__name__}: {module.extra_repr()}")
+    for i, layer in enumerate(layers):
+        fan = layer.fan_in.long()
+        print(f"  layer {i}: {layer.in_features} -> {layer.out_features}, nnz={layer.nnz}, "
+              f"density={layer.density:.4%}, fan_in min/mean/max = "
+              f"{int(fan.min())}/{fan.float().mean():.1f}/{int(fan.max())}, "
+              f"empty units = {int((fan == 0).sum())}")
     return 0
 
 
+def _positive(kind):
+    def parse(s: str):
+        v = kind(s)
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+        return v
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .datasets import DATASETS
+
     p = argparse.ArgumentParser(prog="structlearn", description="torch_structlearn command line")
     sub = p.add_subparsers(dest="command", required=True)
+    lr = sub.add_parser("learn", help="learn a structure without labels, then train and compare it",
+                        description="Learn a layer structure from unlabelled images, train it with "
+                                    "labels, and compare with random and dense structures.")
+    lr.add_argument("--dataset", choices=DATASETS, default="digits")
+    lr.add_argument("--data-root", default=None, help="data folder (default $STRUCTLEARN_DATA)")
+    lr.add_argument("--density", type=_positive(float), default=0.25)
+    lr.add_argument("--width", type=_positive(int), default=128)
+    lr.add_argument("--max-depth", type=_positive(int), default=2)
+    lr.add_argument("--group-size", type=_positive(int), default=2)
+    lr.add_argument("--min-gain", type=float, default=0.01)
+    lr.add_argument("--eps", type=_positive(float), default=0.1, help="ZCA regulariser")
+    lr.add_argument("--dict-epochs", type=_positive(int), default=5)
+    lr.add_argument("--epochs", type=_positive(int), default=40, help="supervised epochs")
+    lr.add_argument("--lr", type=_positive(float), default=3e-3)
+    lr.add_argument("--batch-size", type=_positive(int), default=256)
+    lr.add_argument("--limit", type=_positive(int), default=None, help="use the first N training images")
+    lr.add_argument("--seed", type=int, default=0)
+    lr.add_argument("--out", default="runs/demo")
+    lr.add_argument("--quiet", action="store_true")
     i = sub.add_parser("inspect", help="summarise a structure file (.safetensors)")
     i.add_argument("file")
     b = sub.add_parser("bench", help="run the benchmarks (see python -m torch_structlearn.bench -h)",
@@ -33,12 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("rest", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     try:
+        if args.command == "learn":
+            if args.density > 1:
+                p.error(f"--density must be in (0, 1], got {args.density}")
+            return _learn(args)
         if args.command == "inspect":
             return _inspect(args)
         from .bench import main as bench_main
 
         return bench_main(args.rest)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
         print(f"structlearn {args.command}: error: {e}", file=sys.stderr)
         return 2
 

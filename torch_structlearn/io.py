@@ -6,8 +6,10 @@ A file holds, per layer ``i``, the tensors ``layers.{i}.crow_indices`` ``(out + 
 
 * ``format``          ``"torch_structlearn"``
 * ``format_version``  ``"1"``
-* ``header``          JSON: ``{"class", "layers": [{"in_features", "out_features", "nnz",
-  "density", "bias", "backend"}], "user": {...}}``
+* ``header``          JSON: ``{"class", "config", "layers": [{"in_features", "out_features",
+  "nnz", "density", "bias", "backend"}], "user": {...}}``; ``class`` is
+  ``StructLearnedLinear`` (empty config, one layer) or ``StructLearnedStack`` (config:
+  ``in_features, width, max_depth, group_size, pool, density, min_gain``).
 * ``sha256``          hex digest over ``header`` and every tensor's bytes, in key order, so
   a flipped byte anywhere is detected.
 
@@ -49,10 +51,19 @@ class StructureFileError(ValueError):
     """A structure file is unreadable, corrupted, or not in the torch_structlearn format."""
 
 
-def _layers_of(module: nn.Module) -> tuple[str, list[StructLearnedLinear]]:
+def _layers_of(module: nn.Module) -> tuple[str, dict[str, Any], list[StructLearnedLinear]]:
+    from .stack import StructLearnedStack
+
     if isinstance(module, StructLearnedLinear):
-        return "StructLearnedLinear", [module]
-    raise TypeError(f"save() takes a StructLearnedLinear, got {type(module).__name__}")
+        return "StructLearnedLinear", {}, [module]
+    if isinstance(module, StructLearnedStack):
+        config = {k: getattr(module, k) for k in _STACK_CONFIG}
+        return "StructLearnedStack", config, [block[0] for block in module.layers]
+    raise TypeError(f"save() takes a StructLearnedLinear or StructLearnedStack, got {type(module).__name__}")
+
+
+_STACK_CONFIG = {"in_features": int, "width": int, "max_depth": int, "group_size": int,
+                 "pool": str, "density": float, "min_gain": float}
 
 
 def _digest(header: str, tensors: dict[str, torch.Tensor]) -> str:
@@ -96,7 +107,7 @@ def save(module: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | 
     Returns:
         The path written.
     """
-    cls, layers = _layers_of(module)
+    cls, config, layers = _layers_of(module)
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
     try:
@@ -117,7 +128,7 @@ def save(module: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | 
             "nnz": layer.nnz, "density": layer.density, "bias": layer.bias is not None,
             "backend": layer.backend,
         })
-    header = {"class": cls, "layers": infos, "user": metadata or {}}
+    header = {"class": cls, "config": config, "layers": infos, "user": metadata or {}}
     path = Path(path)
     _write_atomic(path, _serialize(header, tensors))
     return path
@@ -196,15 +207,34 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
         header = json.loads(meta["header"])
     except json.JSONDecodeError as e:
         _fail(path, f"corrupted header JSON: {e}")
-    if not isinstance(header, dict) or set(header) != {"class", "layers", "user"}:
-        _fail(path, "header must be an object with keys class, layers, user")
-    if header["class"] != "StructLearnedLinear":
-        _fail(path, f"unknown class {header['class']!r}")
-    layers = header["layers"]
-    if not isinstance(layers, list) or len(layers) != 1:
-        _fail(path, "header 'layers' must be a list of one layer for StructLearnedLinear")
+    if not isinstance(header, dict) or set(header) != {"class", "config", "layers", "user"}:
+        _fail(path, "header must be an object with keys class, config, layers, user")
+    cls, config, layers = header["class"], header["config"], header["layers"]
+    if cls not in ("StructLearnedLinear", "StructLearnedStack"):
+        _fail(path, f"unknown class {cls!r}")
+    if not isinstance(layers, list) or not layers:
+        _fail(path, "header 'layers' must be a non-empty list")
     if not isinstance(header["user"], dict):
         _fail(path, "header 'user' must be an object")
+    if cls == "StructLearnedLinear" and (config != {} or len(layers) != 1):
+        _fail(path, "a StructLearnedLinear file has an empty config and exactly one layer")
+    if cls == "StructLearnedStack":
+        if not isinstance(config, dict) or set(config) != set(_STACK_CONFIG):
+            _fail(path, f"a StructLearnedStack config must have exactly the keys {sorted(_STACK_CONFIG)}")
+        for k, typ in _STACK_CONFIG.items():
+            v = config[k]
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) if typ is float else (
+                isinstance(v, typ) and not isinstance(v, bool))
+            if not ok:
+                _fail(path, f"config {k!r} must be {typ.__name__}, got {v!r}")
+        w, g = config["width"], config["group_size"]
+        if g < 1 or w < 1 or w % g or config["in_features"] < 1 or len(layers) > config["max_depth"]:
+            _fail(path, "inconsistent stack config")
+        for i, L in enumerate(layers):
+            want = (config["in_features"] if i == 0 else w // g, w)
+            if isinstance(L, dict) and (L.get("in_features"), L.get("out_features")) != want:
+                _fail(path, f"layer {i}: shape does not match the stack config, expected "
+                            f"in/out {want}")
 
     expected = set()
     for i, L in enumerate(layers):
@@ -238,6 +268,17 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
     return header
 
 
+def _build_layer(L: dict, conn: Connectivity, values: torch.Tensor, bias) -> StructLearnedLinear:
+    backend = L["backend"] if L["backend"] in ("auto", "csr", "dense") else "auto"
+    layer = StructLearnedLinear(L["in_features"], L["out_features"], bias=L["bias"],
+                                connectivity=conn, backend=backend, dtype=values.dtype)
+    with torch.no_grad():
+        layer.values.copy_(values)
+        if L["bias"]:
+            layer.bias.copy_(bias)
+    return layer
+
+
 def load(path: str | os.PathLike, *, device=None) -> nn.Module:
     """Read a file written by :func:`save` and return the module (on ``device``, default CPU).
 
@@ -258,22 +299,29 @@ def load(path: str | os.PathLike, *, device=None) -> nn.Module:
     meta = raw["__metadata__"]
     if _digest(meta["header"], tensors) != meta["sha256"]:
         _fail(path, "checksum mismatch: the file is corrupted")
-    L = header["layers"][0]
-    p = "layers.0."
-    shape = (L["out_features"], L["in_features"])
-    try:
-        validate_csr(tensors[p + "crow_indices"], tensors[p + "col_indices"], shape)
-    except (TypeError, ValueError) as e:
-        _fail(path, f"invalid structure in layer 0: {e}")
-    conn = Connectivity(tensors[p + "crow_indices"], tensors[p + "col_indices"], shape)
-    backend = L["backend"] if L["backend"] in ("auto", "csr", "dense") else "auto"
-    values = tensors[p + "values"]
-    layer = StructLearnedLinear(
-        L["in_features"], L["out_features"], bias=L["bias"], connectivity=conn,
-        backend=backend, dtype=values.dtype,
-    )
-    with torch.no_grad():
-        layer.values.copy_(values)
-        if L["bias"]:
-            layer.bias.copy_(tensors[p + "bias"])
+    built = []
+    for i, L in enumerate(header["layers"]):
+        p = f"layers.{i}."
+        shape = (L["out_features"], L["in_features"])
+        try:
+            validate_csr(tensors[p + "crow_indices"], tensors[p + "col_indices"], shape)
+        except (TypeError, ValueError) as e:
+            _fail(path, f"invalid structure in layer {i}: {e}")
+        built.append((L, Connectivity(tensors[p + "crow_indices"], tensors[p + "col_indices"], shape),
+                      tensors[p + "values"], tensors.get(p + "bias")))
+    if header["class"] == "StructLearnedLinear":
+        layer = _build_layer(*built[0])
+    else:
+        from .stack import StructLearnedStack
+
+        c = header["config"]
+        try:
+            layer = StructLearnedStack(c["in_features"], c["width"], max_depth=c["max_depth"],
+                                       density=c["density"], group_size=c["group_size"],
+                                       pool=c["pool"], min_gain=c["min_gain"], depth=len(built),
+                                       dtype=built[0][2].dtype)
+        except (TypeError, ValueError) as e:
+            _fail(path, f"invalid stack config: {e}")
+        for block, parts in zip(layer.layers, built, strict=False):
+            block[0] = _build_layer(*parts)
     return layer.to(device) if device is not None else layer

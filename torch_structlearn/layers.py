@@ -8,8 +8,6 @@ autocast behave as for any module. The kernel is the ``structlearn::sparse_linea
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
@@ -119,6 +117,46 @@ class StructLearnedLinear(nn.Module):
         self.register_buffer("col_t", col_t, persistent=False)
         self.register_buffer("perm_t", perm, persistent=False)
         self.register_buffer("dense_index", index, persistent=False)
+
+    def set_connectivity(self, connectivity: Connectivity) -> StructLearnedLinear:
+        """Replace the structure (same shape) and re-initialise ``values`` and ``bias``
+        (Kaiming-uniform with the new fan-ins). Returns ``self``."""
+        if not isinstance(connectivity, Connectivity):
+            raise TypeError(f"connectivity must be a Connectivity, got {type(connectivity).__name__}")
+        if connectivity.shape != (self.out_features, self.in_features):
+            raise ValueError(f"connectivity has shape {connectivity.shape}, expected "
+                             f"({self.out_features}, {self.in_features})")
+        with torch.no_grad():
+            self.values.data = self.values.new_empty(connectivity.nnz)
+        self._set_structure(connectivity.crow_indices, connectivity.col_indices)
+        self.reset_parameters()
+        return self
+
+    def learn_structure(self, loader, *, density: float | None = None, init: str = "dictionary",
+                        **kw) -> StructLearnedLinear:
+        """Learn this layer's connectivity from its unlabelled inputs (see
+        :func:`torch_structlearn.learn_structure` for ``**kw``), then set the weights from the
+        learned dictionary (``init='dictionary'``, rows rescaled to the Kaiming norm, bias 0)
+        or Kaiming-uniform (``init='random'``). ``density`` defaults to the current density.
+        The learned dictionary is kept as ``self.dictionary_ (in, out)`` and the report as
+        ``self.report_``. Returns ``self``."""
+        if init not in ("dictionary", "random"):
+            raise ValueError(f"init must be 'dictionary' or 'random', got {init!r}")
+        from .learn import dictionary_values, learn_structure  # layers never need it otherwise
+
+        density = self.density if density is None else density
+        conn, D, report = learn_structure(loader, self.out_features, density=density, **kw)
+        if D.shape[0] != self.in_features:
+            raise ValueError(f"the loader yields {D.shape[0]} features, the layer expects "
+                             f"in_features={self.in_features}")
+        self.set_connectivity(conn)
+        if init == "dictionary":
+            with torch.no_grad():
+                self.values.copy_(dictionary_values(D, conn).to(self.values))
+                if self.bias is not None:
+                    self.bias.zero_()
+        self.dictionary_, self.report_ = D, report
+        return self
 
     @property
     def backend(self) -> str:

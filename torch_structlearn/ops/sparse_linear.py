@@ -12,7 +12,6 @@ nonzero values and the bias. Each backend is one module of this package:
 * ``auto``         per device/dtype/density from the crossover table the benchmark measured
 """
 
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -41,7 +40,7 @@ def _sparse_linear(
     crow_t: Tensor,
     col_t: Tensor,
     perm: Tensor,
-    bias: Optional[Tensor],
+    bias: Tensor | None,
     backend: str,
 ) -> Tensor:
     # The inputs were already cast by the wrapper; autocast must not re-cast the inner matmuls.
@@ -111,7 +110,7 @@ def _backward(ctx, gy):
 _sparse_linear.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _check(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, bias: Optional[Tensor]) -> None:
+def _check(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, bias: Tensor | None) -> None:
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
     if x.dim() < 1:
@@ -137,11 +136,11 @@ def sparse_linear(
     values: Tensor,
     crow: Tensor,
     col: Tensor,
-    bias: Optional[Tensor] = None,
+    bias: Tensor | None = None,
     *,
     backend: str = "auto",
-    transpose: Optional[tuple[Tensor, Tensor, Tensor]] = None,
-    dense_index: Optional[Tensor] = None,
+    transpose: tuple[Tensor, Tensor, Tensor] | None = None,
+    dense_index: Tensor | None = None,
 ) -> Tensor:
     """``y = x Wᵀ + b`` where ``W`` is the ``(out, in)`` CSR matrix ``(crow, col, values)``.
 

@@ -1,0 +1,41 @@
+import json
+
+import pytest
+
+from torch_structlearn import StructLearnedStack, load
+from torch_structlearn.cli import main
+
+
+def test_learn_demo_on_digits_writes_loadable_outputs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["learn", "--out", str(out), "--width", "32", "--epochs", "3", "--dict-epochs", "2",
+               "--max-depth", "2", "--quiet"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    for name in ("learned", "random", "dense"):
+        assert name in text
+    stack = load(out / "structure.safetensors")
+    assert isinstance(stack, StructLearnedStack) and stack.in_features == 64
+    assert (out / "receptive_fields.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = json.loads((out / "results.json").read_text())
+    assert {r["structure"] for r in res["results"]} == {"learned", "random", "dense"}
+    assert all(0 <= r["test_accuracy"] <= 1 for r in res["results"])
+    # inspect reads it back
+    assert main(["inspect", str(out / "structure.safetensors")]) == 0
+    assert "layer 0: 64 -> 32" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage")
+    assert main(["inspect", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("structlearn inspect: error:") and "\n" not in err
+    with pytest.raises(SystemExit) as e:
+        main(["learn", "--density", "-1"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["learn", "--dataset", "imagenet"])
+    assert e.value.code == 2
+    assert main(["learn", "--dataset", "mnist", "--data-root", str(tmp_path), "--quiet"]) == 2
+    assert "no " in capsys.readouterr().err

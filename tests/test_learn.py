@@ -1,0 +1,216 @@
+"""The structure learner: bad input, local receptive fields, depth rule, entropy, pooling."""
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from torch_structlearn import (
+    GroupPool,
+    StructLearnedLinear,
+    StructLearnedStack,
+    ZCAWhitening,
+    learn_structure,
+    load,
+    save,
+)
+from torch_structlearn.entropy import (
+    coding_efficiency,
+    gaussian_total_correlation,
+    marginal_entropy,
+)
+from torch_structlearn.pooling import learn_groups
+
+
+def _loader(X, bs=100, **kw):
+    return DataLoader(TensorDataset(X), batch_size=bs, **kw)
+
+
+# ---------------------------------------------------------------- bad input
+class _Bad:
+    def __init__(self, items):
+        self.items = items
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+@pytest.mark.parametrize("loader, err, match", [
+    (_Bad([]), ValueError, "no \\(non-empty\\) batches"),
+    (_Bad([torch.randn(4, 5), torch.full((4, 5), float("nan"))]), ValueError, "batch 1: contains NaN"),
+    (_Bad([torch.randn(4, 5), torch.randn(4, 6)]), ValueError, "batch 1: feature size changed from 5 to 6"),
+    (_Bad(["not a tensor"]), TypeError, "batch 0: the loader must yield tensors"),
+    (_Bad([{"y": torch.randn(4, 5)}]), KeyError, "no key 'x'"),
+])
+def test_bad_loaders(loader, err, match):
+    with pytest.raises(err, match=match):
+        learn_structure(loader, 4, density=0.5, epochs=1, verbose=False)
+
+
+def test_loader_forms_and_dict_key():
+    X = torch.randn(60, 1, 3, 3)  # images are flattened
+    for loader in (_Bad([X]), _Bad([(X, torch.zeros(60))]), _Bad([[X]]), _Bad([{"img": X}])):
+        conn, D, rep = learn_structure(loader, 6, density=0.5, epochs=1, key="img", verbose=False)
+        assert conn.shape == (6, 9) and D.shape == (9, 6)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(density=0.0), "density must be in \\(0, 1\\], got 0.0"),
+    (dict(density=1.5), "density must be in"),
+    (dict(width=0), "width must be >= 1, got 0"),
+    (dict(group_size=3), "group_size=3 must divide width=8"),
+    (dict(lam1=-1.0), "lam1 must be >= 0, got -1.0"),
+    (dict(lam_g=-0.5), "lam_g must be >= 0"),
+])
+def test_bad_arguments_fail_before_work(kw, match):
+    args = dict(width=8, density=0.5, group_size=2)
+    args.update(kw)
+    width = args.pop("width")
+    with pytest.raises((ValueError, TypeError), match=match):
+        StructLearnedStack(10, width, **args)
+    touched = []
+
+    class Spy:
+        def __iter__(self):
+            touched.append(1)
+            return iter([torch.randn(4, 10)])
+
+    with pytest.raises((ValueError, TypeError), match=match):
+        learn_structure(Spy(), width, verbose=False, **args)
+    assert not touched  # rejected before the loader was read
+
+
+# ---------------------------------------------------------------- receptive fields
+def _photo_crops(n=6000, size=16, seed=0):
+    from skimage import color, data
+
+    imgs = []
+    for name in ("camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "moon", "page"):
+        im = getattr(data, name)()
+        if im.ndim == 3:
+            im = color.rgb2gray(im[..., :3])
+        im = torch.tensor(im, dtype=torch.float32)
+        imgs.append(im / im.max())
+    g = torch.Generator().manual_seed(seed)
+    crops = []
+    for i in range(n):
+        im = imgs[i % len(imgs)]
+        r = int(torch.randint(0, im.shape[0] - size, (1,), generator=g))
+        c = int(torch.randint(0, im.shape[1] - size, (1,), generator=g))
+        crops.append(im[r : r + size, c : c + size])
+    return torch.stack(crops).reshape(n, -1)
+
+
+def _spread(mask, size=16):
+    """Mean distance of each unit's connections to their centroid (pixels)."""
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    pos = torch.stack([ys.flatten(), xs.flatten()], 1).float()
+    out = []
+    for row in mask:
+        p = pos[row]
+        out.append((p - p.mean(0)).norm(dim=1).mean())
+    return torch.stack(out).mean().item()
+
+
+def test_learned_masks_are_local_on_natural_images():
+    X = _photo_crops(n=12000)
+    v = X.var(1)
+    X = X[v > v.median()]  # drop flat crops (sky, paper), as is usual for patch statistics
+    w = ZCAWhitening(256, eps=0.1).fit(_loader(X, 500))
+    Xw = w(X)
+    conn, D, rep = learn_structure(_loader(Xw, 250), 128, density=0.05, epochs=5, seed=0,
+                                   verbose=False)
+    learned = _spread(conn.to_mask())
+    from torch_structlearn import Connectivity
+
+    rand = _spread(Connectivity.random((128, 256), fan_in=int(conn.fan_in[0]), seed=0).to_mask())
+    print(f"mean spread learned {learned:.2f} px, random {rand:.2f} px, ratio {learned / rand:.3f}")
+    assert learned <= 0.5 * rand, (learned, rand)
+
+
+# ---------------------------------------------------------------- entropy and pooling
+def test_entropy_estimators_against_closed_forms():
+    g = torch.Generator().manual_seed(0)
+    Z = torch.randn(200_000, 3, generator=g)
+    h = marginal_entropy(Z)
+    torch.testing.assert_close(h, torch.full((3,), 0.5 * math.log(2 * math.pi * math.e), dtype=torch.float64), atol=0.02, rtol=0)
+    # uniform: standardised width √12 → log √12; the fixed ±6σ grid cuts the two edge bins,
+    # a known histogram bias of ~0.04 nats here
+    U = torch.rand(200_000, 1, generator=g)
+    assert abs(float(marginal_entropy(U)) - math.log(math.sqrt(12))) < 0.05
+    # correlated Gaussian pair with ρ: TC = −½ log(1 − ρ²)
+    rho = 0.8
+    Y = torch.stack([Z[:, 0], rho * Z[:, 0] + math.sqrt(1 - rho**2) * Z[:, 1]], 1)
+    assert abs(gaussian_total_correlation(Y) + 0.5 * math.log(1 - rho**2)) < 0.01
+    assert coding_efficiency(Z) > coding_efficiency(Y)
+
+
+def test_group_pool_modes_and_learned_groups():
+    h = torch.tensor([[3.0, 4.0, 1.0, -2.0]])
+    assert torch.allclose(GroupPool(2, "l2")(h), torch.tensor([[5.0, math.sqrt(5)]]))
+    assert GroupPool(2, "max")(h).tolist() == [[4.0, 1.0]]
+    assert GroupPool(2, "mean")(h).tolist() == [[3.5, -0.5]]
+    with pytest.raises(ValueError, match="mode must be one of"):
+        GroupPool(2, "median")
+    # units 0&2 and 1&3 share an energy source: learned groups pair them
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(5000, 2, generator=g).abs() * torch.randn(5000, 2, generator=g).exp()
+    H = torch.stack([s[:, 0], s[:, 1], s[:, 0] * 0.9, s[:, 1] * 1.1], 1) * torch.randn(5000, 4, generator=g).sign()
+    perm = learn_groups(H, 2)
+    pairs = {frozenset(perm[i : i + 2].tolist()) for i in (0, 2)}
+    assert pairs == {frozenset({0, 2}), frozenset({1, 3})}
+    pool = GroupPool(2, permutation=perm)
+    assert pool(H).shape == (5000, 2)
+
+
+# ---------------------------------------------------------------- depth rule and the stack
+def test_depth_rule_stops_at_one_and_report_is_consistent(tmp_path):
+    # i.i.d. Gaussian noise: there is no structure for a second layer to add
+    X = torch.randn(3000, 16, generator=torch.Generator().manual_seed(0))
+    stack = StructLearnedStack(16, 16, max_depth=3, density=0.5, group_size=2, min_gain=0.01,
+                               epochs=2, verbose=False)
+    stack.learn_structure(_loader(X, 250))
+    assert stack.depth == 1
+    rep = stack.report
+    assert len(rep) == 2 and rep[0]["kept"] and not rep[1]["kept"]
+    assert rep[1]["gain"] < 0.01
+    assert rep[1]["gain"] == pytest.approx((rep[1]["score"] - rep[0]["score"]) / abs(rep[0]["score"]))
+    assert "layer" in stack.format_report()
+    assert stack(torch.randn(5, 16)).shape == (5, 8)
+    back = load(save(stack, tmp_path / "s.safetensors"))
+    assert isinstance(back, StructLearnedStack) and back.depth == 1
+    x = torch.randn(7, 16)
+    torch.testing.assert_close(back(x), stack(x))
+
+
+def test_stack_keeps_every_layer_when_min_gain_allows_and_random_like():
+    X = _photo_crops(n=3000, size=8)
+    w = ZCAWhitening(64).fit(_loader(X, 500))
+    stack = StructLearnedStack(64, 64, max_depth=2, density=0.25, group_size=4, min_gain=float("-inf"),
+                               epochs=2, verbose=False)
+    stack.learn_structure(_loader(w(X), 250))
+    assert stack.depth == 2  # min_gain=-inf keeps every layer
+    assert [r["K"] for r in stack.report] == [64, 64]
+    rnd = StructLearnedStack.random_like(stack, seed=0)
+    for a, b in zip(stack.layers, rnd.layers, strict=False):
+        assert torch.equal(a[0].fan_in, b[0].fan_in)
+        assert a[0].connectivity != b[0].connectivity
+
+
+def test_single_layer_learn_structure_inits():
+    X = _photo_crops(n=2000, size=8)
+    layer = StructLearnedLinear(64, 32, density=0.1)
+    layer.learn_structure(_loader(X, 250), init="dictionary", epochs=2, verbose=False)
+    assert layer.dictionary_.shape == (64, 32)
+    w = layer.dense_weight().detach()
+    torch.testing.assert_close(w.norm(dim=1), torch.full((32,), 1 / math.sqrt(3)), atol=1e-5, rtol=0)
+    assert (layer.bias == 0).all()
+    # the kept weights have the sign pattern of the dictionary
+    D = layer.dictionary_.T
+    mask = layer.connectivity.to_mask()
+    assert (torch.sign(w[mask]) == torch.sign(D[mask])).all()
+    with pytest.raises(ValueError, match="init must be"):
+        layer.learn_structure(_loader(X), init="zeros")
+    with pytest.raises(ValueError, match="expects in_features=64"):
+        StructLearnedLinear(64, 32).learn_structure(_loader(torch.randn(50, 10)), epochs=1, verbose=False)

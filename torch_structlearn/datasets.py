@@ -1,0 +1,96 @@
+"""Data sets used by the demo and the recipes, read offline.
+
+``digits`` ships inside scikit-learn; MNIST, Fashion-MNIST (torchvision layout) and CIFAR-10
+(an image folder ``cifar10/`` or the lossy ``cifar10-jpeg/``) are read from ``root`` or
+``$STRUCTLEARN_DATA`` (default ``~/.cache/torch_structlearn``). Nothing is downloaded.
+Decoded tensors are cached under ``root/.cache`` so later runs start fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["DATASETS", "data_root", "load_dataset"]
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """``root``, else ``$STRUCTLEARN_DATA``, else ``~/.cache/torch_structlearn``."""
+    if root is not None:
+        return Path(root)
+    env = os.environ.get("STRUCTLEARN_DATA")
+    return Path(env) if env else Path.home() / ".cache" / "torch_structlearn"
+
+
+def _digits(split: str) -> tuple[Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    cut = int(0.8 * len(y))
+    idx = perm[:cut] if split == "train" else perm[cut:]
+    return X[idx], y[idx]
+
+
+def _torchvision(name: str, root: Path, split: str) -> tuple[Tensor, Tensor]:
+    from torchvision import datasets
+
+    cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[name]
+    folder = root / cls.__name__ / "raw"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{name}: no {folder} (set --data-root or STRUCTLEARN_DATA)")
+    ds = cls(str(root), train=split == "train", download=False)
+    return ds.data.unsqueeze(1).float() / 255.0, ds.targets.long()
+
+
+def _cifar10(root: Path, split: str) -> tuple[Tensor, Tensor]:
+    from torchvision import datasets, transforms
+
+    for sub in ("cifar10", "cifar10-jpeg"):  # prefer a lossless copy when present
+        folder = root / sub / split
+        if folder.is_dir():
+            break
+    else:
+        raise FileNotFoundError(f"cifar10: no {root}/cifar10/{split} or {root}/cifar10-jpeg/{split}")
+    cache = root / ".cache" / f"{sub}-{split}.pt"
+    if cache.exists():
+        blob = torch.load(cache, weights_only=True)
+        return blob["x"].float() / 255.0, blob["y"]
+    ds = datasets.ImageFolder(str(folder), transform=transforms.PILToTensor())
+    xs = torch.stack([ds[i][0] for i in range(len(ds))])
+    ys = torch.tensor(ds.targets, dtype=torch.long)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        torch.save({"x": xs, "y": ys}, tmp)
+        tmp.replace(cache)
+    except OSError:
+        pass  # a read-only data root: just do not cache
+    return xs.float() / 255.0, ys
+
+
+def load_dataset(name: str, split: str = "train", root=None, limit: int | None = None) -> tuple[Tensor, Tensor]:
+    """``(X, y)`` with ``X (N, C, H, W)`` in ``[0, 1]`` and integer labels ``y (N,)``.
+
+    ``limit`` keeps the first ``limit`` examples (a fixed subset, for quick runs).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if name == "digits":
+        X, y = _digits(split)
+    elif name == "cifar10":
+        X, y = _cifar10(data_root(root), split)
+    else:
+        X, y = _torchvision(name, data_root(root), split)
+    if limit is not None:
+        X, y = X[:limit], y[:limit]
+    return X, y

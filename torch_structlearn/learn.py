@@ -1,0 +1,132 @@
+"""Structure learning (DESIGN.md §2): loader → group sparse coding → connectivity.
+
+:func:`learn_structure` learns one layer's connectivity from its inputs; the depth loop lives in
+:meth:`torch_structlearn.StructLearnedStack.learn_structure`, which calls it layer by layer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from .coding import DictionaryLearner
+from .connectivity import Connectivity, _check_density
+from .data import first_batch
+
+__all__ = ["learn_structure", "dictionary_values", "LayerReport", "format_report"]
+
+INIT_ROW_NORM = 1 / math.sqrt(3)  # the expected row norm of nn.Linear's Kaiming-uniform init
+
+
+def _check_width(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v < 1:
+        raise ValueError(f"{name} must be >= 1, got {v}")
+    return v
+
+
+def check_learning_args(*, width: int, density: float, group_size: int, lam1, lam_g,
+                        mode: str = "per_unit", block=None) -> None:
+    """Validate the arguments shared by every structure-learning entry point."""
+    _check_width("width", width)
+    _check_density(density)
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    if width % group_size:
+        raise ValueError(f"group_size={group_size} must divide width={width}")
+    for name, v in (("lam1", lam1), ("lam_g", lam_g)):
+        if v is None or (name == "lam1" and v == "auto"):
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise TypeError(f"{name} must be a finite number{' or auto' if name == 'lam1' else ''}, got {v!r}")
+        if v < 0:
+            raise ValueError(f"{name} must be >= 0, got {v}")
+    if mode not in ("per_unit", "global"):
+        raise ValueError(f"mode must be 'per_unit' or 'global', got {mode!r}")
+    if block is not None and (not isinstance(block, (tuple, list)) or len(block) != 2):
+        raise ValueError(f"block must be a pair (bo, bi), got {block!r}")
+
+
+def dictionary_values(dictionary: Tensor, connectivity: Connectivity) -> Tensor:
+    """``(nnz,)`` initial weights: ``Dᵀ`` restricted to the mask, each unit's row rescaled to
+    the norm of a Kaiming-uniform row (``1/√3``) so training starts at the usual scale."""
+    W = dictionary.T.detach().cpu()
+    rows, cols = connectivity.row_indices(), connectivity.col_indices
+    v = W[rows, cols].double()
+    norms = torch.zeros(connectivity.shape[0], dtype=torch.float64).index_add_(0, rows, v.square()).sqrt()
+    return (v * (INIT_ROW_NORM / norms.clamp_min(1e-12))[rows]).float()
+
+
+class LayerReport(dict):
+    """One row of a structure-learning report (a dict with attribute access)."""
+
+    __getattr__ = dict.__getitem__
+
+
+def learn_structure(
+    loader: Iterable,
+    out_features: int,
+    *,
+    density: float = 0.05,
+    mode: str = "per_unit",
+    block: tuple[int, int] | None = None,
+    group_size: int = 1,
+    lam1: float | str = "auto",
+    lam_g: float | None = None,
+    nonneg: bool = False,
+    epochs: int = 5,
+    max_iter: int = 100,
+    seed: int = 0,
+    device=None,
+    key: str = "x",
+    verbose: bool = True,
+) -> tuple[Connectivity, Tensor, LayerReport]:
+    """Learn a layer's connectivity from its (unlabelled) inputs.
+
+    Learns a dictionary ``D (in_features, out_features)`` by group sparse coding (see
+    :class:`~torch_structlearn.coding.DictionaryLearner` for the objective) and keeps, as
+    connections, the largest ``|D|`` entries: each unit's top ``ceil(density·in)`` inputs
+    (``mode='per_unit'``), the top ``density`` fraction overall (``'global'``), or whole
+    ``block=(bo, bi)`` blocks by summed ``|D|``.
+
+    Returns:
+        ``(connectivity, dictionary, report)`` with ``connectivity`` of shape
+        ``(out_features, in_features)``, ``dictionary (in_features, out_features)`` and a report
+        with ``K, density, objective, lam1, seconds``.
+    """
+    check_learning_args(width=out_features, density=density, group_size=group_size, lam1=lam1,
+                        lam_g=lam_g, mode=mode, block=block)
+    x0 = first_batch(loader, key=key)  # validate the loader before the long work
+    t0 = time.perf_counter()
+    learner = DictionaryLearner(out_features, lam1=lam1, lam_g=lam_g, group_size=group_size,
+                                nonneg=nonneg, epochs=epochs, max_iter=max_iter, seed=seed,
+                                device=device, key=key, verbose=verbose)
+    learner.fit(loader)
+    D = learner.dictionary_.detach().cpu()
+    conn = Connectivity.from_scores(D.T, density, mode, block=tuple(block) if block else None)
+    report = LayerReport(
+        in_features=x0.shape[1], K=out_features, density=conn.density,
+        objective=learner.objective_[-1], objective_per_epoch=list(learner.objective_),
+        lam1=learner.lam1_, lam_g=learner.lam_g_, usage=float((learner.usage_ > 0).float().mean()),
+        seconds=time.perf_counter() - t0,
+    )
+    return conn, D, report
+
+
+def format_report(rows: list[dict]) -> str:
+    """A plain-text table of per-layer reports."""
+    head = f"{'layer':>5} {'in':>6} {'K':>6} {'density':>8} {'score':>9} {'gain':>8} {'objective':>11} {'kept':>5} {'s':>7}"
+    lines = [head, "-" * len(head)]
+    for i, r in enumerate(rows):
+        gain = r.get("gain")
+        lines.append(
+            f"{i + 1:>5} {r['in_features']:>6} {r['K']:>6} {r['density']:>8.4f} "
+            f"{r.get('score', float('nan')):>9.4f} {('   -' if gain is None else f'{gain:+.4f}'):>8} "
+            f"{r['objective']:>11.4g} {('yes' if r.get('kept', True) else 'no'):>5} {r['seconds']:>7.1f}"
+        )
+    return "\n".join(lines)

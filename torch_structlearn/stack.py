@@ -1,0 +1,189 @@
+"""``StructLearnedStack``: ``[StructLearnedLinear → ReLU → GroupPool] × depth``, whose
+connectivity *and depth* are learned bottom-up from unlabelled data (DESIGN.md §2.5)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .connectivity import Connectivity
+from .layers import StructLearnedLinear
+from .pooling import GroupPool
+
+__all__ = ["StructLearnedStack"]
+
+
+def _block(in_features: int, width: int, group_size: int, pool: str, **layer_kw) -> nn.Sequential:
+    return nn.Sequential(StructLearnedLinear(in_features, width, **layer_kw), nn.ReLU(),
+                         GroupPool(group_size, pool))
+
+
+class StructLearnedStack(nn.Module):
+    """A stack of structure-learned layers: ``(*, in_features) → (*, width / group_size)``.
+
+    Each block is ``StructLearnedLinear(in, width) → ReLU → GroupPool(group_size, pool)``; block
+    ``l + 1`` reads block ``l``'s pooled outputs. Before :meth:`learn_structure` the stack has
+    ``depth`` (default ``max_depth``) blocks with random connectivity of the given density.
+
+    Args:
+        in_features: input size.  width: units per layer ``K`` (before pooling).
+        max_depth: most layers :meth:`learn_structure` may grow.
+        density: connection density of every layer.
+        group_size, pool: the pooling groups (also the group-penalty groups) and mode.
+        min_gain: stop when the relative gain of the coding-efficiency score falls below it.
+        depth: initial number of (random) blocks, default ``max_depth``.
+        **learn_kw: defaults for :meth:`learn_structure` (``lam1``, ``lam_g``, ``epochs``,
+            ``mode``, ``block``, ``nonneg``, ``max_iter``, ``seed``, ``score_samples``, ``verbose``).
+
+    Attributes:
+        report: after learning, one dict per tried layer: ``K, density, score, gain,
+            objective, seconds, kept``; ``print(stack.format_report())`` shows it as a table.
+    """
+
+    def __init__(self, in_features: int, width: int, *, max_depth: int = 3, density: float = 0.05,
+                 group_size: int = 4, pool: str = "l2", min_gain: float = 0.01,
+                 depth: int | None = None, backend: str = "auto", device=None, dtype=None,
+                 **learn_kw) -> None:
+        super().__init__()
+        from .learn import _check_width, check_learning_args
+
+        _check_width("in_features", in_features)
+        _check_width("max_depth", max_depth)
+        check_learning_args(width=width, density=density, group_size=group_size,
+                            lam1=learn_kw.get("lam1", "auto"), lam_g=learn_kw.get("lam_g"),
+                            mode=learn_kw.get("mode", "per_unit"), block=learn_kw.get("block"))
+        GroupPool(group_size, pool)  # validates pool
+        depth = max_depth if depth is None else _check_width("depth", depth)
+        self.in_features, self.width, self.max_depth = in_features, width, max_depth
+        self.density, self.group_size, self.pool, self.min_gain = density, group_size, pool, min_gain
+        self.backend, self.learn_kw = backend, learn_kw
+        self._factory = {"device": device, "dtype": dtype}
+        self.layers = nn.ModuleList(
+            _block(in_features if i == 0 else width // group_size, width, group_size, pool,
+                   density=density, backend=backend, **self._factory)
+            for i in range(depth)
+        )
+        self.report: list[dict] = []
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    @property
+    def out_features(self) -> int:
+        return self.width // self.group_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.layers:
+            x = block(x)
+        return x
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, width={self.width}, depth={self.depth}, "
+                f"max_depth={self.max_depth}, density={self.density}, group_size={self.group_size}, "
+                f"pool={self.pool!r}")
+
+    def format_report(self) -> str:
+        from .learn import format_report
+
+        return format_report(self.report)
+
+    @torch.no_grad()
+    def learn_structure(self, loader: Iterable, **overrides) -> StructLearnedStack:
+        """Grow the stack bottom-up on ``loader`` (unlabelled; tensors, ``(x, y)`` or dicts).
+
+        Layer ``l`` is learned by :func:`~torch_structlearn.learn.learn_structure` on the
+        (mean-centred) pooled outputs of layers ``< l``; its weights start from the dictionary.
+        After each layer the coding-efficiency score ``E_l``
+        (:func:`~torch_structlearn.entropy.coding_efficiency`) of its pooled outputs is computed
+        on up to ``score_samples`` examples; from the second layer on, a layer whose relative
+        gain ``(E_l − E_{l−1}) / |E_{l−1}|`` is below ``min_gain`` is dropped and growth stops.
+        The first layer is always kept (its gain is reported against the input's score).
+        """
+        from tqdm.auto import tqdm
+
+        from .data import MappedLoader, batches, first_batch
+        from .entropy import coding_efficiency
+        from .learn import dictionary_values, learn_structure
+
+        kw = {**self.learn_kw, **overrides}
+        key = kw.pop("key", "x")
+        verbose = kw.pop("verbose", True)
+        score_samples = kw.pop("score_samples", 5000)
+        x0 = first_batch(loader, key=key)
+        if x0.shape[1] != self.in_features:
+            raise ValueError(f"the loader yields {x0.shape[1]} features, the stack expects "
+                             f"in_features={self.in_features}")
+        device = self._factory["device"]
+
+        def sample(fn) -> Tensor:
+            out, n = [], 0
+            for x in batches(loader, key=key, device=device):
+                out.append(fn(x).float())
+                n += x.shape[0]
+                if n >= score_samples:
+                    break
+            return torch.cat(out)[:score_samples]
+
+        blocks: list[nn.Module] = []
+        prefix = nn.Sequential()
+        prev = coding_efficiency(sample(lambda x: x))
+        rows = []
+        bar = tqdm(range(self.max_depth), desc="layers", unit="layer", disable=not verbose)
+        for depth in bar:
+            t0 = time.perf_counter()
+            in_l = self.in_features if depth == 0 else self.out_features
+            mu = torch.zeros(in_l)
+            n = 0
+            for x in batches(loader, key=key, device=device):
+                h = prefix(x)
+                mu += h.sum(0).cpu()
+                n += h.shape[0]
+            mu /= n
+            centred = MappedLoader(loader, lambda x, p=prefix, m=mu: p(x) - m.to(x), key=key,
+                                   device=device)
+            conn, D, rep = learn_structure(
+                centred, self.width, density=self.density, group_size=self.group_size,
+                key=key, verbose=verbose, device=device, **kw)
+            block = _block(in_l, self.width, self.group_size, self.pool, connectivity=conn,
+                           backend=self.backend, **self._factory)
+            layer = block[0]
+            layer.values.copy_(dictionary_values(D, conn).to(layer.values))
+            layer.bias.copy_(-(layer.dense_weight() @ mu.to(layer.values)))  # fold the centring
+            score = coding_efficiency(sample(lambda x, p=prefix, b=block: b(p(x))))
+            gain = (score - prev) / abs(prev) if prev != 0 else float("inf")
+            keep = depth == 0 or gain >= self.min_gain
+            rep.update(score=score, gain=gain, kept=keep, seconds=time.perf_counter() - t0)
+            rows.append(rep)
+            bar.set_postfix(score=f"{score:.4f}", gain=f"{gain:+.4f}")
+            if not keep:
+                break
+            blocks.append(block)
+            prefix = nn.Sequential(*blocks)
+            prev = score
+        bar.close()
+        self.layers = nn.ModuleList(blocks)
+        self.report = rows
+        if verbose:
+            print(self.format_report())
+        return self
+
+    @classmethod
+    def random_like(cls, other: StructLearnedStack, *, seed: int | None = None) -> StructLearnedStack:
+        """Same depth, widths and per-unit fan-in as ``other``, random connectivity (a baseline)."""
+        new = cls(other.in_features, other.width, max_depth=other.max_depth, density=other.density,
+                  group_size=other.group_size, pool=other.pool, min_gain=other.min_gain,
+                  depth=other.depth, backend=other.backend, **other._factory, **other.learn_kw)
+        g = None if seed is None else seed
+        for i, (mine, theirs) in enumerate(zip(new.layers, other.layers, strict=False)):
+            src = theirs[0]
+            fan = src.fan_in
+            if not bool((fan == fan[0]).all()):
+                raise ValueError("random_like needs equal fan-in per unit (mode='per_unit')")
+            conn = Connectivity.random((src.out_features, src.in_features), fan_in=int(fan[0]),
+                                       seed=None if g is None else g + i)
+            mine[0].set_connectivity(conn)
+        return new
