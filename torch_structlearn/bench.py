@@ -240,6 +240,82 @@ def update_markdown(path: Path, key: str, body: str) -> None:
     tmp.replace(path)
 
 
+def run_coding(args) -> dict:
+    """Our dictionary learning against scikit-learn's MiniBatchDictionaryLearning on the same
+    MNIST images, atoms, λ, batch size and passes; both dictionaries are scored with the same
+    encoder (FISTA run to convergence) on the same objective ½‖x − Da‖² + λ‖a‖₁ (mean/sample)."""
+    import numpy as np
+    from sklearn.decomposition import MiniBatchDictionaryLearning
+    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
+
+    from .coding import DictionaryLearner, fista, objective
+    from .datasets import load_dataset
+
+    X, _ = load_dataset("mnist", "train", args.data_root, args.n)
+    X = X.reshape(len(X), -1)
+    X = X - X.mean(0)  # centred pixels, as scikit-learn's examples do
+    device = torch.device(args.device)
+
+    def final_objective(D: torch.Tensor) -> float:
+        Dd = D.to(device, torch.float32)
+        Xd = X.to(device)
+        total = 0.0
+        for i in range(0, len(Xd), 2000):
+            A = fista(Xd[i : i + 2000], Dd, lam1=args.lam, max_iter=1000, tol=1e-7)
+            total += float(objective(Xd[i : i + 2000], Dd, A, args.lam).sum())
+        return total / len(Xd)
+
+    rows = []
+    t0 = time.perf_counter()
+    ours = DictionaryLearner(args.atoms, lam1=args.lam, epochs=args.passes, seed=0,
+                             device=device, verbose=False)
+    # batches indexed in one go (a BatchSampler), not 256 single-item lookups per batch
+    batched = DataLoader(TensorDataset(X), batch_size=None,
+                         sampler=BatchSampler(SequentialSampler(range(len(X))), args.batch_size, False))
+    ours.fit(batched)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t_ours = time.perf_counter() - t0
+    rows.append({"method": "torch_structlearn DictionaryLearner", "seconds": t_ours,
+                 "objective": final_objective(ours.dictionary_),
+                 "active_fraction": float(ours.usage_.mean())})
+    print(f"ours: {t_ours:.1f} s, objective {rows[-1]['objective']:.4f}", flush=True)
+    if not args.skip_sklearn:
+        t0 = time.perf_counter()
+        sk = MiniBatchDictionaryLearning(n_components=args.atoms, alpha=args.lam,
+                                         batch_size=args.batch_size, max_iter=args.passes,
+                                         shuffle=False, random_state=0, fit_algorithm="cd",
+                                         transform_algorithm="lasso_cd")
+        sk.fit(X.numpy().astype(np.float64))
+        t_sk = time.perf_counter() - t0
+        D_sk = torch.from_numpy(sk.components_).float().T
+        rows.append({"method": "sklearn MiniBatchDictionaryLearning (fit_algorithm='cd')",
+                     "seconds": t_sk, "objective": final_objective(D_sk / D_sk.norm(dim=0).clamp_min(1e-12))})
+        print(f"sklearn: {t_sk:.1f} s, objective {rows[-1]['objective']:.4f}", flush=True)
+        rows[0]["speedup"] = t_sk / t_ours
+    return {"benchmark": "coding", "machine": machine(), "device": device.type,
+            "command": " ".join(["python -m torch_structlearn.bench", *sys.argv[1:]]),
+            "n": len(X), "atoms": args.atoms, "lam": args.lam, "passes": args.passes,
+            "batch_size": args.batch_size, "rows": rows}
+
+
+def coding_markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"Command: `{result['command']}`  ",
+             f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}"
+             + (f", GPU {m['gpu']}" if "gpu" in m and result["device"] == "cuda" else "")
+             + f"; device {result['device']}.  ",
+             f"{result['n']} MNIST training images (centred pixels), {result['atoms']} atoms, "
+             f"λ = {result['lam']}, batch {result['batch_size']}, {result['passes']} passes. "
+             "Objective = mean over the images of ½‖x − Da‖² + λ‖a‖₁ with codes from the same "
+             "FISTA encoder run to convergence for both dictionaries.", "",
+             "| method | wall time (s) | final objective | speedup |", "|---|---|---|---|"]
+    for r in result["rows"]:
+        sp = f"{r['speedup']:.1f}x" if "speedup" in r else "1.0x"
+        lines.append(f"| {r['method']} | {r['seconds']:.1f} | {r['objective']:.4f} | {sp} |")
+    return "\n".join(lines)
+
+
 def _shape(s: str) -> tuple[int, int, int]:
     try:
         b, i, o = (int(v) for v in s.split(","))
@@ -268,17 +344,32 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--markdown", type=Path, default=None, help="update this BENCHMARKS.md")
         q.add_argument("--write-crossover", action="store_true",
                        help="rewrite the crossover table that backend='auto' ships with")
+    c = sub.add_parser("coding", help="dictionary learning vs scikit-learn on MNIST")
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--n", type=int, default=20000, help="MNIST training images")
+    c.add_argument("--atoms", type=int, default=256)
+    c.add_argument("--lam", type=float, default=0.1)
+    c.add_argument("--passes", type=int, default=3)
+    c.add_argument("--batch-size", type=int, default=256)
+    c.add_argument("--data-root", default=None)
+    c.add_argument("--skip-sklearn", action="store_true", help="time ours only (e.g. on a GPU)")
+    c.add_argument("--json", type=Path, default=Path("runs/bench/coding.json"))
+    c.add_argument("--markdown", type=Path, default=None, help="update this BENCHMARKS.md")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available on this machine")
-    if args.repeats < 1:
-        p.error(f"--repeats must be >= 1, got {args.repeats}")
-    result = run_kernels(args)
+    if args.what == "coding":
+        result, key, md = run_coding(args), f"coding-lam{args.lam:g}", coding_markdown
+    else:
+        if args.repeats < 1:
+            p.error(f"--repeats must be >= 1, got {args.repeats}")
+        result, key, md = run_kernels(args), "kernels", markdown
+    key = f"{key}-{torch.device(args.device).type}"
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.json}")
     if args.markdown:
-        update_markdown(args.markdown, f"kernels-{torch.device(args.device).type}", markdown(result))
+        update_markdown(args.markdown, key, md(result))
         print(f"updated {args.markdown}")
     return 0
 

@@ -80,7 +80,7 @@ def learn_structure(
     lam_g: float | None = None,
     nonneg: bool = False,
     epochs: int = 5,
-    max_iter: int = 100,
+    max_iter: int = 50,
     seed: int = 0,
     device=None,
     key: str = "x",
