@@ -214,3 +214,18 @@ def test_single_layer_learn_structure_inits():
         layer.learn_structure(_loader(X), init="zeros")
     with pytest.raises(ValueError, match="expects in_features=64"):
         StructLearnedLinear(64, 32).learn_structure(_loader(torch.randn(50, 10)), epochs=1, verbose=False)
+
+
+def test_learned_groups_option_and_file_round_trip(tmp_path):
+    X = _photo_crops(n=2000, size=8)
+    stack = StructLearnedStack(64, 32, max_depth=1, density=0.25, group_size=4, groups="learned",
+                               epochs=1, verbose=False)
+    stack.learn_structure(_loader(X, 250))
+    perm = stack.layers[0][2].permutation
+    assert perm is not None and sorted(perm.tolist()) == list(range(32))
+    back = load(save(stack, tmp_path / "g.safetensors"))
+    assert torch.equal(back.layers[0][2].permutation, perm)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(back(x), stack(x))
+    with pytest.raises(ValueError, match="groups must be"):
+        StructLearnedStack(64, 32, groups="kmeans")

@@ -9,7 +9,8 @@ A file holds, per layer ``i``, the tensors ``layers.{i}.crow_indices`` ``(out + 
 * ``header``          JSON: ``{"class", "config", "layers": [{"in_features", "out_features",
   "nnz", "density", "bias", "backend"}], "user": {...}}``; ``class`` is
   ``StructLearnedLinear`` (empty config, one layer) or ``StructLearnedStack`` (config:
-  ``in_features, width, max_depth, group_size, pool, density, min_gain``).
+  ``in_features, width, max_depth, group_size, pool, groups, density, min_gain``; with
+  ``groups = "learned"`` each layer also has ``layers.{i}.pool_permutation`` ``(width,)`` int64).
 * ``sha256``          hex digest over ``header`` and every tensor's bytes, in key order, so
   a flipped byte anywhere is detected.
 
@@ -36,6 +37,7 @@ from torch import nn
 
 from .connectivity import Connectivity, validate_csr
 from .layers import StructLearnedLinear
+from .pooling import GroupPool
 
 __all__ = ["save", "load", "StructureFileError", "FORMAT", "FORMAT_VERSION"]
 
@@ -63,7 +65,7 @@ def _layers_of(module: nn.Module) -> tuple[str, dict[str, Any], list[StructLearn
 
 
 _STACK_CONFIG = {"in_features": int, "width": int, "max_depth": int, "group_size": int,
-                 "pool": str, "density": float, "min_gain": float}
+                 "pool": str, "groups": str, "density": float, "min_gain": float}
 
 
 def _digest(header: str, tensors: dict[str, torch.Tensor]) -> str:
@@ -123,6 +125,8 @@ def save(module: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | 
         tensors[p + "values"] = layer.values
         if layer.bias is not None:
             tensors[p + "bias"] = layer.bias
+        if cls == "StructLearnedStack" and module.layers[i][2].permutation is not None:
+            tensors[p + "pool_permutation"] = module.layers[i][2].permutation
         infos.append({
             "in_features": layer.in_features, "out_features": layer.out_features,
             "nnz": layer.nnz, "density": layer.density, "bias": layer.bias is not None,
@@ -219,7 +223,8 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
     if cls == "StructLearnedLinear" and (config != {} or len(layers) != 1):
         _fail(path, "a StructLearnedLinear file has an empty config and exactly one layer")
     if cls == "StructLearnedStack":
-        if not isinstance(config, dict) or set(config) != set(_STACK_CONFIG):
+        if not isinstance(config, dict) or set(config) != set(_STACK_CONFIG) or config.get(
+                "groups") not in ("contiguous", "learned"):
             _fail(path, f"a StructLearnedStack config must have exactly the keys {sorted(_STACK_CONFIG)}")
         for k, typ in _STACK_CONFIG.items():
             v = config[k]
@@ -252,6 +257,8 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
             _fail(path, f"layer {i}: backend must be a string")
         p, out, nnz = f"layers.{i}.", L["out_features"], L["nnz"]
         names = ["crow_indices", "col_indices", "values"] + (["bias"] if L["bias"] else [])
+        if cls == "StructLearnedStack" and config["groups"] == "learned":
+            names.append("pool_permutation")
         expected |= {p + n for n in names}
         missing = sorted(p + n for n in names if p + n not in raw)
         if missing:
@@ -262,6 +269,8 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
         dv = _check_entry(path, raw, p + "values", _VALUE_DTYPES, [nnz])
         if L["bias"] and _check_entry(path, raw, p + "bias", _VALUE_DTYPES, [out]) != dv:
             _fail(path, f"layer {i}: bias and values must share a dtype")
+        if p + "pool_permutation" in expected:
+            _check_entry(path, raw, p + "pool_permutation", {"I64": torch.int64}, [out])
     extra = sorted(set(raw) - expected - {"__metadata__"})
     if extra:
         _fail(path, f"unexpected tensors {extra}")
@@ -318,10 +327,16 @@ def load(path: str | os.PathLike, *, device=None) -> nn.Module:
         try:
             layer = StructLearnedStack(c["in_features"], c["width"], max_depth=c["max_depth"],
                                        density=c["density"], group_size=c["group_size"],
-                                       pool=c["pool"], min_gain=c["min_gain"], depth=len(built),
-                                       dtype=built[0][2].dtype)
+                                       pool=c["pool"], min_gain=c["min_gain"], groups=c["groups"],
+                                       depth=len(built), dtype=built[0][2].dtype)
         except (TypeError, ValueError) as e:
             _fail(path, f"invalid stack config: {e}")
-        for block, parts in zip(layer.layers, built, strict=False):
+        for i, (block, parts) in enumerate(zip(layer.layers, built, strict=True)):
             block[0] = _build_layer(*parts)
+            perm = tensors.get(f"layers.{i}.pool_permutation")
+            if perm is not None:
+                try:
+                    block[2] = GroupPool(c["group_size"], c["pool"], permutation=perm)
+                except ValueError as e:
+                    _fail(path, f"layer {i}: invalid pool_permutation: {e}")
     return layer.to(device) if device is not None else layer

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .coding import DictionaryLearner
 from .connectivity import Connectivity, _check_density
-from .data import first_batch
+from .data import batches
 
 __all__ = ["learn_structure", "dictionary_values", "LayerReport", "format_report"]
 
@@ -101,7 +101,10 @@ def learn_structure(
     """
     check_learning_args(width=out_features, density=density, group_size=group_size, lam1=lam1,
                         lam_g=lam_g, mode=mode, block=block)
-    x0 = first_batch(loader, key=key)  # validate the loader before the long work
+    # one cheap pass validates every batch (type, NaN/Inf, feature size) before the long work
+    x0 = None
+    for x in batches(loader, key=key):
+        x0 = x if x0 is None else x0
     t0 = time.perf_counter()
     learner = DictionaryLearner(out_features, lam1=lam1, lam_g=lam_g, group_size=group_size,
                                 nonneg=nonneg, epochs=epochs, max_iter=max_iter, seed=seed,

@@ -33,6 +33,9 @@ class StructLearnedStack(nn.Module):
         max_depth: most layers :meth:`learn_structure` may grow.
         density: connection density of every layer.
         group_size, pool: the pooling groups (also the group-penalty groups) and mode.
+        groups: ``'contiguous'`` (the group-penalty blocks, default) or ``'learned'``: after each
+            layer is learned, its units are regrouped by clustering on ``corr(h_j², h_k²)``
+            (:func:`~torch_structlearn.pooling.learn_groups`).
         min_gain: stop when the relative gain of the coding-efficiency score falls below it.
         depth: initial number of (random) blocks, default ``max_depth``.
         **learn_kw: defaults for :meth:`learn_structure` (``lam1``, ``lam_g``, ``epochs``,
@@ -45,7 +48,7 @@ class StructLearnedStack(nn.Module):
 
     def __init__(self, in_features: int, width: int, *, max_depth: int = 3, density: float = 0.05,
                  group_size: int = 4, pool: str = "l2", min_gain: float = 0.01,
-                 depth: int | None = None, backend: str = "auto", device=None, dtype=None,
+                 groups: str = "contiguous", depth: int | None = None, backend: str = "auto", device=None, dtype=None,
                  **learn_kw) -> None:
         super().__init__()
         from .learn import _check_width, check_learning_args
@@ -56,6 +59,9 @@ class StructLearnedStack(nn.Module):
                             lam1=learn_kw.get("lam1", "auto"), lam_g=learn_kw.get("lam_g"),
                             mode=learn_kw.get("mode", "per_unit"), block=learn_kw.get("block"))
         GroupPool(group_size, pool)  # validates pool
+        if groups not in ("contiguous", "learned"):
+            raise ValueError(f"groups must be 'contiguous' or 'learned', got {groups!r}")
+        self.groups = groups
         depth = max_depth if depth is None else _check_width("depth", depth)
         self.in_features, self.width, self.max_depth = in_features, width, max_depth
         self.density, self.group_size, self.pool, self.min_gain = density, group_size, pool, min_gain
@@ -153,6 +159,12 @@ class StructLearnedStack(nn.Module):
             layer = block[0]
             layer.values.copy_(dictionary_values(D, conn).to(layer.values))
             layer.bias.copy_(-(layer.dense_weight() @ mu.to(layer.values)))  # fold the centring
+            if self.groups == "learned":
+                from .pooling import learn_groups
+
+                H = sample(lambda x, p=prefix, b=block: b[1](b[0](p(x))))
+                block[2] = GroupPool(self.group_size, self.pool,
+                                     permutation=learn_groups(H, self.group_size))
             score = coding_efficiency(sample(lambda x, p=prefix, b=block: b(p(x))))
             gain = (score - prev) / abs(prev) if prev != 0 else float("inf")
             keep = depth == 0 or gain >= self.min_gain
@@ -177,6 +189,8 @@ class StructLearnedStack(nn.Module):
         new = cls(other.in_features, other.width, max_depth=other.max_depth, density=other.density,
                   group_size=other.group_size, pool=other.pool, min_gain=other.min_gain,
                   depth=other.depth, backend=other.backend, **other._factory, **other.learn_kw)
+        for mine, theirs in zip(new.layers, other.layers, strict=False):
+            mine[2] = theirs[2]  # same pooling groups
         g = None if seed is None else seed
         for i, (mine, theirs) in enumerate(zip(new.layers, other.layers, strict=False)):
             src = theirs[0]
