@@ -174,3 +174,16 @@ def test_backend_caches_and_switching(backend):
             assert uses_csr and not uses_dense
         torch.testing.assert_close(layer(x), ref)
         layer(x).sum().backward()
+
+
+def test_empty_cache_is_recomputed_for_an_empty_layer():
+    # a cache built for 'dense' (no transpose) must not be used as a CSR transpose later,
+    # also when nnz = 0 (an empty cache then has the same length as the values)
+    conn = Connectivity(torch.zeros(4, dtype=torch.int64), torch.zeros(0, dtype=torch.int64), (3, 5))
+    layer = StructLearnedLinear(5, 3, connectivity=conn, backend="dense")
+    layer._backend = "csr"  # as if auto had picked csr on another device; caches not refreshed
+    x = torch.randn(2, 5, requires_grad=True)
+    y = layer(x)
+    y.sum().backward()
+    torch.testing.assert_close(y, layer.bias.expand(2, 3))
+    assert torch.equal(x.grad, torch.zeros(2, 5))

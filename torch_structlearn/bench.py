@@ -156,22 +156,27 @@ def run_kernels(args) -> dict:
               f"{m['baseline_forward_backward_ms'] / m['forward_backward_ms']:>7.2f}x "
               f"{m['peak_forward_backward_bytes'] / 2**20:>9.1f}", flush=True)
 
+    def grid(names: list[str], with_baseline: bool) -> None:
+        """Time every (dtype, shape, density, backend) against ``nn.Linear`` on that shape."""
+        for dtype in dtypes:
+            for batch, fin, fout in args.shapes:
+                shape = (batch, fin, fout)
+                torch.manual_seed(0)
+                x = torch.randn(batch, fin, device=device, dtype=dtype)
+                dense = nn.Linear(fin, fout, device=device, dtype=dtype)
+                if with_baseline:
+                    record(shape, 1.0, "nn.Linear", dtype, _measure(dense, dense, x, args.repeats))
+                for density in args.densities:
+                    conn = Connectivity.random((fout, fin), density=density, seed=0)
+                    for backend in names:
+                        layer = StructLearnedLinear(fin, fout, connectivity=conn, backend=backend,
+                                                    device=device, dtype=dtype)
+                        record(shape, density, backend, dtype,
+                               _measure(layer, dense, x, args.repeats), layer.density)
+
     print(f"{'(batch, in, out)':>22} {'dtype':>8} {'density':>8} {'backend':>12} "
           f"{'fwd ms':>9} {'fwd+bwd':>9} {'fwd x':>8} {'f+b x':>8} {'peak MiB':>9}")
-    for dtype in dtypes:
-        for batch, fin, fout in args.shapes:
-            shape = (batch, fin, fout)
-            torch.manual_seed(0)
-            x = torch.randn(batch, fin, device=device, dtype=dtype)
-            dense = nn.Linear(fin, fout, device=device, dtype=dtype)
-            record(shape, 1.0, "nn.Linear", dtype, _measure(dense, dense, x, args.repeats))
-            for density in args.densities:
-                conn = Connectivity.random((fout, fin), density=density, seed=0)
-                for backend in backends:
-                    layer = StructLearnedLinear(fin, fout, connectivity=conn, backend=backend,
-                                                device=device, dtype=dtype)
-                    record(shape, density, backend, dtype, _measure(layer, dense, x, args.repeats),
-                           layer.density)
+    grid(backends, with_baseline=True)
     table = dict(auto.TABLE)
     for dtype in dtypes:
         name = str(dtype).removeprefix("torch.")
@@ -184,18 +189,7 @@ def run_kernels(args) -> dict:
         auto.TABLE.clear()
         auto.TABLE.update(auto.load_table())
     # 'auto' with the (possibly new) table, measured in the same run as its baseline.
-    for dtype in dtypes:
-        for batch, fin, fout in args.shapes:
-            shape = (batch, fin, fout)
-            torch.manual_seed(0)
-            x = torch.randn(batch, fin, device=device, dtype=dtype)
-            dense = nn.Linear(fin, fout, device=device, dtype=dtype)
-            for density in args.densities:
-                conn = Connectivity.random((fout, fin), density=density, seed=0)
-                layer = StructLearnedLinear(fin, fout, connectivity=conn, backend="auto",
-                                            device=device, dtype=dtype)
-                record(shape, density, "auto", dtype, _measure(layer, dense, x, args.repeats),
-                       layer.density)
+    grid(["auto"], with_baseline=False)
     return {"benchmark": "kernels", "machine": machine(), "repeats": args.repeats,
             "command": " ".join(["python -m torch_structlearn.bench", *sys.argv[1:]]),
             "crossover": table, "rows": rows}

@@ -22,6 +22,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from ._checks import positive_int
 from .data import batches
 
 __all__ = ["fista", "objective", "prox", "DictionaryLearner"]
@@ -36,8 +37,7 @@ def _check_lams(lam1: float, lam_g: float) -> None:
 
 
 def _check_groups(K: int, group_size: int) -> None:
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    positive_int("group_size", group_size)
     if K % group_size:
         raise ValueError(f"group_size={group_size} must divide the number of atoms {K}")
 
@@ -187,8 +187,7 @@ class DictionaryLearner:
         key: str = "x",
         verbose: bool = True,
     ) -> None:
-        if isinstance(n_atoms, bool) or not isinstance(n_atoms, int) or n_atoms < 1:
-            raise ValueError(f"n_atoms must be a positive int, got {n_atoms!r}")
+        positive_int("n_atoms", n_atoms)
         _check_groups(n_atoms, group_size)
         if lam1 != "auto":
             _check_lams(lam1, 0.0)
@@ -196,13 +195,14 @@ class DictionaryLearner:
             _check_lams(0.0, lam_g)
         if not 0 < active_fraction < 1:
             raise ValueError(f"active_fraction must be in (0, 1), got {active_fraction!r}")
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        positive_int("epochs", epochs)
+        positive_int("max_iter", max_iter)
+        positive_int("dict_steps", dict_steps)
         self.n_atoms, self.lam1, self.lam_g, self.group_size = n_atoms, lam1, lam_g, group_size
         self.nonneg, self.active_fraction, self.epochs = nonneg, active_fraction, epochs
         self.max_iter, self.tol, self.seed, self.device = max_iter, tol, seed, device
-        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int) or memory < 1):
-            raise ValueError(f"memory must be a positive int (samples), got {memory!r}")
+        if memory is not None:
+            positive_int("memory", memory)
         self.key, self.verbose, self.memory, self.dict_steps = key, verbose, memory, dict_steps
 
     # ------------------------------------------------------------------ helpers

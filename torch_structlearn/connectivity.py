@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ._checks import density as _check_density
+
 __all__ = ["Connectivity", "validate_csr", "csr_transpose", "fan_in_for_density"]
 
 _INT_DTYPES = (torch.int32, torch.int64)
@@ -27,14 +29,6 @@ def _as_shape(shape: Sequence[int], name: str = "shape") -> tuple[int, int]:
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"{name}: {what} must be a non-negative int, got {v!r}")
     return int(rows), int(cols)
-
-
-def _check_density(density: float) -> float:
-    if isinstance(density, bool) or not isinstance(density, (int, float)):
-        raise TypeError(f"density must be a float in (0, 1], got {type(density).__name__}")
-    if not (0.0 < float(density) <= 1.0) or math.isnan(density):
-        raise ValueError(f"density must be in (0, 1], got {density!r}")
-    return float(density)
 
 
 def fan_in_for_density(density: float, in_features: int) -> int:

@@ -11,20 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._checks import positive_int
 from .connectivity import Connectivity, csr_transpose, validate_csr
 from .ops import BACKENDS, auto, sparse_linear
 from .ops.dense import dense_weight, flat_index
 from .ops.sparse_linear import torch_sparse_backend
 
 __all__ = ["StructLearnedLinear"]
-
-
-def _positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if v < 1:
-        raise ValueError(f"{name} must be >= 1, got {v}")
-    return v
 
 
 def _index_dtype(nnz: int) -> torch.dtype:
@@ -69,8 +62,8 @@ class StructLearnedLinear(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        self.in_features = _positive_int("in_features", in_features)
-        self.out_features = _positive_int("out_features", out_features)
+        self.in_features = positive_int("in_features", in_features)
+        self.out_features = positive_int("out_features", out_features)
         self.backend = backend  # validated by the setter
         if connectivity is None:
             connectivity = Connectivity.random((out_features, in_features), density=density)

@@ -13,8 +13,10 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from ._checks import density as check_density
+from ._checks import positive_int
 from .coding import DictionaryLearner
-from .connectivity import Connectivity, _check_density
+from .connectivity import Connectivity
 from .data import batches
 
 __all__ = ["learn_structure", "dictionary_values", "LayerReport", "format_report"]
@@ -22,21 +24,12 @@ __all__ = ["learn_structure", "dictionary_values", "LayerReport", "format_report
 INIT_ROW_NORM = 1 / math.sqrt(3)  # the expected row norm of nn.Linear's Kaiming-uniform init
 
 
-def _check_width(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if v < 1:
-        raise ValueError(f"{name} must be >= 1, got {v}")
-    return v
-
-
 def check_learning_args(*, width: int, density: float, group_size: int, lam1, lam_g,
                         mode: str = "per_unit", block=None) -> None:
     """Validate the arguments shared by every structure-learning entry point."""
-    _check_width("width", width)
-    _check_density(density)
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    positive_int("width", width)
+    check_density(density)
+    positive_int("group_size", group_size)
     if width % group_size:
         raise ValueError(f"group_size={group_size} must divide width={width}")
     for name, v in (("lam1", lam1), ("lam_g", lam_g)):

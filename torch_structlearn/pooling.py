@@ -9,6 +9,8 @@ import torch
 from einops import reduce
 from torch import Tensor, nn
 
+from ._checks import positive_int
+
 __all__ = ["GroupPool", "learn_groups"]
 
 _MODES = ("l2", "max", "mean")
@@ -27,8 +29,7 @@ class GroupPool(nn.Module):
     def __init__(self, group_size: int, mode: str = "l2", *, num_features: int | None = None,
                  permutation: Tensor | None = None) -> None:
         super().__init__()
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-            raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+        positive_int("group_size", group_size)
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         self.group_size, self.mode = group_size, mode

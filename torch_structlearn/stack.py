@@ -51,10 +51,11 @@ class StructLearnedStack(nn.Module):
                  groups: str = "contiguous", depth: int | None = None, backend: str = "auto", device=None, dtype=None,
                  **learn_kw) -> None:
         super().__init__()
-        from .learn import _check_width, check_learning_args
+        from ._checks import positive_int
+        from .learn import check_learning_args
 
-        _check_width("in_features", in_features)
-        _check_width("max_depth", max_depth)
+        positive_int("in_features", in_features)
+        positive_int("max_depth", max_depth)
         check_learning_args(width=width, density=density, group_size=group_size,
                             lam1=learn_kw.get("lam1", "auto"), lam_g=learn_kw.get("lam_g"),
                             mode=learn_kw.get("mode", "per_unit"), block=learn_kw.get("block"))
@@ -62,7 +63,7 @@ class StructLearnedStack(nn.Module):
         if groups not in ("contiguous", "learned"):
             raise ValueError(f"groups must be 'contiguous' or 'learned', got {groups!r}")
         self.groups = groups
-        depth = max_depth if depth is None else _check_width("depth", depth)
+        depth = max_depth if depth is None else positive_int("depth", depth)
         self.in_features, self.width, self.max_depth = in_features, width, max_depth
         self.density, self.group_size, self.pool, self.min_gain = density, group_size, pool, min_gain
         self.backend, self.learn_kw = backend, learn_kw

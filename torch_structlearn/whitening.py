@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from ._checks import positive_int
 from .data import batches
 
 __all__ = ["ZCAWhitening"]
@@ -32,8 +33,7 @@ class ZCAWhitening(nn.Module):
 
     def __init__(self, num_features: int, eps: float = 0.1, per_example_mean: bool = True):
         super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        positive_int("num_features", num_features)
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
         self.num_features, self.eps, self.per_example_mean = num_features, float(eps), per_example_mean

@@ -174,7 +174,7 @@ def sparse_linear(
         backend = auto.choose(x.device, x.dtype, density)
     if backend == "dense":
         return dense.linear(x, values, crow, col, bias, dense_index)
-    if transpose is None or transpose[2].numel() != col.numel():
+    if transpose is None or transpose[0].numel() != in_features + 1:  # missing / empty cache
         transpose = csr_transpose(crow, col, in_features)
     lead = x.shape[:-1]
     y = _sparse_linear(

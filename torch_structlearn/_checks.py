@@ -1,0 +1,23 @@
+"""Argument checks shared by every public entry point (one place, one wording)."""
+
+from __future__ import annotations
+
+import math
+
+
+def positive_int(name: str, v) -> int:
+    """``v`` as an int >= 1, else ``TypeError``/``ValueError`` naming ``name`` and the value."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+    if v < 1:
+        raise ValueError(f"{name} must be >= 1, got {v}")
+    return v
+
+
+def density(v) -> float:
+    """``v`` as a float in (0, 1], else ``TypeError``/``ValueError``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"density must be a float in (0, 1], got {type(v).__name__}")
+    if math.isnan(v) or not 0.0 < float(v) <= 1.0:
+        raise ValueError(f"density must be in (0, 1], got {v!r}")
+    return float(v)
