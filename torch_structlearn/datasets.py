@@ -3,7 +3,9 @@
 ``digits`` ships inside scikit-learn; MNIST, Fashion-MNIST (torchvision layout) and CIFAR-10
 (an image folder ``cifar10/`` or the lossy ``cifar10-jpeg/``) are read from ``root`` or
 ``$STRUCTLEARN_DATA`` (default ``~/.cache/torch_structlearn``). Nothing is downloaded.
-Decoded tensors are cached under ``root/.cache`` so later runs start fast.
+Decoded CIFAR-10 tensors are cached (``$STRUCTLEARN_CACHE``, default
+``~/.cache/torch_structlearn/decoded``) so later runs start fast; the data folder itself may be
+read-only.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def _cifar10(root: Path, split: str) -> tuple[Tensor, Tensor]:
             break
     else:
         raise FileNotFoundError(f"cifar10: no {root}/cifar10/{split} or {root}/cifar10-jpeg/{split}")
-    cache = root / ".cache" / f"{sub}-{split}.pt"
+    cache_dir = Path(os.environ.get("STRUCTLEARN_CACHE", Path.home() / ".cache" / "torch_structlearn" / "decoded"))
+    cache = cache_dir / f"{sub}-{split}-{folder.stat().st_mtime_ns}.pt"
     if cache.exists():
         blob = torch.load(cache, weights_only=True)
         return blob["x"].float() / 255.0, blob["y"]
