@@ -3,6 +3,7 @@ ordinary PyTorch modules."""
 
 from .coding import DictionaryLearner
 from .connectivity import Connectivity
+from .convert import convert, convert_structure
 from .io import StructureFileError, load, save
 from .layers import StructLearnedLinear
 from .learn import learn_structure
@@ -21,6 +22,8 @@ __all__ = [
     "ZCAWhitening",
     "DictionaryLearner",
     "learn_structure",
+    "convert",
+    "convert_structure",
     "sparse_linear",
     "save",
     "load",

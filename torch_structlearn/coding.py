@@ -286,36 +286,49 @@ class DictionaryLearner:
         return int(ok.sum())
 
     # ------------------------------------------------------------------ API
+    def partial_fit(self, X: Tensor) -> DictionaryLearner:
+        """One online step on a batch ``X (N, ...)`` (flattened to ``(N, d)``): codes, then a
+        dictionary update. The first call initialises the dictionary (and ``lam1='auto'``)."""
+        X = X.reshape(X.shape[0], -1).to(device=self.device or X.device, dtype=torch.float32)
+        if getattr(self, "dictionary_", None) is None:
+            self._init(X)
+            self.objective_, self.n_reinit_ = [], []
+            self._reset_epoch()
+        elif X.shape[1] != self.dictionary_.shape[0]:
+            raise ValueError(f"X has {X.shape[1]} features, the dictionary {self.dictionary_.shape[0]}")
+        A = self._codes(X, self.dictionary_)
+        self._f += float(objective(X, self.dictionary_, A, self.lam1_, self.lam_g_, self.group_size).sum())
+        self._n += X.shape[0]
+        self._active += (A != 0).sum(0).double()
+        self._update(X, A)
+        self._last = (X, A)
+        return self
+
+    def _reset_epoch(self) -> None:
+        self._f, self._n, self._last = 0.0, 0, None
+        self._active = torch.zeros(self.n_atoms, dtype=torch.float64, device=self.dictionary_.device)
+
+    def _end_epoch(self, reinit: bool = True) -> None:
+        """Close a pass: record ``objective_`` and ``usage_``; re-initialise unused atoms."""
+        self.usage_ = (self._active / max(self._n, 1)).float()
+        self.objective_.append(self._f / max(self._n, 1))
+        unused = self.usage_ == 0
+        self.n_reinit_.append(self._reinit(*self._last, unused) if reinit and self._last else 0)
+        self._reset_epoch()
+
     def fit(self, loader: Iterable) -> DictionaryLearner:
         """Learn ``dictionary_`` from the batches of ``loader`` (tensors, ``(x, y)`` or dicts;
-        flattened to ``(N, d)``)."""
+        flattened to ``(N, d)``) over ``epochs`` passes."""
         from tqdm.auto import tqdm
 
         t0 = time.perf_counter()
-        kw = dict(key=self.key, device=self.device)
-        self.objective_, self.n_reinit_ = [], []
-        it = iter(batches(loader, **kw))
-        first = next(it)  # validates the loader before any long work
-        self._init(first)
+        self.dictionary_ = None
         bar = tqdm(total=self.epochs, desc="dictionary", unit="epoch", disable=not self.verbose,
                    leave=False)
         for epoch in range(self.epochs):
-            source = _chain(first, it) if epoch == 0 else batches(loader, **kw)
-            total_f, total_n = 0.0, 0
-            active = torch.zeros(self.n_atoms, dtype=torch.float64, device=first.device)
-            last = None
-            for X in source:
-                A = self._codes(X, self.dictionary_)
-                total_f += float(objective(X, self.dictionary_, A, self.lam1_, self.lam_g_,
-                                           self.group_size).sum())
-                total_n += X.shape[0]
-                active += (A != 0).sum(0).double()
-                self._update(X, A)
-                last = (X, A)
-            self.usage_ = (active / max(total_n, 1)).float()
-            self.objective_.append(total_f / max(total_n, 1))
-            unused = self.usage_ == 0
-            self.n_reinit_.append(self._reinit(*last, unused) if epoch < self.epochs - 1 else 0)
+            for X in batches(loader, key=self.key, device=self.device):
+                self.partial_fit(X)
+            self._end_epoch(reinit=epoch < self.epochs - 1)
             bar.set_postfix(objective=f"{self.objective_[-1]:.4g}")
             bar.update()
         bar.close()
@@ -335,7 +348,3 @@ class DictionaryLearner:
             n += X.shape[0]
         return total / n
 
-
-def _chain(first: Tensor, rest):
-    yield first
-    yield from rest

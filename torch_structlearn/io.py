@@ -10,7 +10,8 @@ A file holds, per layer ``i``, the tensors ``layers.{i}.crow_indices`` ``(out + 
   "nnz", "density", "bias", "backend"}], "user": {...}}``; ``class`` is
   ``StructLearnedLinear`` (empty config, one layer) or ``StructLearnedStack`` (config:
   ``in_features, width, max_depth, group_size, pool, groups, density, min_gain``; with
-  ``groups = "learned"`` each layer also has ``layers.{i}.pool_permutation`` ``(width,)`` int64).
+  ``groups = "learned"`` each layer also has ``layers.{i}.pool_permutation`` ``(width,)`` int64),
+  or ``ModuleStructures`` (config ``{"names": [...]}``: the converted layers of a model).
 * ``sha256``          hex digest over ``header`` and every tensor's bytes, in key order, so
   a flipped byte anywhere is detected.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import tempfile
 from pathlib import Path
@@ -39,7 +41,7 @@ from .connectivity import Connectivity, validate_csr
 from .layers import StructLearnedLinear
 from .pooling import GroupPool
 
-__all__ = ["save", "load", "StructureFileError", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save", "load", "load_structures", "StructureFileError", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "torch_structlearn"
 FORMAT_VERSION = "1"
@@ -61,7 +63,12 @@ def _layers_of(module: nn.Module) -> tuple[str, dict[str, Any], list[StructLearn
     if isinstance(module, StructLearnedStack):
         config = {k: getattr(module, k) for k in _STACK_CONFIG}
         return "StructLearnedStack", config, [block[0] for block in module.layers]
-    raise TypeError(f"save() takes a StructLearnedLinear or StructLearnedStack, got {type(module).__name__}")
+    if isinstance(module, nn.Module):
+        named = [(n, m) for n, m in module.named_modules() if isinstance(m, StructLearnedLinear)]
+        if named:  # e.g. a model converted by torch_structlearn.convert
+            return "ModuleStructures", {"names": [n for n, _ in named]}, [m for _, m in named]
+    raise TypeError("save() takes a StructLearnedLinear, a StructLearnedStack, or a module "
+                    f"containing StructLearnedLinear layers; got {type(module).__name__}")
 
 
 _STACK_CONFIG = {"in_features": int, "width": int, "max_depth": int, "group_size": int,
@@ -214,7 +221,7 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(header, dict) or set(header) != {"class", "config", "layers", "user"}:
         _fail(path, "header must be an object with keys class, config, layers, user")
     cls, config, layers = header["class"], header["config"], header["layers"]
-    if cls not in ("StructLearnedLinear", "StructLearnedStack"):
+    if cls not in ("StructLearnedLinear", "StructLearnedStack", "ModuleStructures"):
         _fail(path, f"unknown class {cls!r}")
     if not isinstance(layers, list) or not layers:
         _fail(path, "header 'layers' must be a non-empty list")
@@ -222,6 +229,12 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
         _fail(path, "header 'user' must be an object")
     if cls == "StructLearnedLinear" and (config != {} or len(layers) != 1):
         _fail(path, "a StructLearnedLinear file has an empty config and exactly one layer")
+    if cls == "ModuleStructures":
+        names = config.get("names") if isinstance(config, dict) else None
+        if (set(config) != {"names"} or not isinstance(names, list) or len(names) != len(layers)
+                or len(set(names)) != len(names)
+                or not all(isinstance(n, str) and re.fullmatch(r"[\w.]*", n) for n in names)):
+            _fail(path, "a ModuleStructures config must be {'names': [unique module names, one per layer]}")
     if cls == "StructLearnedStack":
         if not isinstance(config, dict) or set(config) != set(_STACK_CONFIG) or config.get(
                 "groups") not in ("contiguous", "learned"):
@@ -288,8 +301,19 @@ def _build_layer(L: dict, conn: Connectivity, values: torch.Tensor, bias) -> Str
     return layer
 
 
-def load(path: str | os.PathLike, *, device=None) -> nn.Module:
-    """Read a file written by :func:`save` and return the module (on ``device``, default CPU).
+def load_structures(path: str | os.PathLike, *, device=None) -> dict[str, StructLearnedLinear]:
+    """The named layers of a file written by ``save(model)`` for a converted model (see
+    :func:`torch_structlearn.convert_structure`)."""
+    out = load(path, device=device)
+    if not isinstance(out, dict):
+        raise StructureFileError(f"{path}: holds a {type(out).__name__}, not named model layers")
+    return out
+
+
+def load(path: str | os.PathLike, *, device=None):
+    """Read a file written by :func:`save` and return the module (on ``device``, default CPU):
+    a ``StructLearnedLinear``, a ``StructLearnedStack``, or — for a file saved from a model with
+    converted layers — a dict ``{module name: StructLearnedLinear}``.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -320,6 +344,9 @@ def load(path: str | os.PathLike, *, device=None) -> nn.Module:
                       tensors[p + "values"], tensors.get(p + "bias")))
     if header["class"] == "StructLearnedLinear":
         layer = _build_layer(*built[0])
+    elif header["class"] == "ModuleStructures":
+        return {n: _build_layer(*parts).to(device or "cpu")
+                for n, parts in zip(header["config"]["names"], built, strict=True)}
     else:
         from .stack import StructLearnedStack
 

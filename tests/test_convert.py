@@ -1,0 +1,134 @@
+"""Converting nn.Linear layers of real timm models (built offline, pretrained=False)."""
+
+import re
+
+import pytest
+import timm
+import timm.optim
+import timm.scheduler
+import torch
+from timm.models.mlp_mixer import MlpMixer
+from torch import nn
+
+from torch_structlearn import StructLearnedLinear, convert, convert_structure, load, save
+from torch_structlearn.convert import select_linears
+
+
+def _images(n, size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _loader(n=32, size=32, bs=8):
+    X, y = _images(n, size)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=bs)
+
+
+def _vit():
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=10)
+
+
+def _mixer():
+    torch.manual_seed(0)
+    return MlpMixer(num_classes=10, img_size=32, patch_size=8, num_blocks=2, embed_dim=64)
+
+
+def _resnet():
+    torch.manual_seed(0)
+    return timm.create_model("resnet18", pretrained=False, num_classes=10)
+
+
+MODELS = {  # builder, layers to convert, a learning rate at which the dense model trains
+    "vit_tiny": (_vit, "blocks.*.mlp.fc*", 3e-4),
+    "mixer": (_mixer, "blocks.*.mlp_channels.fc*", 1e-2),
+    "resnet18_fc": (_resnet, "fc", 1e-3),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_density_one_keeps_the_output(name):
+    build, pattern, _ = MODELS[name]
+    model = build().eval()
+    x, _ = _images(4, 32)
+    with torch.no_grad():
+        before = model(x)
+    report = convert(model, None, density=1.0, include=pattern, verbose=False)
+    assert report and all(isinstance(model.get_submodule(r["name"]), StructLearnedLinear) for r in report)
+    assert all(r["density"] == 1.0 for r in report)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
+
+
+def test_select_linears_globs_and_regex():
+    model = _vit()
+    fcs = select_linears(model, "blocks.*.mlp.fc*")
+    assert len(fcs) == 24 and all(re.fullmatch(r"blocks\.\d+\.mlp\.fc[12]", n) for n in fcs)
+    assert select_linears(model, re.compile(r"blocks\.0\..*")) == [
+        "blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]
+    assert "head" not in select_linears(model, exclude="head")
+    with pytest.raises(ValueError, match="no nn.Linear matches"):
+        convert(model, _loader(), density=0.1, include="nothing.*", verbose=False)
+    with pytest.raises(ValueError, match="init must be one of"):
+        convert(model, _loader(), density=0.1, init="zeros", verbose=False)
+    with pytest.raises(ValueError, match="density must be in"):
+        convert(model, _loader(), density=2.0, verbose=False)
+    with pytest.raises(ValueError, match="a loader is needed"):
+        convert(model, None, density=0.1, verbose=False)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_ten_percent_learns_from_own_inputs_and_trains(name, tmp_path):
+    build, pattern, lr = MODELS[name]
+    model = build()
+    report = convert(model, _loader(), density=0.1, include=pattern, epochs=1, verbose=False)
+    for r in report:
+        layer = model.get_submodule(r["name"])
+        assert abs(layer.density - 0.1) < 0.01 and "objective" in r
+    # trains with a timm optimizer and scheduler
+    opt = timm.optim.create_optimizer_v2(model, "adamw", lr=lr, weight_decay=0.0)
+    sched = timm.scheduler.CosineLRScheduler(opt, t_initial=30)
+    x, y = _images(16, 32, seed=1)
+    model.train()
+    losses = []
+    for step in range(30):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step(step + 1)
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
+    # state_dict round trip into a fresh model with the same structure
+    model.eval()
+    path = save(model, tmp_path / "structures.safetensors")
+    fresh = build().eval()
+    replaced = convert_structure(fresh, path)
+    assert sorted(replaced) == sorted(r["name"] for r in report)
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x))
+    named = load(path)
+    assert set(named) == set(replaced)
+
+
+def test_init_modes():
+    base = _resnet()
+    for init in ("keep", "dictionary", "random"):
+        model = _resnet()
+        convert(model, _loader(size=32), density=0.5, include="fc", init=init, verbose=False)
+        fc = model.fc
+        kept = base.fc.weight[fc.connectivity.to_mask()]
+        if init == "keep":
+            assert torch.equal(fc.values.detach(), kept.detach())
+        else:
+            assert not torch.equal(fc.values.detach(), kept.detach())
+
+
+def test_torch_compile_of_converted_model():
+    model = _mixer().eval()
+    convert(model, _loader(), density=0.25, include="blocks.*.mlp_channels.fc*", verbose=False)
+    x, _ = _images(2, 32)
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)

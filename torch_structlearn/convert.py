@@ -1,0 +1,235 @@
+"""Replace ``nn.Linear`` layers inside existing models (timm, plain PyTorch) with
+``StructLearnedLinear`` layers whose structure is learned from *their own inputs*.
+
+The inputs are captured with forward pre-hooks while a loader runs through the model; each
+selected layer streams its inputs into its own :class:`~torch_structlearn.coding.DictionaryLearner`
+(``partial_fit``), so memory stays bounded by one batch of activations.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ._checks import density as check_density
+from ._checks import positive_int
+from .connectivity import Connectivity
+from .layers import StructLearnedLinear
+
+__all__ = ["convert", "convert_structure", "select_linears"]
+
+_INITS = ("keep", "dictionary", "random")
+
+
+def _patterns(p) -> list:
+    if p is None:
+        return []
+    if isinstance(p, (str, re.Pattern)):
+        return [p]
+    if isinstance(p, Sequence):
+        for q in p:
+            if not isinstance(q, (str, re.Pattern)):
+                raise TypeError(f"patterns must be str (glob) or re.Pattern, got {type(q).__name__}")
+        return list(p)
+    raise TypeError(f"include/exclude must be a glob string, a re.Pattern or a list of them, got {p!r}")
+
+
+def _match(name: str, pats: list) -> bool:
+    return any(p.fullmatch(name) if isinstance(p, re.Pattern) else fnmatch.fnmatchcase(name, p)
+               for p in pats)
+
+
+def select_linears(model: nn.Module, include=None, exclude=None) -> list[str]:
+    """Names of the ``nn.Linear`` modules (exactly that class) matching ``include`` (globs such as
+    ``'blocks.*.mlp.fc*'`` or compiled regexes; default: all) and not ``exclude``."""
+    inc, exc = _patterns(include), _patterns(exclude)
+    names = [n for n, m in model.named_modules() if type(m) is nn.Linear]
+    return [n for n in names if (not inc or _match(n, inc)) and not _match(n, exc)]
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def _build(linear: nn.Linear, conn: Connectivity, init: str, D: Tensor | None) -> StructLearnedLinear:
+    from .learn import dictionary_values
+
+    layer = StructLearnedLinear.from_linear(linear, conn)  # 'keep': pretrained weights on the mask
+    if init == "random":
+        layer.reset_parameters()
+    elif init == "dictionary":
+        with torch.no_grad():
+            layer.values.copy_(dictionary_values(D, conn).to(layer.values))
+            if layer.bias is not None:
+                layer.bias.zero_()
+    return layer
+
+
+@torch.no_grad()
+def convert(
+    model: nn.Module,
+    loader: Iterable | None = None,
+    *,
+    density: float,
+    include=None,
+    exclude=None,
+    block: tuple[int, int] | None = None,
+    init: str = "keep",
+    batches: int | None = None,
+    epochs: int = 1,
+    rows_per_batch: int = 2048,
+    key: str = "x",
+    seed: int = 0,
+    verbose: bool = True,
+    **coding_kw,
+) -> list[dict]:
+    """Replace matching ``nn.Linear`` layers of ``model`` in place; returns a per-layer report.
+
+    Args:
+        model: any module; its ``nn.Linear`` layers named by ``include``/``exclude`` are replaced.
+        loader: yields model inputs (tensors, ``(x, y)`` or dicts with ``key``); not needed when
+            ``density == 1`` and ``init == 'keep'`` (nothing to learn).
+        density: connection density of every converted layer (``per_unit`` read-off).
+        include, exclude: globs on module names (``'blocks.*.mlp.fc*'``) or ``re.Pattern``.
+        block: ``(bo, bi)`` block-sparse read-off.
+        init: ``'keep'`` the pretrained weights on the learned mask, ``'dictionary'`` or ``'random'``.
+        batches: batches per pass over ``loader`` (default: all).
+        epochs: passes over ``loader``.
+        rows_per_batch: at most this many input rows (tokens × batch) per layer per batch go to
+            the dictionary learner (a fixed random subset) — this bounds memory and time.
+        **coding_kw: passed to :class:`~torch_structlearn.coding.DictionaryLearner`
+            (``lam1``, ``lam_g``, ``group_size``, ``max_iter``, ...).
+
+    Returns:
+        One dict per converted layer: ``name, in_features, out_features, density, nnz, seconds``
+        (and ``objective`` when learned).
+    """
+    from tqdm.auto import tqdm
+
+    from .coding import DictionaryLearner
+    from .data import _extract
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    density = check_density(density)
+    if init not in _INITS:
+        raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+    positive_int("epochs", epochs)
+    positive_int("rows_per_batch", rows_per_batch)
+    if batches is not None:
+        positive_int("batches", batches)
+    names = select_linears(model, include, exclude)
+    if not names:
+        all_names = select_linears(model)
+        raise ValueError(f"no nn.Linear matches include={include!r} exclude={exclude!r}; "
+                         f"the model's nn.Linear layers are {all_names[:20]}"
+                         + (" ..." if len(all_names) > 20 else ""))
+    linears = {n: model.get_submodule(n) for n in names}
+    if block is not None:
+        for n, lin in linears.items():
+            if lin.out_features % block[0] or lin.in_features % block[1]:
+                raise ValueError(f"block={tuple(block)} does not divide layer {n!r} of shape "
+                                 f"({lin.out_features}, {lin.in_features})")
+    learn = not (density == 1.0 and init == "keep")
+    if learn and loader is None:
+        raise ValueError("a loader is needed to learn structures (density < 1 or init != 'keep')")
+
+    learners: dict[str, DictionaryLearner] = {}
+    seconds = dict.fromkeys(names, 0.0)
+    if learn:
+        learners = {n: DictionaryLearner(lin.out_features, seed=seed, verbose=False, **coding_kw)
+                    for n, lin in linears.items()}
+        for lr in learners.values():
+            lr.dictionary_ = None
+        gen = torch.Generator().manual_seed(seed)
+
+        def hook(name):
+            def pre(module, args):
+                x = args[0].detach().reshape(-1, module.in_features).float()
+                if x.shape[0] > rows_per_batch:
+                    idx = torch.randperm(x.shape[0], generator=gen)[:rows_per_batch].to(x.device)
+                    x = x[idx]
+                t0 = time.perf_counter()
+                learners[name].partial_fit(x)
+                seconds[name] += time.perf_counter() - t0
+            return pre
+
+        handles = [lin.register_forward_pre_hook(hook(n)) for n, lin in linears.items()]
+        was_training = model.training
+        model.eval()
+        try:
+            for _ in tqdm(range(epochs), desc="convert", unit="pass", disable=not verbose):
+                seen = 0
+                for i, batch in enumerate(loader):
+                    if batches is not None and i >= batches:
+                        break
+                    x = _extract(batch, key, i)
+                    device = next(iter(model.parameters()), torch.empty(0)).device
+                    model(x.to(device))
+                    seen += 1
+                if seen == 0:
+                    raise ValueError("the loader yielded no batches")
+                for lr in learners.values():
+                    lr._end_epoch()
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+
+    report = []
+    for n, lin in linears.items():
+        t0 = time.perf_counter()
+        D = learners[n].dictionary_ if learn else None
+        if D is None:
+            conn = Connectivity.from_mask(torch.ones(lin.out_features, lin.in_features))
+        else:
+            conn = Connectivity.from_scores(D.T.cpu(), density, "per_unit",
+                                            block=tuple(block) if block else None)
+        new = _build(lin, conn, init, None if D is None else D.cpu())
+        _set_module(model, n, new)
+        row = {"name": n, "in_features": lin.in_features, "out_features": lin.out_features,
+               "density": new.density, "nnz": new.nnz,
+               "seconds": seconds[n] + time.perf_counter() - t0}
+        if D is not None:
+            row["objective"] = learners[n].objective_[-1]
+        report.append(row)
+    if verbose:
+        for r in report:
+            print(f"  {r['name']:<40} {r['in_features']:>6} -> {r['out_features']:<6} "
+                  f"density {r['density']:.4f}  {r['seconds']:.1f} s")
+    return report
+
+
+def convert_structure(model: nn.Module, structure_file: str | os.PathLike, *,
+                      weights: bool = True) -> list[str]:
+    """Apply the structures saved by ``save(converted_model, path)`` to a fresh ``model``.
+
+    Each named ``nn.Linear`` in the file's layer list is replaced by a ``StructLearnedLinear``
+    with the saved connectivity, and (``weights=True``) the saved values and bias; otherwise the
+    model's own weights are kept on the mask. Returns the replaced names.
+    """
+    from .io import load_structures
+
+    layers = load_structures(structure_file)
+    for name, saved in layers.items():
+        try:
+            lin = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{structure_file}: the model has no module {name!r}") from None
+        if type(lin) is not nn.Linear:
+            raise ValueError(f"{structure_file}: {name!r} is a {type(lin).__name__}, not nn.Linear")
+        if (lin.out_features, lin.in_features) != (saved.out_features, saved.in_features):
+            raise ValueError(f"{structure_file}: {name!r} has shape ({lin.out_features}, "
+                             f"{lin.in_features}), the file ({saved.out_features}, {saved.in_features})")
+        new = StructLearnedLinear.from_linear(lin, saved.connectivity)
+        if weights:
+            new.load_state_dict(saved.state_dict())
+        _set_module(model, name, new.to(lin.weight.device, lin.weight.dtype))
+    return list(layers)
