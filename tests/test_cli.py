@@ -3,6 +3,7 @@ import json
 import pytest
 
 from torch_structlearn import StructLearnedStack, load
+from torch_structlearn.classifier import StructLearnedClassifier
 from torch_structlearn.cli import main
 
 
@@ -14,8 +15,15 @@ def test_learn_demo_on_digits_writes_loadable_outputs(tmp_path, capsys):
     text = capsys.readouterr().out
     for name in ("learned", "random", "dense"):
         assert name in text
-    stack = load(out / "structure.safetensors")
-    assert isinstance(stack, StructLearnedStack) and stack.in_features == 64
+    model = load(out / "structure.safetensors")
+    assert isinstance(model, StructLearnedClassifier) and isinstance(model.body, StructLearnedStack)
+    assert model.body.in_features == 64 and model.input_shape == (1, 8, 8)
+    res0 = json.loads((out / "results.json").read_text())["results"][0]
+    from torch_structlearn.datasets import load_dataset
+    from torch_structlearn.train import accuracy
+
+    X, y = load_dataset("digits", "test")
+    assert accuracy(model, X, y) == pytest.approx(res0["test_accuracy"])  # the trained model
     assert (out / "receptive_fields.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = json.loads((out / "results.json").read_text())
     assert {r["structure"] for r in res["results"]} == {"learned", "random", "dense"}

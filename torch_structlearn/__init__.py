@@ -1,6 +1,7 @@
 """torch_structlearn: learn the structure of sparse layers from unlabeled data, train them as
 ordinary PyTorch modules."""
 
+from .classifier import StructLearnedClassifier
 from .coding import DictionaryLearner
 from .connectivity import Connectivity
 from .convert import convert, convert_structure
@@ -18,6 +19,7 @@ __all__ = [
     "Connectivity",
     "StructLearnedLinear",
     "StructLearnedStack",
+    "StructLearnedClassifier",
     "GroupPool",
     "ZCAWhitening",
     "DictionaryLearner",

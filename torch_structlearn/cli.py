@@ -18,17 +18,12 @@ import time
 from pathlib import Path
 
 
-def _classifier(whiten, body, n_out: int, n_classes: int):
-    from torch import nn
-
-    return nn.Sequential(whiten, body, nn.Linear(n_out, n_classes))
-
-
 def _learn(args) -> int:
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
     from . import save
+    from .classifier import StructLearnedClassifier
     from .datasets import load_dataset
     from .stack import StructLearnedStack
     from .train import accuracy, fit_classifier
@@ -60,11 +55,11 @@ def _learn(args) -> int:
     random_stack = StructLearnedStack.random_like(stack, seed=args.seed)
     dense_stack = StructLearnedStack(d, args.width, max_depth=args.max_depth, density=1.0,
                                      group_size=args.group_size, depth=stack.depth)
-    rows = []
+    rows, models = [], {}
+    whiten.requires_grad_(False)
     for name, body in (("learned", stack), ("random", random_stack), ("dense", dense_stack)):
         torch.manual_seed(args.seed)
-        model = _classifier(whiten, body, stack.out_features, n_classes)
-        whiten.requires_grad_(False)
+        model = models[name] = StructLearnedClassifier(whiten, body, n_classes, image_shape)
         t0 = time.perf_counter()
         fit_classifier(model, Xtr, ytr, epochs=args.epochs, lr=args.lr, seed=args.seed)
         acc = accuracy(model, Xte, yte)
@@ -77,7 +72,8 @@ def _learn(args) -> int:
     for r in rows:
         print(f"{r['structure']:<10} {r['depth']:>5} {r['density']:>8.3f} {r['parameters']:>8} "
               f"{r['test_accuracy']:>9.2%}")
-    save(stack, out / "structure.safetensors",
+    # the learned classifier: whitening → learned stack → trained head
+    save(models["learned"], out / "structure.safetensors",
          metadata={"dataset": args.dataset, "command": " ".join(sys.argv), "results": rows})
     save_receptive_fields(stack.layers[0][0], image_shape, out / "receptive_fields.png")
     (out / "results.json").write_text(json.dumps(
@@ -90,12 +86,20 @@ def _learn(args) -> int:
 
 def _inspect(args) -> int:
     from . import load
+    from .classifier import StructLearnedClassifier
     from .layers import StructLearnedLinear
 
     module = load(args.file)
-    layers = [module] if isinstance(module, StructLearnedLinear) else [b[0] for b in module.layers]
+    if isinstance(module, dict):
+        layers = list(module.values())
+    elif isinstance(module, StructLearnedLinear):
+        layers = [module]
+    else:
+        stack = module.body if isinstance(module, StructLearnedClassifier) else module
+        layers = [b[0] for b in stack.layers]
     print(args.file)
-    print(f"  {type(module).__name__}: {module.extra_repr()}")
+    if not isinstance(module, dict):
+        print(f"  {type(module).__name__}: {module.extra_repr()}")
     for i, layer in enumerate(layers):
         fan = layer.fan_in.long()
         print(f"  layer {i}: {layer.in_features} -> {layer.out_features}, nnz={layer.nnz}, "

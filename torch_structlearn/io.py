@@ -56,8 +56,14 @@ class StructureFileError(ValueError):
 
 
 def _layers_of(module: nn.Module) -> tuple[str, dict[str, Any], list[StructLearnedLinear]]:
+    from .classifier import StructLearnedClassifier
     from .stack import StructLearnedStack
 
+    if isinstance(module, StructLearnedClassifier):
+        _, config, layers = _layers_of(module.body)
+        config = {**config, "num_classes": module.num_classes, "input_shape": list(module.input_shape),
+                  "eps": module.whitening.eps, "per_example_mean": module.whitening.per_example_mean}
+        return "StructLearnedClassifier", config, layers
     if isinstance(module, StructLearnedLinear):
         return "StructLearnedLinear", {}, [module]
     if isinstance(module, StructLearnedStack):
@@ -73,6 +79,9 @@ def _layers_of(module: nn.Module) -> tuple[str, dict[str, Any], list[StructLearn
 
 _STACK_CONFIG = {"in_features": int, "width": int, "max_depth": int, "group_size": int,
                  "pool": str, "groups": str, "density": float, "min_gain": float}
+_STACKED = ("StructLearnedStack", "StructLearnedClassifier")
+_CLASSIFIER_CONFIG = {**_STACK_CONFIG, "num_classes": int, "input_shape": list, "eps": float,
+                      "per_example_mean": bool}
 
 
 def _digest(header: str, tensors: dict[str, torch.Tensor]) -> str:
@@ -132,13 +141,18 @@ def save(module: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | 
         tensors[p + "values"] = layer.values
         if layer.bias is not None:
             tensors[p + "bias"] = layer.bias
-        if cls == "StructLearnedStack" and module.layers[i][2].permutation is not None:
-            tensors[p + "pool_permutation"] = module.layers[i][2].permutation
+        stack = module.body if cls == "StructLearnedClassifier" else module
+        if cls in _STACKED and stack.layers[i][2].permutation is not None:
+            tensors[p + "pool_permutation"] = stack.layers[i][2].permutation
         infos.append({
             "in_features": layer.in_features, "out_features": layer.out_features,
             "nnz": layer.nnz, "density": layer.density, "bias": layer.bias is not None,
             "backend": layer.backend,
         })
+    if cls == "StructLearnedClassifier":
+        tensors.update({"whitening.mean": module.whitening.mean,
+                        "whitening.matrix": module.whitening.matrix,
+                        "head.weight": module.head.weight, "head.bias": module.head.bias})
     header = {"class": cls, "config": config, "layers": infos, "user": metadata or {}}
     path = Path(path)
     _write_atomic(path, _serialize(header, tensors))
@@ -221,7 +235,7 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(header, dict) or set(header) != {"class", "config", "layers", "user"}:
         _fail(path, "header must be an object with keys class, config, layers, user")
     cls, config, layers = header["class"], header["config"], header["layers"]
-    if cls not in ("StructLearnedLinear", "StructLearnedStack", "ModuleStructures"):
+    if cls not in ("StructLearnedLinear", *_STACKED, "ModuleStructures"):
         _fail(path, f"unknown class {cls!r}")
     if not isinstance(layers, list) or not layers:
         _fail(path, "header 'layers' must be a non-empty list")
@@ -235,14 +249,19 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
                 or len(set(names)) != len(names)
                 or not all(isinstance(n, str) and re.fullmatch(r"[\w.]*", n) for n in names)):
             _fail(path, "a ModuleStructures config must be {'names': [unique module names, one per layer]}")
-    if cls == "StructLearnedStack":
-        if not isinstance(config, dict) or set(config) != set(_STACK_CONFIG) or config.get(
+    if cls in _STACKED:
+        keys = _STACK_CONFIG if cls == "StructLearnedStack" else _CLASSIFIER_CONFIG
+        if not isinstance(config, dict) or set(config) != set(keys) or config.get(
                 "groups") not in ("contiguous", "learned"):
-            _fail(path, f"a StructLearnedStack config must have exactly the keys {sorted(_STACK_CONFIG)}")
-        for k, typ in _STACK_CONFIG.items():
+            _fail(path, f"a {cls} config must have exactly the keys {sorted(keys)}")
+        for k, typ in keys.items():
             v = config[k]
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) if typ is float else (
-                isinstance(v, typ) and not isinstance(v, bool))
+            if typ is bool:
+                ok = isinstance(v, bool)
+            elif typ is float:
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            else:
+                ok = isinstance(v, typ) and not isinstance(v, bool)
             if not ok:
                 _fail(path, f"config {k!r} must be {typ.__name__}, got {v!r}")
         w, g = config["width"], config["group_size"]
@@ -270,7 +289,7 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
             _fail(path, f"layer {i}: backend must be a string")
         p, out, nnz = f"layers.{i}.", L["out_features"], L["nnz"]
         names = ["crow_indices", "col_indices", "values"] + (["bias"] if L["bias"] else [])
-        if cls == "StructLearnedStack" and config["groups"] == "learned":
+        if cls in _STACKED and config["groups"] == "learned":
             names.append("pool_permutation")
         expected |= {p + n for n in names}
         missing = sorted(p + n for n in names if p + n not in raw)
@@ -284,6 +303,23 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
             _fail(path, f"layer {i}: bias and values must share a dtype")
         if p + "pool_permutation" in expected:
             _check_entry(path, raw, p + "pool_permutation", {"I64": torch.int64}, [out])
+    if cls == "StructLearnedClassifier":
+        shape = config["input_shape"]
+        if not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+            _fail(path, f"input_shape must be a list of positive ints, got {shape!r}")
+        d = 1
+        for v in shape:
+            d *= v
+        if d != config["in_features"] or config["num_classes"] < 1:
+            _fail(path, "input_shape / num_classes do not match the stack config")
+        out = config["width"] // config["group_size"]
+        for key, want in (("whitening.mean", [d]), ("whitening.matrix", [d, d]),
+                          ("head.weight", [config["num_classes"], out]),
+                          ("head.bias", [config["num_classes"]])):
+            if key not in raw:
+                _fail(path, f"missing tensors ['{key}']")
+            _check_entry(path, raw, key, {"F32": torch.float32}, want)
+            expected.add(key)
     extra = sorted(set(raw) - expected - {"__metadata__"})
     if extra:
         _fail(path, f"unexpected tensors {extra}")
@@ -299,6 +335,47 @@ def _build_layer(L: dict, conn: Connectivity, values: torch.Tensor, bias) -> Str
         if L["bias"]:
             layer.bias.copy_(bias)
     return layer
+
+
+def _build_stack(path, c: dict, built: list, tensors: dict):
+    from .stack import StructLearnedStack
+
+    try:
+        stack = StructLearnedStack(c["in_features"], c["width"], max_depth=c["max_depth"],
+                                   density=c["density"], group_size=c["group_size"],
+                                   pool=c["pool"], min_gain=c["min_gain"], groups=c["groups"],
+                                   depth=len(built), dtype=built[0][2].dtype)
+    except (TypeError, ValueError) as e:
+        _fail(path, f"invalid stack config: {e}")
+    for i, (block, parts) in enumerate(zip(stack.layers, built, strict=True)):
+        block[0] = _build_layer(*parts)
+        perm = tensors.get(f"layers.{i}.pool_permutation")
+        if perm is not None:
+            try:
+                block[2] = GroupPool(c["group_size"], c["pool"], permutation=perm)
+            except ValueError as e:
+                _fail(path, f"layer {i}: invalid pool_permutation: {e}")
+    return stack
+
+
+def _build_classifier(path, c: dict, built: list, tensors: dict, device):
+    from .classifier import StructLearnedClassifier
+    from .whitening import ZCAWhitening
+
+    try:
+        whiten = ZCAWhitening(c["in_features"], eps=c["eps"], per_example_mean=c["per_example_mean"])
+    except (TypeError, ValueError) as e:
+        _fail(path, f"invalid whitening config: {e}")
+    with torch.no_grad():
+        whiten.mean.copy_(tensors["whitening.mean"])
+        whiten.matrix.copy_(tensors["whitening.matrix"])
+        whiten._fitted.fill_(True)
+    model = StructLearnedClassifier(whiten, _build_stack(path, c, built, tensors), c["num_classes"],
+                                    c["input_shape"])
+    with torch.no_grad():
+        model.head.weight.copy_(tensors["head.weight"])
+        model.head.bias.copy_(tensors["head.bias"])
+    return model.to(device) if device is not None else model
 
 
 def load_structures(path: str | os.PathLike, *, device=None) -> dict[str, StructLearnedLinear]:
@@ -347,23 +424,8 @@ def load(path: str | os.PathLike, *, device=None):
     elif header["class"] == "ModuleStructures":
         return {n: _build_layer(*parts).to(device or "cpu")
                 for n, parts in zip(header["config"]["names"], built, strict=True)}
+    elif header["class"] == "StructLearnedClassifier":
+        return _build_classifier(path, header["config"], built, tensors, device)
     else:
-        from .stack import StructLearnedStack
-
-        c = header["config"]
-        try:
-            layer = StructLearnedStack(c["in_features"], c["width"], max_depth=c["max_depth"],
-                                       density=c["density"], group_size=c["group_size"],
-                                       pool=c["pool"], min_gain=c["min_gain"], groups=c["groups"],
-                                       depth=len(built), dtype=built[0][2].dtype)
-        except (TypeError, ValueError) as e:
-            _fail(path, f"invalid stack config: {e}")
-        for i, (block, parts) in enumerate(zip(layer.layers, built, strict=True)):
-            block[0] = _build_layer(*parts)
-            perm = tensors.get(f"layers.{i}.pool_permutation")
-            if perm is not None:
-                try:
-                    block[2] = GroupPool(c["group_size"], c["pool"], permutation=perm)
-                except ValueError as e:
-                    _fail(path, f"layer {i}: invalid pool_permutation: {e}")
+        layer = _build_stack(path, header["config"], built, tensors)
     return layer.to(device) if device is not None else layer

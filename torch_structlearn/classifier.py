@@ -1,0 +1,47 @@
+"""``StructLearnedClassifier``: the complete supervised model of DESIGN.md §2.6,
+``x → whiten → [StructLearnedLinear → ReLU → GroupPool] × depth → nn.Linear`` (logits)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from .stack import StructLearnedStack
+from .whitening import ZCAWhitening
+
+__all__ = ["StructLearnedClassifier"]
+
+
+class StructLearnedClassifier(nn.Module):
+    """Whitening, a structure-learned stack and a linear head.
+
+    Args:
+        whitening: a fitted :class:`ZCAWhitening` over ``prod(input_shape)`` features.
+        body: a :class:`StructLearnedStack` with ``in_features = prod(input_shape)``.
+        num_classes: outputs of the head.
+        input_shape: the shape of one input example, e.g. ``(1, 28, 28)``; inputs may also come
+            flattened.
+
+    Shape: ``(N, *input_shape)`` or ``(N, d)`` → ``(N, num_classes)`` logits.
+    """
+
+    def __init__(self, whitening: ZCAWhitening, body: StructLearnedStack, num_classes: int,
+                 input_shape: Sequence[int]) -> None:
+        super().__init__()
+        d = 1
+        for s in input_shape:
+            d *= int(s)
+        if whitening.num_features != d or body.in_features != d:
+            raise ValueError(f"input_shape {tuple(input_shape)} has {d} features; whitening has "
+                             f"{whitening.num_features}, body.in_features is {body.in_features}")
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.num_classes = num_classes
+        self.whitening, self.body = whitening, body
+        self.head = nn.Linear(body.out_features, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(self.whitening(x)))
+
+    def extra_repr(self) -> str:
+        return f"input_shape={self.input_shape}, num_classes={self.num_classes}"

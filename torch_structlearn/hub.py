@@ -1,0 +1,81 @@
+"""The hub: pretrained learned structures stored as folders, loaded by name.
+
+Each entry is a folder ``<name>/`` holding ``structure.safetensors`` (the torch_structlearn
+format) and ``card.json`` (data set, the command that produced it, density, depth, accuracy,
+license of the data). Entries are searched in the folders of ``$STRUCTLEARN_HUB``
+(``os.pathsep``-separated) and then in the repository's ``hub/`` folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from .connectivity import Connectivity
+
+__all__ = ["list", "load", "load_structure", "card", "folders"]
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
+_REPO_HUB = Path(__file__).resolve().parent.parent / "hub"
+_list = list
+
+
+def folders() -> _list[Path]:
+    """The folders searched, in order: ``$STRUCTLEARN_HUB`` entries, then the repo's ``hub/``."""
+    extra = [Path(p) for p in os.environ.get("STRUCTLEARN_HUB", "").split(os.pathsep) if p]
+    return [*extra, _REPO_HUB]
+
+
+def _entries() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in folders():
+        if not folder.is_dir():
+            continue
+        for d in sorted(folder.iterdir()):
+            if (d / "structure.safetensors").is_file() and (d / "card.json").is_file():
+                found.setdefault(d.name, d)  # earlier folders win
+    return found
+
+
+def list() -> _list[str]:  # noqa: A001 — the hub's verb, as in torch.hub.list
+    """Names of the available entries, sorted."""
+    return sorted(_entries())
+
+
+def _entry(name: str) -> Path:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"invalid hub name {name!r}: use lower-case letters, digits, '.', '_' "
+                         f"and '-' (no paths); available: {list()}")
+    entries = _entries()
+    if name not in entries:
+        raise ValueError(f"no hub entry {name!r}; available: {sorted(entries)}")
+    return entries[name]
+
+
+def card(name: str) -> dict:
+    """The entry's ``card.json`` as a dict."""
+    return json.loads((_entry(name) / "card.json").read_text())
+
+
+def load(name: str, *, device=None):
+    """The entry's module, ready to train or evaluate (e.g. a ``StructLearnedClassifier``
+    taking ``ToTensor()`` images ``(N, C, H, W)`` in ``[0, 1]`` and returning logits)."""
+    from .io import load as load_file
+
+    return load_file(_entry(name) / "structure.safetensors", device=device)
+
+
+def load_structure(name: str) -> _list[Connectivity]:
+    """Only the connectivity of each sparse layer of the entry, bottom-up."""
+    from .classifier import StructLearnedClassifier
+    from .layers import StructLearnedLinear
+
+    module = load(name)
+    if isinstance(module, dict):
+        return [m.connectivity for m in module.values()]
+    if isinstance(module, StructLearnedLinear):
+        return [module.connectivity]
+    stack = module.body if isinstance(module, StructLearnedClassifier) else module
+    return [block[0].connectivity for block in stack.layers]
