@@ -25,7 +25,7 @@ bench: $(STAMP)
 	$(PY) -m torch_structlearn.bench
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check torch_structlearn tests
+	$(VENV)/bin/ruff check torch_structlearn tests recipes
 
 clean:
 	rm -rf $(VENV) build *.egg-info

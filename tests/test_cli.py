@@ -47,3 +47,24 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert e.value.code == 2
     assert main(["learn", "--dataset", "mnist", "--data-root", str(tmp_path), "--quiet"]) == 2
     assert "no " in capsys.readouterr().err
+
+
+def test_inspect_png_hub_list_and_convert(tmp_path, capsys):
+    assert main(["hub", "list"]) == 0
+    assert "mnist-single-d5" in capsys.readouterr().out
+    from torch_structlearn import hub
+
+    png = tmp_path / "rf.png"
+    path = hub.folders()[-1] / "mnist-single-d5" / "structure.safetensors"
+    assert main(["inspect", str(path), "--png", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    out = tmp_path / "conv.safetensors"
+    rc = main(["convert", "resnet18", "--dataset", "digits", "--include", "fc", "--density", "0.5",
+               "--limit", "64", "--out", str(out), "--quiet"])
+    assert rc == 0
+    layers = load(out)
+    assert set(layers) == {"fc"} and abs(layers["fc"].density - 0.5) < 0.01
+    assert out.with_suffix(".pt").exists()
+    assert main(["convert", "resnet18", "--include", "nothing", "--limit", "8", "--quiet",
+                 "--out", str(out)]) == 2
+    assert "no nn.Linear matches" in capsys.readouterr().err

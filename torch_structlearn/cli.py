@@ -3,7 +3,9 @@
 * ``structlearn learn``  — learn a structure without labels, train it with labels, compare it
   with random connectivity (same per-unit fan-in) and a dense network under the same recipe,
   print the accuracy table, write ``structure.safetensors`` and ``receptive_fields.png``.
-* ``structlearn inspect FILE`` — summary of a structure file.
+* ``structlearn inspect FILE [--png P]`` — summary of a structure file (and receptive fields).
+* ``structlearn hub list`` — the hub entries.
+* ``structlearn convert MODEL --dataset D --density ρ`` — convert a timm model's linear layers.
 * ``structlearn bench ...`` — :mod:`torch_structlearn.bench`.
 
 Errors are one clear line on stderr with exit code 2.
@@ -100,12 +102,72 @@ def _inspect(args) -> int:
     print(args.file)
     if not isinstance(module, dict):
         print(f"  {type(module).__name__}: {module.extra_repr()}")
+    if args.png:
+        from .viz import save_receptive_fields
+
+        shape = getattr(module, "input_shape", None)
+        if args.image_shape:
+            shape = tuple(int(v) for v in args.image_shape.split(","))
+        if shape is None:
+            raise ValueError("--png needs --image-shape C,H,W for this file")
+        save_receptive_fields(layers[0], shape, args.png)
+        print(f"  wrote {args.png}")
     for i, layer in enumerate(layers):
         fan = layer.fan_in.long()
         print(f"  layer {i}: {layer.in_features} -> {layer.out_features}, nnz={layer.nnz}, "
               f"density={layer.density:.4%}, fan_in min/mean/max = "
               f"{int(fan.min())}/{fan.float().mean():.1f}/{int(fan.max())}, "
               f"empty units = {int((fan == 0).sum())}")
+    return 0
+
+
+def _hub_list(args) -> int:
+    from . import hub
+
+    names = hub.list()
+    if not names:
+        print("no hub entries (folders searched: " + ", ".join(map(str, hub.folders())) + ")")
+        return 0
+    print(f"{'name':<24} {'dataset':<14} {'depth':>5} {'density':>8} {'test acc':>9}")
+    for n in names:
+        c = hub.card(n)
+        acc = c.get("test_accuracy")
+        print(f"{n:<24} {str(c.get('dataset', '?')):<14} {str(c.get('depth', '?')):>5} "
+              f"{c.get('density', float('nan')):>8.4f} "
+              f"{(f'{acc:.2%}' if isinstance(acc, float) else '?'):>9}")
+    return 0
+
+
+def _convert(args) -> int:
+    import timm
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from . import convert, save
+    from .datasets import load_dataset
+
+    X, y = load_dataset(args.dataset, "train", args.data_root, args.limit)
+    n_classes = int(y.max()) + 1
+    model = timm.create_model(args.model, pretrained=False, num_classes=n_classes)
+    if args.checkpoint:
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    size = model.pretrained_cfg.get("input_size", (3, 224, 224))
+    if X.shape[1] != size[0]:
+        X = X.expand(-1, size[0], -1, -1) if X.shape[1] == 1 else X[:, : size[0]]
+    if tuple(X.shape[-2:]) != tuple(size[-2:]):
+        X = torch.nn.functional.interpolate(X, size=tuple(size[-2:]), mode="bilinear",
+                                            align_corners=False)
+    loader = DataLoader(TensorDataset(X, y), batch_size=args.batch_size)
+    report = convert(model, loader, density=args.density, include=args.include,
+                     exclude=args.exclude, init=args.init, batches=args.batches,
+                     verbose=not args.quiet)
+    out = Path(args.out)
+    save(model, out, metadata={"model": args.model, "dataset": args.dataset,
+                               "command": " ".join(sys.argv), "report": report})
+    torch.save(model.state_dict(), out.with_suffix(".pt"))
+    print(f"converted {len(report)} layers; wrote {out} (structures) and "
+          f"{out.with_suffix('.pt')} (state_dict of the converted model)")
     return 0
 
 
@@ -143,8 +205,33 @@ def main(argv: list[str] | None = None) -> int:
     lr.add_argument("--seed", type=int, default=0)
     lr.add_argument("--out", default="runs/demo")
     lr.add_argument("--quiet", action="store_true")
-    i = sub.add_parser("inspect", help="summarise a structure file (.safetensors)")
+    i = sub.add_parser("inspect", help="summarise a structure file (.safetensors)",
+                       description="Per-layer summary of a structure file; with --png, the "
+                                   "first layer's receptive fields as an image grid.")
     i.add_argument("file")
+    i.add_argument("--png", default=None, help="write the first layer's receptive fields here")
+    i.add_argument("--image-shape", default=None,
+                   help="C,H,W of the first layer's input (classifier files know it)")
+    h = sub.add_parser("hub", help="the hub of pretrained structures",
+                       description="List the hub entries (the repo's hub/ and $STRUCTLEARN_HUB).")
+    h.add_argument("action", choices=["list"])
+    cv = sub.add_parser("convert", help="convert a timm model's nn.Linear layers",
+                        description="Build a timm model (pretrained=False, or weights from "
+                                    "--checkpoint), learn sparse structures for its nn.Linear "
+                                    "layers from a data set, write the structures and state_dict.")
+    cv.add_argument("model", help="timm model name, e.g. vit_tiny_patch16_224")
+    cv.add_argument("--dataset", choices=DATASETS, default="digits")
+    cv.add_argument("--data-root", default=None)
+    cv.add_argument("--density", type=_positive(float), default=0.1)
+    cv.add_argument("--include", default=None, help="glob on module names, e.g. 'blocks.*.mlp.fc*'")
+    cv.add_argument("--exclude", default=None)
+    cv.add_argument("--init", choices=["keep", "dictionary", "random"], default="keep")
+    cv.add_argument("--checkpoint", default=None, help="a state_dict file for the timm model")
+    cv.add_argument("--limit", type=_positive(int), default=512, help="training images used")
+    cv.add_argument("--batches", type=_positive(int), default=None)
+    cv.add_argument("--batch-size", type=_positive(int), default=32)
+    cv.add_argument("--out", default="runs/convert/structures.safetensors")
+    cv.add_argument("--quiet", action="store_true")
     b = sub.add_parser("bench", help="run the benchmarks (see python -m torch_structlearn.bench -h)",
                        add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)
@@ -156,10 +243,16 @@ def main(argv: list[str] | None = None) -> int:
             return _learn(args)
         if args.command == "inspect":
             return _inspect(args)
+        if args.command == "hub":
+            return _hub_list(args)
+        if args.command == "convert":
+            if args.density > 1:
+                p.error(f"--density must be in (0, 1], got {args.density}")
+            return _convert(args)
         from .bench import main as bench_main
 
         return bench_main(args.rest)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
+    except (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError) as e:
         print(f"structlearn {args.command}: error: {e}", file=sys.stderr)
         return 2
 
