@@ -60,3 +60,35 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
     for k, v in single.state_dict().items():
         torch.testing.assert_close(ddp_state[k], v, rtol=1e-5, atol=1e-6)
     assert not torch.equal(ddp_state["0.values"], _model().state_dict()["0.values"])
+
+
+def _fsdp_worker(rank, world, port, out):
+    from torch.distributed.fsdp import fully_shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = _model()
+        for block in (model[0], model[2]):
+            fully_shard(block)
+        fully_shard(model)
+        x, y = _data()
+        shard = slice(rank * 4, rank * 4 + 4)
+        _train(model, [(x[shard], y[shard])] * 3)
+        full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v)
+                for k, v in model.state_dict().items()}
+        if rank == 0:
+            torch.save(full, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_two_gloo_processes_match_single_process(tmp_path):
+    out = str(tmp_path / "fsdp.pt")
+    mp.spawn(_fsdp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    state = torch.load(out, weights_only=True)
+    single = _model()
+    x, y = _data()
+    _train(single, [(x, y)] * 3)
+    for k, v in single.state_dict().items():
+        torch.testing.assert_close(state[k], v, rtol=1e-5, atol=1e-6)

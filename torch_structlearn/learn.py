@@ -78,6 +78,7 @@ def learn_structure(
     device=None,
     key: str = "x",
     verbose: bool = True,
+    distributed: bool | None = None,
 ) -> tuple[Connectivity, Tensor, LayerReport]:
     """Learn a layer's connectivity from its (unlabelled) inputs.
 
@@ -101,7 +102,7 @@ def learn_structure(
     t0 = time.perf_counter()
     learner = DictionaryLearner(out_features, lam1=lam1, lam_g=lam_g, group_size=group_size,
                                 nonneg=nonneg, epochs=epochs, max_iter=max_iter, seed=seed,
-                                device=device, key=key, verbose=verbose)
+                                device=device, key=key, verbose=verbose, distributed=distributed)
     learner.fit(loader)
     D = learner.dictionary_.detach().cpu()
     conn = Connectivity.from_scores(D.T, density, mode, block=tuple(block) if block else None)

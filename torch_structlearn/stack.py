@@ -16,6 +16,13 @@ from .pooling import GroupPool
 __all__ = ["StructLearnedStack"]
 
 
+def _broadcast(t: Tensor) -> Tensor:
+    import torch.distributed as dist
+
+    dist.broadcast(t, 0)
+    return t
+
+
 def _block(in_features: int, width: int, group_size: int, pool: str, **layer_kw) -> nn.Sequential:
     return nn.Sequential(StructLearnedLinear(in_features, width, **layer_kw), nn.ReLU(),
                          GroupPool(group_size, pool))
@@ -109,9 +116,14 @@ class StructLearnedStack(nn.Module):
         on up to ``score_samples`` examples; from the second layer on, a layer whose relative
         gain ``(E_l − E_{l−1}) / |E_{l−1}|`` is below ``min_gain`` is dropped and growth stops.
         The first layer is always kept (its gain is reported against the input's score).
+
+        Under ``torch.distributed`` each rank passes its own shard of the data: the dictionary
+        statistics and the centring means are all-reduced and rank 0's score decides the depth,
+        so every rank ends with the same stack.
         """
         from tqdm.auto import tqdm
 
+        from .coding import _all_reduce, _world
         from .data import MappedLoader, batches, first_batch
         from .entropy import coding_efficiency
         from .learn import dictionary_values, learn_structure
@@ -138,18 +150,22 @@ class StructLearnedStack(nn.Module):
         blocks: list[nn.Module] = []
         prefix = nn.Sequential()
         prev = coding_efficiency(sample(lambda x: x))
+        distributed = _world() > 1 and kw.get("distributed", True) is not False
+        if distributed:
+            prev = float(_broadcast(torch.tensor([prev], dtype=torch.float64)))
         rows = []
         bar = tqdm(range(self.max_depth), desc="layers", unit="layer", disable=not verbose)
         for depth in bar:
             t0 = time.perf_counter()
             in_l = self.in_features if depth == 0 else self.out_features
-            mu = torch.zeros(in_l)
-            n = 0
+            total = torch.zeros(in_l + 1, dtype=torch.float64)  # feature sums, then the count
             for x in batches(loader, key=key, device=device):
                 h = prefix(x)
-                mu += h.sum(0).cpu()
-                n += h.shape[0]
-            mu /= n
+                total[:-1] += h.sum(0).double().cpu()
+                total[-1] += h.shape[0]
+            if distributed:
+                total = _all_reduce(total)
+            mu = (total[:-1] / total[-1]).float()
             centred = MappedLoader(loader, lambda x, p=prefix, m=mu: p(x) - m.to(x), key=key,
                                    device=device)
             conn, D, rep = learn_structure(
@@ -167,6 +183,8 @@ class StructLearnedStack(nn.Module):
                 block[2] = GroupPool(self.group_size, self.pool,
                                      permutation=learn_groups(H, self.group_size))
             score = coding_efficiency(sample(lambda x, p=prefix, b=block: b(p(x))))
+            if distributed:  # rank 0's estimate decides, so every rank takes the same path
+                score = float(_broadcast(torch.tensor([score], dtype=torch.float64)))
             gain = (score - prev) / abs(prev) if prev != 0 else float("inf")
             keep = depth == 0 or gain >= self.min_gain
             rep.update(score=score, gain=gain, kept=keep, seconds=time.perf_counter() - t0)
