@@ -132,3 +132,20 @@ def test_torch_compile_of_converted_model():
     compiled = torch.compile(model)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_finetune_recipe_runs_end_to_end(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / "finetune_timm.py"
+    spec = importlib.util.spec_from_file_location("finetune_timm", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "ft.json"
+    assert mod.main(["--dataset", "digits", "--epochs", "1", "--limit", "128", "--img-size", "32",
+                     "--batch-size", "32", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["converted_layers"] == 24 and 0 <= res["test_accuracy"] <= 1
+    assert 0 <= res["ema_test_accuracy"] <= 1
