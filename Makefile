@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint results clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m torch_structlearn.bench
+
+results: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,repro]'
+	$(PY) recipes/make_results.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check torch_structlearn tests recipes

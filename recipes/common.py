@@ -1,0 +1,82 @@
+"""Shared pieces of the [repro] recipes: data with a validation split, the single-hidden-layer
+network of DESIGN.md §2.6, one training recipe for every structure, and result files."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from torch_structlearn import Connectivity, StructLearnedLinear, ZCAWhitening
+from torch_structlearn.datasets import load_dataset
+from torch_structlearn.pooling import GroupPool
+from torch_structlearn.train import accuracy, fit_classifier
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs" / "repro"
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
+
+
+def data(dataset: str, n_train: int | None, n_val: int, root=None, eps: float = 0.1):
+    """Whitened ``(train, val, test)`` splits; the validation split is held out of the training
+    images (every choice is made on it, never on test). Whitening is fitted on train only."""
+    X, y = load_dataset(dataset, "train", root)
+    g = torch.Generator().manual_seed(1234)
+    perm = torch.randperm(len(y), generator=g)
+    val, tr = perm[:n_val], perm[n_val:]
+    if n_train is not None:
+        tr = tr[:n_train]
+    Xte, yte = load_dataset(dataset, "test", root)
+    d = X[0].numel()
+    w = ZCAWhitening(d, eps=eps).fit(DataLoader(TensorDataset(X[tr]), batch_size=1000))
+    with torch.no_grad():
+        out = [(w(X[tr]), y[tr]), (w(X[val]), y[val]), (w(Xte), yte)]
+    return out, tuple(X.shape[1:])
+
+
+def network(conn: Connectivity | None, d: int, K: int, group_size: int, n_classes: int,
+            values: torch.Tensor | None = None, dense: bool = False) -> nn.Module:
+    """``StructLearnedLinear(d, K) → ReLU → GroupPool(l2) → Linear``; ``dense`` uses nn.Linear."""
+    layer = nn.Linear(d, K) if dense else StructLearnedLinear(d, K, connectivity=conn)
+    if values is not None:
+        with torch.no_grad():
+            layer.values.copy_(values)
+            layer.bias.zero_()
+    return nn.Sequential(layer, nn.ReLU(), GroupPool(group_size, "l2"), nn.Linear(K // group_size, n_classes))
+
+
+def train_eval(model: nn.Module, splits, *, epochs: int, lr: float, seed: int) -> dict:
+    (Xtr, ytr), (Xva, yva), (Xte, yte) = splits
+    t0 = time.perf_counter()
+    fit_classifier(model, Xtr, ytr, epochs=epochs, lr=lr, seed=seed)
+    return {"val_accuracy": accuracy(model, Xva, yva), "test_accuracy": accuracy(model, Xte, yte),
+            "train_seconds": time.perf_counter() - t0}
+
+
+def write(name: str, payload: dict) -> Path:
+    RUNS.mkdir(parents=True, exist_ok=True)
+    path = RUNS / f"{name}.json"
+    payload = {"command": "python " + " ".join(sys.argv), "machine": machine(), **payload}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp.replace(path)
+    print(f"wrote {path}")
+    return path
