@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from torch_structlearn import Connectivity, StructLearnedLinear, ZCAWhitening
 from torch_structlearn.datasets import load_dataset
+from torch_structlearn.entropy import coding_efficiency
 from torch_structlearn.pooling import GroupPool
 from torch_structlearn.train import accuracy, fit_classifier
 
@@ -64,11 +65,15 @@ def network(conn: Connectivity | None, d: int, K: int, group_size: int, n_classe
 
 
 def train_eval(model: nn.Module, splits, *, epochs: int, lr: float, seed: int) -> dict:
+    """Train with the shared recipe; report validation/test accuracy and the coding-efficiency
+    score (entropy estimate) of the top hidden layer's outputs on the validation images."""
     (Xtr, ytr), (Xva, yva), (Xte, yte) = splits
     t0 = time.perf_counter()
     fit_classifier(model, Xtr, ytr, epochs=epochs, lr=lr, seed=seed)
+    with torch.no_grad():
+        hidden = model[:-1](Xva[:5000])  # everything but the head
     return {"val_accuracy": accuracy(model, Xva, yva), "test_accuracy": accuracy(model, Xte, yte),
-            "train_seconds": time.perf_counter() - t0}
+            "score": coding_efficiency(hidden), "train_seconds": time.perf_counter() - t0}
 
 
 def write(name: str, payload: dict) -> Path:
@@ -80,3 +85,42 @@ def write(name: str, payload: dict) -> Path:
     tmp.replace(path)
     print(f"wrote {path}")
     return path
+
+
+def add_args(p, *, width_quick: int = 256, width_full: int = 1600) -> None:
+    """The arguments every experiment shares."""
+    p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--quick", action="store_true", help="CPU setting: 10 000 images, fewer epochs")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--width", type=int, default=None,
+                   help=f"K (default {width_quick} with --quick, {width_full} otherwise)")
+    p.add_argument("--group-size", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=None, help="supervised epochs (8 quick, 40 full)")
+    p.add_argument("--dict-epochs", type=int, default=None, help="dictionary passes (2 quick, 5 full)")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.set_defaults(_widths=(width_quick, width_full))
+
+
+def setup(args) -> dict:
+    """Resolve the quick/full defaults and load the whitened splits."""
+    wq, wf = args._widths
+    cfg = {"K": args.width or (wq if args.quick else wf),
+           "epochs": args.epochs or (8 if args.quick else 40),
+           "dict_epochs": args.dict_epochs or (2 if args.quick else 5),
+           "t_start": time.perf_counter()}
+    splits, image_shape = data(args.dataset, 10_000 if args.quick else None, 5_000, args.data_root)
+    Xtr, ytr = splits[0]
+    cfg.update(splits=splits, image_shape=image_shape, d=Xtr.shape[1], n_classes=int(ytr.max()) + 1,
+               loader=DataLoader(TensorDataset(Xtr), batch_size=250))
+    return cfg
+
+
+def finish(name: str, args, cfg: dict, rows: list, **extra) -> Path:
+    """Write ``runs/repro/<name>-<dataset>[-quick].json`` with the settings and rows."""
+    fname = f"{name}-{args.dataset}" + ("-quick" if args.quick else "")
+    return write(fname, {"experiment": name, "dataset": args.dataset, "quick": args.quick,
+                         "width": cfg["K"], "group_size": args.group_size, "epochs": cfg["epochs"],
+                         "dict_epochs": cfg["dict_epochs"], "n_train": len(cfg["splits"][0][1]),
+                         "lr": args.lr, "seeds": args.seeds, "rows": rows,
+                         "wall_seconds": time.perf_counter() - cfg["t_start"], **extra})

@@ -77,6 +77,74 @@ def density_section(res: dict) -> list[str]:
     return lines
 
 
+def _header(res: dict, title: str) -> list[str]:
+    label = " (--quick)" if res["quick"] else ""
+    return [f"### {title} — {res['dataset']}{label}", "",
+            f"Command: `{res['command']}`  ",
+            f"Hardware: {res['machine']}; wall time {res['wall_seconds'] / 60:.1f} min; "
+            f"{res['n_train']} training images, K = {res['width']}, group size {res['group_size']}, "
+            f"{res['epochs']} epochs, seeds 0–{res['seeds'] - 1}. Test accuracy, mean ± std over "
+            "seeds.", ""]
+
+
+def grouped_section(res: dict, title: str, key: str = "method") -> list[str]:
+    """A table of test accuracy (and score) per method, for the single/mask/depth experiments."""
+    rows = res["rows"]
+    methods = list(dict.fromkeys(r[key] for r in rows))
+    lines = _header(res, title) + ["| method | test accuracy | validation accuracy | score E | depth |",
+                                   "|---|---|---|---|---|"]
+    for m in methods:
+        sel = [r for r in rows if r[key] == m]
+        te, va, sc = (_stats([r[k] for r in sel]) for k in ("test_accuracy", "val_accuracy", "score"))
+        depth = sorted({r["depth"] for r in sel}) if "depth" in sel[0] else ["1"]
+        lines.append(f"| {m} | {te[0]:.2%} ± {te[1]:.2%} | {va[0]:.2%} ± {va[1]:.2%} | "
+                     f"{sc[0]:.3f} ± {sc[1]:.3f} | {', '.join(map(str, depth))} |")
+    return lines + [""]
+
+
+def _ranks(v: list[float]) -> list[float]:
+    order = sorted(range(len(v)), key=lambda i: v[i])
+    r = [0.0] * len(v)
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            r[order[k]] = (i + j) / 2
+        i = j + 1
+    return r
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = statistics.mean(rx), statistics.mean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    return cov / (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+
+
+def entropy_section(results: list[dict]) -> list[str]:
+    lines = ["### Entropy vs accuracy", "",
+             "Every trained network above with a recorded score: the coding-efficiency estimate "
+             "E = (Σ H − TC)/K of its top hidden layer on the validation images against its test "
+             "accuracy; Spearman's ρ per result file and over all of them (the paper: larger "
+             "output entropy goes with higher accuracy).", "",
+             "| results | networks | Spearman ρ |", "|---|---|---|"]
+    xs, ys = [], []
+    for res in results:
+        pts = [(r["score"], r["test_accuracy"]) for r in res["rows"] if "score" in r]
+        if len(pts) < 3:
+            continue
+        x, y = zip(*pts, strict=True)
+        xs += x
+        ys += y
+        lines.append(f"| {res['experiment']} {res['dataset']}{' quick' if res['quick'] else ''} "
+                     f"| {len(pts)} | {spearman(list(x), list(y)):+.3f} |")
+    if xs:
+        lines.append(f"| all | {len(xs)} | {spearman(xs, ys):+.3f} |")
+    return lines + [""]
+
+
 def density_plot(res: dict) -> str | None:
     try:
         import matplotlib
@@ -123,8 +191,14 @@ def main() -> int:
              "SOURCE.md), so absolute CIFAR-10 accuracies may differ from the original data set's. "
              "Numbers from `--quick` runs are labelled as such. All choices were made on a "
              "validation split held out of the training images; the test set was only evaluated.", ""]
+    results = []
+    titles = {"single": "Single layer: learned vs fully connected",
+              "mask": "Role of the mask", "depth": "Depth", "cnn": "CNN reference"}
     for f in files:
         res = json.loads(f.read_text())
+        results.append(res)
+        if res.get("experiment") in titles:
+            lines += grouped_section(res, titles[res["experiment"]])
         if res.get("experiment") == "density":
             lines += density_section(res)
             png = density_plot(res)
@@ -135,6 +209,7 @@ def main() -> int:
         copy = ROOT / "recipes" / "results" / f.name
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy.write_text(f.read_text())
+    lines += entropy_section(results)
     OUT.write_text("\n".join(lines) + "\n")
     print(f"wrote {OUT}")
     return 0
