@@ -4,7 +4,6 @@ network of DESIGN.md §2.6, one training recipe for every structure, and result 
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from torch_structlearn import Connectivity, StructLearnedLinear, ZCAWhitening
+from torch_structlearn.bench import machine as bench_machine
 from torch_structlearn.datasets import load_dataset
 from torch_structlearn.entropy import coding_efficiency
 from torch_structlearn.pooling import GroupPool
@@ -24,16 +24,10 @@ RUNS = ROOT / "runs" / "repro"
 
 
 def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
+    """The hardware line of a result (from the benchmark's probe)."""
+    m = bench_machine()
+    gpu = f", GPU {m['gpu']}" if "gpu" in m else ""
+    return f"{m['cpu']}, {m['threads']} threads{gpu}, torch {m['torch']}"
 
 
 def data(dataset: str, n_train: int | None, n_val: int, root=None, eps: float = 0.1):

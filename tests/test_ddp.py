@@ -1,5 +1,6 @@
 """DDP with 2 gloo processes on CPU equals one process on the combined batch."""
 
+import contextlib
 import os
 import socket
 
@@ -30,18 +31,25 @@ def _train(model, step_batches):
         opt.step()
 
 
-def _worker(rank, world, port, out):
+@contextlib.contextmanager
+def gloo(rank: int, world: int, port: int):
+    """A gloo process group on localhost for the body of the ``with``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker(rank, world, port, out):
+    with gloo(rank, world, port):
         model = nn.parallel.DistributedDataParallel(_model())
         x, y = _data()
         shard = slice(rank * 4, rank * 4 + 4)
         _train(model, [(x[shard], y[shard])] * 3)
         if rank == 0:
             torch.save(model.module.state_dict(), out)
-    finally:
-        dist.destroy_process_group()
 
 
 def _free_port():
@@ -65,9 +73,7 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
 def _fsdp_worker(rank, world, port, out):
     from torch.distributed.fsdp import fully_shard
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with gloo(rank, world, port):
         model = _model()
         for block in (model[0], model[2]):
             fully_shard(block)
@@ -79,8 +85,6 @@ def _fsdp_worker(rank, world, port, out):
                 for k, v in model.state_dict().items()}
         if rank == 0:
             torch.save(full, out)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_fsdp2_two_gloo_processes_match_single_process(tmp_path):

@@ -2,8 +2,6 @@
 the data through a DistributedSampler, learn the dictionary one process learns on the
 concatenated batches."""
 
-import os
-
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -12,7 +10,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torch_structlearn import DictionaryLearner
 
 from .test_coding import _planted
-from .test_ddp import _free_port
+from .test_ddp import _free_port, gloo
 
 B = 64  # per-rank batch
 
@@ -22,9 +20,7 @@ def _learner():
 
 
 def _worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with gloo(rank, world, port):
         X, _ = _planted(n=1024, d=32, k=16, width=6)
         ds = TensorDataset(X)
         sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False)
@@ -35,8 +31,6 @@ def _worker(rank, world, port, out):
         dist.all_gather(others, D)
         if rank == 0:
             torch.save({"D": D, "all": others, "objective": dl.objective_}, out)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_gloo_ranks_learn_the_single_process_dictionary(tmp_path):
