@@ -156,7 +156,8 @@ def test_torch_compile_fullgraph_equals_eager(device, backend):
         torch.testing.assert_close(c.grad, a.grad)
 
 
-def test_op_is_registered_with_fake_impl():
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b not in ("auto", "dense")])
+def test_op_is_registered_with_fake_impl(backend):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     conn = Connectivity.random((5, 4), fan_in=2, seed=0)
@@ -173,7 +174,7 @@ def test_op_is_registered_with_fake_impl():
         torch.ops.structlearn.sparse_linear.default,
         (torch.randn(3, 4), torch.randn(conn.nnz), conn.crow_indices, conn.col_indices,
          *__import__("torch_structlearn").connectivity.csr_transpose(conn.crow_indices, conn.col_indices, 4),
-         torch.randn(5), "csr"),
+         torch.randn(5), backend),
     )
 
 

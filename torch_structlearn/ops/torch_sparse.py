@@ -22,7 +22,8 @@ def _spmm(crow: Tensor, col: Tensor, values: Tensor, n_cols: int, dense: Tensor)
 
     index = torch.stack([_rows(crow), col.long()])
     # spmm computes (rows x n_cols sparse) @ (n_cols x N dense).
-    return torch_sparse.spmm(index, values, crow.numel() - 1, n_cols, dense.T.contiguous()).T
+    out = torch_sparse.spmm(index, values, crow.numel() - 1, n_cols, dense.T.contiguous())
+    return out.T.contiguous()  # the op promises (and its fake returns) a contiguous result
 
 
 def forward(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t) -> Tensor:
