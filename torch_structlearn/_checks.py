@@ -21,3 +21,14 @@ def density(v) -> float:
     if math.isnan(v) or not 0.0 < float(v) <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {v!r}")
     return float(v)
+
+
+def penalty(name: str, v, alternative: str = "") -> float:
+    """``v`` as a finite float >= 0 (a regularisation weight), else ``TypeError``/``ValueError``;
+    ``alternative`` names another accepted value in the message (e.g. ``"'auto'"``)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        also = f" or {alternative}" if alternative else ""
+        raise TypeError(f"{name} must be a finite number{also}, got {v!r}")
+    if v < 0:
+        raise ValueError(f"{name} must be >= 0, got {v}")
+    return float(v)

@@ -22,7 +22,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from ._checks import positive_int
+from ._checks import penalty, positive_int
 from .data import batches
 
 __all__ = ["fista", "objective", "prox", "DictionaryLearner"]
@@ -55,14 +55,6 @@ def _all_gather_rows(X: Tensor) -> Tensor:
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
     return torch.cat([p[: int(k)] for p, k in zip(parts, sizes, strict=True)])
-
-
-def _check_lams(lam1: float, lam_g: float) -> None:
-    for name, v in (("lam1", lam1), ("lam_g", lam_g)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-            raise TypeError(f"{name} must be a finite number, got {v!r}")
-        if v < 0:
-            raise ValueError(f"{name} must be >= 0, got {v}")
 
 
 def _check_groups(K: int, group_size: int) -> None:
@@ -136,7 +128,8 @@ def fista(
     applied per sample. Stops when the relative change of ``A`` falls below ``tol`` or after
     ``max_iter`` iterations. ``A0`` warm-starts.
     """
-    _check_lams(lam1, lam_g)
+    penalty("lam1", lam1)
+    penalty("lam_g", lam_g)
     if X.dim() != 2 or D.dim() != 2 or X.shape[1] != D.shape[0]:
         raise ValueError(f"X must be (N, d) and D (d, K); got X {tuple(X.shape)}, D {tuple(D.shape)}")
     K = D.shape[1]
@@ -226,9 +219,9 @@ class DictionaryLearner:
         positive_int("n_atoms", n_atoms)
         _check_groups(n_atoms, group_size)
         if lam1 != "auto":
-            _check_lams(lam1, 0.0)
+            penalty("lam1", lam1, "'auto'")
         if lam_g is not None:
-            _check_lams(0.0, lam_g)
+            penalty("lam_g", lam_g)
         if not 0 < active_fraction < 1:
             raise ValueError(f"active_fraction must be in (0, 1), got {active_fraction!r}")
         positive_int("epochs", epochs)

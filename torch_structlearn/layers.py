@@ -13,9 +13,8 @@ from torch import Tensor, nn
 
 from ._checks import positive_int
 from .connectivity import Connectivity, csr_transpose, validate_csr
-from .ops import BACKENDS, auto, sparse_linear
+from .ops import auto, check_backend, sparse_linear
 from .ops.dense import dense_weight, flat_index
-from .ops.sparse_linear import torch_sparse_backend
 
 __all__ = ["StructLearnedLinear"]
 
@@ -67,13 +66,7 @@ class StructLearnedLinear(nn.Module):
         self.backend = backend  # validated by the setter
         if connectivity is None:
             connectivity = Connectivity.random((out_features, in_features), density=density)
-        elif not isinstance(connectivity, Connectivity):
-            raise TypeError(f"connectivity must be a Connectivity, got {type(connectivity).__name__}")
-        if connectivity.shape != (out_features, in_features):
-            raise ValueError(
-                f"connectivity has shape {connectivity.shape}, expected "
-                f"(out_features, in_features) = ({out_features}, {in_features})"
-            )
+        self._check_connectivity(connectivity)
         factory = {"device": device, "dtype": dtype}
         self.values = nn.Parameter(torch.empty(connectivity.nnz, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
@@ -81,6 +74,15 @@ class StructLearnedLinear(nn.Module):
         self.reset_parameters()
 
     # ------------------------------------------------------------------ structure
+    def _check_connectivity(self, connectivity) -> None:
+        if not isinstance(connectivity, Connectivity):
+            raise TypeError(f"connectivity must be a Connectivity, got {type(connectivity).__name__}")
+        if connectivity.shape != (self.out_features, self.in_features):
+            raise ValueError(
+                f"connectivity has shape {connectivity.shape}, expected (out_features, "
+                f"in_features) = ({self.out_features}, {self.in_features})"
+            )
+
     def _set_structure(self, crow: Tensor, col: Tensor, device=None) -> None:
         """(Re)register the CSR buffers and the cached transpose used by the backward pass."""
         device = device if device is not None else self.values.device
@@ -98,14 +100,13 @@ class StructLearnedLinear(nn.Module):
         backend = self._backend
         if backend == "auto":  # what auto picks on the current device; others compute on the fly
             backend = auto.choose(col.device, self.values.dtype, self.density)
-        uses = {backend}
         empty = col.new_empty(0)
-        if uses & {"csr", "torch_sparse"}:
+        if backend in ("csr", "torch_sparse"):
             crow_t, col_t, perm = csr_transpose(crow, col, self.in_features)
             perm = perm.to(col_t.dtype)
         else:
             crow_t, col_t, perm = empty, empty, empty
-        index = flat_index(crow, col, self.in_features) if "dense" in uses else empty.long()
+        index = flat_index(crow, col, self.in_features) if backend == "dense" else empty.long()
         self.register_buffer("crow_t", crow_t, persistent=False)
         self.register_buffer("col_t", col_t, persistent=False)
         self.register_buffer("perm_t", perm, persistent=False)
@@ -114,11 +115,7 @@ class StructLearnedLinear(nn.Module):
     def set_connectivity(self, connectivity: Connectivity) -> StructLearnedLinear:
         """Replace the structure (same shape) and re-initialise ``values`` and ``bias``
         (Kaiming-uniform with the new fan-ins). Returns ``self``."""
-        if not isinstance(connectivity, Connectivity):
-            raise TypeError(f"connectivity must be a Connectivity, got {type(connectivity).__name__}")
-        if connectivity.shape != (self.out_features, self.in_features):
-            raise ValueError(f"connectivity has shape {connectivity.shape}, expected "
-                             f"({self.out_features}, {self.in_features})")
+        self._check_connectivity(connectivity)
         with torch.no_grad():
             self.values.data = self.values.new_empty(connectivity.nnz)
         self._set_structure(connectivity.crow_indices, connectivity.col_indices)
@@ -157,11 +154,7 @@ class StructLearnedLinear(nn.Module):
 
     @backend.setter
     def backend(self, value: str) -> None:
-        if value not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
-        if value == "torch_sparse" and not torch_sparse_backend.AVAILABLE:
-            raise ValueError("backend='torch_sparse' needs torch-sparse: pip install '.[torch-sparse]'")
-        self._backend = value
+        self._backend = check_backend(value)
         if "col_indices" in self._buffers:
             self._refresh_caches()
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ._checks import density as check_density
-from ._checks import positive_int
+from ._checks import penalty, positive_int
 from .coding import DictionaryLearner
 from .connectivity import Connectivity
 from .data import batches
@@ -32,13 +32,10 @@ def check_learning_args(*, width: int, density: float, group_size: int, lam1, la
     positive_int("group_size", group_size)
     if width % group_size:
         raise ValueError(f"group_size={group_size} must divide width={width}")
-    for name, v in (("lam1", lam1), ("lam_g", lam_g)):
-        if v is None or (name == "lam1" and v == "auto"):
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise TypeError(f"{name} must be a finite number{' or auto' if name == 'lam1' else ''}, got {v!r}")
-        if v < 0:
-            raise ValueError(f"{name} must be >= 0, got {v}")
+    if lam1 != "auto":
+        penalty("lam1", lam1, "'auto'")
+    if lam_g is not None:
+        penalty("lam_g", lam_g)
     if mode not in ("per_unit", "global"):
         raise ValueError(f"mode must be 'per_unit' or 'global', got {mode!r}")
     if block is not None and (not isinstance(block, (tuple, list)) or len(block) != 2):

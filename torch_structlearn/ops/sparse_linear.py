@@ -20,10 +20,19 @@ from ..connectivity import csr_transpose
 from . import auto, csr, dense
 from . import torch_sparse as torch_sparse_backend
 
-__all__ = ["sparse_linear", "BACKENDS", "available_backends"]
+__all__ = ["sparse_linear", "BACKENDS", "available_backends", "check_backend"]
 
 _IMPL = {"csr": csr, "torch_sparse": torch_sparse_backend}
 BACKENDS = ("auto", "csr", "dense", "torch_sparse")
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it names a backend usable here, else ``ValueError`` saying why."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch_sparse" and not torch_sparse_backend.AVAILABLE:
+        raise ValueError("backend='torch_sparse' needs the torch-sparse package: pip install '.[torch-sparse]'")
+    return backend
 
 
 def available_backends() -> list[str]:
@@ -158,10 +167,7 @@ def sparse_linear(
         ``(*, out_features)``. Under autocast, inputs are cast to the autocast dtype (like
         ``nn.Linear``).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch_sparse" and not torch_sparse_backend.AVAILABLE:
-        raise ValueError("backend='torch_sparse' needs the torch-sparse package: pip install '.[torch-sparse]'")
+    check_backend(backend)
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         dt = torch.get_autocast_dtype(device_type)
