@@ -58,16 +58,22 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_ddp_two_gloo_processes_match_single_process(tmp_path):
-    out = str(tmp_path / "ddp.pt")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
-    ddp_state = torch.load(out, weights_only=True)
+def _spawn_and_compare(worker, out: str) -> dict:
+    """Run ``worker`` on 2 gloo processes; its saved parameters must equal one process trained
+    on the combined batch (mean loss over it = the ranks' averaged gradients)."""
+    mp.spawn(worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    state = torch.load(out, weights_only=True)
     single = _model()
     x, y = _data()
-    _train(single, [(x, y)] * 3)  # mean loss over the combined batch = DDP's averaged grads
+    _train(single, [(x, y)] * 3)
     for k, v in single.state_dict().items():
-        torch.testing.assert_close(ddp_state[k], v, rtol=1e-5, atol=1e-6)
-    assert not torch.equal(ddp_state["0.values"], _model().state_dict()["0.values"])
+        torch.testing.assert_close(state[k], v, rtol=1e-5, atol=1e-6)
+    return state
+
+
+def test_ddp_two_gloo_processes_match_single_process(tmp_path):
+    state = _spawn_and_compare(_worker, str(tmp_path / "ddp.pt"))
+    assert not torch.equal(state["0.values"], _model().state_dict()["0.values"])
 
 
 def _fsdp_worker(rank, world, port, out):
@@ -88,11 +94,4 @@ def _fsdp_worker(rank, world, port, out):
 
 
 def test_fsdp2_two_gloo_processes_match_single_process(tmp_path):
-    out = str(tmp_path / "fsdp.pt")
-    mp.spawn(_fsdp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
-    state = torch.load(out, weights_only=True)
-    single = _model()
-    x, y = _data()
-    _train(single, [(x, y)] * 3)
-    for k, v in single.state_dict().items():
-        torch.testing.assert_close(state[k], v, rtol=1e-5, atol=1e-6)
+    _spawn_and_compare(_fsdp_worker, str(tmp_path / "fsdp.pt"))
