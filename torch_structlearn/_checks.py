@@ -32,3 +32,17 @@ def penalty(name: str, v, alternative: str = "") -> float:
     if v < 0:
         raise ValueError(f"{name} must be >= 0, got {v}")
     return float(v)
+
+
+def block(block, shape: tuple[int, int] | None = None) -> tuple[int, int]:
+    """``block`` as ``(bo, bi)`` positive ints that divide ``shape`` (when given), else ``ValueError``."""
+    if (
+        not isinstance(block, (tuple, list))
+        or len(block) != 2
+        or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block)
+    ):
+        raise ValueError(f"block must be a pair of positive ints (bo, bi), got {block!r}")
+    bo, bi = block
+    if shape is not None and (shape[0] % bo or shape[1] % bi):
+        raise ValueError(f"block={tuple(block)} must divide the shape {shape}")
+    return int(bo), int(bi)

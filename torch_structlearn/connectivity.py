@@ -14,9 +14,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ._checks import block as _check_block
 from ._checks import density as _check_density
 
-__all__ = ["Connectivity", "validate_csr", "csr_transpose", "fan_in_for_density"]
+__all__ = ["Connectivity", "validate_csr", "csr_transpose", "fan_in_for_density", "bsr_to_csr_index"]
 
 _INT_DTYPES = (torch.int32, torch.int64)
 
@@ -113,6 +114,28 @@ def csr_transpose(crow: Tensor, col: Tensor, n_cols: int) -> tuple[Tensor, Tenso
     return crow_t.to(crow.dtype), col_t, perm
 
 
+def bsr_to_csr_index(crow: Tensor, col: Tensor, block: tuple[int, int]) -> Tensor:
+    """Where each element-CSR nonzero lives in flattened block values.
+
+    Args:
+        crow: ``(R + 1,)`` block-row pointers.  col: ``(nblocks,)`` block columns (a BSR
+        structure, as :meth:`Connectivity.block_structure` returns).  block: ``(bo, bi)``.
+    Returns:
+        ``(nblocks * bo * bi,)`` int64 ``index`` such that
+        ``csr_values = bsr_values.reshape(-1)[index]`` for ``bsr_values (nblocks, bo, bi)``,
+        with ``csr_values`` in the order of the element connectivity's CSR.
+    """
+    bo, bi = block
+    counts = crow.diff().long()
+    nblk = int(counts.sum())
+    block_row = torch.repeat_interleave(torch.arange(counts.numel(), device=crow.device), counts)
+    # element row of every (block, a, c) entry, enumerated block-major; a stable sort by row
+    # keeps blocks (hence columns) ascending within each element row.
+    row = (block_row * bo)[:, None, None] + torch.arange(bo, device=crow.device)[None, :, None]
+    row = row.expand(nblk, bo, bi).reshape(-1)
+    return torch.sort(row, stable=True).indices
+
+
 class Connectivity:
     """An immutable CSR connectivity pattern: row = output unit, columns = its inputs.
 
@@ -176,6 +199,27 @@ class Connectivity:
         mask = torch.zeros(self._shape, dtype=torch.bool)
         mask[self.row_indices(), self._col] = True
         return mask
+
+    def block_structure(self, block: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """The block-CSR (BSR) structure of a connectivity made of whole ``bo x bi`` blocks.
+
+        Returns ``(crow, col)`` int64: ``(out_features / bo + 1,)`` block-row pointers and the
+        ``(nblocks,)`` block columns. Raises ``ValueError`` when ``block`` does not divide the
+        shape or some block is only partly connected.
+        """
+        bo, bi = _check_block(block, self._shape)
+        from einops import reduce
+
+        counts = reduce(self.to_mask().to(torch.int32), "(r bo) (c bi) -> r c", "sum", bo=bo, bi=bi)
+        partial = (counts != 0) & (counts != bo * bi)
+        if bool(partial.any()):
+            r, c = (int(v) for v in partial.nonzero()[0])
+            raise ValueError(
+                f"connectivity is not made of whole {bo}x{bi} blocks: block ({r}, {c}) has "
+                f"{int(counts[r, c])} of {bo * bi} connections"
+            )
+        b = Connectivity.from_mask(counts != 0)
+        return b._crow.clone(), b._col.clone()
 
     def transpose(self) -> Connectivity:
         """The ``(in_features, out_features)`` structure: row = input, columns = units reading it."""
@@ -319,16 +363,3 @@ class Connectivity:
 
         mask = repeat(block_mask.detach().cpu() != 0, "r c -> (r bo) (c bi)", bo=bo, bi=bi)
         return cls.from_mask(mask)
-
-
-def _check_block(block, shape: tuple[int, int] | None) -> tuple[int, int]:
-    if (
-        not isinstance(block, (tuple, list))
-        or len(block) != 2
-        or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block)
-    ):
-        raise ValueError(f"block must be a pair of positive ints (bo, bi), got {block!r}")
-    bo, bi = block
-    if shape is not None and (shape[0] % bo or shape[1] % bi):
-        raise ValueError(f"block={tuple(block)} must divide the shape {shape}")
-    return int(bo), int(bi)

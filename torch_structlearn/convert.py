@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ._checks import block as check_block
 from ._checks import density as check_density
 from ._checks import positive_int
 from .connectivity import Connectivity
@@ -58,16 +59,18 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-def _build(linear: nn.Linear, conn: Connectivity, init: str, D: Tensor | None) -> StructLearnedLinear:
+def _build(linear: nn.Linear, conn: Connectivity, init: str, D: Tensor | None,
+           block: tuple[int, int] | None) -> StructLearnedLinear:
     from .learn import dictionary_values
 
-    layer = StructLearnedLinear.from_linear(linear, conn)  # 'keep': pretrained weights on the mask
+    # 'keep': pretrained weights on the mask
+    layer = StructLearnedLinear.from_linear(linear, conn, block=block)
     if init == "random":
         layer.reset_parameters()
     elif init == "dictionary":
-        with torch.no_grad():
-            layer.values.copy_(dictionary_values(D, conn).to(layer.values))
-            if layer.bias is not None:
+        layer.copy_csr_values_(dictionary_values(D, conn))
+        if layer.bias is not None:
+            with torch.no_grad():
                 layer.bias.zero_()
     return layer
 
@@ -133,6 +136,7 @@ def convert(
                          + (" ..." if len(all_names) > 20 else ""))
     linears = {n: model.get_submodule(n) for n in names}
     if block is not None:
+        block = check_block(block)
         for n, lin in linears.items():
             if lin.out_features % block[0] or lin.in_features % block[1]:
                 raise ValueError(f"block={tuple(block)} does not divide layer {n!r} of shape "
@@ -190,9 +194,8 @@ def convert(
         if D is None:
             conn = Connectivity.from_mask(torch.ones(lin.out_features, lin.in_features))
         else:
-            conn = Connectivity.from_scores(D.T.cpu(), density, "per_unit",
-                                            block=tuple(block) if block else None)
-        new = _build(lin, conn, init, None if D is None else D.cpu())
+            conn = Connectivity.from_scores(D.T.cpu(), density, "per_unit", block=block)
+        new = _build(lin, conn, init, None if D is None else D.cpu(), block)
         _set_module(model, n, new)
         row = {"name": n, "in_features": lin.in_features, "out_features": lin.out_features,
                "density": new.density, "nnz": new.nnz,
@@ -228,7 +231,7 @@ def convert_structure(model: nn.Module, structure_file: str | os.PathLike, *,
         if (lin.out_features, lin.in_features) != (saved.out_features, saved.in_features):
             raise ValueError(f"{structure_file}: {name!r} has shape ({lin.out_features}, "
                              f"{lin.in_features}), the file ({saved.out_features}, {saved.in_features})")
-        new = StructLearnedLinear.from_linear(lin, saved.connectivity)
+        new = StructLearnedLinear.from_linear(lin, saved.connectivity, block=saved.block)
         if weights:
             new.load_state_dict(saved.state_dict())
         _set_module(model, name, new.to(lin.weight.device, lin.weight.dtype))

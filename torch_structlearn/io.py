@@ -7,7 +7,8 @@ A file holds, per layer ``i``, the tensors ``layers.{i}.crow_indices`` ``(out + 
 * ``format``          ``"torch_structlearn"``
 * ``format_version``  ``"1"``
 * ``header``          JSON: ``{"class", "config", "layers": [{"in_features", "out_features",
-  "nnz", "density", "bias", "backend"}], "user": {...}}``; ``class`` is
+  "nnz", "density", "bias", "backend"}], "user": {...}}`` (a block layer's entry also has
+  ``"block": [bo, bi]``; its tensors are still the element CSR, in CSR order); ``class`` is
   ``StructLearnedLinear`` (empty config, one layer) or ``StructLearnedStack`` (config:
   ``in_features, width, max_depth, group_size, pool, groups, density, min_gain``; with
   ``groups = "learned"`` each layer also has ``layers.{i}.pool_permutation`` ``(width,)`` int64),
@@ -37,6 +38,7 @@ from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 from torch import nn
 
+from ._checks import block as check_block
 from .connectivity import Connectivity, validate_csr
 from .layers import StructLearnedLinear
 from .pooling import GroupPool
@@ -136,9 +138,14 @@ def save(module: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | 
     infos = []
     for i, layer in enumerate(layers):
         p = f"layers.{i}."
-        tensors[p + "crow_indices"] = layer.crow_indices
-        tensors[p + "col_indices"] = layer.col_indices
-        tensors[p + "values"] = layer.values
+        if layer.block is None:
+            tensors[p + "crow_indices"] = layer.crow_indices
+            tensors[p + "col_indices"] = layer.col_indices
+        else:  # files hold the element CSR view of block layers
+            conn = layer.connectivity
+            tensors[p + "crow_indices"] = conn.crow_indices.to(layer.col_indices.dtype)
+            tensors[p + "col_indices"] = conn.col_indices.to(layer.col_indices.dtype)
+        tensors[p + "values"] = layer.csr_values().detach()
         if layer.bias is not None:
             tensors[p + "bias"] = layer.bias
         stack = module.body if cls == "StructLearnedClassifier" else module
@@ -147,7 +154,7 @@ def save(module: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | 
         infos.append({
             "in_features": layer.in_features, "out_features": layer.out_features,
             "nnz": layer.nnz, "density": layer.density, "bias": layer.bias is not None,
-            "backend": layer.backend,
+            "backend": layer.backend, **({"block": list(layer.block)} if layer.block else {}),
         })
     if cls == "StructLearnedClassifier":
         tensors.update({"whitening.mean": module.whitening.mean,
@@ -276,8 +283,9 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
     expected = set()
     for i, L in enumerate(layers):
         keys = {"in_features", "out_features", "nnz", "density", "bias", "backend"}
-        if not isinstance(L, dict) or set(L) != keys:
-            _fail(path, f"layer {i}: header must have exactly the keys {sorted(keys)}")
+        if not isinstance(L, dict) or set(L) - {"block"} != keys:
+            _fail(path, f"layer {i}: header must have exactly the keys {sorted(keys)} "
+                        "(and optionally 'block')")
         for k in ("in_features", "out_features"):
             if not isinstance(L[k], int) or isinstance(L[k], bool) or L[k] < 1:
                 _fail(path, f"layer {i}: {k} must be a positive int, got {L[k]!r}")
@@ -287,6 +295,11 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
             _fail(path, f"layer {i}: bias must be true/false")
         if not isinstance(L["backend"], str):
             _fail(path, f"layer {i}: backend must be a string")
+        if "block" in L:
+            try:
+                check_block(L["block"], (L["out_features"], L["in_features"]))
+            except ValueError as e:
+                _fail(path, f"layer {i}: {e}")
         p, out, nnz = f"layers.{i}.", L["out_features"], L["nnz"]
         names = ["crow_indices", "col_indices", "values"] + (["bias"] if L["bias"] else [])
         if cls in _STACKED and config["groups"] == "learned":
@@ -328,11 +341,12 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
 
 def _build_layer(L: dict, conn: Connectivity, values: torch.Tensor, bias) -> StructLearnedLinear:
     backend = L["backend"] if L["backend"] in ("auto", "csr", "dense") else "auto"
+    block = tuple(L["block"]) if "block" in L else None
     layer = StructLearnedLinear(L["in_features"], L["out_features"], bias=L["bias"],
-                                connectivity=conn, backend=backend, dtype=values.dtype)
-    with torch.no_grad():
-        layer.values.copy_(values)
-        if L["bias"]:
+                                connectivity=conn, block=block, backend=backend, dtype=values.dtype)
+    layer.copy_csr_values_(values)
+    if L["bias"]:
+        with torch.no_grad():
             layer.bias.copy_(bias)
     return layer
 
@@ -417,8 +431,13 @@ def load(path: str | os.PathLike, *, device=None):
             validate_csr(tensors[p + "crow_indices"], tensors[p + "col_indices"], shape)
         except (TypeError, ValueError) as e:
             _fail(path, f"invalid structure in layer {i}: {e}")
-        built.append((L, Connectivity(tensors[p + "crow_indices"], tensors[p + "col_indices"], shape),
-                      tensors[p + "values"], tensors.get(p + "bias")))
+        conn = Connectivity(tensors[p + "crow_indices"], tensors[p + "col_indices"], shape)
+        if "block" in L:
+            try:
+                conn.block_structure(tuple(L["block"]))
+            except ValueError as e:
+                _fail(path, f"invalid structure in layer {i}: {e}")
+        built.append((L, conn, tensors[p + "values"], tensors.get(p + "bias")))
     if header["class"] == "StructLearnedLinear":
         layer = _build_layer(*built[0])
     elif header["class"] == "ModuleStructures":

@@ -4,6 +4,9 @@
 The nonzero weights are the ``values`` parameter ``(nnz,)``; the structure is two integer
 buffers (``crow_indices``, ``col_indices``), so ``state_dict``, ``.to()``, ``deepcopy``, DDP and
 autocast behave as for any module. The kernel is the ``structlearn::sparse_linear`` custom op.
+A block layer (``block=(bo, bi)``) stores its weight like torch's BSR tensors: ``values``
+``(nblocks, bo, bi)`` and block-level ``crow_indices`` / ``col_indices``; its element-level CSR
+view is :attr:`StructLearnedLinear.connectivity` (what files and the hub hold).
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._checks import block as check_block
 from ._checks import positive_int
-from .connectivity import Connectivity, csr_transpose, validate_csr
+from .connectivity import Connectivity, bsr_to_csr_index, csr_transpose, validate_csr
 from .ops import auto, check_backend, sparse_linear
+from .ops.sparse_linear import check_block_backend
 from .ops.dense import dense_weight, flat_index
 
 __all__ = ["StructLearnedLinear"]
@@ -33,16 +38,21 @@ class StructLearnedLinear(nn.Module):
         density: fraction of connections when ``connectivity`` is not given; each unit then gets
             ``ceil(density * in_features)`` inputs drawn at random (torch's global RNG).
         connectivity: the structure, a :class:`Connectivity` of shape
-            ``(out_features, in_features)``.
-        backend: ``'auto'`` (default), ``'csr'``, ``'dense'`` or ``'torch_sparse'``.
+            ``(out_features, in_features)`` (made of whole blocks when ``block`` is given).
+        block: ``(bo, bi)`` to make a block-sparse layer: whole ``bo x bi`` blocks of the
+            weight are connected or not (``density`` then draws ``ceil(density * in / bi)``
+            random blocks per block row). Stored as BSR; the fast kernels read blocks directly.
+        backend: ``'auto'`` (default), ``'csr'``, ``'dense'``, ``'torch_sparse'`` (unstructured
+            only) or ``'triton'`` (block layers on CUDA).
 
     Shape:
         input ``(*, in_features)`` → output ``(*, out_features)``.
 
     Attributes:
-        values: ``(nnz,)`` learnable nonzero weights in CSR order.
+        values: ``(nnz,)`` learnable nonzero weights in CSR order; ``(nblocks, bo, bi)`` for
+            a block layer.
         bias: ``(out_features,)`` or None.
-        crow_indices, col_indices: int buffers describing the CSR structure.
+        crow_indices, col_indices: int buffers describing the CSR (block layer: BSR) structure.
 
     Weights use Kaiming-uniform init from each unit's *actual* fan-in (bound ``1/sqrt(fan_in)``,
     which is what ``nn.Linear`` uses for its dense fan-in).
@@ -56,6 +66,7 @@ class StructLearnedLinear(nn.Module):
         *,
         density: float = 0.1,
         connectivity: Connectivity | None = None,
+        block: tuple[int, int] | None = None,
         backend: str = "auto",
         device=None,
         dtype=None,
@@ -63,14 +74,23 @@ class StructLearnedLinear(nn.Module):
         super().__init__()
         self.in_features = positive_int("in_features", in_features)
         self.out_features = positive_int("out_features", out_features)
-        self.backend = backend  # validated by the setter
+        shape = (self.out_features, self.in_features)
+        self.block = None if block is None else check_block(block, shape)
+        check_block_backend(check_backend(backend), self.block)
+        self._backend = backend
         if connectivity is None:
-            connectivity = Connectivity.random((out_features, in_features), density=density)
+            if self.block is None:
+                connectivity = Connectivity.random(shape, density=density)
+            else:
+                bo, bi = self.block
+                blocks = Connectivity.random((shape[0] // bo, shape[1] // bi), density=density)
+                connectivity = Connectivity.blocks(blocks.to_mask(), self.block)
         self._check_connectivity(connectivity)
         factory = {"device": device, "dtype": dtype}
-        self.values = nn.Parameter(torch.empty(connectivity.nnz, **factory))
+        crow, col = self._storage_structure(connectivity)
+        self.values = nn.Parameter(torch.empty(self._values_shape(col.numel()), **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
-        self._set_structure(connectivity.crow_indices, connectivity.col_indices, device)
+        self._set_structure(crow, col, device)
         self.reset_parameters()
 
     # ------------------------------------------------------------------ structure
@@ -82,6 +102,16 @@ class StructLearnedLinear(nn.Module):
                 f"connectivity has shape {connectivity.shape}, expected (out_features, "
                 f"in_features) = ({self.out_features}, {self.in_features})"
             )
+
+    def _storage_structure(self, connectivity: Connectivity) -> tuple[Tensor, Tensor]:
+        """The stored index buffers: CSR, or BSR for a block layer (``ValueError`` when the
+        connectivity is not made of whole blocks)."""
+        if self.block is None:
+            return connectivity.crow_indices, connectivity.col_indices
+        return connectivity.block_structure(self.block)
+
+    def _values_shape(self, n: int) -> tuple[int, ...]:
+        return (n,) if self.block is None else (n, *self.block)
 
     def _set_structure(self, crow: Tensor, col: Tensor, device=None) -> None:
         """(Re)register the CSR buffers and the cached transpose used by the backward pass."""
@@ -99,14 +129,16 @@ class StructLearnedLinear(nn.Module):
         crow, col = self.crow_indices, self.col_indices
         backend = self._backend
         if backend == "auto":  # what auto picks on the current device; others compute on the fly
-            backend = auto.choose(col.device, self.values.dtype, self.density)
+            backend = auto.choose(col.device, self.values.dtype, self.density, self.block)
         empty = col.new_empty(0)
-        if backend in ("csr", "torch_sparse"):
-            crow_t, col_t, perm = csr_transpose(crow, col, self.in_features)
+        if backend in ("csr", "torch_sparse", "triton"):
+            n_cols = self.in_features // (self.block[1] if self.block else 1)
+            crow_t, col_t, perm = csr_transpose(crow, col, n_cols)
             perm = perm.to(col_t.dtype)
         else:
             crow_t, col_t, perm = empty, empty, empty
-        index = flat_index(crow, col, self.in_features) if backend == "dense" else empty.long()
+        dense = backend == "dense" and self.block is None
+        index = flat_index(crow, col, self.in_features) if dense else empty.long()
         self.register_buffer("crow_t", crow_t, persistent=False)
         self.register_buffer("col_t", col_t, persistent=False)
         self.register_buffer("perm_t", perm, persistent=False)
@@ -116,10 +148,33 @@ class StructLearnedLinear(nn.Module):
         """Replace the structure (same shape) and re-initialise ``values`` and ``bias``
         (Kaiming-uniform with the new fan-ins). Returns ``self``."""
         self._check_connectivity(connectivity)
+        crow, col = self._storage_structure(connectivity)
         with torch.no_grad():
-            self.values.data = self.values.new_empty(connectivity.nnz)
-        self._set_structure(connectivity.crow_indices, connectivity.col_indices)
+            self.values.data = self.values.new_empty(self._values_shape(col.numel()))
+        self._set_structure(crow, col)
         self.reset_parameters()
+        return self
+
+    def csr_values(self) -> Tensor:
+        """``(nnz,)`` the nonzero weights in the element CSR order of :attr:`connectivity`
+        (for a block layer, gathered from the blocks; differentiable)."""
+        if self.block is None:
+            return self.values
+        return self.values.reshape(-1)[bsr_to_csr_index(self.crow_indices, self.col_indices, self.block)]
+
+    @torch.no_grad()
+    def copy_csr_values_(self, values: Tensor) -> StructLearnedLinear:
+        """Set the weights from ``(nnz,)`` values in the CSR order of :attr:`connectivity`.
+        Returns ``self``."""
+        if not isinstance(values, Tensor) or values.shape != (self.nnz,):
+            raise ValueError(f"values must be a tensor of shape ({self.nnz},), got "
+                             f"{tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__}")
+        values = values.to(self.values)
+        if self.block is None:
+            self.values.copy_(values)
+        else:
+            index = bsr_to_csr_index(self.crow_indices, self.col_indices, self.block)
+            self.values.view(-1)[index] = values
         return self
 
     def learn_structure(self, loader, *, density: float | None = None, init: str = "dictionary",
@@ -135,15 +190,17 @@ class StructLearnedLinear(nn.Module):
         from .learn import dictionary_values, learn_structure  # layers never need it otherwise
 
         density = self.density if density is None else density
+        if self.block is not None:
+            kw.setdefault("block", self.block)
         conn, D, report = learn_structure(loader, self.out_features, density=density, **kw)
         if D.shape[0] != self.in_features:
             raise ValueError(f"the loader yields {D.shape[0]} features, the layer expects "
                              f"in_features={self.in_features}")
         self.set_connectivity(conn)
         if init == "dictionary":
-            with torch.no_grad():
-                self.values.copy_(dictionary_values(D, conn).to(self.values))
-                if self.bias is not None:
+            self.copy_csr_values_(dictionary_values(D, conn))
+            if self.bias is not None:
+                with torch.no_grad():
                     self.bias.zero_()
         self.dictionary_, self.report_ = D, report
         return self
@@ -154,18 +211,25 @@ class StructLearnedLinear(nn.Module):
 
     @backend.setter
     def backend(self, value: str) -> None:
-        self._backend = check_backend(value)
+        check_block_backend(check_backend(value), self.block)
+        self._backend = value
         if "col_indices" in self._buffers:
             self._refresh_caches()
 
     @property
     def connectivity(self) -> Connectivity:
-        """The structure as a (validated, CPU) :class:`Connectivity`."""
-        return Connectivity(self.crow_indices, self.col_indices, (self.out_features, self.in_features))
+        """The element-level structure as a (validated, CPU) :class:`Connectivity`."""
+        if self.block is None:
+            return Connectivity(self.crow_indices, self.col_indices, (self.out_features, self.in_features))
+        bo, bi = self.block
+        blocks = Connectivity(self.crow_indices, self.col_indices,
+                              (self.out_features // bo, self.in_features // bi))
+        return Connectivity.blocks(blocks.to_mask(), self.block)
 
     @property
     def nnz(self) -> int:
-        return self.col_indices.numel()
+        """Number of connections (for a block layer: ``nblocks * bo * bi``)."""
+        return self.values.numel()
 
     @property
     def density(self) -> float:
@@ -174,7 +238,10 @@ class StructLearnedLinear(nn.Module):
     @property
     def fan_in(self) -> Tensor:
         """``(out_features,)`` number of inputs of each unit."""
-        return self.crow_indices.diff()
+        if self.block is None:
+            return self.crow_indices.diff()
+        bo, bi = self.block
+        return self.crow_indices.diff().repeat_interleave(bo) * bi
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
@@ -182,7 +249,13 @@ class StructLearnedLinear(nn.Module):
         """Kaiming-uniform with each unit's own fan-in: ``U(-1/sqrt(f_i), 1/sqrt(f_i))``."""
         fan_in = self.fan_in.to(self.values.device, torch.float64)
         bound = torch.where(fan_in > 0, fan_in.clamp(min=1).rsqrt(), torch.zeros_like(fan_in))
-        per_value = torch.repeat_interleave(bound, self.fan_in.long().to(bound.device))
+        if self.block is None:
+            per_value = torch.repeat_interleave(bound, self.fan_in.long().to(bound.device))
+        else:  # every row a of block k belongs to unit row(k) * bo + a
+            bo, _ = self.block
+            rows = torch.repeat_interleave(self.crow_indices.diff().long())
+            unit = (rows.to(bound.device) * bo)[:, None] + torch.arange(bo, device=bound.device)
+            per_value = bound[unit][:, :, None]
         self.values.uniform_(-1.0, 1.0).mul_(per_value.to(self.values.dtype))
         if self.bias is not None:
             self.bias.uniform_(-1.0, 1.0).mul_(bound.to(self.bias.dtype))
@@ -194,30 +267,33 @@ class StructLearnedLinear(nn.Module):
         connectivity: Connectivity | None = None,
         *,
         density: float | None = None,
+        block: tuple[int, int] | None = None,
         backend: str = "auto",
     ) -> StructLearnedLinear:
         """A sparse copy of ``linear``: its weights on ``connectivity`` (or on its top-|w|
-        ``density`` per unit when only ``density`` is given). Bias copied as is."""
+        ``density`` per unit — per block row of top-Σ|w| blocks with ``block`` — when only
+        ``density`` is given). Bias copied as is."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         if (connectivity is None) == (density is None):
             raise ValueError("give exactly one of connectivity= or density=")
         w = linear.weight.detach()
         if connectivity is None:
-            connectivity = Connectivity.from_scores(w, density, "per_unit")
+            connectivity = Connectivity.from_scores(w, density, "per_unit", block=block)
         layer = cls(
             linear.in_features,
             linear.out_features,
             bias=linear.bias is not None,
             connectivity=connectivity,
+            block=block,
             backend=backend,
             device=w.device,
             dtype=w.dtype,
         )
-        with torch.no_grad():
-            rows = connectivity.row_indices().to(w.device)
-            layer.values.copy_(w[rows, connectivity.col_indices.to(w.device)])
-            if linear.bias is not None:
+        rows = connectivity.row_indices().to(w.device)
+        layer.copy_csr_values_(w[rows, connectivity.col_indices.to(w.device)])
+        if linear.bias is not None:
+            with torch.no_grad():
                 layer.bias.copy_(linear.bias)
         return layer
 
@@ -247,7 +323,8 @@ class StructLearnedLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, density={self.density:.4g}, nnz={self.nnz}, "
-            f"backend={self._backend!r}"
+            + (f"block={self.block}, " if self.block else "")
+            + f"backend={self._backend!r}"
         )
 
     # ------------------------------------------------------------------ state dict
@@ -257,16 +334,17 @@ class StructLearnedLinear(nn.Module):
         crow = state_dict.get(prefix + "crow_indices")
         col = state_dict.get(prefix + "col_indices")
         if crow is not None and col is not None:
+            bo, bi = self.block or (1, 1)
             try:
-                validate_csr(crow, col, (self.out_features, self.in_features))
+                validate_csr(crow, col, (self.out_features // bo, self.in_features // bi))
             except (TypeError, ValueError) as e:
                 errors.append(f"{prefix}crow_indices/col_indices: invalid structure: {e}")
                 return
-            if col.numel() != self.nnz or not (
+            if col.numel() != self.col_indices.numel() or not (
                 torch.equal(crow.to(self.crow_indices), self.crow_indices)
                 and torch.equal(col.to(self.col_indices), self.col_indices)
             ):
                 with torch.no_grad():
-                    self.values.data = self.values.new_empty(col.numel())
+                    self.values.data = self.values.new_empty(self._values_shape(col.numel()))
                 self._set_structure(crow, col)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)

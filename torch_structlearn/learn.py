@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from ._checks import block as check_block
 from ._checks import density as check_density
 from ._checks import penalty, positive_int
 from .coding import DictionaryLearner
@@ -38,8 +39,8 @@ def check_learning_args(*, width: int, density: float, group_size: int, lam1, la
         penalty("lam_g", lam_g)
     if mode not in ("per_unit", "global"):
         raise ValueError(f"mode must be 'per_unit' or 'global', got {mode!r}")
-    if block is not None and (not isinstance(block, (tuple, list)) or len(block) != 2):
-        raise ValueError(f"block must be a pair (bo, bi), got {block!r}")
+    if block is not None:
+        check_block(block)
 
 
 def dictionary_values(dictionary: Tensor, connectivity: Connectivity) -> Tensor:

@@ -174,7 +174,7 @@ class StructLearnedStack(nn.Module):
             block = _block(in_l, self.width, self.group_size, self.pool, connectivity=conn,
                            backend=self.backend, **self._factory)
             layer = block[0]
-            layer.values.copy_(dictionary_values(D, conn).to(layer.values))
+            layer.copy_csr_values_(dictionary_values(D, conn))
             layer.bias.copy_(-(layer.dense_weight() @ mu.to(layer.values)))  # fold the centring
             if self.groups == "learned":
                 from .pooling import learn_groups

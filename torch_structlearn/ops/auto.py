@@ -1,4 +1,8 @@
-"""``backend='auto'``: pick ``csr`` below the measured crossover density, else ``dense``.
+"""``backend='auto'``: pick the sparse kernel below the measured crossover density, else ``dense``.
+
+The sparse kernel is ``csr`` (torch's CSR/BSR) except for block layers on CUDA, where it is
+``triton``. Entries are per device type and dtype, and per block shape for block layers
+(key ``"float32"`` or ``"float32/b32x32"``).
 
 The crossover table ``crossover.json`` beside this file is written by
 ``python -m torch_structlearn.bench --write-crossover`` (never edited by hand). Devices or
@@ -17,7 +21,7 @@ TABLE_PATH = Path(__file__).with_name("crossover.json")
 
 
 def load_table() -> dict:
-    """The shipped crossover table: ``{device_type: {dtype_name: max_csr_density}}``."""
+    """The shipped crossover table: ``{device_type: {key: max_sparse_density}}``."""
     if not TABLE_PATH.exists():
         return {}
     return json.loads(TABLE_PATH.read_text()).get("crossover", {})
@@ -27,11 +31,24 @@ def load_table() -> dict:
 TABLE = load_table()
 
 
-def choose(device: torch.device, dtype: torch.dtype, density: float) -> str:
-    """The backend ``auto`` uses for a weight of this ``density`` on ``device`` in ``dtype``."""
-    entry = TABLE.get(device.type, {})
+def key(dtype: torch.dtype, block: tuple[int, int] | None = None) -> str:
+    """The table key of a dtype (and block shape): ``"float32"``, ``"bfloat16/b32x32"``."""
     name = str(dtype).removeprefix("torch.")
-    # MKL computes bf16/fp16 sparse products in float32, so the float32 crossover applies.
-    limit = entry.get(name, entry.get("float32") if device.type == "cpu" else None)
-    return "csr" if limit is not None and density <= limit else "dense"
+    return name if block is None else f"{name}/b{block[0]}x{block[1]}"
 
+
+def sparse_backend(device: torch.device, block: tuple[int, int] | None) -> str:
+    """The sparse kernel for this device and kind of layer."""
+    return "triton" if block is not None and device.type == "cuda" else "csr"
+
+
+def choose(device: torch.device, dtype: torch.dtype, density: float,
+           block: tuple[int, int] | None = None) -> str:
+    """The backend ``auto`` uses for a weight of this ``density`` (and ``block`` shape) on
+    ``device`` in ``dtype``."""
+    entry = TABLE.get(device.type, {})
+    limit = entry.get(key(dtype, block))
+    if limit is None and device.type == "cpu":
+        # MKL computes bf16/fp16 sparse products in float32, so the float32 crossover applies.
+        limit = entry.get(key(torch.float32, block))
+    return sparse_backend(device, block) if limit is not None and density <= limit else "dense"

@@ -1,4 +1,4 @@
-"""``csr`` backend: torch's native sparse CSR matmuls (MKL on CPU, cuSPARSE on CUDA).
+"""``csr`` backend: torch's native sparse CSR / BSR matmuls (MKL on CPU, cuSPARSE on CUDA).
 
 * forward      ``y = x Wᵀ``   as ``(W @ xᵀ)ᵀ``     — CSR times dense
 * input grad   ``gx = gy W``   as ``(Wᵀ @ gyᵀ)ᵀ``  — with the cached transposed structure
@@ -11,6 +11,9 @@ transposed into a small reused buffer that stays in cache, multiplied into anoth
 (``beta=0``: no zero fill), and copied back. One transposed ``gy`` chunk serves both backward
 products. (Measured on the 2-core CPU, batch 4096, 768→3072, 1 %: 20 ms forward against 46 ms
 for unchunked calls — whole-matrix transposes were the cost. See BENCHMARKS.md.)
+Block layers (``values (nblocks, bo, bi)`` on a BSR structure) take the same path with torch's
+BSR tensors; their values gradient is one dense ``(bo, N) @ (N, nb * bi)`` product per block
+row (the row's input blocks gathered), as torch has no BSR sampled product on the CPU.
 MKL has no bf16/fp16 sparse kernels, so on CPU those dtypes are computed in float32.
 Shapes: ``x (N, in)``, ``values (nnz,)``, ``crow (out + 1,)``, ``col (nnz,)``, ``gy (N, out)``.
 """
@@ -22,9 +25,11 @@ import warnings
 import torch
 from torch import Tensor
 
+from ..connectivity import bsr_to_csr_index
+
 # torch warns once that sparse CSR is "beta"; the ops used here are tested against the dense
 # reference in tests/test_ops.py, so the warning only adds noise to users' logs.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+warnings.filterwarnings("ignore", message="Sparse (CSR|BSR) tensor support is in beta")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 CPU_CHUNK = 256
@@ -37,7 +42,36 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A CSR tensor, or BSR when ``values`` are ``(nblocks, bo, bi)`` blocks (MKL's BSR
+    kernels need square blocks: rectangular ones are expanded to CSR, each call)."""
+    if values.dim() == 3 and values.shape[1] == values.shape[2]:
+        return torch.sparse_bsr_tensor(crow, col, values, shape, check_invariants=False)
+    if values.dim() == 3:
+        nblk, bo, bi = values.shape
+        index = bsr_to_csr_index(crow, col, (bo, bi))
+        crow_e = crow.new_zeros((crow.numel() - 1) * bo + 1)
+        crow_e[1:] = (crow.diff() * bi).repeat_interleave(bo).cumsum(0)
+        block_of = torch.arange(nblk, device=col.device).repeat_interleave(bo * bi)
+        within = torch.arange(bi, device=col.device).repeat(nblk * bo)
+        col_e = (col[block_of] * bi + within)[index].to(crow.dtype)
+        crow, col, values = crow_e, col_e, values.reshape(-1)[index]
     return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+    return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def _block_values_grad(gy: Tensor, x: Tensor, crow: Tensor, col: Tensor, bo: int, bi: int) -> Tensor:
+    """``gV[k] = gy[:, row block]ᵀ @ x[:, col block]`` for every block, one block row at a time."""
+    n = x.shape[0]
+    xb = x.view(n, x.shape[1] // bi, bi)
+    gv = x.new_empty(col.numel(), bo, bi)
+    ptr = crow.tolist()
+    for r in range(len(ptr) - 1):
+        s, e = ptr[r], ptr[r + 1]
+        if s == e:
+            continue
+        xs = xb[:, col[s:e]].reshape(n, -1)  # (N, nb * bi)
+        gv[s:e] = (gy[:, r * bo:(r + 1) * bo].T @ xs).view(bo, e - s, bi).transpose(0, 1)
+    return gv
 
 
 def _chunks(n: int, device: torch.device):
@@ -70,7 +104,7 @@ def _spmm_rows(w: Tensor, dense: Tensor, out: Tensor) -> None:
 
 def forward(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t) -> Tensor:
     dt = _compute_dtype(x)
-    out_features = crow.numel() - 1
+    out_features = (crow.numel() - 1) * (values.shape[1] if values.dim() == 3 else 1)
     w = _csr(crow, col, values.to(dt), (out_features, x.shape[1]))
     y = x.new_empty(x.shape[0], out_features, dtype=dt)
     if x.shape[0]:
@@ -83,7 +117,21 @@ def backward(gy: Tensor, x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t
     crow_t, col_t, perm = t
     dt = _compute_dtype(x)
     n, in_features = x.shape
-    out_features, nnz = crow.numel() - 1, col.numel()
+    out_features, nnz = gy.shape[1], col.numel()
+    if values.dim() == 3:  # block layer: BSR
+        bo, bi = values.shape[1:]
+        gx = None
+        if need_input:
+            wt = _csr(crow_t, col_t, values.to(dt)[perm].transpose(1, 2).contiguous(),
+                      (in_features, out_features))
+            gx = x.new_empty(n, in_features, dtype=dt)
+            if n:
+                _spmm_rows(wt, gy.to(dt), gx)
+            gx = gx.to(x.dtype)
+        gv = None
+        if need_values:
+            gv = _block_values_grad(gy.to(dt), x.to(dt), crow, col, bo, bi).to(x.dtype)
+        return gx, gv
     gy, xc = gy.to(dt), x.to(dt)
     gx = x.new_empty(n, in_features, dtype=dt) if need_input else None
     gv = x.new_zeros(nnz, dtype=dt) if need_values else None

@@ -4,7 +4,8 @@ Plain differentiable torch ops (no custom op needed): autograd keeps the dense w
 forward pass for the input gradient, and the values gradient is the dense ``gyᵀ x`` gathered at
 the nonzeros (the backward of ``scatter``). It is the fast path at high density, where the cost
 over ``nn.Linear`` is one scatter and one gather of ``out * in`` elements per step.
-Shapes: ``x (*, in)``, ``values (nnz,)``, ``crow (out + 1,)``, ``col (nnz,)``.
+Shapes: ``x (*, in)``, ``values (nnz,)``, ``crow (out + 1,)``, ``col (nnz,)``; for block layers
+``values (nblocks, bo, bi)`` on the BSR structure ``crow (out / bo + 1,)``, ``col (nblocks,)``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ def flat_index(crow: Tensor, col: Tensor, in_features: int) -> Tensor:
 def dense_weight(values: Tensor, crow: Tensor, col: Tensor, in_features: int,
                  index: Tensor | None = None) -> Tensor:
     """``(out, in)`` dense weight with ``values`` at the CSR positions, zeros elsewhere
-    (differentiable with respect to ``values``). ``index``: cached :func:`flat_index`."""
+    (differentiable with respect to ``values``). ``index``: cached :func:`flat_index`
+    (unused for block values, which are placed block by block)."""
+    if values.dim() == 3:
+        bo, bi = values.shape[1:]
+        blocks = values.new_zeros(crow.numel() - 1, in_features // bi, bo, bi)
+        blocks = blocks.index_put((_rows(crow), col.long()), values)
+        return blocks.permute(0, 2, 1, 3).reshape(-1, in_features)
     out_features = crow.numel() - 1
     if index is None or index.numel() != col.numel():
         index = flat_index(crow, col, in_features)

@@ -6,6 +6,7 @@ registered with fake (meta) implementations and ``register_autograd``, so the op
 nonzero values and the bias. Each backend is one module of this package:
 
 * ``csr``          torch native sparse CSR (MKL / cuSPARSE); values grad by sampled product
+* ``triton``       Triton kernels for block layers (BSR) on CUDA (``ops/triton_bsr.py``)
 * ``torch_sparse`` the optional torch-sparse package
 * ``dense``        masked dense weight + ``F.linear`` in plain differentiable torch ops (no custom
   op is needed for it; it is traced by torch.compile like any torch code)
@@ -17,13 +18,13 @@ import torch
 from torch import Tensor
 
 from ..connectivity import csr_transpose
-from . import auto, csr, dense
+from . import auto, csr, dense, triton_bsr
 from . import torch_sparse as torch_sparse_backend
 
 __all__ = ["sparse_linear", "BACKENDS", "available_backends", "check_backend"]
 
-_IMPL = {"csr": csr, "torch_sparse": torch_sparse_backend}
-BACKENDS = ("auto", "csr", "dense", "torch_sparse")
+_IMPL = {"csr": csr, "torch_sparse": torch_sparse_backend, "triton": triton_bsr}
+BACKENDS = ("auto", "csr", "dense", "torch_sparse", "triton")
 
 
 def check_backend(backend: str) -> str:
@@ -32,12 +33,40 @@ def check_backend(backend: str) -> str:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch_sparse" and not torch_sparse_backend.AVAILABLE:
         raise ValueError("backend='torch_sparse' needs the torch-sparse package: pip install '.[torch-sparse]'")
+    if backend == "triton" and not triton_bsr.AVAILABLE:
+        raise ValueError("backend='triton' needs the triton package (it ships with torch's CUDA wheels)")
     return backend
 
 
-def available_backends() -> list[str]:
-    """Backends usable in this environment (``torch_sparse`` only when installed)."""
-    return [b for b in BACKENDS if b != "torch_sparse" or torch_sparse_backend.AVAILABLE]
+def check_block_backend(backend: str, block: tuple[int, int] | None,
+                        device: torch.device | None = None) -> None:
+    """``ValueError`` when ``backend`` cannot serve a layer with this ``block`` (on ``device``,
+    when given)."""
+    if block is None and backend == "triton":
+        raise ValueError("backend='triton' is for block layers (block=(bo, bi)); unstructured "
+                         "layers use 'csr', 'dense' or 'torch_sparse'")
+    if block is not None and backend == "torch_sparse":
+        raise ValueError(f"backend='torch_sparse' does not handle block layers (block={block}); "
+                         "use 'auto', 'csr', 'triton' or 'dense'")
+    if block is not None and backend == "triton":
+        if min(block) < triton_bsr.MIN_BLOCK:
+            raise ValueError(f"backend='triton' needs blocks of at least {triton_bsr.MIN_BLOCK} "
+                             f"on both sides, got block={block}")
+        if device is not None and not triton_bsr.usable(device):
+            raise ValueError(f"backend='triton' runs on CUDA tensors, got device {device}")
+
+
+def available_backends(block: tuple[int, int] | None = None, device="cpu") -> list[str]:
+    """Backends usable here for an unstructured layer (``block=None``) or a layer of
+    ``(bo, bi)`` blocks on ``device``."""
+    usable = []
+    for b in BACKENDS:
+        try:
+            check_block_backend(check_backend(b), block, torch.device(device))
+        except ValueError:
+            continue
+        usable.append(b)
+    return usable
 
 
 @torch.library.custom_op("structlearn::sparse_linear", mutates_args=())
@@ -62,7 +91,7 @@ def _sparse_linear(
 
 @_sparse_linear.register_fake
 def _(x, values, crow, col, crow_t, col_t, perm, bias, backend):
-    return x.new_empty(x.shape[0], crow.shape[0] - 1)
+    return x.new_empty(x.shape[0], _out_features(values, crow))
 
 
 @torch.library.custom_op("structlearn::sparse_linear_backward", mutates_args=())
@@ -119,21 +148,29 @@ def _backward(ctx, gy):
 _sparse_linear.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _out_features(values: Tensor, crow: Tensor) -> int:
+    return (crow.shape[0] - 1) * (values.shape[1] if values.dim() == 3 else 1)
+
+
 def _check(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, bias: Tensor | None) -> None:
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
     if x.dim() < 1:
         raise ValueError("x must have at least one dimension (*, in_features)")
-    if values.dim() != 1 or values.shape[0] != col.shape[0]:
+    if values.dim() not in (1, 3) or values.shape[0] != col.shape[0]:
         raise ValueError(
-            f"values must be 1-D with nnz = len(col) = {col.shape[0]} entries, "
-            f"got shape {tuple(values.shape)}"
+            f"values must be (nnz,) or block values (nblocks, bo, bi) with len(col) = "
+            f"{col.shape[0]} entries, got shape {tuple(values.shape)}"
         )
+    if values.dim() == 3 and x.shape[-1] % values.shape[2]:
+        raise ValueError(f"in_features={x.shape[-1]} is not a multiple of the block width "
+                         f"{values.shape[2]}")
     if values.dtype != x.dtype:
         raise TypeError(f"x and values must have the same dtype, got {x.dtype} and {values.dtype}")
-    if bias is not None and (bias.dtype != x.dtype or bias.shape != (crow.shape[0] - 1,)):
+    out = _out_features(values, crow)
+    if bias is not None and (bias.dtype != x.dtype or bias.shape != (out,)):
         raise ValueError(
-            f"bias must have shape ({crow.shape[0] - 1},) and dtype {x.dtype}, "
+            f"bias must have shape ({out},) and dtype {x.dtype}, "
             f"got {tuple(bias.shape)} {bias.dtype}"
         )
     if crow.dtype != col.dtype or crow.dtype not in (torch.int32, torch.int64):
@@ -151,15 +188,19 @@ def sparse_linear(
     transpose: tuple[Tensor, Tensor, Tensor] | None = None,
     dense_index: Tensor | None = None,
 ) -> Tensor:
-    """``y = x Wᵀ + b`` where ``W`` is the ``(out, in)`` CSR matrix ``(crow, col, values)``.
+    """``y = x Wᵀ + b`` where ``W`` is the ``(out, in)`` CSR matrix ``(crow, col, values)``,
+    or the BSR matrix of ``(bo, bi)`` blocks when ``values`` is 3-D.
 
     Args:
         x: ``(*, in_features)`` input.
-        values: ``(nnz,)`` nonzero weights, in CSR order.
-        crow: ``(out_features + 1,)`` row pointers; col: ``(nnz,)`` column indices (int32/int64).
+        values: ``(nnz,)`` nonzero weights in CSR order, or ``(nblocks, bo, bi)`` blocks.
+        crow: ``(out_features + 1,)`` row pointers (``(out_features / bo + 1,)`` block-row
+            pointers for blocks); col: ``(nnz,)`` column indices or ``(nblocks,)`` block
+            columns (int32/int64).
         bias: optional ``(out_features,)``.
-        backend: ``'auto'``, ``'csr'``, ``'dense'`` or ``'torch_sparse'``.
-        transpose: the cached ``csr_transpose(crow, col, in_features)`` for the sparse
+        backend: ``'auto'``, ``'csr'``, ``'dense'``, ``'torch_sparse'`` (unstructured only)
+            or ``'triton'`` (blocks on CUDA).
+        transpose: the cached ``csr_transpose(crow, col, in_features / bi)`` for the sparse
             backends; computed when omitted (or empty).
         dense_index: the cached ``ops.dense.flat_index(crow, col, in_features)`` for the dense
             backend; computed when omitted (or empty).
@@ -174,14 +215,17 @@ def sparse_linear(
         x, values = x.to(dt), values.to(dt)
         bias = bias.to(dt) if bias is not None else None
     _check(x, values, crow, col, bias)
-    in_features, out_features = x.shape[-1], crow.shape[0] - 1
+    in_features, out_features = x.shape[-1], _out_features(values, crow)
+    block = tuple(values.shape[1:]) if values.dim() == 3 else None
+    check_block_backend(backend, block, x.device)
     if backend == "auto":
-        density = col.shape[0] / max(1, in_features * out_features)
-        backend = auto.choose(x.device, x.dtype, density)
+        density = values.numel() / max(1, in_features * out_features)
+        backend = auto.choose(x.device, x.dtype, density, block)
     if backend == "dense":
         return dense.linear(x, values, crow, col, bias, dense_index)
-    if transpose is None or transpose[0].numel() != in_features + 1:  # missing / empty cache
-        transpose = csr_transpose(crow, col, in_features)
+    n_cols = in_features // block[1] if block else in_features
+    if transpose is None or transpose[0].numel() != n_cols + 1:  # missing / empty cache
+        transpose = csr_transpose(crow, col, n_cols)
     lead = x.shape[:-1]
     y = _sparse_linear(
         x.reshape(-1, in_features), values, crow, col, *transpose, bias, backend
