@@ -1,10 +1,13 @@
 """Benchmarks: ``python -m torch_structlearn.bench [kernels] [--device cpu|cuda] ...``.
 
 ``kernels``: forward and forward+backward median wall time and peak memory of
-``StructLearnedLinear`` (every backend) against dense ``nn.Linear`` on the same input, over a
-grid of densities and shapes. Prints a table, writes JSON, optionally rewrites the ``auto``
-crossover table (``--write-crossover``) and the matching section of ``BENCHMARKS.md``
-(``--markdown``).
+``StructLearnedLinear`` (every backend: the sparse kernels, ``dense`` = masked dense weight,
+``torch_sparse`` when installed) against dense ``nn.Linear`` on the same input, over a grid of
+densities, shapes, dtypes and block sizes (``--blocks 0 32``: unstructured and 32x32 blocks).
+Prints a table, writes JSON, optionally rewrites the ``auto`` crossover table
+(``--write-crossover``) and the matching section of ``BENCHMARKS.md`` (``--markdown``).
+``mlp``: one training epoch (forward, backward, SGD step) of a sparse MLP against the same MLP
+with ``nn.Linear`` layers, wall time and peak memory of one step.
 
 Peak memory is what the torch allocator holds above the starting point during one step
 (CPU: from the profiler's allocation events; CUDA: ``max_memory_allocated``). Buffers that MKL
@@ -31,7 +34,9 @@ from . import Connectivity, StructLearnedLinear  # noqa: E402
 from .ops import auto, available_backends  # noqa: E402
 
 CPU_SHAPES = [(256, 3072, 4096), (4096, 768, 3072)]  # (batch, in, out)
+GPU_SHAPES = [(8192, 4096, 4096), (8192, 4096, 16384), (8192, 768, 3072)]
 DENSITIES = [0.01, 0.02, 0.05, 0.10, 0.25, 0.50]
+GPU_DENSITIES = [0.01, 0.02, 0.05, 0.10, 0.25]
 
 
 def _sync(device: torch.device) -> None:
@@ -92,7 +97,8 @@ def _steps(module: nn.Module, x: torch.Tensor):
     return fwd, fwd_bwd
 
 
-def _measure(module: nn.Module, baseline: nn.Module, x: torch.Tensor, repeats: int) -> dict:
+def _measure(module: nn.Module, baseline: nn.Module, x: torch.Tensor, repeats: int,
+             baseline_peak: int | None = None) -> dict:
     """Times of ``module`` and, interleaved with it, of ``baseline`` on the same input."""
     device = x.device
     fwd, fwd_bwd = _steps(module, x)
@@ -103,8 +109,15 @@ def _measure(module: nn.Module, baseline: nn.Module, x: torch.Tensor, repeats: i
         "forward_ms": f, "forward_backward_ms": fb,
         "baseline_forward_ms": bf, "baseline_forward_backward_ms": bfb,
         "peak_forward_backward_bytes": _peak_bytes(fwd_bwd, device),
-        "param_bytes": sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers())),
+        "baseline_peak_forward_backward_bytes": baseline_peak or _peak_bytes(bfwd_bwd, device),
+        "param_bytes": _state_bytes(module),
+        "baseline_param_bytes": _state_bytes(baseline),
     }
+
+
+def _state_bytes(module: nn.Module) -> int:
+    """Bytes the module keeps: parameters and every buffer (structure and cached transposes)."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
 def machine() -> dict:
@@ -123,14 +136,17 @@ def machine() -> dict:
     return info
 
 
-def crossover(rows: list[dict], device: str, dtype: str) -> float | None:
-    """Largest grid density up to which ``csr`` beat ``nn.Linear`` (fwd+bwd) on every shape."""
+def crossover(rows: list[dict], device: str, dtype: str, block: int = 0) -> float | None:
+    """Largest grid density up to which the sparse kernel ``auto`` would pick beat
+    ``nn.Linear`` (fwd+bwd) on every shape, for this dtype and block size (0: unstructured)."""
     limit = None
-    shapes = sorted({r["shape"] for r in rows if r["device"] == device and r["dtype"] == dtype})
-    for shape in shapes:
-        sel = [r for r in rows if r["shape"] == shape and r["device"] == device and r["dtype"] == dtype]
+    sparse = auto.sparse_backend(torch.device(device), (block, block) if block else None)
+    sel_all = [r for r in rows if r["device"] == device and r["dtype"] == dtype
+               and r.get("block", 0) == block]
+    for shape in sorted({r["shape"] for r in sel_all}):
+        sel = [r for r in sel_all if r["shape"] == shape]
         best = 0.0
-        for r in sorted((r for r in sel if r["backend"] == "csr"), key=lambda r: r["actual_density"]):
+        for r in sorted((r for r in sel if r["backend"] == sparse), key=lambda r: r["actual_density"]):
             if r["forward_backward_ms"] >= r["baseline_forward_backward_ms"]:
                 break
             best = r["actual_density"]
@@ -141,47 +157,58 @@ def crossover(rows: list[dict], device: str, dtype: str) -> float | None:
 def run_kernels(args) -> dict:
     device = torch.device(args.device)
     dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
-    backends = [b for b in available_backends() if b != "auto"]
     rows: list[dict] = []
 
-    def record(shape, density, backend, dtype, m, actual=1.0):
+    def record(shape, density, backend, dtype, block, m, actual=1.0):
         # ``density`` is the nominal grid value; ``actual_density`` the layer's nnz / (in * out)
         # (slightly above: fan-in is rounded up) — the crossover is stated in actual density.
         row = {"device": device.type, "dtype": str(dtype).removeprefix("torch."), "shape": shape,
-               "density": density, "actual_density": actual, "backend": backend, **m}
+               "block": block, "density": density, "actual_density": actual, "backend": backend,
+               **m}
         rows.append(row)
-        print(f"{shape!s:>22} {row['dtype']:>8} {density:>7.2%} {backend:>12} "
+        print(f"{shape!s:>22} {row['dtype']:>8} {block or '-':>5} {density:>7.2%} {backend:>12} "
               f"{m['forward_ms']:>9.2f} {m['forward_backward_ms']:>9.2f} "
               f"{m['baseline_forward_ms'] / m['forward_ms']:>7.2f}x "
               f"{m['baseline_forward_backward_ms'] / m['forward_backward_ms']:>7.2f}x "
-              f"{m['peak_forward_backward_bytes'] / 2**20:>9.1f}", flush=True)
+              f"{m['peak_forward_backward_bytes'] / 2**20:>9.1f} "
+              f"{m['param_bytes'] / m['baseline_param_bytes']:>7.3f}", flush=True)
 
-    def grid(names: list[str], with_baseline: bool) -> None:
-        """Time every (dtype, shape, density, backend) against ``nn.Linear`` on that shape."""
+    def grid(only_auto: bool) -> None:
+        """Time every (dtype, shape, block, density, backend) against ``nn.Linear``."""
         for dtype in dtypes:
             for batch, fin, fout in args.shapes:
                 shape = (batch, fin, fout)
                 torch.manual_seed(0)
                 x = torch.randn(batch, fin, device=device, dtype=dtype)
                 dense = nn.Linear(fin, fout, device=device, dtype=dtype)
-                if with_baseline:
-                    record(shape, 1.0, "nn.Linear", dtype, _measure(dense, dense, x, args.repeats))
-                for density in args.densities:
-                    conn = Connectivity.random((fout, fin), density=density, seed=0)
-                    for backend in names:
-                        layer = StructLearnedLinear(fin, fout, connectivity=conn, backend=backend,
-                                                    device=device, dtype=dtype)
-                        record(shape, density, backend, dtype,
-                               _measure(layer, dense, x, args.repeats), layer.density)
+                ref = _measure(dense, dense, x, args.repeats)
+                if not only_auto:
+                    record(shape, 1.0, "nn.Linear", dtype, 0, ref)
+                peak = ref["peak_forward_backward_bytes"]
+                for b in args.blocks:
+                    block = (b, b) if b else None
+                    if block and (fin % b or fout % b):
+                        continue
+                    names = ["auto"] if only_auto else [
+                        n for n in available_backends(block, device) if n != "auto"]
+                    for density in args.densities:
+                        torch.manual_seed(0)
+                        probe = StructLearnedLinear(fin, fout, density=density, block=block)
+                        for backend in names:
+                            layer = StructLearnedLinear(fin, fout, connectivity=probe.connectivity,
+                                                        block=block, backend=backend,
+                                                        device=device, dtype=dtype)
+                            record(shape, density, backend, dtype, b,
+                                   _measure(layer, dense, x, args.repeats, peak), layer.density)
 
-    print(f"{'(batch, in, out)':>22} {'dtype':>8} {'density':>8} {'backend':>12} "
-          f"{'fwd ms':>9} {'fwd+bwd':>9} {'fwd x':>8} {'f+b x':>8} {'peak MiB':>9}")
-    grid(backends, with_baseline=True)
+    print(f"{'(batch, in, out)':>22} {'dtype':>8} {'block':>5} {'density':>8} {'backend':>12} "
+          f"{'fwd ms':>9} {'fwd+bwd':>9} {'fwd x':>8} {'f+b x':>8} {'peak MiB':>9} {'bytes/dense':>7}")
+    grid(only_auto=False)
     table = dict(auto.TABLE)
     for dtype in dtypes:
-        name = str(dtype).removeprefix("torch.")
-        limit = crossover(rows, device.type, name)
-        table.setdefault(device.type, {})[name] = limit
+        for b in args.blocks:
+            limit = crossover(rows, device.type, str(dtype).removeprefix("torch."), b)
+            table.setdefault(device.type, {})[auto.key(dtype, (b, b) if b else None)] = limit
     if args.write_crossover:
         auto.TABLE_PATH.write_text(json.dumps({
             "generated_by": " ".join(["python -m torch_structlearn.bench", *sys.argv[1:]]),
@@ -189,7 +216,7 @@ def run_kernels(args) -> dict:
         auto.TABLE.clear()
         auto.TABLE.update(auto.load_table())
     # 'auto' with the (possibly new) table, measured in the same run as its baseline.
-    grid(["auto"], with_baseline=False)
+    grid(only_auto=True)
     return {"benchmark": "kernels", "machine": machine(), "repeats": args.repeats,
             "command": " ".join(["python -m torch_structlearn.bench", *sys.argv[1:]]),
             "crossover": table, "rows": rows}
@@ -205,17 +232,24 @@ def markdown(result: dict) -> str:
              f"Crossover written for `auto`: `{json.dumps(result['crossover'])}`", "",
              "Speedups are against `nn.Linear` timed interleaved with each row (same input, "
              "same run).", "",
-             "| device | dtype | (batch, in, out) | density | backend | fwd ms | fwd+bwd ms "
-             "| fwd speedup | fwd+bwd speedup | peak MiB (fwd+bwd) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Memory: peak = bytes the torch allocator held above the start during one "
+             "forward+backward (vs `nn.Linear`'s in the same run); stored = parameters + every "
+             "buffer (structure, cached transpose) as a fraction of `nn.Linear`'s.", "",
+             "| device | dtype | (batch, in, out) | block | density | backend | fwd ms | fwd+bwd ms "
+             "| fwd speedup | fwd+bwd speedup | peak MiB (fwd+bwd) | peak / dense | stored / dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        base_peak = r.get("baseline_peak_forward_backward_bytes")
         lines.append(
-            f"| {r['device']} | {r['dtype']} | {tuple(r['shape'])} | "
+            f"| {r['device']} | {r['dtype']} | {tuple(r['shape'])} | {r.get('block') or '-'} | "
             f"{'dense' if r['backend'] == 'nn.Linear' else format(r['density'], '.0%')} | "
             f"{r['backend']} | {r['forward_ms']:.2f} | {r['forward_backward_ms']:.2f} | "
             f"{r['baseline_forward_ms'] / r['forward_ms']:.2f}x | "
             f"{r['baseline_forward_backward_ms'] / r['forward_backward_ms']:.2f}x | "
-            f"{r['peak_forward_backward_bytes'] / 2**20:.1f} |")
+            f"{r['peak_forward_backward_bytes'] / 2**20:.1f} | "
+            + (f"{r['peak_forward_backward_bytes'] / base_peak:.2f} | " if base_peak else "- | ")
+            + (f"{r['param_bytes'] / r['baseline_param_bytes']:.3f} |"
+               if r.get("baseline_param_bytes") else "- |"))
     return "\n".join(lines)
 
 
@@ -310,6 +344,81 @@ def coding_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _mlp(sizes: list[int], density: float | None, block: int, backend: str, device, dtype) -> nn.Module:
+    """``sizes[0] -> ... -> sizes[-1]`` with ReLU; hidden layers sparse unless ``density`` is
+    None; the classifier head is ``nn.Linear`` in every variant."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
+        if density is None or i == len(sizes) - 2:
+            layers.append(nn.Linear(a, b, device=device, dtype=dtype))
+        else:
+            layers.append(StructLearnedLinear(a, b, density=density, block=(block, block) if block else None,
+                                              backend=backend, device=device, dtype=dtype))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def run_mlp(args) -> dict:
+    """One training epoch of an MLP (SGD, cross-entropy on synthetic data), sparse vs dense."""
+    device, dtype = torch.device(args.device), torch.float32
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(args.n, args.sizes[0], generator=g).to(device, dtype)
+    y = torch.randint(0, args.sizes[-1], (args.n,), generator=g).to(device)
+    variants = [(None, 0)] + [(d, b) for b in args.blocks for d in args.densities]
+    rows = []
+    print(f"{'variant':>22} {'epoch s':>9} {'speedup':>8} {'peak MiB':>9} {'peak/dense':>10}")
+    for density, block in variants:
+        torch.manual_seed(0)
+        model = _mlp(args.sizes, density, block, "auto", device, dtype)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def step(i0):
+            xb, yb = X[i0:i0 + args.batch_size], y[i0:i0 + args.batch_size]
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(xb), yb).backward()
+            opt.step()
+
+        step(0)  # warm-up (allocations, caches)
+        peak = _peak_bytes(lambda: step(0), device)
+        _sync(device)
+        t0 = time.perf_counter()
+        for i0 in range(0, args.n, args.batch_size):
+            step(i0)
+        _sync(device)
+        seconds = time.perf_counter() - t0
+        name = "nn.Linear" if density is None else f"{density:.0%}" + (f" block {block}" if block else "")
+        rows.append({"variant": name, "density": density, "block": block, "epoch_seconds": seconds,
+                     "peak_step_bytes": peak})
+        base = rows[0]
+        print(f"{name:>22} {seconds:>9.2f} {base['epoch_seconds'] / seconds:>7.2f}x "
+              f"{peak / 2**20:>9.1f} {peak / base['peak_step_bytes']:>10.2f}", flush=True)
+    return {"benchmark": "mlp", "machine": machine(), "device": device.type,
+            "command": " ".join(["python -m torch_structlearn.bench", *sys.argv[1:]]),
+            "sizes": args.sizes, "n": args.n, "batch_size": args.batch_size, "rows": rows}
+
+
+def mlp_markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"Command: `{result['command']}`  ",
+             f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}"
+             + (f", GPU {m['gpu']}" if "gpu" in m and result["device"] == "cuda" else "")
+             + f"; device {result['device']}.  ",
+             f"MLP {' → '.join(map(str, result['sizes']))} (ReLU; hidden layers sparse with "
+             f"`backend='auto'`, the head dense), one epoch of {result['n']} synthetic samples, "
+             f"batch {result['batch_size']}, SGD with momentum; peak = torch allocator bytes "
+             "above the start during one step.", "",
+             "| hidden layers | epoch s | speedup vs nn.Linear | peak MiB (one step) | peak / dense |",
+             "|---|---|---|---|---|"]
+    base = result["rows"][0]
+    for r in result["rows"]:
+        lines.append(f"| {r['variant']} | {r['epoch_seconds']:.2f} | "
+                     f"{base['epoch_seconds'] / r['epoch_seconds']:.2f}x | "
+                     f"{r['peak_step_bytes'] / 2**20:.1f} | "
+                     f"{r['peak_step_bytes'] / base['peak_step_bytes']:.2f} |")
+    return "\n".join(lines)
+
+
 def _shape(s: str) -> tuple[int, int, int]:
     try:
         b, i, o = (int(v) for v in s.split(","))
@@ -331,13 +440,26 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("kernels", help="sparse vs dense linear layers (default)")
     for q in (p, k):
         q.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-        q.add_argument("--shapes", type=_shape, nargs="+", default=CPU_SHAPES, metavar="B,IN,OUT")
-        q.add_argument("--densities", type=_density, nargs="+", default=DENSITIES)
+        q.add_argument("--shapes", type=_shape, nargs="+", default=None, metavar="B,IN,OUT",
+                       help="default: the CPU or GPU grid of the device")
+        q.add_argument("--densities", type=_density, nargs="+", default=None)
+        q.add_argument("--blocks", type=int, nargs="+", default=None,
+                       help="block sizes b (b x b blocks); 0 = unstructured (default: 0 32 on "
+                            "cpu, 0 16 32 64 on cuda)")
         q.add_argument("--repeats", type=int, default=5)
         q.add_argument("--json", type=Path, default=Path("runs/bench/kernels.json"))
         q.add_argument("--markdown", type=Path, default=None, help="update this BENCHMARKS.md")
         q.add_argument("--write-crossover", action="store_true",
                        help="rewrite the crossover table that backend='auto' ships with")
+    mp = sub.add_parser("mlp", help="one training epoch of a sparse MLP vs nn.Linear")
+    mp.add_argument("--device", default="cpu")
+    mp.add_argument("--sizes", type=int, nargs="+", default=[3072, 4096, 4096, 10])
+    mp.add_argument("--densities", type=_density, nargs="+", default=[0.01, 0.05, 0.10, 0.25])
+    mp.add_argument("--blocks", type=int, nargs="+", default=[0, 32])
+    mp.add_argument("--n", type=int, default=10240, help="samples in the epoch")
+    mp.add_argument("--batch-size", type=int, default=256)
+    mp.add_argument("--json", type=Path, default=Path("runs/bench/mlp.json"))
+    mp.add_argument("--markdown", type=Path, default=None, help="update this BENCHMARKS.md")
     c = sub.add_parser("coding", help="dictionary learning vs scikit-learn on MNIST")
     c.add_argument("--device", default="cpu")
     c.add_argument("--n", type=int, default=20000, help="MNIST training images")
@@ -354,9 +476,19 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--device {args.device}: CUDA is not available on this machine")
     if args.what == "coding":
         result, key, md = run_coding(args), f"coding-lam{args.lam:g}", coding_markdown
+    elif args.what == "mlp":
+        if len(args.sizes) < 3 or min(args.sizes) < 1:
+            p.error(f"--sizes needs at least 3 positive sizes (in, hidden..., out), got {args.sizes}")
+        result, key, md = run_mlp(args), "mlp", mlp_markdown
     else:
         if args.repeats < 1:
             p.error(f"--repeats must be >= 1, got {args.repeats}")
+        gpu = args.device.startswith("cuda")
+        args.shapes = args.shapes or (GPU_SHAPES if gpu else CPU_SHAPES)
+        args.densities = args.densities or (GPU_DENSITIES if gpu else DENSITIES)
+        args.blocks = args.blocks if args.blocks is not None else ([0, 16, 32, 64] if gpu else [0, 32])
+        if any(b < 0 for b in args.blocks):
+            p.error(f"--blocks must be >= 0, got {args.blocks}")
         result, key, md = run_kernels(args), "kernels", markdown
     key = f"{key}-{torch.device(args.device).type}"
     args.json.parent.mkdir(parents=True, exist_ok=True)
