@@ -190,7 +190,8 @@ def run_kernels(args) -> dict:
                     if block and (fin % b or fout % b):
                         continue
                     names = ["auto"] if only_auto else [
-                        n for n in available_backends(block, device) if n != "auto"]
+                        n for n in available_backends(block, device)
+                        if n != "auto" and (args.backends is None or n in args.backends)]
                     for density in args.densities:
                         torch.manual_seed(0)
                         probe = StructLearnedLinear(fin, fout, density=density, block=block)
@@ -207,6 +208,9 @@ def run_kernels(args) -> dict:
     table = dict(auto.TABLE)
     for dtype in dtypes:
         for b in args.blocks:
+            sparse = auto.sparse_backend(device, (b, b) if b else None)
+            if not any(r["backend"] == sparse and r["block"] == b for r in rows):
+                continue  # not measured in this run: keep the shipped entry
             limit = crossover(rows, device.type, str(dtype).removeprefix("torch."), b)
             table.setdefault(device.type, {})[auto.key(dtype, (b, b) if b else None)] = limit
     if args.write_crossover:
@@ -216,7 +220,8 @@ def run_kernels(args) -> dict:
         auto.TABLE.clear()
         auto.TABLE.update(auto.load_table())
     # 'auto' with the (possibly new) table, measured in the same run as its baseline.
-    grid(only_auto=True)
+    if args.backends is None or "auto" in args.backends:
+        grid(only_auto=True)
     return {"benchmark": "kernels", "machine": machine(), "repeats": args.repeats,
             "command": " ".join(["python -m torch_structlearn.bench", *sys.argv[1:]]),
             "crossover": table, "rows": rows}
@@ -451,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--markdown", type=Path, default=None, help="update this BENCHMARKS.md")
         q.add_argument("--write-crossover", action="store_true",
                        help="rewrite the crossover table that backend='auto' ships with")
+        q.add_argument("--backends", nargs="+", default=None,
+                       help="only these backends (default: every available one, then auto)")
+        q.add_argument("--tag", default="", help="suffix of the BENCHMARKS.md section key")
     mp = sub.add_parser("mlp", help="one training epoch of a sparse MLP vs nn.Linear")
     mp.add_argument("--device", default="cpu")
     mp.add_argument("--sizes", type=int, nargs="+", default=[3072, 4096, 4096, 10])
@@ -489,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         args.blocks = args.blocks if args.blocks is not None else ([0, 16, 32, 64] if gpu else [0, 32])
         if any(b < 0 for b in args.blocks):
             p.error(f"--blocks must be >= 0, got {args.blocks}")
-        result, key, md = run_kernels(args), "kernels", markdown
+        result, key, md = run_kernels(args), "kernels" + (f"-{args.tag}" if args.tag else ""), markdown
     key = f"{key}-{torch.device(args.device).type}"
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")

@@ -85,7 +85,7 @@ def _sparse_linear(
     with torch.autocast(x.device.type, enabled=False):
         y = _IMPL[backend].forward(x.contiguous(), values, crow, col, (crow_t, col_t, perm))
     if bias is not None:
-        y = y + bias
+        y.add_(bias)  # y is this op's fresh output: in place saves a second (N, out) buffer
     return y
 
 
