@@ -7,10 +7,12 @@ from torch_structlearn.classifier import StructLearnedClassifier
 from torch_structlearn.cli import main
 
 
-def test_learn_demo_on_digits_writes_loadable_outputs(tmp_path, capsys):
+@pytest.mark.parametrize("kernel", [None, 3])
+def test_learn_demo_on_digits_writes_loadable_outputs(tmp_path, capsys, kernel):
     out = tmp_path / "demo"
+    conv = ["--whitening-kernel", str(kernel)] if kernel else []
     rc = main(["learn", "--out", str(out), "--width", "32", "--epochs", "3", "--dict-epochs", "2",
-               "--max-depth", "2", "--quiet"])
+               "--max-depth", "2", "--quiet", *conv])
     assert rc == 0
     text = capsys.readouterr().out
     for name in ("learned", "random", "dense"):
@@ -18,6 +20,8 @@ def test_learn_demo_on_digits_writes_loadable_outputs(tmp_path, capsys):
     model = load(out / "structure.safetensors")
     assert isinstance(model, StructLearnedClassifier) and isinstance(model.body, StructLearnedStack)
     assert model.body.in_features == 64 and model.input_shape == (1, 8, 8)
+    assert model.whitening.kernel_size == kernel
+    assert hasattr(model.whitening, "matrix") == (kernel is None)
     res0 = json.loads((out / "results.json").read_text())["results"][0]
     from torch_structlearn.datasets import load_dataset
     from torch_structlearn.train import accuracy

@@ -46,7 +46,10 @@ def _learn(args) -> int:
 
     # 1. unsupervised: whitening and structure, from images only (labels unused)
     unlabelled = DataLoader(TensorDataset(Xtr), batch_size=args.batch_size, shuffle=False)
-    whiten = ZCAWhitening(d, eps=args.eps).fit(unlabelled)
+    if args.whitening_kernel and len(image_shape) != 3:
+        raise ValueError(f"--whitening-kernel needs (C, H, W) images, got shape {image_shape}")
+    whiten = ZCAWhitening(d, eps=args.eps, kernel_size=args.whitening_kernel,
+                          image_shape=image_shape if args.whitening_kernel else None).fit(unlabelled)
     white = DataLoader(TensorDataset(whiten(Xtr).detach()), batch_size=args.batch_size)
     stack = StructLearnedStack(d, args.width, max_depth=args.max_depth, density=args.density,
                                group_size=args.group_size, min_gain=args.min_gain,
@@ -197,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     lr.add_argument("--group-size", type=_positive(int), default=2)
     lr.add_argument("--min-gain", type=float, default=0.01)
     lr.add_argument("--eps", type=_positive(float), default=0.1, help="ZCA regulariser")
+    lr.add_argument("--whitening-kernel", type=_positive(int), default=None, metavar="K",
+                    help="whiten with a KxK convolution fitted to the full ZCA (odd K; small "
+                         "files for large images) instead of the d x d matrix")
     lr.add_argument("--dict-epochs", type=_positive(int), default=5)
     lr.add_argument("--epochs", type=_positive(int), default=40, help="supervised epochs")
     lr.add_argument("--lr", type=_positive(float), default=3e-3)

@@ -65,6 +65,8 @@ def _layers_of(module: nn.Module) -> tuple[str, dict[str, Any], list[StructLearn
         _, config, layers = _layers_of(module.body)
         config = {**config, "num_classes": module.num_classes, "input_shape": list(module.input_shape),
                   "eps": module.whitening.eps, "per_example_mean": module.whitening.per_example_mean}
+        if module.whitening.kernel_size:  # convolutional whitening (optional key)
+            config["whitening_kernel"] = module.whitening.kernel_size
         return "StructLearnedClassifier", config, layers
     if isinstance(module, StructLearnedLinear):
         return "StructLearnedLinear", {}, [module]
@@ -157,8 +159,10 @@ def save(module: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | 
             "backend": layer.backend, **({"block": list(layer.block)} if layer.block else {}),
         })
     if cls == "StructLearnedClassifier":
-        tensors.update({"whitening.mean": module.whitening.mean,
-                        "whitening.matrix": module.whitening.matrix,
+        w = module.whitening
+        tensors.update({"whitening.mean": w.mean,
+                        **({"whitening.weight": w.weight} if w.kernel_size else
+                           {"whitening.matrix": w.matrix}),
                         "head.weight": module.head.weight, "head.bias": module.head.bias})
     header = {"class": cls, "config": config, "layers": infos, "user": metadata or {}}
     path = Path(path)
@@ -258,9 +262,15 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
             _fail(path, "a ModuleStructures config must be {'names': [unique module names, one per layer]}")
     if cls in _STACKED:
         keys = _STACK_CONFIG if cls == "StructLearnedStack" else _CLASSIFIER_CONFIG
-        if not isinstance(config, dict) or set(config) != set(keys) or config.get(
+        optional = {"whitening_kernel"} if cls == "StructLearnedClassifier" else set()
+        if not isinstance(config, dict) or set(config) - optional != set(keys) or config.get(
                 "groups") not in ("contiguous", "learned"):
-            _fail(path, f"a {cls} config must have exactly the keys {sorted(keys)}")
+            _fail(path, f"a {cls} config must have exactly the keys {sorted(keys)}"
+                        + (f" (and optionally {sorted(optional)})" if optional else ""))
+        kernel = config.get("whitening_kernel")
+        if kernel is not None and (not isinstance(kernel, int) or isinstance(kernel, bool)
+                                   or kernel < 1 or kernel % 2 == 0):
+            _fail(path, f"whitening_kernel must be a positive odd int, got {kernel!r}")
         for k, typ in keys.items():
             v = config[k]
             if typ is bool:
@@ -326,7 +336,10 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
         if d != config["in_features"] or config["num_classes"] < 1:
             _fail(path, "input_shape / num_classes do not match the stack config")
         out = config["width"] // config["group_size"]
-        for key, want in (("whitening.mean", [d]), ("whitening.matrix", [d, d]),
+        k = config.get("whitening_kernel")
+        whitening = (("whitening.weight", [shape[0], shape[0], k, k]) if k else
+                     ("whitening.matrix", [d, d]))
+        for key, want in (("whitening.mean", [d]), whitening,
                           ("head.weight", [config["num_classes"], out]),
                           ("head.bias", [config["num_classes"]])):
             if key not in raw:
@@ -377,12 +390,18 @@ def _build_classifier(path, c: dict, built: list, tensors: dict, device):
     from .whitening import ZCAWhitening
 
     try:
-        whiten = ZCAWhitening(c["in_features"], eps=c["eps"], per_example_mean=c["per_example_mean"])
+        kernel = c.get("whitening_kernel")
+        whiten = ZCAWhitening(c["in_features"], eps=c["eps"], per_example_mean=c["per_example_mean"],
+                              image_shape=tuple(c["input_shape"]) if kernel else None,
+                              kernel_size=kernel)
     except (TypeError, ValueError) as e:
         _fail(path, f"invalid whitening config: {e}")
     with torch.no_grad():
         whiten.mean.copy_(tensors["whitening.mean"])
-        whiten.matrix.copy_(tensors["whitening.matrix"])
+        if kernel:
+            whiten.weight.copy_(tensors["whitening.weight"])
+        else:
+            whiten.matrix.copy_(tensors["whitening.matrix"])
         whiten._fitted.fill_(True)
     model = StructLearnedClassifier(whiten, _build_stack(path, c, built, tensors), c["num_classes"],
                                     c["input_shape"])
