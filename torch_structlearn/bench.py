@@ -30,7 +30,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler quiet
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from . import Connectivity, StructLearnedLinear  # noqa: E402
+from . import StructLearnedLinear  # noqa: E402
 from .ops import auto, available_backends  # noqa: E402
 
 CPU_SHAPES = [(256, 3072, 4096), (4096, 768, 3072)]  # (batch, in, out)
@@ -378,7 +378,7 @@ def run_mlp(args) -> dict:
         model = _mlp(args.sizes, density, block, "auto", device, dtype)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
-        def step(i0):
+        def step(i0, model=model, opt=opt):
             xb, yb = X[i0:i0 + args.batch_size], y[i0:i0 + args.batch_size]
             opt.zero_grad(set_to_none=True)
             nn.functional.cross_entropy(model(xb), yb).backward()

@@ -18,8 +18,8 @@ from ._checks import block as check_block
 from ._checks import positive_int
 from .connectivity import Connectivity, bsr_to_csr_index, csr_transpose, validate_csr
 from .ops import auto, check_backend, sparse_linear
-from .ops.sparse_linear import check_block_backend
 from .ops.dense import dense_weight, flat_index
+from .ops.sparse_linear import check_block_backend
 
 __all__ = ["StructLearnedLinear"]
 
