@@ -1,4 +1,5 @@
 import json
+import math
 import os
 
 import pytest
@@ -23,22 +24,25 @@ def test_shipped_entries_load_and_match_their_cards():
         assert model.body.depth == card["depth"]
         assert abs(model.body.density - card["density"]) < 1e-9
         conns = hub.load_structure(name)
-        assert len(conns) == card["depth"] and conns[0].shape == (card["width"], 784)
+        d = math.prod(card["input_shape"])
+        assert len(conns) == card["depth"] and conns[0].shape == (card["width"], d)
         x = torch.rand(2, *model.input_shape)
         assert model(x).shape == (2, 10)
 
 
-def test_entry_accuracy_on_mnist_matches_card():
+@pytest.mark.parametrize("name, folder", [("mnist-single-d5", "MNIST"),
+                                          ("cifar10-single-d5", "cifar10-jpeg")])
+def test_entry_accuracy_matches_card(name, folder):
     from torch_structlearn.datasets import data_root, load_dataset
     from torch_structlearn.train import accuracy
 
-    if not (data_root() / "MNIST" / "raw").is_dir():
+    if not (data_root() / folder).is_dir():
         if os.environ.get("CI") == "true":
-            pytest.fail(f"MNIST not found under {data_root()}")
-        pytest.skip("MNIST not found (set STRUCTLEARN_DATA)")
-    X, y = load_dataset("mnist", "test")
-    card = hub.card("mnist-single-d5")
-    assert accuracy(hub.load("mnist-single-d5"), X, y) == pytest.approx(card["test_accuracy"])
+            pytest.fail(f"{folder} not found under {data_root()}")
+        pytest.skip(f"{folder} not found (set STRUCTLEARN_DATA)")
+    card = hub.card(name)
+    X, y = load_dataset(card["dataset"], "test")
+    assert accuracy(hub.load(name), X, y) == pytest.approx(card["test_accuracy"])
 
 
 @pytest.mark.parametrize("bad", ["../etc", "a/b", "", "UPPER", ".hidden", "x" * 200, 3])

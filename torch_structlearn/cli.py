@@ -38,7 +38,7 @@ def _learn(args) -> int:
     Xte, yte = load_dataset(args.dataset, "test", args.data_root)
     image_shape = tuple(Xtr.shape[1:])
     d = Xtr[0].numel()
-    n_classes = int(ytr.max()) + 1
+    n_classes = int(max(ytr.max(), yte.max())) + 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     verbose = not args.quiet

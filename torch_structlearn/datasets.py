@@ -82,7 +82,9 @@ def _cifar10(root: Path, split: str) -> tuple[Tensor, Tensor]:
 def load_dataset(name: str, split: str = "train", root=None, limit: int | None = None) -> tuple[Tensor, Tensor]:
     """``(X, y)`` with ``X (N, C, H, W)`` in ``[0, 1]`` and integer labels ``y (N,)``.
 
-    ``limit`` keeps the first ``limit`` examples (a fixed subset, for quick runs).
+    ``limit`` keeps a fixed random subset of ``limit`` examples (seed 0, in data-set order;
+    for quick runs) — not the first ones, which in class-sorted folders (CIFAR-10) would be a
+    few classes only.
     """
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
@@ -94,6 +96,7 @@ def load_dataset(name: str, split: str = "train", root=None, limit: int | None =
         X, y = _cifar10(data_root(root), split)
     else:
         X, y = _torchvision(name, data_root(root), split)
-    if limit is not None:
-        X, y = X[:limit], y[:limit]
+    if limit is not None and limit < len(y):
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+        X, y = X[keep], y[keep]
     return X, y
