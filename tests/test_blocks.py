@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from torch_structlearn import Connectivity, StructLearnedLinear, load, save, sparse_linear
-from torch_structlearn.connectivity import bsr_to_csr_index
+from torch_structlearn.connectivity import bsr_to_csr
 from torch_structlearn.ops import available_backends, triton_bsr
 
 from .conftest import devices
@@ -76,7 +76,8 @@ def test_block_structure_and_csr_order():
     assert Connectivity(crow, col, bm.shape) == Connectivity.from_mask(bm)
     values = torch.randn(col.numel(), bo, bi)
     dense = reference_weight(values, crow, col, (bo, bi), conn.shape)
-    index = bsr_to_csr_index(crow, col, (bo, bi))
+    crow_e, col_e, index = bsr_to_csr(crow, col, (bo, bi))
+    assert Connectivity(crow_e, col_e, conn.shape) == conn
     expected = dense[conn.row_indices(), conn.col_indices]
     assert torch.equal(values.reshape(-1)[index], expected)
 

@@ -120,6 +120,19 @@ def _state_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
+def _command() -> str:
+    """The command line that ran this benchmark, as recorded next to its numbers."""
+    return " ".join(["python -m torch_structlearn.bench", *sys.argv[1:]])
+
+
+def _header(result: dict, show_gpu: bool, tail: str) -> list[str]:
+    """The ``Command:`` and ``Machine:`` lines every BENCHMARKS.md section starts with."""
+    m = result["machine"]
+    return [f"Command: `{result['command']}`  ",
+            f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}"
+            + (f", GPU {m['gpu']}" if show_gpu and "gpu" in m else "") + f"; {tail}.  "]
+
+
 def machine() -> dict:
     cpu = platform.processor() or "unknown"
     try:
@@ -215,7 +228,7 @@ def run_kernels(args) -> dict:
             table.setdefault(device.type, {})[auto.key(dtype, (b, b) if b else None)] = limit
     if args.write_crossover:
         auto.TABLE_PATH.write_text(json.dumps({
-            "generated_by": " ".join(["python -m torch_structlearn.bench", *sys.argv[1:]]),
+            "generated_by": _command(),
             "machine": machine(), "crossover": table}, indent=2) + "\n")
         auto.TABLE.clear()
         auto.TABLE.update(auto.load_table())
@@ -223,17 +236,14 @@ def run_kernels(args) -> dict:
     if args.backends is None or "auto" in args.backends:
         grid(only_auto=True)
     return {"benchmark": "kernels", "machine": machine(), "repeats": args.repeats,
-            "command": " ".join(["python -m torch_structlearn.bench", *sys.argv[1:]]),
+            "command": _command(),
             "crossover": table, "rows": rows}
 
 
 def markdown(result: dict) -> str:
     """The BENCHMARKS.md section for one ``kernels`` result."""
-    m = result["machine"]
     rows = result["rows"]
-    lines = [f"Command: `{result['command']}`  ",
-             f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}"
-             + (f", GPU {m['gpu']}" if "gpu" in m else "") + f"; median of {result['repeats']} runs.  ",
+    lines = [*_header(result, True, f"median of {result['repeats']} runs"),
              f"Crossover written for `auto`: `{json.dumps(result['crossover'])}`", "",
              "Speedups are against `nn.Linear` timed interleaved with each row (same input, "
              "same run).", "",
@@ -327,17 +337,13 @@ def run_coding(args) -> dict:
         print(f"sklearn: {t_sk:.1f} s, objective {rows[-1]['objective']:.4f}", flush=True)
         rows[0]["speedup"] = t_sk / t_ours
     return {"benchmark": "coding", "machine": machine(), "device": device.type,
-            "command": " ".join(["python -m torch_structlearn.bench", *sys.argv[1:]]),
+            "command": _command(),
             "n": len(X), "atoms": args.atoms, "lam": args.lam, "passes": args.passes,
             "batch_size": args.batch_size, "rows": rows}
 
 
 def coding_markdown(result: dict) -> str:
-    m = result["machine"]
-    lines = [f"Command: `{result['command']}`  ",
-             f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}"
-             + (f", GPU {m['gpu']}" if "gpu" in m and result["device"] == "cuda" else "")
-             + f"; device {result['device']}.  ",
+    lines = [*_header(result, result["device"] == "cuda", f"device {result['device']}"),
              f"{result['n']} MNIST training images (centred pixels), {result['atoms']} atoms, "
              f"λ = {result['lam']}, batch {result['batch_size']}, {result['passes']} passes. "
              "Objective = mean over the images of ½‖x − Da‖² + λ‖a‖₁ with codes from the same "
@@ -399,16 +405,12 @@ def run_mlp(args) -> dict:
         print(f"{name:>22} {seconds:>9.2f} {base['epoch_seconds'] / seconds:>7.2f}x "
               f"{peak / 2**20:>9.1f} {peak / base['peak_step_bytes']:>10.2f}", flush=True)
     return {"benchmark": "mlp", "machine": machine(), "device": device.type,
-            "command": " ".join(["python -m torch_structlearn.bench", *sys.argv[1:]]),
+            "command": _command(),
             "sizes": args.sizes, "n": args.n, "batch_size": args.batch_size, "rows": rows}
 
 
 def mlp_markdown(result: dict) -> str:
-    m = result["machine"]
-    lines = [f"Command: `{result['command']}`  ",
-             f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}"
-             + (f", GPU {m['gpu']}" if "gpu" in m and result["device"] == "cuda" else "")
-             + f"; device {result['device']}.  ",
+    lines = [*_header(result, result["device"] == "cuda", f"device {result['device']}"),
              f"MLP {' → '.join(map(str, result['sizes']))} (ReLU; hidden layers sparse with "
              f"`backend='auto'`, the head dense), one epoch of {result['n']} synthetic samples, "
              f"batch {result['batch_size']}, SGD with momentum; peak = torch allocator bytes "

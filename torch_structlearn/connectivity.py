@@ -17,7 +17,8 @@ from torch import Tensor
 from ._checks import block as _check_block
 from ._checks import density as _check_density
 
-__all__ = ["Connectivity", "validate_csr", "csr_transpose", "fan_in_for_density", "bsr_to_csr_index"]
+__all__ = ["Connectivity", "validate_csr", "csr_transpose", "fan_in_for_density", "row_of_entries",
+           "bsr_to_csr"]
 
 _INT_DTYPES = (torch.int32, torch.int64)
 
@@ -93,6 +94,14 @@ def validate_csr(crow_indices: Tensor, col_indices: Tensor, shape: Sequence[int]
                 )
 
 
+def row_of_entries(crow: Tensor, nnz: int | None = None) -> Tensor:
+    """``(nnz,)`` int64 row of every entry of a CSR structure (of every block, for BSR), on
+    ``crow``'s device. Pass ``nnz`` when known to spare CUDA a synchronisation."""
+    counts = crow.diff().long()
+    return torch.repeat_interleave(torch.arange(counts.numel(), device=crow.device), counts,
+                                   output_size=nnz)
+
+
 def csr_transpose(crow: Tensor, col: Tensor, n_cols: int) -> tuple[Tensor, Tensor, Tensor]:
     """Transpose a CSR structure without values.
 
@@ -103,9 +112,7 @@ def csr_transpose(crow: Tensor, col: Tensor, n_cols: int) -> tuple[Tensor, Tenso
         in the dtype and device of ``crow``, and ``perm`` ``(nnz,)`` int64 such that
         ``values_t = values[perm]``.
     """
-    rows = crow.numel() - 1
-    counts = crow.diff().long()
-    row_of = torch.repeat_interleave(torch.arange(rows, device=crow.device), counts)
+    row_of = row_of_entries(crow, col.numel())
     # Stable sort by column keeps rows ascending inside each column (i.e. sorted col_t).
     perm = torch.sort(col.long(), stable=True).indices
     col_t = row_of[perm].to(crow.dtype)
@@ -114,26 +121,28 @@ def csr_transpose(crow: Tensor, col: Tensor, n_cols: int) -> tuple[Tensor, Tenso
     return crow_t.to(crow.dtype), col_t, perm
 
 
-def bsr_to_csr_index(crow: Tensor, col: Tensor, block: tuple[int, int]) -> Tensor:
-    """Where each element-CSR nonzero lives in flattened block values.
+def bsr_to_csr(crow: Tensor, col: Tensor, block: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Expand a BSR structure of ``(bo, bi)`` blocks to its element CSR structure.
 
     Args:
         crow: ``(R + 1,)`` block-row pointers.  col: ``(nblocks,)`` block columns (a BSR
         structure, as :meth:`Connectivity.block_structure` returns).  block: ``(bo, bi)``.
     Returns:
-        ``(nblocks * bo * bi,)`` int64 ``index`` such that
-        ``csr_values = bsr_values.reshape(-1)[index]`` for ``bsr_values (nblocks, bo, bi)``,
-        with ``csr_values`` in the order of the element connectivity's CSR.
+        ``(crow_e (R * bo + 1,), col_e (nblocks * bo * bi,), index)``: the element CSR in
+        ``crow``'s dtype, and the int64 ``index`` such that
+        ``csr_values = bsr_values.reshape(-1)[index]`` for ``bsr_values (nblocks, bo, bi)``.
     """
     bo, bi = block
-    counts = crow.diff().long()
-    nblk = int(counts.sum())
-    block_row = torch.repeat_interleave(torch.arange(counts.numel(), device=crow.device), counts)
+    nblk = col.numel()
+    dev = crow.device
     # element row of every (block, a, c) entry, enumerated block-major; a stable sort by row
     # keeps blocks (hence columns) ascending within each element row.
-    row = (block_row * bo)[:, None, None] + torch.arange(bo, device=crow.device)[None, :, None]
-    row = row.expand(nblk, bo, bi).reshape(-1)
-    return torch.sort(row, stable=True).indices
+    row = (row_of_entries(crow, nblk) * bo)[:, None, None] + torch.arange(bo, device=dev)[None, :, None]
+    index = torch.sort(row.expand(nblk, bo, bi).reshape(-1), stable=True).indices
+    crow_e = crow.new_zeros((crow.numel() - 1) * bo + 1)
+    crow_e[1:] = (crow.diff() * bi).repeat_interleave(bo).cumsum(0)
+    col_e = col.long().repeat_interleave(bo * bi) * bi + torch.arange(bi, device=dev).repeat(nblk * bo)
+    return crow_e, col_e[index].to(crow.dtype), index
 
 
 class Connectivity:
@@ -192,7 +201,7 @@ class Connectivity:
 
     def row_indices(self) -> Tensor:
         """``(nnz,)`` int64: the output unit of each connection (COO rows)."""
-        return torch.repeat_interleave(torch.arange(self._shape[0]), self.fan_in)
+        return row_of_entries(self._crow, self.nnz)
 
     def to_mask(self) -> Tensor:
         """``(out_features, in_features)`` bool mask, True where a connection exists."""

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ._checks import block as check_block
 from ._checks import positive_int
-from .connectivity import Connectivity, bsr_to_csr_index, csr_transpose, validate_csr
+from .connectivity import Connectivity, bsr_to_csr, csr_transpose, row_of_entries, validate_csr
 from .ops import auto, check_backend, sparse_linear
 from .ops.dense import dense_weight, flat_index
 from .ops.sparse_linear import check_block_backend
@@ -76,8 +76,7 @@ class StructLearnedLinear(nn.Module):
         self.out_features = positive_int("out_features", out_features)
         shape = (self.out_features, self.in_features)
         self.block = None if block is None else check_block(block, shape)
-        check_block_backend(check_backend(backend), self.block)
-        self._backend = backend
+        self.backend = backend  # validated by the setter
         if connectivity is None:
             if self.block is None:
                 connectivity = Connectivity.random(shape, density=density)
@@ -160,7 +159,7 @@ class StructLearnedLinear(nn.Module):
         (for a block layer, gathered from the blocks; differentiable)."""
         if self.block is None:
             return self.values
-        return self.values.reshape(-1)[bsr_to_csr_index(self.crow_indices, self.col_indices, self.block)]
+        return self.values.reshape(-1)[bsr_to_csr(self.crow_indices, self.col_indices, self.block)[2]]
 
     @torch.no_grad()
     def copy_csr_values_(self, values: Tensor) -> StructLearnedLinear:
@@ -173,7 +172,7 @@ class StructLearnedLinear(nn.Module):
         if self.block is None:
             self.values.copy_(values)
         else:
-            index = bsr_to_csr_index(self.crow_indices, self.col_indices, self.block)
+            index = bsr_to_csr(self.crow_indices, self.col_indices, self.block)[2]
             self.values.view(-1)[index] = values
         return self
 
@@ -221,10 +220,8 @@ class StructLearnedLinear(nn.Module):
         """The element-level structure as a (validated, CPU) :class:`Connectivity`."""
         if self.block is None:
             return Connectivity(self.crow_indices, self.col_indices, (self.out_features, self.in_features))
-        bo, bi = self.block
-        blocks = Connectivity(self.crow_indices, self.col_indices,
-                              (self.out_features // bo, self.in_features // bi))
-        return Connectivity.blocks(blocks.to_mask(), self.block)
+        crow, col, _ = bsr_to_csr(self.crow_indices, self.col_indices, self.block)
+        return Connectivity(crow, col, (self.out_features, self.in_features))
 
     @property
     def nnz(self) -> int:
@@ -253,8 +250,8 @@ class StructLearnedLinear(nn.Module):
             per_value = torch.repeat_interleave(bound, self.fan_in.long().to(bound.device))
         else:  # every row a of block k belongs to unit row(k) * bo + a
             bo, _ = self.block
-            rows = torch.repeat_interleave(self.crow_indices.diff().long())
-            unit = (rows.to(bound.device) * bo)[:, None] + torch.arange(bo, device=bound.device)
+            rows = row_of_entries(self.crow_indices, self.values.shape[0]).to(bound.device)
+            unit = (rows * bo)[:, None] + torch.arange(bo, device=bound.device)
             per_value = bound[unit][:, :, None]
         self.values.uniform_(-1.0, 1.0).mul_(per_value.to(self.values.dtype))
         if self.bias is not None:

@@ -25,7 +25,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from ..connectivity import bsr_to_csr_index
+from ..connectivity import bsr_to_csr
 
 # torch warns once that sparse CSR is "beta"; the ops used here are tested against the dense
 # reference in tests/test_ops.py, so the warning only adds noise to users' logs.
@@ -47,14 +47,8 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> T
     if values.dim() == 3 and values.shape[1] == values.shape[2]:
         return torch.sparse_bsr_tensor(crow, col, values, shape, check_invariants=False)
     if values.dim() == 3:
-        nblk, bo, bi = values.shape
-        index = bsr_to_csr_index(crow, col, (bo, bi))
-        crow_e = crow.new_zeros((crow.numel() - 1) * bo + 1)
-        crow_e[1:] = (crow.diff() * bi).repeat_interleave(bo).cumsum(0)
-        block_of = torch.arange(nblk, device=col.device).repeat_interleave(bo * bi)
-        within = torch.arange(bi, device=col.device).repeat(nblk * bo)
-        col_e = (col[block_of] * bi + within)[index].to(crow.dtype)
-        crow, col, values = crow_e, col_e, values.reshape(-1)[index]
+        crow, col, index = bsr_to_csr(crow, col, tuple(values.shape[1:]))
+        values = values.reshape(-1)[index]
     return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
     return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 

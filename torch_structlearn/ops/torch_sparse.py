@@ -12,7 +12,7 @@ import importlib.util
 import torch
 from torch import Tensor
 
-from .dense import _rows
+from ..connectivity import row_of_entries
 
 AVAILABLE = importlib.util.find_spec("torch_sparse") is not None
 
@@ -20,7 +20,7 @@ AVAILABLE = importlib.util.find_spec("torch_sparse") is not None
 def _spmm(crow: Tensor, col: Tensor, values: Tensor, n_cols: int, dense: Tensor) -> Tensor:
     import torch_sparse
 
-    index = torch.stack([_rows(crow), col.long()])
+    index = torch.stack([row_of_entries(crow, col.numel()), col.long()])
     # spmm computes (rows x n_cols sparse) @ (n_cols x N dense).
     out = torch_sparse.spmm(index, values, crow.numel() - 1, n_cols, dense.T.contiguous())
     return out.T.contiguous()  # the op promises (and its fake returns) a contiguous result
@@ -31,7 +31,7 @@ def forward(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t) -> Tensor:
 
 
 def _grad_values(gy: Tensor, x: Tensor, crow: Tensor, col: Tensor, chunk: int = 1 << 16) -> Tensor:
-    rows, col = _rows(crow), col.long()
+    rows, col = row_of_entries(crow, col.numel()), col.long()
     gyt, xt = gy.T.contiguous(), x.T.contiguous()
     out = x.new_empty(col.numel())
     for s in range(0, col.numel(), chunk):

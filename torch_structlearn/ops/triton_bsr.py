@@ -25,6 +25,8 @@ import os
 import torch
 from torch import Tensor
 
+from ..connectivity import row_of_entries
+
 try:
     import triton
     import triton.language as tl
@@ -147,9 +149,7 @@ def backward(gy: Tensor, x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t
         nblk, n = col.numel(), x.shape[0]
         gv = torch.zeros_like(values) if n == 0 else torch.empty_like(values)
         if nblk and n:
-            counts = crow.diff()
-            row = torch.repeat_interleave(torch.arange(counts.numel(), device=crow.device,
-                                                       dtype=crow.dtype), counts, output_size=nblk)
+            row = row_of_entries(crow, nblk)
             _values_kernel[(nblk,)](gy, x, row, col, gv, n, gy.stride(0), x.stride(0), BO=bo,
                                     BI=bi, BLOCK_N=_block_n(n), **_options(x.dtype))
     return gx, gv
