@@ -3,7 +3,8 @@
 * forward      ``y = x Wᵀ``   as ``(W @ xᵀ)ᵀ``     — CSR times dense
 * input grad   ``gx = gy W``   as ``(Wᵀ @ gyᵀ)ᵀ``  — with the cached transposed structure
 * values grad  ``gW[i, j] = Σ_n gy[n, i] x[n, j]`` only at the nonzeros — a sampled dense-dense
-  product (``torch.sparse.sampled_addmm``), never the dense ``gyᵀ x``.
+  product (``torch.sparse.sampled_addmm``, accumulated in place over batch chunks), never the
+  dense ``gyᵀ x``.
 
 MKL is fast only with a row-major dense operand whose rows are the reduction dimension
 (``xᵀ``), so on CPU the batch is processed in chunks of ``CPU_CHUNK`` rows: each chunk is
@@ -49,7 +50,6 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> T
     if values.dim() == 3:
         crow, col, index = bsr_to_csr(crow, col, tuple(values.shape[1:]))
         values = values.reshape(-1)[index]
-    return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
     return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
@@ -133,8 +133,8 @@ def backward(gy: Tensor, x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t
         return (gx.to(x.dtype) if need_input else None), (gv.to(x.dtype) if need_values else None)
     if need_input:
         wt = _csr(crow_t, col_t, values.to(dt)[perm], (in_features, out_features))
-    if need_values:
-        pattern = _csr(crow, col, x.new_ones(nnz, dtype=dt), (out_features, in_features))
+    if need_values:  # accumulated in place over the chunks: no per-chunk values temporaries
+        acc = _csr(crow, col, gv, (out_features, in_features))
     gy_t = _Transposer(gy, out_features, n)
     x_t = _Transposer(xc, in_features, n)
     res = x.new_empty(in_features, gy_t.buf.shape[1], dtype=dt)
@@ -147,5 +147,5 @@ def backward(gy: Tensor, x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t
         if need_values and nnz:
             # the kernel wants mat2 as (in, chunk) contiguous: pass that buffer's transpose
             xtc = x_t(xc[s:e])
-            gv += torch.sparse.sampled_addmm(pattern, gyc, xtc.T, beta=0.0).values()
+            torch.sparse.sampled_addmm(acc, gyc, xtc.T, beta=1.0, out=acc)
     return (gx.to(x.dtype) if need_input else None), (gv.to(x.dtype) if need_values else None)
