@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -31,7 +32,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from . import StructLearnedLinear  # noqa: E402
-from .ops import auto, available_backends  # noqa: E402
+from .ops import BACKENDS, auto, available_backends  # noqa: E402
 
 CPU_SHAPES = [(256, 3072, 4096), (4096, 768, 3072)]  # (batch, in, out)
 GPU_SHAPES = [(8192, 4096, 4096), (8192, 4096, 16384), (8192, 768, 3072)]
@@ -82,6 +83,7 @@ def _peak_bytes(fn, device) -> int:
 
 
 def _steps(module: nn.Module, x: torch.Tensor):
+    """``fwd``, ``fwd_bwd`` (which first drops the gradients) and ``clear`` (drops them)."""
     xg = x.detach().clone().requires_grad_()
     gy = torch.randn(x.shape[0], module.out_features, device=x.device, dtype=x.dtype)
 
@@ -89,27 +91,37 @@ def _steps(module: nn.Module, x: torch.Tensor):
         with torch.no_grad():
             module(x)
 
-    def fwd_bwd():
+    def clear():
         module.zero_grad(set_to_none=True)
         xg.grad = None
+
+    def fwd_bwd():
+        clear()
         module(xg).backward(gy)
 
-    return fwd, fwd_bwd
+    return fwd, fwd_bwd, clear
+
+
+def _peak_of_step(step, clear, device) -> int:
+    """Peak bytes above the start of one ``step``, the gradients dropped *before* the start (so
+    freeing the previous step's gradients inside the step cannot hide the new ones)."""
+    clear()
+    return _peak_bytes(step, device)
 
 
 def _measure(module: nn.Module, baseline: nn.Module, x: torch.Tensor, repeats: int,
              baseline_peak: int | None = None) -> dict:
     """Times of ``module`` and, interleaved with it, of ``baseline`` on the same input."""
     device = x.device
-    fwd, fwd_bwd = _steps(module, x)
-    bfwd, bfwd_bwd = _steps(baseline, x)
+    fwd, fwd_bwd, clear = _steps(module, x)
+    bfwd, bfwd_bwd, bclear = _steps(baseline, x)
     f, bf = _paired_median_ms([fwd, bfwd], device, repeats)
     fb, bfb = _paired_median_ms([fwd_bwd, bfwd_bwd], device, repeats)
     return {
         "forward_ms": f, "forward_backward_ms": fb,
         "baseline_forward_ms": bf, "baseline_forward_backward_ms": bfb,
-        "peak_forward_backward_bytes": _peak_bytes(fwd_bwd, device),
-        "baseline_peak_forward_backward_bytes": baseline_peak or _peak_bytes(bfwd_bwd, device),
+        "peak_forward_backward_bytes": _peak_of_step(fwd_bwd, clear, device),
+        "baseline_peak_forward_backward_bytes": baseline_peak or _peak_of_step(bfwd_bwd, bclear, device),
         "param_bytes": _state_bytes(module),
         "baseline_param_bytes": _state_bytes(baseline),
     }
@@ -120,9 +132,9 @@ def _state_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
-def _command() -> str:
+def _command(args) -> str:
     """The command line that ran this benchmark, as recorded next to its numbers."""
-    return " ".join(["python -m torch_structlearn.bench", *sys.argv[1:]])
+    return shlex.join(["python", "-m", "torch_structlearn.bench", *args.argv])
 
 
 def _header(result: dict, show_gpu: bool, tail: str) -> list[str]:
@@ -228,7 +240,7 @@ def run_kernels(args) -> dict:
             table.setdefault(device.type, {})[auto.key(dtype, (b, b) if b else None)] = limit
     if args.write_crossover:
         auto.TABLE_PATH.write_text(json.dumps({
-            "generated_by": _command(),
+            "generated_by": _command(args),
             "machine": machine(), "crossover": table}, indent=2) + "\n")
         auto.TABLE.clear()
         auto.TABLE.update(auto.load_table())
@@ -236,7 +248,7 @@ def run_kernels(args) -> dict:
     if args.backends is None or "auto" in args.backends:
         grid(only_auto=True)
     return {"benchmark": "kernels", "machine": machine(), "repeats": args.repeats,
-            "command": _command(),
+            "command": _command(args),
             "crossover": table, "rows": rows}
 
 
@@ -337,7 +349,7 @@ def run_coding(args) -> dict:
         print(f"sklearn: {t_sk:.1f} s, objective {rows[-1]['objective']:.4f}", flush=True)
         rows[0]["speedup"] = t_sk / t_ours
     return {"benchmark": "coding", "machine": machine(), "device": device.type,
-            "command": _command(),
+            "command": _command(args),
             "n": len(X), "atoms": args.atoms, "lam": args.lam, "passes": args.passes,
             "batch_size": args.batch_size, "rows": rows}
 
@@ -378,10 +390,11 @@ def run_mlp(args) -> dict:
     y = torch.randint(0, args.sizes[-1], (args.n,), generator=g).to(device)
     variants = [(None, 0)] + [(d, b) for b in args.blocks for d in args.densities]
     rows = []
-    print(f"{'variant':>22} {'epoch s':>9} {'speedup':>8} {'peak MiB':>9} {'peak/dense':>10}")
+    print(f"{'variant':>22} {'epoch s':>9} {'speedup':>8} {'step MiB':>9} {'total MiB':>9} "
+          f"{'total/dense':>10}")
     for density, block in variants:
         torch.manual_seed(0)
-        model = _mlp(args.sizes, density, block, "auto", device, dtype)
+        model = _mlp(args.sizes, density, block, args.backend, device, dtype)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
         def step(i0, model=model, opt=opt):
@@ -390,8 +403,11 @@ def run_mlp(args) -> dict:
             nn.functional.cross_entropy(model(xb), yb).backward()
             opt.step()
 
-        step(0)  # warm-up (allocations, caches)
-        peak = _peak_bytes(lambda: step(0), device)
+        step(0)  # warm-up (allocations, caches, optimizer state)
+        peak = _peak_of_step(lambda: step(0), lambda: opt.zero_grad(set_to_none=True), device)
+        held = _state_bytes(model) + sum(  # parameters, buffers and optimizer state
+            t.numel() * t.element_size() for st in opt.state.values() for t in st.values()
+            if isinstance(t, torch.Tensor))
         _sync(device)
         t0 = time.perf_counter()
         for i0 in range(0, args.n, args.batch_size):
@@ -400,29 +416,35 @@ def run_mlp(args) -> dict:
         seconds = time.perf_counter() - t0
         name = "nn.Linear" if density is None else f"{density:.0%}" + (f" block {block}" if block else "")
         rows.append({"variant": name, "density": density, "block": block, "epoch_seconds": seconds,
-                     "peak_step_bytes": peak})
+                     "peak_step_bytes": peak, "held_bytes": held})
         base = rows[0]
+        total, base_total = held + peak, base["held_bytes"] + base["peak_step_bytes"]
         print(f"{name:>22} {seconds:>9.2f} {base['epoch_seconds'] / seconds:>7.2f}x "
-              f"{peak / 2**20:>9.1f} {peak / base['peak_step_bytes']:>10.2f}", flush=True)
+              f"{peak / 2**20:>9.1f} {total / 2**20:>9.1f} {total / base_total:>10.2f}", flush=True)
     return {"benchmark": "mlp", "machine": machine(), "device": device.type,
-            "command": _command(),
+            "command": _command(args), "backend": args.backend,
             "sizes": args.sizes, "n": args.n, "batch_size": args.batch_size, "rows": rows}
 
 
 def mlp_markdown(result: dict) -> str:
     lines = [*_header(result, result["device"] == "cuda", f"device {result['device']}"),
              f"MLP {' → '.join(map(str, result['sizes']))} (ReLU; hidden layers sparse with "
-             f"`backend='auto'`, the head dense), one epoch of {result['n']} synthetic samples, "
-             f"batch {result['batch_size']}, SGD with momentum; peak = torch allocator bytes "
-             "above the start during one step.", "",
-             "| hidden layers | epoch s | speedup vs nn.Linear | peak MiB (one step) | peak / dense |",
-             "|---|---|---|---|---|"]
+             f"`backend='{result.get('backend', 'auto')}'`, the head dense), one epoch of {result['n']} synthetic samples, "
+             f"batch {result['batch_size']}, SGD with momentum. Step peak = torch allocator "
+             "bytes above the start during one step (gradients dropped before it); training "
+             "peak = that plus what the model and optimizer hold (parameters, buffers such as "
+             "the structure and cached transposes, momentum).", "",
+             "| hidden layers | epoch s | speedup vs nn.Linear | step peak MiB | training peak MiB "
+             "| training peak / dense |",
+             "|---|---|---|---|---|---|"]
     base = result["rows"][0]
+    base_total = base["held_bytes"] + base["peak_step_bytes"]
     for r in result["rows"]:
+        total = r["held_bytes"] + r["peak_step_bytes"]
         lines.append(f"| {r['variant']} | {r['epoch_seconds']:.2f} | "
                      f"{base['epoch_seconds'] / r['epoch_seconds']:.2f}x | "
-                     f"{r['peak_step_bytes'] / 2**20:.1f} | "
-                     f"{r['peak_step_bytes'] / base['peak_step_bytes']:.2f} |")
+                     f"{r['peak_step_bytes'] / 2**20:.1f} | {total / 2**20:.1f} | "
+                     f"{total / base_total:.2f} |")
     return "\n".join(lines)
 
 
@@ -466,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     mp.add_argument("--sizes", type=int, nargs="+", default=[3072, 4096, 4096, 10])
     mp.add_argument("--densities", type=_density, nargs="+", default=[0.01, 0.05, 0.10, 0.25])
     mp.add_argument("--blocks", type=int, nargs="+", default=[0, 32])
+    mp.add_argument("--backend", default="auto", choices=BACKENDS, help="backend of the sparse layers (default auto)")
     mp.add_argument("--n", type=int, default=10240, help="samples in the epoch")
     mp.add_argument("--batch-size", type=int, default=256)
     mp.add_argument("--json", type=Path, default=Path("runs/bench/mlp.json"))
@@ -481,7 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--skip-sklearn", action="store_true", help="time ours only (e.g. on a GPU)")
     c.add_argument("--json", type=Path, default=Path("runs/bench/coding.json"))
     c.add_argument("--markdown", type=Path, default=None, help="update this BENCHMARKS.md")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    args.argv = argv
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available on this machine")
     if args.what == "coding":
@@ -489,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "mlp":
         if len(args.sizes) < 3 or min(args.sizes) < 1:
             p.error(f"--sizes needs at least 3 positive sizes (in, hidden..., out), got {args.sizes}")
-        result, key, md = run_mlp(args), "mlp", mlp_markdown
+        result, md = run_mlp(args), mlp_markdown
+        key = "mlp" + ("" if args.backend == "auto" else f"-{args.backend}")
     else:
         if args.repeats < 1:
             p.error(f"--repeats must be >= 1, got {args.repeats}")
