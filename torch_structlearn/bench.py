@@ -404,7 +404,7 @@ def run_mlp(args) -> dict:
             opt.step()
 
         step(0)  # warm-up (allocations, caches, optimizer state)
-        peak = _peak_of_step(lambda: step(0), lambda: opt.zero_grad(set_to_none=True), device)
+        peak = _peak_of_step(lambda: step(0), lambda o=opt: o.zero_grad(set_to_none=True), device)
         held = _state_bytes(model) + sum(  # parameters, buffers and optimizer state
             t.numel() * t.element_size() for st in opt.state.values() for t in st.values()
             if isinstance(t, torch.Tensor))
