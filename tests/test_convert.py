@@ -134,18 +134,31 @@ def test_torch_compile_of_converted_model():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
 
 
-def test_finetune_recipe_runs_end_to_end(tmp_path):
+def test_finetune_recipe_pretrains_compares_and_publishes(tmp_path, monkeypatch):
     import importlib.util
     import json
     from pathlib import Path
+
+    from torch_structlearn import hub
 
     path = Path(__file__).resolve().parent.parent / "recipes" / "finetune_timm.py"
     spec = importlib.util.spec_from_file_location("finetune_timm", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "ft.json"
-    assert mod.main(["--dataset", "digits", "--epochs", "1", "--limit", "128", "--img-size", "32",
-                     "--batch-size", "32", "--out", str(out)]) == 0
+    assert mod.main(["--dataset", "digits", "--epochs", "1", "--pretrain-epochs", "1",
+                     "--limit", "96", "--img-size", "32", "--patch-size", "8",
+                     "--batch-size", "32", "--compare", "--convert-batches", "2",
+                     "--hub", "vit-digits", "--hub-root", str(tmp_path / "hub"),
+                     "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["converted_layers"] == 24 and 0 <= res["test_accuracy"] <= 1
     assert 0 <= res["ema_test_accuracy"] <= 1
+    assert list(res["masks"]) == ["learned", "magnitude", "random"]
+    assert 0 <= res["dense_test_accuracy"] <= 1
+    for row in res["masks"].values():
+        assert 0 <= row["test_accuracy_before_finetune"] <= 1
+    monkeypatch.setenv("STRUCTLEARN_HUB", str(tmp_path / "hub"))
+    card = hub.card("vit-digits")
+    assert card["timm_kwargs"] == {"num_classes": 10, "img_size": 32, "patch_size": 8}
+    assert len(hub.load_structure("vit-digits")) == 24

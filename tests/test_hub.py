@@ -19,15 +19,54 @@ def test_shipped_entries_load_and_match_their_cards():
         card = hub.card(name)
         for key in ("dataset", "command", "density", "depth", "test_accuracy", "data_license"):
             assert key in card, (name, key)
+        conns = hub.load_structure(name)
+        if "timm_model" in card:  # structures learned for a timm model's nn.Linear layers
+            _check_timm_entry(name, card, conns)
+            continue
         model = hub.load(name)
         assert isinstance(model, StructLearnedClassifier)
         assert model.body.depth == card["depth"]
         assert abs(model.body.density - card["density"]) < 1e-9
-        conns = hub.load_structure(name)
         d = math.prod(card["input_shape"])
         assert len(conns) == card["depth"] and conns[0].shape == (card["width"], d)
         x = torch.rand(2, *model.input_shape)
         assert model(x).shape == (2, 10)
+
+
+def _check_timm_entry(name, card, conns):
+    from torch_structlearn.convert import select_linears
+
+    model = hub.load(name)
+    sparse = {n: m for n, m in model.named_modules() if isinstance(m, tsl.StructLearnedLinear)}
+    fresh = __import__("timm").create_model(card["timm_model"], **card["timm_kwargs"])
+    assert list(sparse) == select_linears(fresh, card["include"])
+    assert [m.connectivity for m in sparse.values()] == conns
+    for c in conns:
+        assert abs(c.density - card["density"]) < 0.01
+    size = card["timm_kwargs"].get("img_size", 224)
+    assert model(torch.rand(2, 3, size, size)).shape == (2, card["timm_kwargs"]["num_classes"])
+
+
+def test_timm_entry_loads_as_the_model_with_learned_structures(tmp_path, monkeypatch):
+    import timm
+
+    kw = {"img_size": 32, "patch_size": 8, "num_classes": 10, "depth": 2}
+    model = timm.create_model("vit_tiny_patch16_224", **kw)
+    x = torch.rand(64, 3, 32, 32)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=16)
+    tsl.convert(model, loader, density=0.25, include="blocks.*.mlp.fc*", verbose=False)
+    entry = tmp_path / "vit-test"
+    tsl.save(model, entry / "structure.safetensors")
+    card = {"dataset": "none", "command": "-", "density": 0.25, "depth": None,
+            "test_accuracy": 0.0, "data_license": "-", "timm_model": "vit_tiny_patch16_224",
+            "timm_kwargs": kw, "include": "blocks.*.mlp.fc*"}
+    (entry / "card.json").write_text(json.dumps(card))
+    monkeypatch.setenv("STRUCTLEARN_HUB", str(tmp_path))
+    _check_timm_entry("vit-test", card, hub.load_structure("vit-test"))
+    loaded = hub.load("vit-test")  # structure only: the values are freshly initialised
+    saved = model.blocks[0].mlp.fc1
+    assert loaded.blocks[0].mlp.fc1.connectivity == saved.connectivity
+    assert not torch.equal(loaded.blocks[0].mlp.fc1.values, saved.values)
 
 
 @pytest.mark.parametrize("name, folder", [("mnist-single-d5", "MNIST"),

@@ -131,13 +131,15 @@ def _hub_list(args) -> int:
     if not names:
         print("no hub entries (folders searched: " + ", ".join(map(str, hub.folders())) + ")")
         return 0
-    print(f"{'name':<24} {'dataset':<14} {'depth':>5} {'density':>8} {'test acc':>9}")
+    print(f"{'name':<26} {'dataset':<14} {'depth':>5} {'density':>8} {'test acc':>9}  model")
     for n in names:
         c = hub.card(n)
         acc = c.get("test_accuracy")
-        print(f"{n:<24} {str(c.get('dataset', '?')):<14} {str(c.get('depth', '?')):>5} "
+        depth = c.get("depth", "?")
+        print(f"{n:<26} {str(c.get('dataset', '?')):<14} {'-' if depth is None else str(depth):>5} "
               f"{c.get('density', float('nan')):>8.4f} "
-              f"{(f'{acc:.2%}' if isinstance(acc, float) else '?'):>9}")
+              f"{(f'{acc:.2%}' if isinstance(acc, float) else '?'):>9}  "
+              f"{c.get('timm_model', 'StructLearnedClassifier')}")
     return 0
 
 

@@ -60,19 +60,36 @@ def card(name: str) -> dict:
 
 
 def load(name: str, *, device=None):
-    """The entry's module, ready to train or evaluate (e.g. a ``StructLearnedClassifier``
-    taking ``ToTensor()`` images ``(N, C, H, W)`` in ``[0, 1]`` and returning logits)."""
+    """The entry's module, ready to train or evaluate.
+
+    * A learned classifier: a ``StructLearnedClassifier`` taking ``ToTensor()`` images
+      ``(N, C, H, W)`` in ``[0, 1]`` and returning logits, with its trained weights.
+    * Structures learned for a timm model (the card names ``timm_model`` and ``timm_kwargs``):
+      that timm model, freshly initialised, with its converted ``nn.Linear`` layers replaced by
+      ``StructLearnedLinear`` layers of the learned connectivity (ready to train).
+    """
     from .io import load as load_file
 
-    return load_file(_entry(name) / "structure.safetensors", device=device)
+    entry = _entry(name)
+    info = json.loads((entry / "card.json").read_text())
+    if "timm_model" not in info:
+        return load_file(entry / "structure.safetensors", device=device)
+    import timm
+
+    from .convert import convert_structure
+
+    model = timm.create_model(info["timm_model"], pretrained=False, **info.get("timm_kwargs", {}))
+    convert_structure(model, entry / "structure.safetensors", weights=False)
+    return model.to(device) if device is not None else model
 
 
 def load_structure(name: str) -> _list[Connectivity]:
     """Only the connectivity of each sparse layer of the entry, bottom-up."""
     from .classifier import StructLearnedClassifier
+    from .io import load as load_file
     from .layers import StructLearnedLinear
 
-    module = load(name)
+    module = load_file(_entry(name) / "structure.safetensors")
     if isinstance(module, dict):
         return [m.connectivity for m in module.values()]
     if isinstance(module, StructLearnedLinear):
