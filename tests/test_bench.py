@@ -56,3 +56,38 @@ def test_peak_counts_the_gradients_of_the_step():
     # measurement that frees the previous gradients inside the step would subtract them
     for _ in range(2):
         assert bench._peak_of_step(fwd_bwd, clear, x.device) >= grads
+
+
+def test_crossover_table_from_json_per_shape(tmp_path, monkeypatch):
+    from torch_structlearn.ops import auto
+
+    monkeypatch.setattr(auto, "TABLE_PATH", tmp_path / "crossover.json")
+    monkeypatch.setattr(auto, "TABLE", {"cuda": {"bfloat16": 0.2}})
+    monkeypatch.setattr(auto, "BY_SHAPE", {})
+
+    def row(shape, density, ms, backend="csr"):
+        return {"device": "cpu", "dtype": "float32", "block": 0, "shape": shape, "backend": backend,
+                "actual_density": density, "forward_backward_ms": ms,
+                "baseline_forward_backward_ms": 10.0}
+
+    rows = [row([8, 64, 48], 0.1, 2.0), row([8, 64, 48], 0.25, 8.0), row([8, 64, 48], 0.5, 12.0),
+            row([512, 64, 48], 0.1, 9.0), row([512, 64, 48], 0.25, 11.0),
+            row([512, 64, 48], 0.1, 1.0, backend="dense")]  # not the sparse kernel: ignored
+    f = tmp_path / "k.json"
+    f.write_text(json.dumps({"rows": rows}))
+    assert bench.main(["crossover", str(f)]) == 0
+    written = json.loads((tmp_path / "crossover.json").read_text())
+    assert written["by_shape"]["cpu"]["float32"] == {"8x64x48": 0.25, "512x64x48": 0.1}
+    assert written["crossover"] == {"cuda": {"bfloat16": 0.2}, "cpu": {"float32": 0.1}}
+    assert "bench crossover" in written["generated_by"]
+    cpu = torch.device("cpu")
+    assert auto.choose(cpu, torch.float32, 0.2, None, (16, 64, 48)) == "csr"  # reloaded
+    assert auto.choose(cpu, torch.float32, 0.2, None, (1024, 64, 48)) == "dense"
+
+
+def test_crossover_rejects_a_non_benchmark_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["crossover", str(bad)])
+    assert e.value.code == 2

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from torch_structlearn import Connectivity, sparse_linear
+from torch_structlearn import Connectivity, StructLearnedLinear, sparse_linear
 from torch_structlearn.ops import available_backends
 
 from .conftest import devices
@@ -192,3 +192,44 @@ def test_bad_arguments():
         sparse_linear(x, torch.randn(6), crow, col, torch.randn(4))
     with pytest.raises(TypeError, match="floating-point"):
         sparse_linear(torch.ones(2, 4, dtype=torch.long), torch.randn(6), crow, col)
+
+
+def test_auto_chooses_by_crossover_and_nearest_shape(monkeypatch):
+    from torch_structlearn.ops import auto
+
+    monkeypatch.setattr(auto, "TABLE", {"cpu": {"float32": 0.05, "float32/b32x32": 0.08}})
+    monkeypatch.setattr(auto, "BY_SHAPE", {"cpu": {"float32/b32x32": {
+        "256x3072x4096": 0.105, "4096x768x3072": 0.08}}})
+    cpu = torch.device("cpu")
+    assert auto.choose(cpu, torch.float32, 0.05) == "csr"
+    assert auto.choose(cpu, torch.float32, 0.06) == "dense"
+    assert auto.choose(cpu, torch.bfloat16, 0.05) == "csr"  # CPU low precision: float32 entry
+    assert auto.choose(cpu, torch.float64, 0.01) == "dense"  # nothing measured
+    b = (32, 32)
+    assert auto.choose(cpu, torch.float32, 0.10, b) == "dense"  # no shape: the smallest
+    assert auto.choose(cpu, torch.float32, 0.10, b, (200, 3072, 4096)) == "csr"
+    assert auto.choose(cpu, torch.float32, 0.10, b, (8192, 768, 3072)) == "dense"
+    assert auto.choose(cpu, torch.float32, 0.11, b, (256, 3072, 4096)) == "dense"
+    assert sorted(auto.limits(cpu, torch.float32, b)) == [0.08, 0.08, 0.105]
+    assert auto.limits(cpu, torch.float64) == []
+
+
+def test_auto_layer_caches_what_every_shape_may_need(monkeypatch):
+    from torch_structlearn.ops import auto
+
+    monkeypatch.setattr(auto, "TABLE", {"cpu": {"float32": 0.05}})
+    monkeypatch.setattr(auto, "BY_SHAPE", {"cpu": {"float32": {"8x64x48": 0.3, "512x64x48": 0.05}}})
+    torch.manual_seed(0)
+    layer = StructLearnedLinear(64, 48, density=0.2)  # csr at batch 8, dense at batch 512
+    assert layer.col_t.numel() == layer.nnz and layer.dense_index.numel() == layer.nnz
+    w = torch.zeros(48, 64)
+    w[layer.connectivity.row_indices(), layer.connectivity.col_indices.long()] = layer.csr_values().detach()
+    picked = []
+    choose = auto.choose
+    monkeypatch.setattr(auto, "choose", lambda *a: picked.append(choose(*a)) or picked[-1])
+    for batch in (8, 512):
+        x = torch.randn(batch, 64)
+        torch.testing.assert_close(layer(x), x @ w.T + layer.bias, rtol=1e-5, atol=1e-5)
+    assert picked == ["csr", "dense"]
+    sparse_only = StructLearnedLinear(64, 48, density=0.02)
+    assert sparse_only.col_t.numel() > 0 and sparse_only.dense_index.numel() == 0

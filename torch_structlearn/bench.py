@@ -17,6 +17,7 @@ allocates internally are not seen by the torch allocator and so are not counted.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -161,22 +162,50 @@ def machine() -> dict:
     return info
 
 
-def crossover(rows: list[dict], device: str, dtype: str, block: int = 0) -> float | None:
-    """Largest grid density up to which the sparse kernel ``auto`` would pick beat
-    ``nn.Linear`` (fwd+bwd) on every shape, for this dtype and block size (0: unstructured)."""
-    limit = None
+def crossover(rows: list[dict], device: str, dtype: str, block: int = 0) -> dict[str, float | None]:
+    """Per measured shape ``"BxIxO"``: the largest grid density up to which the sparse kernel
+    ``auto`` would pick beat ``nn.Linear`` (fwd+bwd), for this dtype and block size (0:
+    unstructured); None where it never did."""
     sparse = auto.sparse_backend(torch.device(device), (block, block) if block else None)
     sel_all = [r for r in rows if r["device"] == device and r["dtype"] == dtype
                and r.get("block", 0) == block]
-    for shape in sorted({r["shape"] for r in sel_all}):
-        sel = [r for r in sel_all if r["shape"] == shape]
+    out = {}
+    for shape in sorted({tuple(r["shape"]) for r in sel_all}):
+        sel = [r for r in sel_all if tuple(r["shape"]) == shape]
         best = 0.0
         for r in sorted((r for r in sel if r["backend"] == sparse), key=lambda r: r["actual_density"]):
             if r["forward_backward_ms"] >= r["baseline_forward_backward_ms"]:
                 break
             best = r["actual_density"]
-        limit = best if limit is None else min(limit, best)
-    return limit or None
+        out["x".join(map(str, shape))] = best or None
+    return out
+
+
+def update_tables(rows: list[dict], table: dict, by_shape: dict) -> tuple[dict, dict]:
+    """Copies of ``auto``'s tables with an entry for every (device, dtype, block) whose sparse
+    kernel was measured in ``rows``; the others are kept."""
+    table, by_shape = copy.deepcopy(table), copy.deepcopy(by_shape)
+    for dev, dtype, b in sorted({(r["device"], r["dtype"], r.get("block", 0)) for r in rows}):
+        sparse = auto.sparse_backend(torch.device(dev), (b, b) if b else None)
+        if not any(r["backend"] == sparse and r.get("block", 0) == b and r["dtype"] == dtype
+                   and r["device"] == dev for r in rows):
+            continue  # not measured: keep the shipped entry
+        shapes = crossover(rows, dev, dtype, b)
+        k = auto.key(getattr(torch, dtype), (b, b) if b else None)
+        by_shape.setdefault(dev, {})[k] = shapes
+        table.setdefault(dev, {})[k] = min((v or 0.0 for v in shapes.values()), default=0.0) or None
+    return table, by_shape
+
+
+def write_tables(table: dict, by_shape: dict, command: str) -> None:
+    """Write ``auto``'s crossover.json (atomically) and reload it in this process."""
+    tmp = auto.TABLE_PATH.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"generated_by": command, "machine": machine(),
+                               "crossover": table, "by_shape": by_shape}, indent=2) + "\n")
+    os.replace(tmp, auto.TABLE_PATH)
+    for live, fresh in ((auto.TABLE, auto.load_table()), (auto.BY_SHAPE, auto.load_by_shape())):
+        live.clear()
+        live.update(fresh)
 
 
 def run_kernels(args) -> dict:
@@ -230,33 +259,23 @@ def run_kernels(args) -> dict:
     print(f"{'(batch, in, out)':>22} {'dtype':>8} {'block':>5} {'density':>8} {'backend':>12} "
           f"{'fwd ms':>9} {'fwd+bwd':>9} {'fwd x':>8} {'f+b x':>8} {'peak MiB':>9} {'bytes/dense':>7}")
     grid(only_auto=False)
-    table = dict(auto.TABLE)
-    for dtype in dtypes:
-        for b in args.blocks:
-            sparse = auto.sparse_backend(device, (b, b) if b else None)
-            if not any(r["backend"] == sparse and r["block"] == b for r in rows):
-                continue  # not measured in this run: keep the shipped entry
-            limit = crossover(rows, device.type, str(dtype).removeprefix("torch."), b)
-            table.setdefault(device.type, {})[auto.key(dtype, (b, b) if b else None)] = limit
+    table, by_shape = update_tables(rows, auto.TABLE, auto.BY_SHAPE)
     if args.write_crossover:
-        auto.TABLE_PATH.write_text(json.dumps({
-            "generated_by": _command(args),
-            "machine": machine(), "crossover": table}, indent=2) + "\n")
-        auto.TABLE.clear()
-        auto.TABLE.update(auto.load_table())
+        write_tables(table, by_shape, _command(args))
     # 'auto' with the (possibly new) table, measured in the same run as its baseline.
     if args.backends is None or "auto" in args.backends:
         grid(only_auto=True)
     return {"benchmark": "kernels", "machine": machine(), "repeats": args.repeats,
             "command": _command(args),
-            "crossover": table, "rows": rows}
+            "crossover": table, "by_shape": by_shape, "rows": rows}
 
 
 def markdown(result: dict) -> str:
     """The BENCHMARKS.md section for one ``kernels`` result."""
     rows = result["rows"]
     lines = [*_header(result, True, f"median of {result['repeats']} runs"),
-             f"Crossover written for `auto`: `{json.dumps(result['crossover'])}`", "",
+             f"Crossover for `auto` (smallest over shapes): `{json.dumps(result['crossover'])}`; "
+             f"per shape: `{json.dumps(result.get('by_shape', {}))}`", "",
              "Speedups are against `nn.Linear` timed interleaved with each row (same input, "
              "same run).", "",
              "Memory: peak = bytes the torch allocator held above the start during one "
@@ -493,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     mp.add_argument("--batch-size", type=int, default=256)
     mp.add_argument("--json", type=Path, default=Path("runs/bench/mlp.json"))
     mp.add_argument("--markdown", type=Path, default=None, help="update this BENCHMARKS.md")
+    x = sub.add_parser("crossover", help="rewrite auto's crossover table from kernels JSON files")
+    x.add_argument("files", type=Path, nargs="+",
+                   help="JSON written by `bench kernels`; later files win for the same entry")
     c = sub.add_parser("coding", help="dictionary learning vs scikit-learn on MNIST")
     c.add_argument("--device", default="cpu")
     c.add_argument("--n", type=int, default=20000, help="MNIST training images")
@@ -509,6 +531,18 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available on this machine")
+    if args.what == "crossover":
+        table, by_shape = auto.TABLE, auto.BY_SHAPE
+        for f in args.files:
+            try:
+                rows = json.loads(f.read_text())["rows"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                p.error(f"{f}: not a `bench kernels` JSON file ({e})")
+            table, by_shape = update_tables(rows, table, by_shape)
+        write_tables(table, by_shape, _command(args))
+        print(json.dumps({"crossover": table, "by_shape": by_shape}, indent=1))
+        print(f"wrote {auto.TABLE_PATH}")
+        return 0
     if args.what == "coding":
         result, key, md = run_coding(args), f"coding-lam{args.lam:g}", coding_markdown
     elif args.what == "mlp":

@@ -126,17 +126,20 @@ class StructLearnedLinear(nn.Module):
         the flat scatter index for ``dense``. Empty when not needed; the kernel computes a
         missing one on the fly (e.g. after ``.to()`` onto a device where ``auto`` differs)."""
         crow, col = self.crow_indices, self.col_indices
-        backend = self._backend
-        if backend == "auto":  # what auto picks on the current device; others compute on the fly
-            backend = auto.choose(col.device, self.values.dtype, self.density, self.block)
+        backends = {self._backend}
+        if self._backend == "auto":  # what auto may pick on the current device, at any shape
+            sparse = auto.sparse_backend(col.device, self.block)
+            found = auto.limits(col.device, self.values.dtype, self.block)
+            backends = {sparse if lim is not None and self.density <= lim else "dense"
+                        for lim in found} or {"dense"}
         empty = col.new_empty(0)
-        if backend in ("csr", "torch_sparse", "triton"):
+        if backends & {"csr", "torch_sparse", "triton"}:
             n_cols = self.in_features // (self.block[1] if self.block else 1)
             crow_t, col_t, perm = csr_transpose(crow, col, n_cols)
             perm = perm.to(col_t.dtype)
         else:
             crow_t, col_t, perm = empty, empty, empty
-        dense = backend == "dense" and self.block is None
+        dense = "dense" in backends and self.block is None
         index = flat_index(crow, col, self.in_features) if dense else empty.long()
         self.register_buffer("crow_t", crow_t, persistent=False)
         self.register_buffer("col_t", col_t, persistent=False)

@@ -8,11 +8,16 @@ The crossover table ``crossover.json`` beside this file is written by
 ``python -m torch_structlearn.bench --write-crossover`` (never edited by hand). Devices or
 dtypes without a measured entry use ``dense``: without a measurement there is no evidence the
 sparse path is faster, and dense is never slower than ``nn.Linear`` by more than its scatter.
+
+Each entry has a crossover per measured ``(batch, in, out)`` shape (``by_shape``) and the
+smallest of them (``crossover``). A call with a known shape uses the measured shape nearest to
+it (distance: summed ``|log|`` ratios of batch, in and out); without a shape, the smallest.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -22,13 +27,21 @@ TABLE_PATH = Path(__file__).with_name("crossover.json")
 
 def load_table() -> dict:
     """The shipped crossover table: ``{device_type: {key: max_sparse_density}}``."""
-    if not TABLE_PATH.exists():
-        return {}
-    return json.loads(TABLE_PATH.read_text()).get("crossover", {})
+    return _read().get("crossover", {})
+
+
+def load_by_shape() -> dict:
+    """Per measured shape: ``{device_type: {key: {"BxIxO": max_sparse_density}}}``."""
+    return _read().get("by_shape", {})
+
+
+def _read() -> dict:
+    return json.loads(TABLE_PATH.read_text()) if TABLE_PATH.exists() else {}
 
 
 # Read once at import: ``choose`` runs inside torch.compile traces, which must not do file I/O.
 TABLE = load_table()
+BY_SHAPE = load_by_shape()
 
 
 def key(dtype: torch.dtype, block: tuple[int, int] | None = None) -> str:
@@ -42,13 +55,43 @@ def sparse_backend(device: torch.device, block: tuple[int, int] | None) -> str:
     return "triton" if block is not None and device.type == "cuda" else "csr"
 
 
-def choose(device: torch.device, dtype: torch.dtype, density: float,
-           block: tuple[int, int] | None = None) -> str:
-    """The backend ``auto`` uses for a weight of this ``density`` (and ``block`` shape) on
-    ``device`` in ``dtype``."""
+def _entry(device: torch.device, dtype: torch.dtype, block) -> str | None:
+    """The table key that applies, or None when nothing was measured."""
     entry = TABLE.get(device.type, {})
-    limit = entry.get(key(dtype, block))
-    if limit is None and device.type == "cpu":
+    if key(dtype, block) in entry:
+        return key(dtype, block)
+    low = dtype in (torch.float16, torch.bfloat16)
+    if device.type == "cpu" and low and key(torch.float32, block) in entry:
         # MKL computes bf16/fp16 sparse products in float32, so the float32 crossover applies.
-        limit = entry.get(key(torch.float32, block))
+        return key(torch.float32, block)
+    return None
+
+
+def _nearest(shape: tuple[int, int, int], measured: dict) -> float | None:
+    def distance(name: str) -> float:
+        return sum(abs(math.log(max(a, 1) / max(int(b), 1))) for a, b in zip(shape, name.split("x"), strict=True))
+
+    return measured[min(measured, key=distance)]
+
+
+def limits(device: torch.device, dtype: torch.dtype, block: tuple[int, int] | None = None) -> list:
+    """Every crossover density ``choose`` may use for this layer (one per measured shape);
+    empty when nothing was measured. Layers use it to cache what each possible backend needs."""
+    k = _entry(device, dtype, block)
+    if k is None:
+        return []
+    return [TABLE[device.type][k], *BY_SHAPE.get(device.type, {}).get(k, {}).values()]
+
+
+def choose(device: torch.device, dtype: torch.dtype, density: float,
+           block: tuple[int, int] | None = None, shape: tuple[int, int, int] | None = None) -> str:
+    """The backend ``auto`` uses for a weight of this ``density`` (and ``block`` shape) on
+    ``device`` in ``dtype``, for an input of ``shape = (batch, in, out)`` when known."""
+    k = _entry(device, dtype, block)
+    if k is None:
+        return "dense"
+    limit = TABLE[device.type][k]
+    measured = BY_SHAPE.get(device.type, {}).get(k)
+    if shape is not None and measured:
+        limit = _nearest(shape, measured)
     return sparse_backend(device, block) if limit is not None and density <= limit else "dense"

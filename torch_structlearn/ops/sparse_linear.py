@@ -220,7 +220,9 @@ def sparse_linear(
     check_block_backend(backend, block, x.device)
     if backend == "auto":
         density = values.numel() / max(1, in_features * out_features)
-        backend = auto.choose(x.device, x.dtype, density, block)
+        batch = x.numel() // max(1, in_features)
+        shape = (batch, in_features, out_features) if isinstance(batch, int) else None  # not SymInt
+        backend = auto.choose(x.device, x.dtype, density, block, shape)
     if backend == "dense":
         return dense.linear(x, values, crow, col, bias, dense_index)
     n_cols = in_features // block[1] if block else in_features
