@@ -292,6 +292,29 @@ def entropy_plot(results: list[dict]) -> str | None:
     return _save(fig, "entropy-accuracy.png")
 
 
+def masks_figure(entry: str) -> str | None:
+    """The first 32 units' masks of a hub entry's learned layer (top two rows) next to random
+    masks of the same per-unit fan-in (bottom two rows), channels averaged."""
+    import torch
+    from torchvision.utils import save_image
+
+    from torch_structlearn import Connectivity, hub
+
+    conn = hub.load_structure(entry)[0]
+    C, H, W = hub.card(entry)["input_shape"]
+    n = 32
+    learned = conn.to_mask()[:n].float()
+    fan_in = int(conn.fan_in[0])
+    rand = Connectivity.random(conn.shape, fan_in=fan_in, seed=0).to_mask()[:n].float()
+    imgs = torch.cat([learned, rand]).view(2 * n, C, H, W).mean(1, keepdim=True)
+    imgs = (imgs / imgs.amax((1, 2, 3), keepdim=True).clamp_min(1e-12))
+    FIG.mkdir(parents=True, exist_ok=True)
+    name = f"masks-{entry}.png"
+    save_image(imgs.repeat_interleave(3, 2).repeat_interleave(3, 3), str(FIG / name), nrow=16,
+               padding=2, pad_value=0.3)
+    return f"figures/{name}"
+
+
 def main() -> int:
     files = sorted(RUNS.glob("*.json"))
     if not files:
@@ -325,6 +348,14 @@ def main() -> int:
     png = depth_plot(results)
     if png:
         lines += ["### Accuracy and score against depth", "", f"![accuracy and score vs depth]({png})", ""]
+    figs = [(e, masks_figure(e)) for e in ("mnist-single-d5", "cifar10-single-d5")]
+    if all(png for _, png in figs):
+        lines += ["### Learned receptive fields next to random ones", "",
+                  "The first 32 units of each hub entry's learned layer (top two rows: white = "
+                  "connected, channels averaged) and random masks of the same per-unit fan-in "
+                  "(bottom two rows). Learned masks are spatially compact (pen strokes on MNIST, "
+                  "compact, often oriented clusters of pixels on CIFAR-10); random ones are spread over the whole image.", ""]
+        lines += [f"![{e} masks]({png})" for e, png in figs] + [""]
     lines += entropy_section(results)
     png = entropy_plot(results)
     if png:
