@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from torch_structlearn import Connectivity, StructLearnedLinear, convert, save
-from torch_structlearn.convert import select_linears
+from torch_structlearn.convert import _set_module, select_linears
 from torch_structlearn.datasets import DATASETS, load_dataset
 from torch_structlearn.train import accuracy
 
@@ -94,8 +94,7 @@ def _sparsify(model: nn.Module, include: str, density: float, how: str) -> None:
         else:
             conn = Connectivity.random((lin.out_features, lin.in_features), density=density)
             new = StructLearnedLinear.from_linear(lin, conn)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, new)
+        _set_module(model, name, new)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,11 +34,13 @@ def test_shipped_entries_load_and_match_their_cards():
 
 
 def _check_timm_entry(name, card, conns):
+    import timm
+
     from torch_structlearn.convert import select_linears
 
     model = hub.load(name)
     sparse = {n: m for n, m in model.named_modules() if isinstance(m, tsl.StructLearnedLinear)}
-    fresh = __import__("timm").create_model(card["timm_model"], **card["timm_kwargs"])
+    fresh = timm.create_model(card["timm_model"], **card["timm_kwargs"])
     assert list(sparse) == select_linears(fresh, card["include"])
     assert [m.connectivity for m in sparse.values()] == conns
     for c in conns:

@@ -185,11 +185,13 @@ def update_tables(rows: list[dict], table: dict, by_shape: dict) -> tuple[dict, 
     """Copies of ``auto``'s tables with an entry for every (device, dtype, block) whose sparse
     kernel was measured in ``rows``; the others are kept."""
     table, by_shape = copy.deepcopy(table), copy.deepcopy(by_shape)
-    for dev, dtype, b in sorted({(r["device"], r["dtype"], r.get("block", 0)) for r in rows}):
-        sparse = auto.sparse_backend(torch.device(dev), (b, b) if b else None)
-        if not any(r["backend"] == sparse and r.get("block", 0) == b and r["dtype"] == dtype
-                   and r["device"] == dev for r in rows):
-            continue  # not measured: keep the shipped entry
+
+    def block_of(r: dict) -> tuple[int, int] | None:
+        return (r["block"], r["block"]) if r.get("block", 0) else None
+
+    measured = {(r["device"], r["dtype"], r.get("block", 0)) for r in rows
+                if r["backend"] == auto.sparse_backend(torch.device(r["device"]), block_of(r))}
+    for dev, dtype, b in sorted(measured):  # entries not measured keep their shipped values
         shapes = crossover(rows, dev, dtype, b)
         k = auto.key(getattr(torch, dtype), (b, b) if b else None)
         by_shape.setdefault(dev, {})[k] = shapes

@@ -128,10 +128,7 @@ class StructLearnedLinear(nn.Module):
         crow, col = self.crow_indices, self.col_indices
         backends = {self._backend}
         if self._backend == "auto":  # what auto may pick on the current device, at any shape
-            sparse = auto.sparse_backend(col.device, self.block)
-            found = auto.limits(col.device, self.values.dtype, self.block)
-            backends = {sparse if lim is not None and self.density <= lim else "dense"
-                        for lim in found} or {"dense"}
+            backends = auto.reachable(col.device, self.values.dtype, self.density, self.block)
         empty = col.new_empty(0)
         if backends & {"csr", "torch_sparse", "triton"}:
             n_cols = self.in_features // (self.block[1] if self.block else 1)

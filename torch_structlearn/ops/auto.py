@@ -83,6 +83,17 @@ def limits(device: torch.device, dtype: torch.dtype, block: tuple[int, int] | No
     return [TABLE[device.type][k], *BY_SHAPE.get(device.type, {}).get(k, {}).values()]
 
 
+def _pick(device: torch.device, block, density: float, limit: float | None) -> str:
+    return sparse_backend(device, block) if limit is not None and density <= limit else "dense"
+
+
+def reachable(device: torch.device, dtype: torch.dtype, density: float,
+              block: tuple[int, int] | None = None) -> set[str]:
+    """The backends ``choose`` may return for this layer at some input shape (what a layer
+    caches for)."""
+    return {_pick(device, block, density, lim) for lim in limits(device, dtype, block)} or {"dense"}
+
+
 def choose(device: torch.device, dtype: torch.dtype, density: float,
            block: tuple[int, int] | None = None, shape: tuple[int, int, int] | None = None) -> str:
     """The backend ``auto`` uses for a weight of this ``density`` (and ``block`` shape) on
@@ -94,4 +105,4 @@ def choose(device: torch.device, dtype: torch.dtype, density: float,
     measured = BY_SHAPE.get(device.type, {}).get(k)
     if shape is not None and measured:
         limit = _nearest(shape, measured)
-    return sparse_backend(device, block) if limit is not None and density <= limit else "dense"
+    return _pick(device, block, density, limit)
