@@ -33,9 +33,10 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from torch_structlearn import Connectivity, StructLearnedLinear, convert, save
+from torch_structlearn import Connectivity, StructLearnedLinear, convert, hub, save
 from torch_structlearn.convert import _set_module, select_linears
 from torch_structlearn.datasets import DATASETS, load_dataset
+from torch_structlearn.io import _write_atomic
 from torch_structlearn.train import accuracy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="CPU smoke run: digits, 2 epochs")
     p.add_argument("--out", default="runs/finetune/result.json")
     args = p.parse_args(argv)
+    if args.hub is not None:
+        try:
+            hub.check_name(args.hub)
+        except ValueError as e:
+            p.error(f"--hub: {e}")
     if args.quick:
         args.dataset, args.epochs, args.img_size, args.limit = "digits", 2, 32, 512
     argv = sys.argv[1:] if argv is None else argv
@@ -206,7 +212,7 @@ def _publish(entry: Path, model: nn.Module, result: dict, args) -> None:
                  "MLP structures, freshly initialised (ready to train); hub.load_structure -> "
                  "the connectivity of each converted layer",
     }
-    (entry / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    _write_atomic(entry / "card.json", (json.dumps(card, indent=1) + "\n").encode())
     print(f"wrote {entry} ({path.stat().st_size / 2**20:.2f} MiB)")
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
-from torch_structlearn import load
+from torch_structlearn import hub, load
 from torch_structlearn.cli import main as structlearn
+from torch_structlearn.io import _write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name")
     p.add_argument("--license", required=True)
     args = p.parse_args(argv[:cut])
+    try:
+        hub.check_name(args.name)
+    except ValueError as e:
+        p.error(str(e))
     learn_args = argv[cut + 1 :]
     out = ROOT / "runs" / "hub" / args.name
     rc = structlearn(["learn", *learn_args, "--out", str(out), "--quiet"])
@@ -40,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load(out / "structure.safetensors")  # checks the file before publishing it
     rows = {r["structure"]: r for r in results["results"]}
     entry = ROOT / "hub" / args.name
-    entry.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out / "structure.safetensors", entry / "structure.safetensors")
+    _write_atomic(entry / "structure.safetensors", (out / "structure.safetensors").read_bytes())
     card = {
         "name": args.name,
         "dataset": results["args"]["dataset"],
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "usage": f"torch_structlearn.hub.load({args.name!r}) -> StructLearnedClassifier: "
                  "ToTensor() images (N, C, H, W) in [0, 1] -> logits",
     }
-    (entry / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    _write_atomic(entry / "card.json", (json.dumps(card, indent=1) + "\n").encode())
     size = (entry / "structure.safetensors").stat().st_size
     print(f"wrote {entry} ({size / 2**20:.2f} MiB), test accuracy {card['test_accuracy']:.2%}")
     return 0

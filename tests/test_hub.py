@@ -107,3 +107,20 @@ def test_extra_folder_from_env(tmp_path, monkeypatch):
     assert "my-layer" in hub.list()
     assert hub.load_structure("my-layer") == [layer.connectivity]
     assert torch.equal(hub.load("my-layer").values, layer.values)
+
+
+@pytest.mark.parametrize("bad", ["../etc", "a/b", "UPPER"])
+def test_publishing_recipes_reject_bad_names_before_work(bad, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parent.parent / "recipes"
+    for script, argv in (("hub_entry.py", [bad, "--license", "x", "--", "--dataset", "digits"]),
+                         ("finetune_timm.py", ["--quick", "--hub", bad, "--hub-root", str(tmp_path)])):
+        spec = importlib.util.spec_from_file_location(script[:-3], recipes / script)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        with pytest.raises(SystemExit) as e:
+            mod.main(argv)
+        assert e.value.code == 2 and "invalid hub name" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

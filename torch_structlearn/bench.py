@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from . import StructLearnedLinear  # noqa: E402
+from .io import _write_atomic  # noqa: E402
 from .ops import BACKENDS, auto, available_backends  # noqa: E402
 
 CPU_SHAPES = [(256, 3072, 4096), (4096, 768, 3072)]  # (batch, in, out)
@@ -201,10 +202,9 @@ def update_tables(rows: list[dict], table: dict, by_shape: dict) -> tuple[dict, 
 
 def write_tables(table: dict, by_shape: dict, command: str) -> None:
     """Write ``auto``'s crossover.json (atomically) and reload it in this process."""
-    tmp = auto.TABLE_PATH.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"generated_by": command, "machine": machine(),
-                               "crossover": table, "by_shape": by_shape}, indent=2) + "\n")
-    os.replace(tmp, auto.TABLE_PATH)
+    _write_atomic(auto.TABLE_PATH, (json.dumps({
+        "generated_by": command, "machine": machine(), "crossover": table, "by_shape": by_shape},
+        indent=2) + "\n").encode())
     for live, fresh in ((auto.TABLE, auto.load_table()), (auto.BY_SHAPE, auto.load_by_shape())):
         live.clear()
         live.update(fresh)
@@ -311,9 +311,7 @@ def update_markdown(path: Path, key: str, body: str) -> None:
         text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    _write_atomic(path, text.encode())
 
 
 def run_coding(args) -> dict:

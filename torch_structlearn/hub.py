@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .connectivity import Connectivity
 
-__all__ = ["list", "load", "load_structure", "card", "folders"]
+__all__ = ["list", "load", "load_structure", "card", "folders", "check_name"]
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
 _REPO_HUB = Path(__file__).resolve().parent.parent / "hub"
@@ -44,10 +44,17 @@ def list() -> _list[str]:  # noqa: A001 — the hub's verb, as in torch.hub.list
     return sorted(_entries())
 
 
-def _entry(name: str) -> Path:
+def check_name(name: str) -> str:
+    """``name`` if it is a valid entry name (lower-case letters, digits, ``.``, ``_``, ``-``;
+    no paths), else ``ValueError`` listing the available entries."""
     if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise ValueError(f"invalid hub name {name!r}: use lower-case letters, digits, '.', '_' "
                          f"and '-' (no paths); available: {list()}")
+    return name
+
+
+def _entry(name: str) -> Path:
+    check_name(name)
     entries = _entries()
     if name not in entries:
         raise ValueError(f"no hub entry {name!r}; available: {sorted(entries)}")
