@@ -20,6 +20,11 @@ def test_kernels_writes_json_and_markdown_section(tmp_path):
     res = json.loads(out.read_text())
     got = {(r["backend"], r["density"]) for r in res["rows"]}
     assert {("nn.Linear", 1.0), ("csr", 0.25), ("dense", 0.25), ("auto", 0.25)} <= got
+    csr = next(r for r in res["rows"] if r["backend"] == "csr")
+    nnz = round(csr["actual_density"] * 32 * 48)
+    # eval: float32 values + int32 columns, bias, row pointers; training adds the transpose
+    assert csr["eval_param_bytes"] == nnz * 8 + 48 * 4 + 49 * 4
+    assert csr["param_bytes"] == csr["eval_param_bytes"] + nnz * 8 + 33 * 4
     text = md.read_text()
     assert "analysis kept" in text and "<!-- bench:kernels-t-cpu -->" in text
     assert "bench kernels --shapes 8,32,48" in text

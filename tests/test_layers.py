@@ -187,3 +187,42 @@ def test_empty_cache_is_recomputed_for_an_empty_layer():
     y.sum().backward()
     torch.testing.assert_close(y, layer.bias.expand(2, 3))
     assert torch.equal(x.grad, torch.zeros(2, 5))
+
+
+@pytest.mark.parametrize("block", [None, (2, 3)])
+def test_eval_drops_the_transpose_cache_and_gradients_stay_right(block):
+    torch.manual_seed(0)
+    layer = StructLearnedLinear(12, 8, density=0.3, block=block, backend="csr")
+    x = torch.randn(5, 12)
+
+    def grads():
+        layer.zero_grad()
+        xr = x.clone().requires_grad_()
+        layer(xr).pow(2).sum().backward()
+        return xr.grad, layer.values.grad.clone()
+
+    def ref():
+        xr = x.clone().requires_grad_()
+        w = layer.dense_weight()
+        y = nn.functional.linear(xr, w, layer.bias)
+        gx, gw = torch.autograd.grad(y.pow(2).sum(), (xr, layer.values))
+        return gx, gw
+
+    held = layer.perm_t
+    assert held.numel() == layer.col_indices.numel()
+    train_bytes = sum(b.numel() * b.element_size() for b in layer.buffers())
+    layer.eval()
+    assert layer.perm_t.numel() == layer.col_t.numel() == layer.crow_t.numel() == 0
+    eval_bytes = sum(b.numel() * b.element_size() for b in layer.buffers())
+    assert eval_bytes < train_bytes / 2
+    for got, want in zip(grads(), ref()):  # computed on the fly without the cache
+        torch.testing.assert_close(got, want)
+    layer.train()
+    assert torch.equal(layer.perm_t, held)
+    same = layer.perm_t
+    layer.train()  # no change of mode: the cache is kept as is
+    assert layer.perm_t is same
+    for got, want in zip(grads(), ref()):
+        torch.testing.assert_close(got, want)
+    nn.Sequential(layer).eval()  # through a parent module's eval()
+    assert layer.perm_t.numel() == 0

@@ -125,13 +125,19 @@ def _measure(module: nn.Module, baseline: nn.Module, x: torch.Tensor, repeats: i
         "peak_forward_backward_bytes": _peak_of_step(fwd_bwd, clear, device),
         "baseline_peak_forward_backward_bytes": baseline_peak or _peak_of_step(bfwd_bwd, bclear, device),
         "param_bytes": _state_bytes(module),
+        "eval_param_bytes": _state_bytes(module, training=False),
         "baseline_param_bytes": _state_bytes(baseline),
     }
 
 
-def _state_bytes(module: nn.Module) -> int:
-    """Bytes the module keeps: parameters and every buffer (structure and cached transposes)."""
-    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+def _state_bytes(module: nn.Module, training: bool = True) -> int:
+    """Bytes the module keeps in training (or eval) mode: parameters and every buffer
+    (structure and the caches that mode holds)."""
+    was = module.training
+    module.train(training)
+    n = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    module.train(was)
+    return n
 
 
 def _command(args) -> str:
@@ -227,7 +233,8 @@ def run_kernels(args) -> dict:
               f"{m['baseline_forward_ms'] / m['forward_ms']:>7.2f}x "
               f"{m['baseline_forward_backward_ms'] / m['forward_backward_ms']:>7.2f}x "
               f"{m['peak_forward_backward_bytes'] / 2**20:>9.1f} "
-              f"{m['param_bytes'] / m['baseline_param_bytes']:>7.3f}", flush=True)
+              f"{m['param_bytes'] / m['baseline_param_bytes']:>7.3f} "
+              f"{m['eval_param_bytes'] / m['baseline_param_bytes']:>7.3f}", flush=True)
 
     def grid(only_auto: bool) -> None:
         """Time every (dtype, shape, block, density, backend) against ``nn.Linear``."""
@@ -282,9 +289,11 @@ def markdown(result: dict) -> str:
              "same run).", "",
              "Memory: peak = bytes the torch allocator held above the start during one "
              "forward+backward (vs `nn.Linear`'s in the same run); stored = parameters + every "
-             "buffer (structure, cached transpose) as a fraction of `nn.Linear`'s.", "",
+             "buffer as a fraction of `nn.Linear`'s, in training mode (structure and the cached "
+             "transpose) / in eval mode (structure only).", "",
              "| device | dtype | (batch, in, out) | block | density | backend | fwd ms | fwd+bwd ms "
-             "| fwd speedup | fwd+bwd speedup | peak MiB (fwd+bwd) | peak / dense | stored / dense |",
+             "| fwd speedup | fwd+bwd speedup | peak MiB (fwd+bwd) | peak / dense "
+             "| stored / dense: train / eval |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base_peak = r.get("baseline_peak_forward_backward_bytes")
@@ -296,9 +305,19 @@ def markdown(result: dict) -> str:
             f"{r['baseline_forward_backward_ms'] / r['forward_backward_ms']:.2f}x | "
             f"{r['peak_forward_backward_bytes'] / 2**20:.1f} | "
             + (f"{r['peak_forward_backward_bytes'] / base_peak:.2f} | " if base_peak else "- | ")
-            + (f"{r['param_bytes'] / r['baseline_param_bytes']:.3f} |"
-               if r.get("baseline_param_bytes") else "- |"))
+            + _stored(r))
     return "\n".join(lines)
+
+
+def _stored(r: dict) -> str:
+    """The row's 'stored / dense: train / eval' cell."""
+    base = r.get("baseline_param_bytes")
+    if not base:
+        return "- |"
+    cell = f"{r['param_bytes'] / base:.3f}"
+    if "eval_param_bytes" in r:
+        cell += f" / {r['eval_param_bytes'] / base:.3f}"
+    return cell + " |"
 
 
 def update_markdown(path: Path, key: str, body: str) -> None:

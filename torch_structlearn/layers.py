@@ -122,15 +122,17 @@ class StructLearnedLinear(nn.Module):
 
     def _refresh_caches(self) -> None:
         """Cache what this layer's backend needs, as non-persistent buffers (they follow
-        ``.to()`` but are not saved): the transposed structure for ``csr`` / ``torch_sparse``,
-        the flat scatter index for ``dense``. Empty when not needed; the kernel computes a
-        missing one on the fly (e.g. after ``.to()`` onto a device where ``auto`` differs)."""
+        ``.to()`` but are not saved): the flat scatter index for ``dense``, and in training mode
+        the transposed structure the sparse backends' input gradient reads (``eval()`` drops
+        it: an unstructured layer then holds 2ρ of the dense bytes instead of 4ρ). Empty when
+        not needed; the kernel computes a missing one on the fly (e.g. a backward in eval mode,
+        or after ``.to()`` onto a device where ``auto`` differs)."""
         crow, col = self.crow_indices, self.col_indices
         backends = {self._backend}
         if self._backend == "auto":  # what auto may pick on the current device, at any shape
             backends = auto.reachable(col.device, self.values.dtype, self.density, self.block)
         empty = col.new_empty(0)
-        if backends & {"csr", "torch_sparse", "triton"}:
+        if self.training and backends & {"csr", "torch_sparse", "triton"}:
             n_cols = self.in_features // (self.block[1] if self.block else 1)
             crow_t, col_t, perm = csr_transpose(crow, col, n_cols)
             perm = perm.to(col_t.dtype)
@@ -142,6 +144,15 @@ class StructLearnedLinear(nn.Module):
         self.register_buffer("col_t", col_t, persistent=False)
         self.register_buffer("perm_t", perm, persistent=False)
         self.register_buffer("dense_index", index, persistent=False)
+
+    def train(self, mode: bool = True) -> StructLearnedLinear:
+        """Like ``nn.Module.train``; also builds (training) or drops (eval) the cached
+        transposed structure."""
+        changed = mode != self.training
+        super().train(mode)
+        if changed:
+            self._refresh_caches()
+        return self
 
     def set_connectivity(self, connectivity: Connectivity) -> StructLearnedLinear:
         """Replace the structure (same shape) and re-initialise ``values`` and ``bias``
