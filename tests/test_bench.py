@@ -43,8 +43,28 @@ def test_mlp_writes_json_with_training_peak(tmp_path):
     assert dense["held_bytes"] == 2 * 4 * n_params
 
 
+def test_epoch_of_a_hub_entry_against_its_dense_copy(tmp_path):
+    from torch_structlearn import hub
+
+    out, md = tmp_path / "e.json", tmp_path / "B.md"
+    assert bench.main(["mlp", "--hub", "mnist-stack-d5", "--n", "64", "--batch-size", "32",
+                       "--json", str(out), "--markdown", str(md)]) == 0
+    res = json.loads(out.read_text())
+    assert res["hub"] == "mnist-stack-d5" and res["input_shape"] == [1, 28, 28]
+    dense, learned = res["rows"]
+    assert dense["variant"] == "nn.Linear" and learned["variant"].startswith("mnist-stack-d5")
+    model = hub.load("mnist-stack-d5")
+    layers = [m for m in model.modules() if hasattr(m, "nnz")]
+    assert learned["density"] == pytest.approx(
+        sum(m.nnz for m in layers) / sum(m.in_features * m.out_features for m in layers))
+    # the dense copy holds every weight of the sparse layers: more than the sparse model
+    assert dense["held_bytes"] > learned["held_bytes"]
+    assert "<!-- bench:epoch-mnist-stack-d5-cpu -->" in md.read_text()
+
+
 @pytest.mark.parametrize("argv", [["kernels", "--repeats", "0"], ["mlp", "--sizes", "4", "4"],
-                                  ["mlp", "--backend", "nope"], ["kernels", "--densities", "0"]])
+                                  ["mlp", "--backend", "nope"], ["kernels", "--densities", "0"],
+                                  ["mlp", "--hub", "no-such-entry"], ["mlp", "--n", "0"]])
 def test_bad_arguments_exit_2(argv, tmp_path):
     with pytest.raises(SystemExit) as e:
         bench.main([*argv, "--json", str(tmp_path / "x.json")])

@@ -215,14 +215,14 @@ def test_eval_drops_the_transpose_cache_and_gradients_stay_right(block):
     assert layer.perm_t.numel() == layer.col_t.numel() == layer.crow_t.numel() == 0
     eval_bytes = sum(b.numel() * b.element_size() for b in layer.buffers())
     assert eval_bytes < train_bytes / 2
-    for got, want in zip(grads(), ref()):  # computed on the fly without the cache
+    for got, want in zip(grads(), ref(), strict=True):  # computed on the fly without the cache
         torch.testing.assert_close(got, want)
     layer.train()
     assert torch.equal(layer.perm_t, held)
     same = layer.perm_t
     layer.train()  # no change of mode: the cache is kept as is
     assert layer.perm_t is same
-    for got, want in zip(grads(), ref()):
+    for got, want in zip(grads(), ref(), strict=True):
         torch.testing.assert_close(got, want)
     nn.Sequential(layer).eval()  # through a parent module's eval()
     assert layer.perm_t.numel() == 0

@@ -7,7 +7,8 @@ densities, shapes, dtypes and block sizes (``--blocks 0 32``: unstructured and 3
 Prints a table, writes JSON, optionally rewrites the ``auto`` crossover table
 (``--write-crossover``) and the matching section of ``BENCHMARKS.md`` (``--markdown``).
 ``mlp``: one training epoch (forward, backward, SGD step) of a sparse MLP against the same MLP
-with ``nn.Linear`` layers, wall time and peak memory of one step.
+with ``nn.Linear`` layers, wall time and peak memory of one step; ``mlp --hub NAME`` does the
+same for a hub entry's model (e.g. the learned CIFAR-10 stack) against its dense copy.
 
 Peak memory is what the torch allocator holds above the starting point during one step
 (CPU: from the profiler's allocation events; CUDA: ``max_memory_allocated``). Buffers that MKL
@@ -420,20 +421,57 @@ def _mlp(sizes: list[int], density: float | None, block: int, backend: str, devi
     return nn.Sequential(*layers)
 
 
+def _hub_variants(name: str, backend: str, device, dtype):
+    """The hub entry's model (its learned structure) and the same model with ``nn.Linear``
+    layers in place of the sparse ones; plus the input shape and number of classes."""
+    from . import hub
+    from .convert import _set_module
+
+    model = hub.load(name)
+    card = hub.card(name)
+    if "timm_model" in card:
+        size = card.get("timm_kwargs", {}).get("img_size", 224)
+        shape = (card.get("timm_kwargs", {}).get("in_chans", 3), size, size)
+    else:
+        shape = tuple(model.input_shape)
+    dense = copy.deepcopy(model)
+    for n, m in list(dense.named_modules()):
+        if isinstance(m, StructLearnedLinear):
+            _set_module(dense, n, nn.Linear(m.in_features, m.out_features, bias=m.bias is not None))
+    for m in model.modules():
+        if isinstance(m, StructLearnedLinear):
+            m.backend = backend
+    sparse = [m for m in model.modules() if isinstance(m, StructLearnedLinear)]
+    density = sum(m.nnz for m in sparse) / sum(m.in_features * m.out_features for m in sparse)
+    variants = [("nn.Linear", None, 0, lambda: dense.to(device, dtype)),
+                (f"{name} ({density:.0%})", density, 0, lambda: model.to(device, dtype))]
+    return variants, shape, model.num_classes
+
+
 def run_mlp(args) -> dict:
-    """One training epoch of an MLP (SGD, cross-entropy on synthetic data), sparse vs dense."""
+    """One training epoch (SGD, cross-entropy on synthetic data), sparse vs dense: of an MLP,
+    or (``--hub NAME``) of a hub entry's model against the same model with ``nn.Linear``."""
     device, dtype = torch.device(args.device), torch.float32
+    if args.hub:
+        variants, shape, classes = _hub_variants(args.hub, args.backend, device, dtype)
+    else:
+        shape, classes = (args.sizes[0],), args.sizes[-1]
+        variants = [(None, 0)] + [(d, b) for b in args.blocks for d in args.densities]
+        variants = [("nn.Linear" if d is None else f"{d:.0%}" + (f" block {b}" if b else ""), d, b,
+                     lambda d=d, b=b: _mlp(args.sizes, d, b, args.backend, device, dtype))
+                    for d, b in variants]
     g = torch.Generator().manual_seed(0)
-    X = torch.randn(args.n, args.sizes[0], generator=g).to(device, dtype)
-    y = torch.randint(0, args.sizes[-1], (args.n,), generator=g).to(device)
-    variants = [(None, 0)] + [(d, b) for b in args.blocks for d in args.densities]
+    X = torch.rand(args.n, *shape, generator=g).to(device, dtype)
+    y = torch.randint(0, classes, (args.n,), generator=g).to(device)
     rows = []
     print(f"{'variant':>22} {'epoch s':>9} {'speedup':>8} {'step MiB':>9} {'total MiB':>9} "
           f"{'total/dense':>10}")
-    for density, block in variants:
+    for name, density, block, build in variants:
         torch.manual_seed(0)
-        model = _mlp(args.sizes, density, block, args.backend, device, dtype)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        model = build()
+        model.train()
+        opt = torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=0.01,
+                              momentum=0.9)
 
         def step(i0, model=model, opt=opt):
             xb, yb = X[i0:i0 + args.batch_size], y[i0:i0 + args.batch_size]
@@ -452,22 +490,27 @@ def run_mlp(args) -> dict:
             step(i0)
         _sync(device)
         seconds = time.perf_counter() - t0
-        name = "nn.Linear" if density is None else f"{density:.0%}" + (f" block {block}" if block else "")
         rows.append({"variant": name, "density": density, "block": block, "epoch_seconds": seconds,
                      "peak_step_bytes": peak, "held_bytes": held})
         base = rows[0]
         total, base_total = held + peak, base["held_bytes"] + base["peak_step_bytes"]
         print(f"{name:>22} {seconds:>9.2f} {base['epoch_seconds'] / seconds:>7.2f}x "
               f"{peak / 2**20:>9.1f} {total / 2**20:>9.1f} {total / base_total:>10.2f}", flush=True)
+        del model, opt
     return {"benchmark": "mlp", "machine": machine(), "device": device.type,
-            "command": _command(args), "backend": args.backend,
-            "sizes": args.sizes, "n": args.n, "batch_size": args.batch_size, "rows": rows}
+            "command": _command(args), "backend": args.backend, "hub": args.hub,
+            "sizes": None if args.hub else args.sizes, "input_shape": list(shape),
+            "n": args.n, "batch_size": args.batch_size, "rows": rows}
 
 
 def mlp_markdown(result: dict) -> str:
+    backend = f"`backend='{result.get('backend', 'auto')}'`"
+    what = (f"Hub entry `{result['hub']}` (its learned sparse layers with {backend}) against the "
+            "same model with `nn.Linear` in their place" if result.get("hub") else
+            f"MLP {' → '.join(map(str, result['sizes']))} (ReLU; hidden layers sparse with "
+            f"{backend}, the head dense)")
     lines = [*_header(result, result["device"] == "cuda", f"device {result['device']}"),
-             f"MLP {' → '.join(map(str, result['sizes']))} (ReLU; hidden layers sparse with "
-             f"`backend='{result.get('backend', 'auto')}'`, the head dense), one epoch of {result['n']} synthetic samples, "
+             f"{what}, one epoch of {result['n']} synthetic samples, "
              f"batch {result['batch_size']}, SGD with momentum. Step peak = torch allocator "
              "bytes above the start during one step (gradients dropped before it); training "
              "peak = that plus what the model and optimizer hold (parameters, buffers such as "
@@ -529,6 +572,9 @@ def main(argv: list[str] | None = None) -> int:
     mp.add_argument("--backend", default="auto", choices=BACKENDS, help="backend of the sparse layers (default auto)")
     mp.add_argument("--n", type=int, default=10240, help="samples in the epoch")
     mp.add_argument("--batch-size", type=int, default=256)
+    mp.add_argument("--hub", default=None, metavar="NAME",
+                    help="time this hub entry's model against itself with nn.Linear layers "
+                         "instead of the MLP (--sizes, --densities, --blocks unused)")
     mp.add_argument("--json", type=Path, default=Path("runs/bench/mlp.json"))
     mp.add_argument("--markdown", type=Path, default=None, help="update this BENCHMARKS.md")
     x = sub.add_parser("crossover", help="rewrite auto's crossover table from kernels JSON files")
@@ -567,8 +613,16 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "mlp":
         if len(args.sizes) < 3 or min(args.sizes) < 1:
             p.error(f"--sizes needs at least 3 positive sizes (in, hidden..., out), got {args.sizes}")
+        if args.hub is not None:
+            from . import hub
+
+            if args.hub not in hub.list():
+                p.error(f"--hub {args.hub!r}: no such entry; available: {hub.list()}")
+        if min(args.n, args.batch_size) < 1:
+            p.error(f"--n and --batch-size must be >= 1, got {args.n} and {args.batch_size}")
         result, md = run_mlp(args), mlp_markdown
-        key = "mlp" + ("" if args.backend == "auto" else f"-{args.backend}")
+        key = ("mlp" if args.hub is None else f"epoch-{args.hub}") + (
+            "" if args.backend == "auto" else f"-{args.backend}")
     else:
         if args.repeats < 1:
             p.error(f"--repeats must be >= 1, got {args.repeats}")
