@@ -70,10 +70,10 @@ def train_eval(model: nn.Module, splits, *, epochs: int, lr: float, seed: int) -
             "score": coding_efficiency(hidden), "train_seconds": time.perf_counter() - t0}
 
 
-def write(name: str, payload: dict) -> Path:
+def write(name: str, payload: dict, command: str | None = None) -> Path:
     RUNS.mkdir(parents=True, exist_ok=True)
     path = RUNS / f"{name}.json"
-    payload = {"command": "python " + " ".join(sys.argv), "machine": machine(), **payload}
+    payload = {"command": command or "python " + " ".join(sys.argv), "machine": machine(), **payload}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=1) + "\n")
     tmp.replace(path)
@@ -87,6 +87,9 @@ def add_args(p, *, width_quick: int = 256, width_full: int = 1600) -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--quick", action="store_true", help="CPU setting: 10 000 images, fewer epochs")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="run seeds first-seed .. first-seed + seeds - 1 and add their rows to the "
+                        "existing result file of the same settings (a long run split over sessions)")
     p.add_argument("--width", type=int, default=None,
                    help=f"K (default {width_quick} with --quick, {width_full} otherwise)")
     p.add_argument("--group-size", type=int, default=4)
@@ -96,25 +99,73 @@ def add_args(p, *, width_quick: int = 256, width_full: int = 1600) -> None:
     p.set_defaults(_widths=(width_quick, width_full))
 
 
-def setup(args) -> dict:
-    """Resolve the quick/full defaults and load the whitened splits."""
+def seed_range(args) -> range:
+    """The seeds this run trains."""
+    return range(args.first_seed, args.first_seed + args.seeds)
+
+
+def _result_name(name: str, args) -> str:
+    return f"{name}-{args.dataset}" + ("-quick" if args.quick else "")
+
+
+def _settings(name: str, args, cfg: dict, n_train: int) -> dict:
+    return {"experiment": name, "dataset": args.dataset, "quick": args.quick, "width": cfg["K"],
+            "group_size": args.group_size, "epochs": cfg["epochs"],
+            "dict_epochs": cfg["dict_epochs"], "n_train": n_train, "lr": args.lr}
+
+
+def _earlier(name: str, args, cfg: dict, n_train: int) -> dict | None:
+    """With ``--first-seed N > 0``: the existing result these seeds extend (``SystemExit`` when
+    it is missing, was run with other settings, or already has one of these seeds)."""
+    if args.first_seed == 0:
+        return None
+    path = RUNS / f"{_result_name(name, args)}.json"
+    if not path.exists():
+        raise SystemExit(f"--first-seed {args.first_seed}: no earlier result {path} to extend")
+    old = json.loads(path.read_text())
+    want = _settings(name, args, cfg, n_train)
+    if hasattr(args, "density"):
+        want["density"] = args.density
+    diff = {k: (old.get(k), v) for k, v in want.items() if old.get(k) != v}
+    if diff:
+        raise SystemExit(f"--first-seed {args.first_seed}: {path} was run with other settings "
+                         f"(earlier, now): {diff}")
+    taken = {r["seed"] for r in old["rows"]} & set(seed_range(args))
+    if taken:
+        raise SystemExit(f"--first-seed {args.first_seed}: {path} already has seeds {sorted(taken)}")
+    return old
+
+
+def setup(args, name: str) -> dict:
+    """Resolve the quick/full defaults and load the whitened splits (checking first that an
+    earlier result exists to extend when ``--first-seed`` is given)."""
+    if args.seeds < 1 or args.first_seed < 0:
+        raise SystemExit(f"--seeds must be >= 1 and --first-seed >= 0, got {args.seeds} and "
+                         f"{args.first_seed}")
     wq, wf = args._widths
     cfg = {"K": args.width or (wq if args.quick else wf),
            "epochs": args.epochs or (8 if args.quick else 40),
            "dict_epochs": args.dict_epochs or (2 if args.quick else 5),
            "t_start": time.perf_counter()}
-    splits, image_shape = data(args.dataset, 10_000 if args.quick else None, 5_000, args.data_root)
+    n_train = 10_000 if args.quick else None
+    splits, image_shape = data(args.dataset, n_train, 5_000, args.data_root)
     Xtr, ytr = splits[0]
+    cfg["earlier"] = _earlier(name, args, cfg, len(ytr))
     cfg.update(splits=splits, image_shape=image_shape, d=Xtr.shape[1], n_classes=int(ytr.max()) + 1,
                loader=DataLoader(TensorDataset(Xtr), batch_size=250))
     return cfg
 
 
 def finish(name: str, args, cfg: dict, rows: list, **extra) -> Path:
-    """Write ``runs/repro/<name>-<dataset>[-quick].json`` with the settings and rows."""
-    fname = f"{name}-{args.dataset}" + ("-quick" if args.quick else "")
-    return write(fname, {"experiment": name, "dataset": args.dataset, "quick": args.quick,
-                         "width": cfg["K"], "group_size": args.group_size, "epochs": cfg["epochs"],
-                         "dict_epochs": cfg["dict_epochs"], "n_train": len(cfg["splits"][0][1]),
-                         "lr": args.lr, "seeds": args.seeds, "rows": rows,
-                         "wall_seconds": time.perf_counter() - cfg["t_start"], **extra})
+    """Write ``runs/repro/<name>-<dataset>[-quick].json`` with the settings and rows (with
+    ``--first-seed``, the earlier result's rows first; commands joined, wall times summed)."""
+    payload = {**_settings(name, args, cfg, len(cfg["splits"][0][1])), "seeds": args.seeds,
+               "rows": rows, "wall_seconds": time.perf_counter() - cfg["t_start"], **extra}
+    old = cfg.get("earlier")
+    command = "python " + " ".join(sys.argv)
+    if old is not None:
+        payload["rows"] = old["rows"] + rows
+        payload["seeds"] = len({r["seed"] for r in payload["rows"]})
+        payload["wall_seconds"] += old["wall_seconds"]
+        command = f"{old['command']}; {command}"
+    return write(_result_name(name, args), payload, command)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_args, finish, setup, train_eval  # noqa: E402
+from common import add_args, finish, seed_range, setup, train_eval  # noqa: E402
 
 
 class _Unflatten(nn.Module):
@@ -43,10 +43,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_args(p)
     args = p.parse_args(argv)
-    cfg = setup(args)
+    cfg = setup(args, "cnn")
     hidden = cfg["K"] // args.group_size
     rows = []
-    for seed in range(args.seeds):
+    for seed in seed_range(args):
         torch.manual_seed(seed)
         model = cnn(cfg["image_shape"], hidden, cfg["n_classes"])
         r = train_eval(model, cfg["splits"], epochs=cfg["epochs"], lr=args.lr, seed=seed)

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import random_local, rbm_mask, snip_mask, synflow_mask  # noqa: E402
-from common import add_args, finish, network, setup, train_eval  # noqa: E402
+from common import add_args, finish, network, seed_range, setup, train_eval  # noqa: E402
 
 from torch_structlearn import Connectivity, learn_structure  # noqa: E402
 from torch_structlearn.learn import dictionary_values  # noqa: E402
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+",
                    default=["learned", "random", "random-local", "rbm", "snip", "synflow"])
     args = p.parse_args(argv)
-    cfg = setup(args)
+    cfg = setup(args, "density")
     K, d, n_classes, splits = cfg["K"], cfg["d"], cfg["n_classes"], cfg["splits"]
     Xtr, ytr = splits[0]
 
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         print(f"{method:>13} {density:>6.2%} seed {seed}: val {r['val_accuracy']:.4f} "
               f"test {r['test_accuracy']:.4f}", flush=True)
 
-    for seed in range(args.seeds):
+    for seed in seed_range(args):
         run("dense", 1.0, seed, dense=True)
         for density in args.densities:
             for method in args.methods:

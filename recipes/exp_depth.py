@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_args, finish, setup, train_eval  # noqa: E402
+from common import add_args, finish, seed_range, setup, train_eval  # noqa: E402
 
 from torch_structlearn import StructLearnedStack  # noqa: E402
 
@@ -25,10 +25,10 @@ def main(argv=None) -> int:
     p.add_argument("--density", type=float, default=0.05)
     p.add_argument("--max-depth", type=int, default=4)
     args = p.parse_args(argv)
-    cfg = setup(args)
+    cfg = setup(args, "depth")
     K, d = cfg["K"], cfg["d"]
     rows = []
-    for seed in range(args.seeds):
+    for seed in seed_range(args):
         settings = [(f"forced depth {k}", k, float("-inf")) for k in range(1, args.max_depth + 1)]
         settings.append(("stopping rule", args.max_depth, 0.01))
         for name, max_depth, min_gain in settings:

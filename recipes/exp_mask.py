@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_args, finish, network, setup, train_eval  # noqa: E402
+from common import add_args, finish, network, seed_range, setup, train_eval  # noqa: E402
 
 from torch_structlearn import Connectivity, learn_structure  # noqa: E402
 from torch_structlearn.learn import dictionary_values  # noqa: E402
@@ -24,11 +24,11 @@ def main(argv=None) -> int:
     add_args(p)
     p.add_argument("--density", type=float, default=0.05)
     args = p.parse_args(argv)
-    cfg = setup(args)
+    cfg = setup(args, "mask")
     K, d, rho = cfg["K"], cfg["d"], args.density
     rows = []
     full = Connectivity.from_mask(torch.ones(K, d))
-    for seed in range(args.seeds):
+    for seed in seed_range(args):
         conn, D, _ = learn_structure(cfg["loader"], K, density=rho, group_size=args.group_size,
                                      epochs=cfg["dict_epochs"], seed=seed, verbose=False)
         variants = {

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_args, finish, network, setup, train_eval  # noqa: E402
+from common import add_args, finish, network, seed_range, setup, train_eval  # noqa: E402
 
 from torch_structlearn import learn_structure  # noqa: E402
 from torch_structlearn.learn import dictionary_values  # noqa: E402
@@ -25,10 +25,10 @@ def main(argv=None) -> int:
     add_args(p, width_quick=400, width_full=1600)
     p.add_argument("--density", type=float, default=0.05)
     args = p.parse_args(argv)
-    cfg = setup(args)
+    cfg = setup(args, "single")
     K, d = cfg["K"], cfg["d"]
     rows = []
-    for seed in range(args.seeds):
+    for seed in seed_range(args):
         conn, D, rep = learn_structure(cfg["loader"], K, density=args.density,
                                        group_size=args.group_size, epochs=cfg["dict_epochs"],
                                        seed=seed, verbose=False)
