@@ -226,3 +226,20 @@ def test_eval_drops_the_transpose_cache_and_gradients_stay_right(block):
         torch.testing.assert_close(got, want)
     nn.Sequential(layer).eval()  # through a parent module's eval()
     assert layer.perm_t.numel() == 0
+
+
+def test_inference_in_eval_mode_builds_no_transpose(monkeypatch):
+    import importlib
+
+    op = importlib.import_module("torch_structlearn.ops.sparse_linear")  # the module
+    calls = []
+    real = op.csr_transpose
+    monkeypatch.setattr(op, "csr_transpose", lambda *a: calls.append(1) or real(*a))
+    layer = StructLearnedLinear(12, 8, density=0.3, backend="csr").eval()
+    x = torch.randn(5, 12)
+    with torch.no_grad():
+        y = layer(x)
+    assert calls == []
+    torch.testing.assert_close(y, nn.functional.linear(x, layer.dense_weight(), layer.bias))
+    layer(x).sum().backward()  # a backward in eval mode builds it for this call
+    assert calls == [1]

@@ -201,7 +201,8 @@ def sparse_linear(
         backend: ``'auto'``, ``'csr'``, ``'dense'``, ``'torch_sparse'`` (unstructured only)
             or ``'triton'`` (blocks on CUDA).
         transpose: the cached ``csr_transpose(crow, col, in_features / bi)`` for the sparse
-            backends; computed when omitted (or empty).
+            backends' input gradient; computed when omitted (or empty) and a gradient may be
+            needed.
         dense_index: the cached ``ops.dense.flat_index(crow, col, in_features)`` for the dense
             backend; computed when omitted (or empty).
     Returns:
@@ -227,7 +228,9 @@ def sparse_linear(
         return dense.linear(x, values, crow, col, bias, dense_index)
     n_cols = in_features // block[1] if block else in_features
     if transpose is None or transpose[0].numel() != n_cols + 1:  # missing / empty cache
-        transpose = csr_transpose(crow, col, n_cols)
+        # only the input gradient reads the transpose: none for inference (no_grad, eval)
+        grad = torch.is_grad_enabled() and (x.requires_grad or values.requires_grad)
+        transpose = csr_transpose(crow, col, n_cols) if grad else (col.new_empty(0),) * 3
     lead = x.shape[:-1]
     y = _sparse_linear(
         x.reshape(-1, in_features), values, crow, col, *transpose, bias, backend
