@@ -40,7 +40,22 @@ ANALYSIS = {
         "The learned single layer beats the fully connected layer of the same width and recipe "
         "on every seed, by about the margin the paper reports, but at --quick scale: absolute "
         "accuracies are far below the paper's because of the smaller K, data and training. "
-        "The 63 % target is a full-setting (GPU) number and was not evaluated."),
+        "The full setting (next section) does not keep this advantage."),
+    "single-cifar10": (
+        "The paper's setting (K = 1600, 45 000 training images, 40 epochs, 5 dictionary "
+        "passes), run on the 2-core CPU (about 30 min per seed, two thirds of it dictionary "
+        "learning). Both targets are **missed**. (1) The learned layer is about 15 points below "
+        "63 %, and the fully connected layer about 12 points below the paper's 60.4 %: most of "
+        "the gap is the network and training recipe, which both share, not the structure. This network (whole "
+        "image → 1 600 units → L2 pooling to 400 features → linear head, Adam, no augmentation) "
+        "is the one DESIGN.md §2.6 describes; the paper's full text, and with it its exact "
+        "pipeline, is not available to us, and we did not tune the recipe toward the test set. "
+        "(2) At this scale the fully connected layer is slightly *ahead* (by less than half a "
+        "point on every seed), where at --quick scale (10 000 images, K = 400) the learned layer "
+        "led by 2.4 points: with 4.5× the data the dense layer no longer over-fits more than "
+        "the sparse one. The learned layer keeps 5 % of the first layer's weights and trained "
+        "2.5× faster per run (train_seconds in the JSON: about 150 s against 370 s for 40 "
+        "epochs)."),
     "single-mnist-quick": (
         "On MNIST the fully connected layer wins: at 5 % density the learned layer keeps a "
         "twentieth of the weights and loses about a point. The paper's single-layer claim is "
