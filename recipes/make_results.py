@@ -63,8 +63,9 @@ ANALYSIS = {
         "about CIFAR-10, where (above) the learned layer wins at --quick scale; at full scale "
         "(below) the learned layer wins on MNIST too."),
     "single-mnist": (
-        "The full setting on MNIST (K = 1600, 55 000 training images, 40 epochs; 16 min on the "
-        "2-core CPU): here the learned layer is *ahead* of the fully connected one, the reverse "
+        "The full setting on MNIST (K = 1600, 55 000 training images, 40 epochs; about 16 min per "
+        "seed on the 2-core CPU): here the learned layer is *ahead* of the fully connected one "
+        "on every seed, the reverse "
         "of the --quick result above (K = 400, 10 000 images), where the dense layer won by a "
         "point. With 1 600 units the dense first layer has 1.25 M weights; its validation "
         "accuracy is lower too, which points to over-fitting (training accuracy was not "
