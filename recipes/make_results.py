@@ -69,7 +69,7 @@ ANALYSIS = {
         "of the --quick result above (K = 400, 10 000 images), where the dense layer won by a "
         "point. With 1 600 units the dense first layer has 1.25 M weights; its validation "
         "accuracy is lower too, which points to over-fitting (training accuracy was not "
-        "recorded). The learned layer keeps 5 % of those weights and trained about 1.6× faster."),
+        "recorded). The learned layer keeps 5 % of those weights and trained about 1.7× faster."),
     "mask-mnist-quick": (
         "The mask carries most of the benefit: with the same random initialisation the learned "
         "mask is clearly better than a random mask of the same fan-in, and the dictionary "
