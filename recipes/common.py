@@ -16,6 +16,7 @@ from torch_structlearn import Connectivity, StructLearnedLinear, ZCAWhitening
 from torch_structlearn.bench import machine as bench_machine
 from torch_structlearn.datasets import load_dataset
 from torch_structlearn.entropy import coding_efficiency
+from torch_structlearn.io import _write_atomic
 from torch_structlearn.pooling import GroupPool
 from torch_structlearn.train import accuracy, fit_classifier
 
@@ -71,12 +72,9 @@ def train_eval(model: nn.Module, splits, *, epochs: int, lr: float, seed: int) -
 
 
 def write(name: str, payload: dict, command: str | None = None) -> Path:
-    RUNS.mkdir(parents=True, exist_ok=True)
     path = RUNS / f"{name}.json"
     payload = {"command": command or "python " + " ".join(sys.argv), "machine": machine(), **payload}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(path)
+    _write_atomic(path, (json.dumps(payload, indent=1) + "\n").encode())
     print(f"wrote {path}")
     return path
 

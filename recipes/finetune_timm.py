@@ -184,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     result.update(rows["learned"])  # top-level keys: the learned structure
     result["masks"] = rows
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    _write_atomic(Path(args.out), (json.dumps(result, indent=1) + "\n").encode())
     print(json.dumps(result, indent=1))
     if args.hub:
         _publish(Path(args.hub_root) / args.hub, learned, result, args)

@@ -438,10 +438,9 @@ def _hub_variants(name: str, backend: str, device, dtype):
     for n, m in list(dense.named_modules()):
         if isinstance(m, StructLearnedLinear):
             _set_module(dense, n, nn.Linear(m.in_features, m.out_features, bias=m.bias is not None))
-    for m in model.modules():
-        if isinstance(m, StructLearnedLinear):
-            m.backend = backend
     sparse = [m for m in model.modules() if isinstance(m, StructLearnedLinear)]
+    for m in sparse:
+        m.backend = backend
     density = sum(m.nnz for m in sparse) / sum(m.in_features * m.out_features for m in sparse)
     variants = [("nn.Linear", None, 0, lambda: dense.to(device, dtype)),
                 (f"{name} ({density:.0%})", density, 0, lambda: model.to(device, dtype))]
@@ -634,8 +633,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--blocks must be >= 0, got {args.blocks}")
         result, key, md = run_kernels(args), "kernels" + (f"-{args.tag}" if args.tag else ""), markdown
     key = f"{key}-{torch.device(args.device).type}"
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    _write_atomic(args.json, (json.dumps(result, indent=1) + "\n").encode())
     print(f"wrote {args.json}")
     if args.markdown:
         update_markdown(args.markdown, key, md(result))

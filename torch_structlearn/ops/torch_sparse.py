@@ -20,7 +20,7 @@ from ..connectivity import row_of_entries
 AVAILABLE = importlib.util.find_spec("torch_sparse") is not None
 
 
-def _spmm(crow: Tensor, col: Tensor, values: Tensor, n_cols: int, dense: Tensor) -> Tensor:
+def _spmm(crow: Tensor, col: Tensor, values: Tensor, dense: Tensor) -> Tensor:
     """``dense @ Wᵀ`` for the CSR ``W`` — torch-sparse's CSR SpMM kernel (the one behind
     ``SparseTensor @ dense``) on ``W @ denseᵀ``."""
     import torch_sparse  # noqa: F401  (registers torch.ops.torch_sparse)
@@ -33,7 +33,7 @@ def _spmm(crow: Tensor, col: Tensor, values: Tensor, n_cols: int, dense: Tensor)
 
 
 def forward(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t) -> Tensor:
-    return _spmm(crow, col, values, x.shape[1], x)
+    return _spmm(crow, col, values, x)
 
 
 def _grad_values(gy: Tensor, x: Tensor, crow: Tensor, col: Tensor, values: Tensor) -> Tensor:
@@ -53,6 +53,6 @@ def _grad_values(gy: Tensor, x: Tensor, crow: Tensor, col: Tensor, values: Tenso
 def backward(gy: Tensor, x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t,
              need_input: bool, need_values: bool) -> tuple[Tensor | None, Tensor | None]:
     crow_t, col_t, perm = t
-    gx = _spmm(crow_t, col_t, values[perm], gy.shape[1], gy) if need_input else None
+    gx = _spmm(crow_t, col_t, values[perm], gy) if need_input else None
     gv = _grad_values(gy, x, crow, col, values) if need_values else None
     return gx, gv
