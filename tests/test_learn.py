@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from torch_structlearn import (
+    Connectivity,
     GroupPool,
     StructLearnedLinear,
     StructLearnedStack,
@@ -21,6 +22,7 @@ from torch_structlearn.entropy import (
     marginal_entropy,
 )
 from torch_structlearn.pooling import learn_groups
+from torch_structlearn.viz import receptive_field_spread
 
 
 def _loader(X, bs=100, **kw):
@@ -62,6 +64,9 @@ def test_loader_forms_and_dict_key():
     (dict(group_size=3), "group_size=3 must divide width=8"),
     (dict(lam1=-1.0), "lam1 must be >= 0, got -1.0"),
     (dict(lam_g=-0.5), "lam_g must be >= 0"),
+    (dict(active_fraction=1.0), r"active_fraction must be in \(0, 1\), got 1.0"),
+    (dict(active_fraction="many"), "active_fraction must be a float in"),
+    (dict(memory=0), "memory must be >= 1, got 0"),
 ])
 def test_bad_arguments_fail_before_work(kw, match):
     args = dict(width=8, density=0.5, group_size=2)
@@ -102,17 +107,6 @@ def _photo_crops(n=6000, size=16, seed=0):
     return torch.stack(crops).reshape(n, -1)
 
 
-def _spread(mask, size=16):
-    """Mean distance of each unit's connections to their centroid (pixels)."""
-    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    pos = torch.stack([ys.flatten(), xs.flatten()], 1).float()
-    out = []
-    for row in mask:
-        p = pos[row]
-        out.append((p - p.mean(0)).norm(dim=1).mean())
-    return torch.stack(out).mean().item()
-
-
 def test_learned_masks_are_local_on_natural_images():
     X = _photo_crops(n=12000)
     v = X.var(1)
@@ -121,10 +115,9 @@ def test_learned_masks_are_local_on_natural_images():
     Xw = w(X)
     conn, D, rep = learn_structure(_loader(Xw, 250), 128, density=0.05, epochs=5, seed=0,
                                    verbose=False)
-    learned = _spread(conn.to_mask())
-    from torch_structlearn import Connectivity
-
-    rand = _spread(Connectivity.random((128, 256), fan_in=int(conn.fan_in[0]), seed=0).to_mask())
+    learned = receptive_field_spread(conn, (1, 16, 16)).mean().item()
+    rand_conn = Connectivity.random((128, 256), fan_in=int(conn.fan_in[0]), seed=0)
+    rand = receptive_field_spread(rand_conn, (1, 16, 16)).mean().item()
     print(f"mean spread learned {learned:.2f} px, random {rand:.2f} px, ratio {learned / rand:.3f}")
     assert learned <= 0.5 * rand, (learned, rand)
 

@@ -23,6 +23,15 @@ def density(v) -> float:
     return float(v)
 
 
+def fraction(name: str, v) -> float:
+    """``v`` as a float strictly between 0 and 1, else ``TypeError``/``ValueError``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a float in (0, 1), got {type(v).__name__} {v!r}")
+    if math.isnan(v) or not 0.0 < float(v) < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {v!r}")
+    return float(v)
+
+
 def penalty(name: str, v, alternative: str = "") -> float:
     """``v`` as a finite float >= 0 (a regularisation weight), else ``TypeError``/``ValueError``;
     ``alternative`` names another accepted value in the message (e.g. ``"'auto'"``)."""

@@ -22,7 +22,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from ._checks import penalty, positive_int
+from ._checks import fraction, penalty, positive_int
 from .data import batches
 
 __all__ = ["fista", "objective", "prox", "DictionaryLearner"]
@@ -222,8 +222,7 @@ class DictionaryLearner:
             penalty("lam1", lam1, "'auto'")
         if lam_g is not None:
             penalty("lam_g", lam_g)
-        if not 0 < active_fraction < 1:
-            raise ValueError(f"active_fraction must be in (0, 1), got {active_fraction!r}")
+        fraction("active_fraction", active_fraction)
         positive_int("epochs", epochs)
         positive_int("max_iter", max_iter)
         positive_int("dict_steps", dict_steps)

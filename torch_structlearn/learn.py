@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ._checks import block as check_block
 from ._checks import density as check_density
-from ._checks import penalty, positive_int
+from ._checks import fraction, penalty, positive_int
 from .coding import DictionaryLearner
 from .connectivity import Connectivity
 from .data import batches
@@ -26,9 +26,13 @@ INIT_ROW_NORM = 1 / math.sqrt(3)  # the expected row norm of nn.Linear's Kaiming
 
 
 def check_learning_args(*, width: int, density: float, group_size: int, lam1, lam_g,
-                        mode: str = "per_unit", block=None) -> None:
+                        mode: str = "per_unit", block=None, active_fraction: float = 0.05,
+                        memory: int | None = None) -> None:
     """Validate the arguments shared by every structure-learning entry point."""
     positive_int("width", width)
+    fraction("active_fraction", active_fraction)
+    if memory is not None:
+        positive_int("memory", memory)
     check_density(density)
     positive_int("group_size", group_size)
     if width % group_size:
@@ -70,6 +74,8 @@ def learn_structure(
     lam1: float | str = "auto",
     lam_g: float | None = None,
     nonneg: bool = False,
+    active_fraction: float = 0.05,
+    memory: int | None = None,
     epochs: int = 5,
     max_iter: int = 50,
     seed: int = 0,
@@ -90,17 +96,22 @@ def learn_structure(
         ``(connectivity, dictionary, report)`` with ``connectivity`` of shape
         ``(out_features, in_features)``, ``dictionary (in_features, out_features)`` and a report
         with ``K, density, objective, lam1, seconds``.
+
+    ``lam1``, ``lam_g``, ``nonneg``, ``active_fraction``, ``memory``, ``epochs`` and ``max_iter``
+    are :class:`~torch_structlearn.coding.DictionaryLearner`'s.
     """
     check_learning_args(width=out_features, density=density, group_size=group_size, lam1=lam1,
-                        lam_g=lam_g, mode=mode, block=block)
+                        lam_g=lam_g, mode=mode, block=block, active_fraction=active_fraction,
+                        memory=memory)
+    learner = DictionaryLearner(out_features, lam1=lam1, lam_g=lam_g, group_size=group_size,
+                                nonneg=nonneg, active_fraction=active_fraction, memory=memory,
+                                epochs=epochs, max_iter=max_iter, seed=seed, device=device,
+                                key=key, verbose=verbose, distributed=distributed)
     # one cheap pass validates every batch (type, NaN/Inf, feature size) before the long work
     x0 = None
     for x in batches(loader, key=key):
         x0 = x if x0 is None else x0
     t0 = time.perf_counter()
-    learner = DictionaryLearner(out_features, lam1=lam1, lam_g=lam_g, group_size=group_size,
-                                nonneg=nonneg, epochs=epochs, max_iter=max_iter, seed=seed,
-                                device=device, key=key, verbose=verbose, distributed=distributed)
     learner.fit(loader)
     D = learner.dictionary_.detach().cpu()
     conn = Connectivity.from_scores(D.T, density, mode, block=tuple(block) if block else None)

@@ -46,7 +46,8 @@ class StructLearnedStack(nn.Module):
         min_gain: stop when the relative gain of the coding-efficiency score falls below it.
         depth: initial number of (random) blocks, default ``max_depth``.
         **learn_kw: defaults for :meth:`learn_structure` (``lam1``, ``lam_g``, ``epochs``,
-            ``mode``, ``block``, ``nonneg``, ``max_iter``, ``seed``, ``score_samples``, ``verbose``).
+            ``mode``, ``block``, ``nonneg``, ``active_fraction``, ``memory``, ``max_iter``,
+            ``seed``, ``score_samples``, ``verbose``).
 
     Attributes:
         report: after learning, one dict per tried layer: ``K, density, score, gain,
@@ -65,7 +66,9 @@ class StructLearnedStack(nn.Module):
         positive_int("max_depth", max_depth)
         check_learning_args(width=width, density=density, group_size=group_size,
                             lam1=learn_kw.get("lam1", "auto"), lam_g=learn_kw.get("lam_g"),
-                            mode=learn_kw.get("mode", "per_unit"), block=learn_kw.get("block"))
+                            mode=learn_kw.get("mode", "per_unit"), block=learn_kw.get("block"),
+                            active_fraction=learn_kw.get("active_fraction", 0.05),
+                            memory=learn_kw.get("memory"))
         GroupPool(group_size, pool)  # validates pool
         if groups not in ("contiguous", "learned"):
             raise ValueError(f"groups must be 'contiguous' or 'learned', got {groups!r}")
