@@ -1,4 +1,4 @@
-"""Pictures: receptive fields of a sparse layer as a PNG grid."""
+"""Receptive fields of a sparse layer: a PNG grid, and how spatially compact they are."""
 
 from __future__ import annotations
 
@@ -6,10 +6,29 @@ import os
 
 import torch
 from einops import rearrange
+from torch import Tensor
 
+from .connectivity import Connectivity
 from .layers import StructLearnedLinear
 
-__all__ = ["save_receptive_fields"]
+__all__ = ["receptive_field_spread", "save_receptive_fields"]
+
+
+def receptive_field_spread(connectivity: Connectivity, image_shape: tuple[int, int, int]) -> Tensor:
+    """``(out_features,)`` mean distance, in pixels, from each unit's connected pixels to their
+    centroid: small for a compact (local) receptive field. A pixel counts once however many of
+    its ``C`` channels connect; ``image_shape = (C, H, W)`` of the layer's input. For scale,
+    random masks spread over an ``H × H`` image give about ``0.38 H``."""
+    C, H, W = image_shape
+    if C * H * W != connectivity.shape[1]:
+        raise ValueError(f"image_shape {tuple(image_shape)} has {C * H * W} pixels, the "
+                         f"connectivity has {connectivity.shape[1]} inputs")
+    used = connectivity.to_mask().view(-1, C, H * W).any(1).float()  # (K, H*W)
+    ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    pos = torch.stack([ys.flatten(), xs.flatten()], 1).float()  # (H*W, 2)
+    w = used / used.sum(1, keepdim=True).clamp_min(1)
+    centre = w @ pos  # (K, 2)
+    return ((pos[None] - centre[:, None]).norm(dim=2) * w).sum(1)
 
 
 def save_receptive_fields(layer: StructLearnedLinear, image_shape: tuple[int, int, int],
