@@ -50,6 +50,13 @@ def test_bad_loaders(loader, err, match):
         learn_structure(loader, 4, density=0.5, epochs=1, verbose=False)
 
 
+def test_report_counts_active_codes():
+    X = torch.randn(200, 12, generator=torch.Generator().manual_seed(0))
+    reports = [learn_structure(_loader(X, 50), 6, density=0.5, epochs=1, lam1=lam, verbose=False)[2]
+               for lam in (1e-6, 1e6)]
+    assert reports[0].active > 0.95 and reports[1].active == 0.0
+
+
 def test_loader_forms_and_dict_key():
     X = torch.randn(60, 1, 3, 3)  # images are flattened
     for loader in (_Bad([X]), _Bad([(X, torch.zeros(60))]), _Bad([[X]]), _Bad([{"img": X}])):

@@ -95,7 +95,8 @@ def learn_structure(
     Returns:
         ``(connectivity, dictionary, report)`` with ``connectivity`` of shape
         ``(out_features, in_features)``, ``dictionary (in_features, out_features)`` and a report
-        with ``K, density, objective, lam1, seconds``.
+        with ``K, density, objective, lam1, seconds``, ``usage`` (the fraction of atoms used in
+        the last pass) and ``active`` (the mean fraction of codes that were nonzero in it).
 
     ``lam1``, ``lam_g``, ``nonneg``, ``active_fraction``, ``memory``, ``epochs`` and ``max_iter``
     are :class:`~torch_structlearn.coding.DictionaryLearner`'s.
@@ -119,6 +120,7 @@ def learn_structure(
         in_features=x0.shape[1], K=out_features, density=conn.density,
         objective=learner.objective_[-1], objective_per_epoch=list(learner.objective_),
         lam1=learner.lam1_, lam_g=learner.lam_g_, usage=float((learner.usage_ > 0).float().mean()),
+        active=float(learner.usage_.mean()),
         seconds=time.perf_counter() - t0,
     )
     return conn, D, report
