@@ -94,7 +94,37 @@ def add_args(p, *, width_quick: int = 256, width_full: int = 1600) -> None:
     p.add_argument("--epochs", type=int, default=None, help="supervised epochs (8 quick, 40 full)")
     p.add_argument("--dict-epochs", type=int, default=None, help="dictionary passes (2 quick, 5 full)")
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--whiten-eps", type=float, default=None,
+                   help="ZCA ε as a fraction of the mean eigenvalue (default: the validation "
+                        "choice of exp_tune.py for the data set, TUNED)")
+    p.add_argument("--active-fraction", type=float, default=None,
+                   help="the dictionary learner's active_fraction (default: TUNED)")
+    p.add_argument("--dict-memory", choices=["short", "all"], default=None,
+                   help="dictionary statistics over the last 4 batches (the learner's default) "
+                        "or over all training images (default: TUNED)")
     p.set_defaults(_widths=(width_quick, width_full))
+
+
+# The choices exp_tune.py made on the validation split (RESULTS.md, "Validation choices"), and
+# the settings every result before them used (result files without these keys).
+TUNED = {
+    "mnist": {"whiten_eps": 8.0, "active_fraction": 0.3, "dict_memory": "short"},
+    "fashion-mnist": {"whiten_eps": 2.0, "active_fraction": 0.05, "dict_memory": "short"},
+    "cifar10": {"whiten_eps": 8.0, "active_fraction": 0.3, "dict_memory": "short"},
+}
+LEGACY = {"whiten_eps": 0.1, "active_fraction": 0.05, "dict_memory": "short"}
+
+
+def tuned(args) -> dict:
+    """``whiten_eps``, ``active_fraction`` and ``dict_memory``: the arguments given, else TUNED."""
+    return {k: v if getattr(args, k) is None else getattr(args, k)
+            for k, v in TUNED[args.dataset].items()}
+
+
+def learn_kw(active_fraction: float, dict_memory: str, n_train: int) -> dict:
+    """The dictionary learner's keyword arguments for these recipe settings."""
+    return {"active_fraction": active_fraction,
+            "memory": n_train if dict_memory == "all" else None}
 
 
 def seed_range(args) -> range:
@@ -109,7 +139,8 @@ def _result_name(name: str, args) -> str:
 def _settings(name: str, args, cfg: dict, n_train: int) -> dict:
     return {"experiment": name, "dataset": args.dataset, "quick": args.quick, "width": cfg["K"],
             "group_size": args.group_size, "epochs": cfg["epochs"],
-            "dict_epochs": cfg["dict_epochs"], "n_train": n_train, "lr": args.lr}
+            "dict_epochs": cfg["dict_epochs"], "n_train": n_train, "lr": args.lr,
+            **{k: cfg.get(k, LEGACY[k]) for k in LEGACY}}
 
 
 def _earlier(name: str, args, cfg: dict, n_train: int) -> dict | None:
@@ -124,7 +155,8 @@ def _earlier(name: str, args, cfg: dict, n_train: int) -> dict | None:
     want = _settings(name, args, cfg, n_train)
     if hasattr(args, "density"):
         want["density"] = args.density
-    diff = {k: (old.get(k), v) for k, v in want.items() if old.get(k) != v}
+    diff = {k: (old.get(k, LEGACY.get(k)), v) for k, v in want.items()
+            if old.get(k, LEGACY.get(k)) != v}
     if diff:
         raise SystemExit(f"--first-seed {args.first_seed}: {path} was run with other settings "
                          f"(earlier, now): {diff}")
@@ -140,14 +172,20 @@ def setup(args, name: str) -> dict:
     if args.seeds < 1 or args.first_seed < 0:
         raise SystemExit(f"--seeds must be >= 1 and --first-seed >= 0, got {args.seeds} and "
                          f"{args.first_seed}")
+    if args.whiten_eps is not None and not args.whiten_eps > 0:
+        raise SystemExit(f"--whiten-eps must be > 0, got {args.whiten_eps}")
+    if args.active_fraction is not None and not 0 < args.active_fraction < 1:
+        raise SystemExit(f"--active-fraction must be in (0, 1), got {args.active_fraction}")
     wq, wf = args._widths
     cfg = {"K": args.width or (wq if args.quick else wf),
            "epochs": args.epochs or (8 if args.quick else 40),
            "dict_epochs": args.dict_epochs or (2 if args.quick else 5),
            "t_start": time.perf_counter()}
+    cfg.update(tuned(args))
     n_train = 10_000 if args.quick else None
-    splits, image_shape = data(args.dataset, n_train, 5_000, args.data_root)
+    splits, image_shape = data(args.dataset, n_train, 5_000, args.data_root, eps=cfg["whiten_eps"])
     Xtr, ytr = splits[0]
+    cfg["learn_kw"] = learn_kw(cfg["active_fraction"], cfg["dict_memory"], len(ytr))
     cfg["earlier"] = _earlier(name, args, cfg, len(ytr))
     cfg.update(splits=splits, image_shape=image_shape, d=Xtr.shape[1], n_classes=int(ytr.max()) + 1,
                loader=DataLoader(TensorDataset(Xtr), batch_size=250))

@@ -53,12 +53,14 @@ def main(argv=None) -> int:
 
     for seed in seed_range(args):
         run("dense", 1.0, seed, dense=True)
+        if "learned" in args.methods:  # one dictionary per seed; each density reads its own mask
+            _, D, _ = learn_structure(cfg["loader"], K, density=args.densities[0],
+                                      group_size=args.group_size, epochs=cfg["dict_epochs"],
+                                      seed=seed, verbose=False, **cfg["learn_kw"])
         for density in args.densities:
             for method in args.methods:
                 if method == "learned":
-                    conn, D, _ = learn_structure(cfg["loader"], K, density=density,
-                                                 group_size=args.group_size,
-                                                 epochs=cfg["dict_epochs"], seed=seed, verbose=False)
+                    conn = Connectivity.from_scores(D.T, density, "per_unit")
                     run(method, density, seed, conn, dictionary_values(D, conn))
                 elif method == "random":
                     run(method, density, seed, Connectivity.random((K, d), density=density, seed=seed))

@@ -35,7 +35,8 @@ def main(argv=None) -> int:
             torch.manual_seed(seed)
             stack = StructLearnedStack(d, K, max_depth=max_depth, density=args.density,
                                        group_size=args.group_size, min_gain=min_gain,
-                                       epochs=cfg["dict_epochs"], seed=seed)
+                                       epochs=cfg["dict_epochs"], seed=seed,
+                                       **cfg["learn_kw"])
             stack.learn_structure(cfg["loader"], verbose=False)
             model = nn.Sequential(stack, nn.Linear(stack.out_features, cfg["n_classes"]))
             r = train_eval(model, cfg["splits"], epochs=cfg["epochs"], lr=args.lr, seed=seed)

@@ -30,7 +30,8 @@ def main(argv=None) -> int:
     full = Connectivity.from_mask(torch.ones(K, d))
     for seed in seed_range(args):
         conn, D, _ = learn_structure(cfg["loader"], K, density=rho, group_size=args.group_size,
-                                     epochs=cfg["dict_epochs"], seed=seed, verbose=False)
+                                     epochs=cfg["dict_epochs"], seed=seed, verbose=False,
+                                     **cfg["learn_kw"])
         variants = {
             "learned mask + dictionary init": (conn, dictionary_values(D, conn)),
             "learned mask + random init": (conn, None),

@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     for seed in seed_range(args):
         conn, D, rep = learn_structure(cfg["loader"], K, density=args.density,
                                        group_size=args.group_size, epochs=cfg["dict_epochs"],
-                                       seed=seed, verbose=False)
+                                       seed=seed, verbose=False, **cfg["learn_kw"])
         for name, kw in (("learned", dict(conn=conn, values=dictionary_values(D, conn))),
                          ("fully connected", dict(conn=None, dense=True))):
             torch.manual_seed(seed)

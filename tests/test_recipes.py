@@ -30,7 +30,7 @@ def _run(common, monkeypatch, argv, rows_for, name="single"):
     args = p.parse_args(argv)
     monkeypatch.setattr(sys, "argv", ["exp_single.py", *argv])
     cfg = {"K": 16, "epochs": 2, "dict_epochs": 1, "t_start": 0.0,
-           "splits": [(None, list(range(100)))]}
+           "splits": [(None, list(range(100)))], **common.tuned(args)}
     cfg["earlier"] = common._earlier(name, args, cfg, 100)
     rows = [{"method": "learned", "seed": s, "test_accuracy": rows_for(s)} for s in common.seed_range(args)]
     return json.loads(common.finish(name, args, cfg, rows, density=args.density).read_text())
@@ -50,6 +50,9 @@ def test_first_seed_extends_the_earlier_result(common, monkeypatch):
     (["--seeds", "1", "--first-seed", "1", "--lr", "0.1"], "other settings"),
     (["--seeds", "1", "--first-seed", "1", "--density", "0.1"], "other settings"),
     (["--seeds", "2", "--first-seed", "1"], "already has seeds [1]"),
+    (["--seeds", "1", "--first-seed", "2", "--whiten-eps", "123"], "other settings"),
+    (["--seeds", "1", "--first-seed", "2", "--dict-memory", "all", "--active-fraction", "0.5"],
+     "other settings"),
 ])
 def test_first_seed_refuses_what_does_not_match(common, monkeypatch, argv, message):
     _run(common, monkeypatch, ["--seeds", "2"], lambda s: 0.5)
@@ -60,3 +63,36 @@ def test_first_seed_refuses_what_does_not_match(common, monkeypatch, argv, messa
 def test_first_seed_needs_an_earlier_result(common, monkeypatch):
     with pytest.raises(SystemExit, match="no earlier result"):
         _run(common, monkeypatch, ["--first-seed", "3"], lambda s: 0.5)
+
+
+def test_a_result_from_before_the_recorded_settings_extends_with_those_settings(common, monkeypatch):
+    """Files written before the whitening and learner settings were recorded were run with
+    LEGACY's; they extend with exactly those, and with nothing else."""
+    first = _run(common, monkeypatch, ["--seeds", "1"], lambda s: 0.5)
+    for k in common.LEGACY:
+        del first[k]
+    (common.RUNS / "single-mnist.json").write_text(json.dumps(first))
+    legacy = ["--whiten-eps", "0.1", "--active-fraction", "0.05", "--dict-memory", "short"]
+    both = _run(common, monkeypatch, ["--seeds", "1", "--first-seed", "1", *legacy], lambda s: 0.6)
+    assert [r["seed"] for r in both["rows"]] == [0, 1]
+    with pytest.raises(SystemExit, match="other settings.*whiten_eps"):
+        _run(common, monkeypatch, ["--seeds", "1", "--first-seed", "2", *legacy[2:],
+                                   "--whiten-eps", "0.5"], lambda s: 0.5)
+
+
+def test_tune_section_marks_the_choice_and_shows_no_test_accuracy():
+    spec = importlib.util.spec_from_file_location("recipes_make_results", RECIPES / "make_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = [{"whiten_eps": e, "method": "random-local", "seed": 0, "val_accuracy": 0.5} for e in (0.1, 2.0)]
+    rows += [{"whiten_eps": e, "method": "learned", "seed": 0, "active_fraction": a,
+              "dict_memory": "short", "val_accuracy": v, "active_codes": 0.01}
+             for e, a, v in [(0.1, 0.05, 0.6), (0.1, 0.3, 0.61), (2.0, 0.05, 0.7), (2.0, 0.3, 0.65)]]
+    res = {"experiment": "tune", "dataset": "mnist", "quick": True, "command": "python x",
+           "machine": "m", "wall_seconds": 60, "n_train": 10, "width": 8, "group_size": 4,
+           "epochs": 1, "dict_epochs": 1, "seeds": 1, "density": 0.05, "rows": rows,
+           "choice": {"whiten_eps": 2.0, "active_fraction": 0.05, "dict_memory": "short"}}
+    text = "\n".join(mod.tune_section(res))
+    assert "| 2.0 | 50.00% | **70.00%** (1.0%) | 65.00% (1.0%) |" in text
+    assert text.count("**") == 2 and "test" not in text.lower().replace("the test set is not", "")
+    assert "ZCA ε 2.0, active fraction 0.05, dictionary memory short" in text
