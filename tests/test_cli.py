@@ -49,6 +49,10 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["learn", "--dataset", "imagenet"])
     assert e.value.code == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["learn", "--active-fraction", "1.5"])
+    assert e.value.code == 2 and "--active-fraction: must be in (0, 1), got 1.5" in capsys.readouterr().err
     assert main(["learn", "--dataset", "mnist", "--data-root", str(tmp_path), "--quiet"]) == 2
     assert "no " in capsys.readouterr().err
 

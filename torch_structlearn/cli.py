@@ -53,7 +53,8 @@ def _learn(args) -> int:
     white = DataLoader(TensorDataset(whiten(Xtr).detach()), batch_size=args.batch_size)
     stack = StructLearnedStack(d, args.width, max_depth=args.max_depth, density=args.density,
                                group_size=args.group_size, min_gain=args.min_gain,
-                               epochs=args.dict_epochs, seed=args.seed)
+                               epochs=args.dict_epochs, active_fraction=args.active_fraction,
+                               seed=args.seed)
     stack.learn_structure(white, verbose=verbose)
 
     # 2. supervised: the same recipe for learned, random (same fan-in) and dense structures
@@ -186,6 +187,15 @@ def _positive(kind):
     return parse
 
 
+def _fraction(s: str) -> float:
+    from ._checks import fraction
+
+    try:
+        return fraction("value", float(s))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {s}") from e
+
+
 def main(argv: list[str] | None = None) -> int:
     from .datasets import DATASETS
 
@@ -206,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="whiten with a KxK convolution fitted to the full ZCA (odd K; small "
                          "files for large images) instead of the d x d matrix")
     lr.add_argument("--dict-epochs", type=_positive(int), default=5)
+    lr.add_argument("--active-fraction", type=_fraction, default=0.05,
+                    help="codes active at the start of dictionary learning (sets lam1)")
     lr.add_argument("--epochs", type=_positive(int), default=40, help="supervised epochs")
     lr.add_argument("--lr", type=_positive(float), default=3e-3)
     lr.add_argument("--batch-size", type=_positive(int), default=256)
