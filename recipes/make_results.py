@@ -47,7 +47,20 @@ ANALYSIS = {
         "on every seed, by about the margin the paper reports, but at --quick scale: absolute "
         "accuracies are far below the paper's because of the smaller K, data and training. "
         "With the earlier settings (ZCA ε 0.1) the full setting did not keep this advantage "
-        "(the full-setting section with ZCA ε 0.1)."),
+        "(the full-setting section with ZCA ε 0.1); with the validation choices it does "
+        "(one seed so far, the section after it)."),
+    "single-cifar10": (
+        "The paper's setting (K = 1600, 45 000 training images, 40 epochs, 5 dictionary "
+        "passes) with the validation choices (ZCA ε 8, active fraction 0.3), one seed so far "
+        "(38 min on the 2-core CPU, part of it sharing the CPU with the test suite). The "
+        "learned layer is ahead of the fully connected one by more than the 2.5 points the "
+        "target asks. Against the same setting with the earlier ε 0.1 and active fraction 0.05 "
+        "(the section above, seed 0) the learned layer gained about ten points and the fully "
+        "connected one about five: the earlier whitening and learner settings, not the "
+        "network, were most of the gap to the paper. "
+        "The 63 % target is still **missed**, by about five points. One seed: more seeds "
+        "(`--first-seed 1`) are needed before the margin can be trusted. The learned layer "
+        "trained about 3× faster (train_seconds in the JSON)."),
     "single-cifar10-eps0.1": (
         "The paper's setting (K = 1600, 45 000 training images, 40 epochs, 5 dictionary "
         "passes) with the settings used before the validation choices (ZCA ε 0.1, active "
