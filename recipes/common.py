@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from torch_structlearn import Connectivity, StructLearnedLinear, ZCAWhitening
 from torch_structlearn.bench import machine as bench_machine
+from torch_structlearn.cli import _fraction, _positive
 from torch_structlearn.datasets import load_dataset
 from torch_structlearn.entropy import coding_efficiency
 from torch_structlearn.io import _write_atomic
@@ -94,10 +95,10 @@ def add_args(p, *, width_quick: int = 256, width_full: int = 1600) -> None:
     p.add_argument("--epochs", type=int, default=None, help="supervised epochs (8 quick, 40 full)")
     p.add_argument("--dict-epochs", type=int, default=None, help="dictionary passes (2 quick, 5 full)")
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--whiten-eps", type=float, default=None,
+    p.add_argument("--whiten-eps", type=_positive(float), default=None,
                    help="ZCA ε as a fraction of the mean eigenvalue (default: the validation "
                         "choice of exp_tune.py for the data set, TUNED)")
-    p.add_argument("--active-fraction", type=float, default=None,
+    p.add_argument("--active-fraction", type=_fraction, default=None,
                    help="the dictionary learner's active_fraction (default: TUNED)")
     p.add_argument("--dict-memory", choices=["short", "all"], default=None,
                    help="dictionary statistics over the last 4 batches (the learner's default) "
@@ -172,18 +173,15 @@ def setup(args, name: str) -> dict:
     if args.seeds < 1 or args.first_seed < 0:
         raise SystemExit(f"--seeds must be >= 1 and --first-seed >= 0, got {args.seeds} and "
                          f"{args.first_seed}")
-    if args.whiten_eps is not None and not args.whiten_eps > 0:
-        raise SystemExit(f"--whiten-eps must be > 0, got {args.whiten_eps}")
-    if args.active_fraction is not None and not 0 < args.active_fraction < 1:
-        raise SystemExit(f"--active-fraction must be in (0, 1), got {args.active_fraction}")
     wq, wf = args._widths
     cfg = {"K": args.width or (wq if args.quick else wf),
            "epochs": args.epochs or (8 if args.quick else 40),
            "dict_epochs": args.dict_epochs or (2 if args.quick else 5),
            "t_start": time.perf_counter()}
     cfg.update(tuned(args))
-    n_train = 10_000 if args.quick else None
-    splits, image_shape = data(args.dataset, n_train, 5_000, args.data_root, eps=cfg["whiten_eps"])
+    cfg["n_train"] = 10_000 if args.quick else None  # None: every training image
+    splits, image_shape = data(args.dataset, cfg["n_train"], 5_000, args.data_root,
+                               eps=cfg["whiten_eps"])
     Xtr, ytr = splits[0]
     cfg["learn_kw"] = learn_kw(cfg["active_fraction"], cfg["dict_memory"], len(ytr))
     cfg["earlier"] = _earlier(name, args, cfg, len(ytr))

@@ -26,6 +26,7 @@ from baselines import random_local  # noqa: E402
 from common import add_args, data, finish, learn_kw, network, setup  # noqa: E402
 
 from torch_structlearn import learn_structure  # noqa: E402
+from torch_structlearn.cli import _fraction, _positive  # noqa: E402
 from torch_structlearn.learn import dictionary_values  # noqa: E402
 from torch_structlearn.train import accuracy, fit_classifier  # noqa: E402
 
@@ -34,17 +35,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_args(p)
     p.add_argument("--density", type=float, default=0.05)
-    p.add_argument("--eps-grid", type=float, nargs="+", default=[0.1, 0.5, 2.0, 8.0])
-    p.add_argument("--fraction-grid", type=float, nargs="+", default=[0.05, 0.3])
+    p.add_argument("--eps-grid", type=_positive(float), nargs="+", default=[0.1, 0.5, 2.0, 8.0])
+    p.add_argument("--fraction-grid", type=_fraction, nargs="+", default=[0.05, 0.3])
     p.add_argument("--memory-grid", nargs="+", choices=["short", "all"], default=["short", "all"])
     p.set_defaults(seeds=1)
     args = p.parse_args(argv)
-    if min(args.eps_grid) <= 0 or not all(0 < f < 1 for f in args.fraction_grid):
-        p.error(f"--eps-grid must be > 0 and --fraction-grid in (0, 1), got {args.eps_grid} "
-                f"and {args.fraction_grid}")
     cfg = setup(args, "tune")  # checks the arguments and data; the grid reloads per ε
     K, seed = cfg["K"], args.first_seed
-    n_train = 10_000 if args.quick else None
     rows = []
 
     def run(eps, method, splits, conn, values=None, **setting):
@@ -60,7 +57,7 @@ def main(argv=None) -> int:
         if eps == cfg["whiten_eps"]:
             splits, loader = cfg["splits"], cfg["loader"]
         else:
-            splits = data(args.dataset, n_train, 5_000, args.data_root, eps=eps)[0]
+            splits = data(args.dataset, cfg["n_train"], 5_000, args.data_root, eps=eps)[0]
             loader = DataLoader(TensorDataset(splits[0][0]), batch_size=250)
         run(eps, "random-local", splits, random_local(K, cfg["image_shape"], args.density, seed))
         for frac, memory in itertools.product(args.fraction_grid, args.memory_grid):

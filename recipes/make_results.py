@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNS = ROOT / "runs" / "repro"
+sys.path.insert(0, str(ROOT / "recipes"))
+from common import LEGACY, RUNS  # noqa: E402  (the settings of files that predate recording them)
+
 OUT = ROOT / "recipes" / "RESULTS.md"
 FIG = ROOT / "recipes" / "figures"
 BASELINES = ["random", "random-local", "rbm", "snip", "synflow"]
@@ -176,10 +178,6 @@ def density_section(res: dict) -> list[str]:
                      f"{'met' if ok else '**missed**'} — " + "; ".join(verdict) + ".")
         lines.append("")
     return lines
-
-
-# the settings of result files written before the recipes recorded them (recipes/common.py)
-LEGACY = {"whiten_eps": 0.1, "active_fraction": 0.05, "dict_memory": "short"}
 
 
 def _header(res: dict, title: str, note: str = "",
