@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
-from common import LEGACY, RUNS  # noqa: E402  (the settings of files that predate recording them)
+from common import LEGACY, RUNS, TUNED  # noqa: E402  (LEGACY: the settings of files that predate recording them)
 
 OUT = ROOT / "recipes" / "RESULTS.md"
 FIG = ROOT / "recipes" / "figures"
@@ -184,6 +184,9 @@ def _header(res: dict, title: str, note: str = "",
             measure: str = "Test accuracy, mean ± std over seeds") -> list[str]:
     label = " (--quick)" if res["quick"] else ""
     s = {k: res.get(k, v) for k, v in LEGACY.items()}
+    used = ("whiten_eps",) if res["experiment"] == "cnn" else tuple(s)
+    if res["experiment"] != "tune" and any(s[k] != TUNED[res["dataset"]][k] for k in used):
+        label += " (not the validation choices)"
     learner = ("" if res["experiment"] in ("cnn", "tune") else
                f"; dictionary: {res['dict_epochs']} passes, active fraction {s['active_fraction']}, "
                f"memory {s['dict_memory']}")

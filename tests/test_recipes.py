@@ -80,10 +80,28 @@ def test_a_result_from_before_the_recorded_settings_extends_with_those_settings(
                                    "--whiten-eps", "0.5"], lambda s: 0.5)
 
 
-def test_tune_section_marks_the_choice_and_shows_no_test_accuracy():
+def _make_results():
     spec = importlib.util.spec_from_file_location("recipes_make_results", RECIPES / "make_results.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("settings, label", [
+    ({}, "### Depth — mnist (--quick) (not the validation choices)"),  # predates recording them
+    ({"whiten_eps": 8.0, "active_fraction": 0.3, "dict_memory": "short"}, "### Depth — mnist (--quick)"),
+    ({"whiten_eps": 8.0, "active_fraction": 0.05, "dict_memory": "short"},
+     "### Depth — mnist (--quick) (not the validation choices)"),
+])
+def test_header_names_results_made_with_other_than_the_validation_choices(settings, label):
+    res = {"experiment": "depth", "dataset": "mnist", "quick": True, "command": "python x",
+           "machine": "m", "wall_seconds": 60, "n_train": 10, "width": 8, "group_size": 4,
+           "epochs": 1, "dict_epochs": 1, "seeds": 1, **settings}
+    assert _make_results()._header(res, "Depth")[0] == label
+
+
+def test_tune_section_marks_the_choice_and_shows_no_test_accuracy():
+    mod = _make_results()
     rows = [{"whiten_eps": e, "method": "random-local", "seed": 0, "val_accuracy": 0.5} for e in (0.1, 2.0)]
     rows += [{"whiten_eps": e, "method": "learned", "seed": 0, "active_fraction": a,
               "dict_memory": "short", "val_accuracy": v, "active_codes": 0.01}
