@@ -116,6 +116,12 @@ TUNED = {
 LEGACY = {"whiten_eps": 0.1, "active_fraction": 0.05, "dict_memory": "short"}
 
 
+def recorded(res: dict) -> dict:
+    """A result's (or a run's) ``whiten_eps``, ``active_fraction`` and ``dict_memory``; LEGACY's
+    for a result file that predates recording them."""
+    return {k: res.get(k, v) for k, v in LEGACY.items()}
+
+
 def tuned(args) -> dict:
     """``whiten_eps``, ``active_fraction`` and ``dict_memory``: the arguments given, else TUNED."""
     return {k: v if getattr(args, k) is None else getattr(args, k)
@@ -141,7 +147,7 @@ def _settings(name: str, args, cfg: dict, n_train: int) -> dict:
     return {"experiment": name, "dataset": args.dataset, "quick": args.quick, "width": cfg["K"],
             "group_size": args.group_size, "epochs": cfg["epochs"],
             "dict_epochs": cfg["dict_epochs"], "n_train": n_train, "lr": args.lr,
-            **{k: cfg.get(k, LEGACY[k]) for k in LEGACY}}
+            **recorded(cfg)}
 
 
 def _earlier(name: str, args, cfg: dict, n_train: int) -> dict | None:
