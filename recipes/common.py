@@ -3,6 +3,7 @@ network of DESIGN.md §2.6, one training recipe for every structure, and result 
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -60,12 +61,13 @@ def network(conn: Connectivity | None, d: int, K: int, group_size: int, n_classe
     return nn.Sequential(layer, nn.ReLU(), GroupPool(group_size, "l2"), nn.Linear(K // group_size, n_classes))
 
 
-def train_eval(model: nn.Module, splits, *, epochs: int, lr: float, seed: int) -> dict:
-    """Train with the shared recipe; report validation/test accuracy and the coding-efficiency
-    score (entropy estimate) of the top hidden layer's outputs on the validation images."""
+def train_eval(model: nn.Module, splits, *, seed: int, **fit) -> dict:
+    """Train with the shared recipe (``fit``: ``fit_classifier``'s keyword arguments, ``cfg["fit"]``
+    of :func:`setup`); report validation/test accuracy and the coding-efficiency score (entropy
+    estimate) of the top hidden layer's outputs on the validation images."""
     (Xtr, ytr), (Xva, yva), (Xte, yte) = splits
     t0 = time.perf_counter()
-    fit_classifier(model, Xtr, ytr, epochs=epochs, lr=lr, seed=seed)
+    fit_classifier(model, Xtr, ytr, seed=seed, **fit)
     with torch.no_grad():
         hidden = model[:-1](Xva[:5000])  # everything but the head
     return {"val_accuracy": accuracy(model, Xva, yva), "test_accuracy": accuracy(model, Xte, yte),
@@ -95,6 +97,10 @@ def add_args(p, *, width_quick: int = 256, width_full: int = 1600) -> None:
     p.add_argument("--epochs", type=int, default=None, help="supervised epochs (8 quick, 40 full)")
     p.add_argument("--dict-epochs", type=int, default=None, help="dictionary passes (2 quick, 5 full)")
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--flip", action="store_true",
+                   help="training augmentation: mirror a random half of each batch left-right "
+                        "(in whitened space; off by default, the recipe of every earlier result)")
+    p.add_argument("--weight-decay", type=_nonnegative, default=0.0, help="Adam's L2 weight decay")
     p.add_argument("--whiten-eps", type=_positive(float), default=None,
                    help="ZCA ε as a fraction of the mean eigenvalue (default: the validation "
                         "choice of exp_tune.py for the data set, TUNED)")
@@ -114,12 +120,26 @@ TUNED = {
     "cifar10": {"whiten_eps": 8.0, "active_fraction": 0.3, "dict_memory": "short"},
 }
 LEGACY = {"whiten_eps": 0.1, "active_fraction": 0.05, "dict_memory": "short"}
+# The training recipe's additions; every result from before they existed was trained without.
+PLAIN = {"flip": False, "weight_decay": 0.0}
 
 
 def recorded(res: dict) -> dict:
-    """A result's (or a run's) ``whiten_eps``, ``active_fraction`` and ``dict_memory``; LEGACY's
-    for a result file that predates recording them."""
-    return {k: res.get(k, v) for k, v in LEGACY.items()}
+    """A result's (or a run's) ``whiten_eps``, ``active_fraction``, ``dict_memory``, ``flip`` and
+    ``weight_decay``; LEGACY's and PLAIN's for a result file that predates recording them."""
+    return {k: res.get(k, v) for k, v in {**LEGACY, **PLAIN}.items()}
+
+
+def recipe_suffix(s: dict) -> str:
+    """``-flip``/``-wd<value>`` for a training recipe other than PLAIN (result names, labels)."""
+    return ("-flip" if s["flip"] else "") + (f"-wd{s['weight_decay']:g}" if s["weight_decay"] else "")
+
+
+def _nonnegative(text: str) -> float:
+    v = float(text)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return v
 
 
 def tuned(args) -> dict:
@@ -134,13 +154,19 @@ def learn_kw(active_fraction: float, dict_memory: str, n_train: int) -> dict:
             "memory": n_train if dict_memory == "all" else None}
 
 
+def fit_kw(epochs: int, lr: float, flip: bool, weight_decay: float, image_shape) -> dict:
+    """``fit_classifier``'s keyword arguments for these recipe settings."""
+    return {"epochs": epochs, "lr": lr, "weight_decay": weight_decay,
+            "hflip": tuple(image_shape) if flip else None}
+
+
 def seed_range(args) -> range:
     """The seeds this run trains."""
     return range(args.first_seed, args.first_seed + args.seeds)
 
 
 def _result_name(name: str, args) -> str:
-    return f"{name}-{args.dataset}" + ("-quick" if args.quick else "")
+    return f"{name}-{args.dataset}" + ("-quick" if args.quick else "") + recipe_suffix(vars(args))
 
 
 def _settings(name: str, args, cfg: dict, n_train: int) -> dict:
@@ -162,8 +188,9 @@ def _earlier(name: str, args, cfg: dict, n_train: int) -> dict | None:
     want = _settings(name, args, cfg, n_train)
     if hasattr(args, "density"):
         want["density"] = args.density
-    diff = {k: (old.get(k, LEGACY.get(k)), v) for k, v in want.items()
-            if old.get(k, LEGACY.get(k)) != v}
+    before = recorded(old)
+    diff = {k: (old.get(k, before.get(k)), v) for k, v in want.items()
+            if old.get(k, before.get(k)) != v}
     if diff:
         raise SystemExit(f"--first-seed {args.first_seed}: {path} was run with other settings "
                          f"(earlier, now): {diff}")
@@ -184,7 +211,7 @@ def setup(args, name: str) -> dict:
            "epochs": args.epochs or (8 if args.quick else 40),
            "dict_epochs": args.dict_epochs or (2 if args.quick else 5),
            "t_start": time.perf_counter()}
-    cfg.update(tuned(args))
+    cfg.update(tuned(args), flip=args.flip, weight_decay=args.weight_decay)
     cfg["n_train"] = 10_000 if args.quick else None  # None: every training image
     splits, image_shape = data(args.dataset, cfg["n_train"], 5_000, args.data_root,
                                eps=cfg["whiten_eps"])
@@ -192,7 +219,8 @@ def setup(args, name: str) -> dict:
     cfg["learn_kw"] = learn_kw(cfg["active_fraction"], cfg["dict_memory"], len(ytr))
     cfg["earlier"] = _earlier(name, args, cfg, len(ytr))
     cfg.update(splits=splits, image_shape=image_shape, d=Xtr.shape[1], n_classes=int(ytr.max()) + 1,
-               loader=DataLoader(TensorDataset(Xtr), batch_size=250))
+               loader=DataLoader(TensorDataset(Xtr), batch_size=250),
+               fit=fit_kw(cfg["epochs"], args.lr, args.flip, args.weight_decay, image_shape))
     return cfg
 
 

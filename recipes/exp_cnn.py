@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     for seed in seed_range(args):
         torch.manual_seed(seed)
         model = cnn(cfg["image_shape"], hidden, cfg["n_classes"])
-        r = train_eval(model, cfg["splits"], epochs=cfg["epochs"], lr=args.lr, seed=seed)
+        r = train_eval(model, cfg["splits"], seed=seed, **cfg["fit"])
         rows.append({"method": f"CNN (2 conv + {hidden} hidden)", "seed": seed, **r})
         print(f"CNN seed {seed}: test {r['test_accuracy']:.4f}", flush=True)
     finish("cnn", args, cfg, rows)

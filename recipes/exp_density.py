@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     def run(method, density, seed, conn=None, values=None, dense=False):
         torch.manual_seed(seed)
         model = network(conn, d, K, args.group_size, n_classes, values=values, dense=dense)
-        r = train_eval(model, splits, epochs=cfg["epochs"], lr=args.lr, seed=seed)
+        r = train_eval(model, splits, seed=seed, **cfg["fit"])
         rows.append({"method": method, "density": density, "seed": seed,
                      "actual_density": 1.0 if dense else conn.density, **r})
         print(f"{method:>13} {density:>6.2%} seed {seed}: val {r['val_accuracy']:.4f} "

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
                                        **cfg["learn_kw"])
             stack.learn_structure(cfg["loader"], verbose=False)
             model = nn.Sequential(stack, nn.Linear(stack.out_features, cfg["n_classes"]))
-            r = train_eval(model, cfg["splits"], epochs=cfg["epochs"], lr=args.lr, seed=seed)
+            r = train_eval(model, cfg["splits"], seed=seed, **cfg["fit"])
             rows.append({"method": name, "depth": stack.depth, "seed": seed,
                          "unsupervised_scores": [row["score"] for row in stack.report], **r})
             print(f"{name:>16} (depth {stack.depth}) seed {seed}: test {r['test_accuracy']:.4f}",

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         for name, (c, values) in variants.items():
             torch.manual_seed(seed)
             model = network(c, d, K, args.group_size, cfg["n_classes"], values=values)
-            r = train_eval(model, cfg["splits"], epochs=cfg["epochs"], lr=args.lr, seed=seed)
+            r = train_eval(model, cfg["splits"], seed=seed, **cfg["fit"])
             rows.append({"method": name, "density": c.density, "seed": seed, **r})
             print(f"{name:>32} seed {seed}: test {r['test_accuracy']:.4f}", flush=True)
     finish("mask", args, cfg, rows, density=rho)

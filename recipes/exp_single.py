@@ -36,7 +36,7 @@ def main(argv=None) -> int:
                          ("fully connected", dict(conn=None, dense=True))):
             torch.manual_seed(seed)
             model = network(d=d, K=K, group_size=args.group_size, n_classes=cfg["n_classes"], **kw)
-            r = train_eval(model, cfg["splits"], epochs=cfg["epochs"], lr=args.lr, seed=seed)
+            r = train_eval(model, cfg["splits"], seed=seed, **cfg["fit"])
             rows.append({"method": name, "density": conn.density if name == "learned" else 1.0,
                          "seed": seed, **r})
             print(f"{name:>16} seed {seed}: test {r['test_accuracy']:.4f}", flush=True)

@@ -197,14 +197,24 @@ def density_section(res: dict) -> list[str]:
     return lines
 
 
+def _recipe(s: dict) -> str:
+    """The training recipe's additions in words ("" for PLAIN)."""
+    parts = (["random flips"] if s["flip"] else []) + (
+        [f"weight decay {s['weight_decay']:g}"] if s["weight_decay"] else [])
+    return ", ".join(parts)
+
+
 def _label(res: dict) -> str:
-    """" (--quick)", and " (not the validation choices)" for results made with other settings."""
+    """" (--quick)", " (not the validation choices)" for results made with other whitening or
+    learner settings, and the training recipe's additions (flips, weight decay) when any."""
     label = " (--quick)" if res["quick"] else ""
+    if res["experiment"].startswith("tune"):
+        return label
     s = recorded(res)
-    used = ("whiten_eps",) if res["experiment"] == "cnn" else tuple(s)
-    if res["experiment"] != "tune" and any(s[k] != TUNED[res["dataset"]][k] for k in used):
+    used = ("whiten_eps",) if res["experiment"] == "cnn" else tuple(TUNED[res["dataset"]])
+    if any(s[k] != TUNED[res["dataset"]][k] for k in used):
         label += " (not the validation choices)"
-    return label
+    return label + (f" (training: {_recipe(s)})" if _recipe(s) else "")
 
 
 def _header(res: dict, title: str, note: str = "",
@@ -250,6 +260,26 @@ def tune_section(res: dict) -> list[str]:
               f"`recipes/common.py` TUNED): ZCA ε {c['whiten_eps']}, active fraction "
               f"{c['active_fraction']}, dictionary memory {c['dict_memory']}.", ""]
     return lines
+
+
+def training_tune_section(res: dict) -> list[str]:
+    """The training-recipe grid of ``exp_tune.py --training`` and its choice (no test accuracy)."""
+    rows, c = res["rows"], res["choice"]
+    wds = list(dict.fromkeys(r["weight_decay"] for r in rows))
+    lines = _header(res, "Validation choice of the training recipe", measure=(
+        f"Validation accuracy of the learned layer at {res['density']:.0%} density (one structure, "
+        "learned once), one seed; the test set is not evaluated"))
+    lines += ["| flips | " + " | ".join(f"weight decay {w:g}" for w in wds) + " |",
+              "|---|" + "---|" * len(wds)]
+    for flip in dict.fromkeys(r["flip"] for r in rows):
+        cells = []
+        for w in wds:
+            r = next(r for r in rows if (r["flip"], r["weight_decay"]) == (flip, w))
+            v = f"{r['val_accuracy']:.2%}"
+            cells.append(f"**{v}**" if (flip, w) == (c["flip"], c["weight_decay"]) else v)
+        lines.append(f"| {'yes' if flip else 'no'} | " + " | ".join(cells) + " |")
+    return lines + ["", f"Choice (bold): {_recipe(c) or 'neither flips nor weight decay'}; "
+                    "the full runs with it are the sections marked *training: …*.", ""]
 
 
 def grouped_section(res: dict, title: str, key: str = "method") -> list[str]:
@@ -465,6 +495,8 @@ def main() -> int:
             lines += grouped_section(res, titles[res["experiment"]])
         if res.get("experiment") == "tune":
             lines += tune_section(res)
+        if res.get("experiment") == "tune-training":
+            lines += training_tune_section(res)
         if res.get("experiment") == "density":
             lines += density_section(res)
             png = density_plot(res)

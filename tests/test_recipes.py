@@ -30,7 +30,8 @@ def _run(common, monkeypatch, argv, rows_for, name="single"):
     args = p.parse_args(argv)
     monkeypatch.setattr(sys, "argv", ["exp_single.py", *argv])
     cfg = {"K": 16, "epochs": 2, "dict_epochs": 1, "t_start": 0.0,
-           "splits": [(None, list(range(100)))], **common.tuned(args)}
+           "splits": [(None, list(range(100)))], **common.tuned(args), "flip": args.flip,
+           "weight_decay": args.weight_decay}
     cfg["earlier"] = common._earlier(name, args, cfg, 100)
     rows = [{"method": "learned", "seed": s, "test_accuracy": rows_for(s)} for s in common.seed_range(args)]
     return json.loads(common.finish(name, args, cfg, rows, density=args.density).read_text())
@@ -60,6 +61,24 @@ def test_first_seed_refuses_what_does_not_match(common, monkeypatch, argv, messa
         _run(common, monkeypatch, argv, lambda s: 0.5)
 
 
+def test_a_training_recipe_writes_its_own_result_and_extends_only_that(common, monkeypatch):
+    _run(common, monkeypatch, ["--seeds", "1"], lambda s: 0.5)
+    aug = ["--flip", "--weight-decay", "1e-4"]
+    first = _run(common, monkeypatch, ["--seeds", "1", *aug], lambda s: 0.7)
+    assert sorted(f.name for f in common.RUNS.glob("*.json")) == [
+        "single-mnist-flip-wd0.0001.json", "single-mnist.json"]
+    assert first["flip"] is True and first["weight_decay"] == 1e-4
+    both = _run(common, monkeypatch, ["--seeds", "1", "--first-seed", "1", *aug], lambda s: 0.8)
+    assert [r["test_accuracy"] for r in both["rows"]] == [0.7, 0.8]
+    plain = json.loads((common.RUNS / "single-mnist.json").read_text())
+    assert [r["test_accuracy"] for r in plain["rows"]] == [0.5]
+    with pytest.raises(SystemExit, match="already has seeds"):  # the flip file, not the plain one
+        _run(common, monkeypatch, ["--seeds", "1", "--first-seed", "1", "--flip", "--weight-decay",
+                                   "0.0001"], lambda s: 0.8)
+    with pytest.raises(SystemExit):
+        _run(common, monkeypatch, ["--seeds", "1", "--weight-decay", "-1"], lambda s: 0.8)
+
+
 def test_first_seed_needs_an_earlier_result(common, monkeypatch):
     with pytest.raises(SystemExit, match="no earlier result"):
         _run(common, monkeypatch, ["--first-seed", "3"], lambda s: 0.5)
@@ -69,7 +88,7 @@ def test_a_result_from_before_the_recorded_settings_extends_with_those_settings(
     """Files written before the whitening and learner settings were recorded were run with
     LEGACY's; they extend with exactly those, and with nothing else."""
     first = _run(common, monkeypatch, ["--seeds", "1"], lambda s: 0.5)
-    for k in common.LEGACY:
+    for k in (*common.LEGACY, *common.PLAIN):
         del first[k]
     (common.RUNS / "single-mnist.json").write_text(json.dumps(first))
     legacy = ["--whiten-eps", "0.1", "--active-fraction", "0.05", "--dict-memory", "short"]
@@ -92,6 +111,8 @@ def _make_results():
     ({"whiten_eps": 8.0, "active_fraction": 0.3, "dict_memory": "short"}, "### Depth — mnist (--quick)"),
     ({"whiten_eps": 8.0, "active_fraction": 0.05, "dict_memory": "short"},
      "### Depth — mnist (--quick) (not the validation choices)"),
+    ({"whiten_eps": 8.0, "active_fraction": 0.3, "dict_memory": "short", "flip": True,
+      "weight_decay": 1e-4}, "### Depth — mnist (--quick) (training: random flips, weight decay 0.0001)"),
 ])
 def test_header_names_results_made_with_other_than_the_validation_choices(settings, label):
     res = {"experiment": "depth", "dataset": "mnist", "quick": True, "command": "python x",
@@ -114,3 +135,20 @@ def test_tune_section_marks_the_choice_and_shows_no_test_accuracy():
     assert "| 2.0 | 50.00% | **70.00%** (1.0%) | 65.00% (1.0%) |" in text
     assert text.count("**") == 2 and "test" not in text.lower().replace("the test set is not", "")
     assert "ZCA ε 2.0, active fraction 0.05, dictionary memory short" in text
+
+
+def test_training_tune_section_marks_the_choice_and_shows_no_test_accuracy():
+    mod = _make_results()
+    rows = [{"whiten_eps": 8.0, "method": "learned", "seed": 0, "flip": f, "weight_decay": w,
+             "val_accuracy": v} for f, w, v in [(False, 0.0, 0.5), (False, 1e-3, 0.52),
+                                               (True, 0.0, 0.6), (True, 1e-3, 0.55)]]
+    res = {"experiment": "tune-training", "dataset": "cifar10", "quick": False, "command": "python x",
+           "machine": "m", "wall_seconds": 60, "n_train": 10, "width": 8, "group_size": 4,
+           "epochs": 1, "dict_epochs": 1, "seeds": 1, "density": 0.05, "rows": rows,
+           "whiten_eps": 8.0, "active_fraction": 0.3, "dict_memory": "short",
+           "flip": [False, True], "weight_decay": [0.0, 1e-3], "choice": {"flip": True, "weight_decay": 0.0}}
+    text = "\n".join(mod.training_tune_section(res))
+    assert text.startswith("### Validation choice of the training recipe — cifar10\n")
+    assert "| yes | **60.00%** | 55.00% |" in text and "| no | 50.00% | 52.00% |" in text
+    assert text.count("**") == 2 and "Choice (bold): random flips;" in text
+    assert "test" not in text.lower().replace("the test set is not", "")

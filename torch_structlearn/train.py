@@ -10,9 +10,21 @@ __all__ = ["fit_classifier", "accuracy"]
 
 def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, lr: float = 1e-3,
                    batch_size: int = 128, weight_decay: float = 0.0, seed: int = 0,
-                   verbose: bool = False) -> list[float]:
-    """Train ``model`` (``X (N, ...)`` → logits) with Adam and cross-entropy; returns the mean
-    training loss per epoch. Deterministic for a seed."""
+                   hflip: tuple[int, int, int] | None = None, verbose: bool = False) -> list[float]:
+    """Train ``model`` (``X (N, ...)`` → logits) with Adam (L2 ``weight_decay``), cross-entropy
+    and a cosine schedule; returns the mean training loss per epoch. Deterministic for a seed.
+
+    ``hflip=(C, H, W)``: each training example, read as a ``(C, H, W)`` image, is mirrored
+    left–right with probability 1/2 in every batch (augmentation; ``X`` may be flattened).
+    """
+    if hflip is not None:
+        if len(hflip) != 3 or any(int(v) < 1 for v in hflip):
+            raise ValueError(f"hflip must be an image shape (C, H, W), got {hflip!r}")
+        if int(torch.tensor(hflip).prod()) != X[0].numel():
+            raise ValueError(f"hflip={tuple(hflip)} has {int(torch.tensor(hflip).prod())} values "
+                             f"per image, but each row of X has {X[0].numel()}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
@@ -23,7 +35,11 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
         total = 0.0
         for i in range(0, len(y), batch_size):
             idx = perm[i : i + batch_size]
-            loss = nn.functional.cross_entropy(model(X[idx]), y[idx])
+            xb = X[idx]
+            if hflip is not None:
+                flip = (torch.rand(len(idx), generator=g) < 0.5).view(-1, *[1] * (xb.dim() - 1))
+                xb = torch.where(flip, xb.reshape(len(idx), *hflip).flip(-1).reshape(xb.shape), xb)
+            loss = nn.functional.cross_entropy(model(xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

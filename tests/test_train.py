@@ -1,0 +1,65 @@
+"""The shared training loop: flip augmentation and argument checks."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from torch_structlearn.train import fit_classifier
+
+
+class Recorder(nn.Module):
+    """A linear classifier that keeps every training batch it is given."""
+
+    def __init__(self, d: int, n_classes: int):
+        super().__init__()
+        self.fc = nn.Linear(d, n_classes)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x):
+        if self.training:
+            self.seen.append(x.detach().clone())
+        return self.fc(x.flatten(1))
+
+
+def test_hflip_mirrors_about_half_of_the_examples_and_nothing_else():
+    C, H, W = 2, 3, 5
+    X = torch.randn(64, C * H * W)
+    y = torch.randint(0, 3, (64,))
+    model = Recorder(C * H * W, 3)
+    fit_classifier(model, X, y, epochs=4, batch_size=16, hflip=(C, H, W), seed=1)
+    images = X.numpy().reshape(-1, C, H, W)
+    mirrored = images[..., ::-1].reshape(len(X), -1)  # numpy's mirror: the independent reference
+    flips = total = 0
+    for batch in model.seen:
+        for row in batch.numpy():
+            same = np.isclose(X.numpy(), row).all(1)
+            mirror = np.isclose(mirrored, row).all(1)
+            assert same.any() or mirror.any(), "a training example is neither itself nor its mirror"
+            flips += int(mirror.any() and not same.any())
+            total += 1
+    assert total == 4 * 64
+    assert 0.35 < flips / total < 0.65
+
+
+def test_hflip_is_deterministic_for_a_seed_and_off_by_default():
+    X, y = torch.randn(32, 12), torch.randint(0, 2, (32,))
+    runs = []
+    for hflip in ((1, 3, 4), (1, 3, 4), None):
+        torch.manual_seed(0)
+        m = Recorder(12, 2)
+        fit_classifier(m, X, y, epochs=2, batch_size=8, hflip=hflip, seed=3)
+        runs.append(torch.cat(m.seen))
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+    assert all(any(torch.equal(r, x) for x in X) for r in runs[2])  # None: rows as given
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"hflip": (3, 4, 4)}, "hflip=.*48 values per image, but each row of X has 12"),
+    ({"hflip": (3, 4)}, "hflip must be an image shape"),
+    ({"weight_decay": -1e-4}, "weight_decay must be >= 0, got -0.0001"),
+])
+def test_bad_arguments_are_named(kw, match):
+    with pytest.raises(ValueError, match=match):
+        fit_classifier(Recorder(12, 2), torch.randn(8, 12), torch.zeros(8, dtype=torch.long), **kw)
