@@ -92,9 +92,9 @@ ANALYSIS = {
         "layer wins on MNIST too."),
     "single-mnist": (
         "The full setting on MNIST (K = 1600, 55 000 training images, 40 epochs) with the "
-        "validation choices (ZCA ε 8, active fraction 0.3), one seed so far (18 min on the "
-        "2-core CPU; more with `--first-seed 1`). The learned layer is ahead of the fully "
-        "connected one, as it was on every seed with the earlier settings (the MNIST section "
+        "validation choices (ZCA ε 8, active fraction 0.3), seeds run one per command "
+        "(18–20 min each on the 2-core CPU). The learned layer is ahead of the fully "
+        "connected one on every seed, as it was with the earlier settings (the MNIST section "
         "marked *not the validation choices*), and both gained about a point over those "
         "settings. The reverse of the --quick result: "
         "with 1 600 units the dense first layer has 1.25 M weights and its validation accuracy "
