@@ -65,8 +65,22 @@ ANALYSIS = {
         "is about 7 points below the paper's 60.4 %: the rest of the gap is in what both share "
         "(the network of DESIGN.md §2.6 — whole image → 1 600 units → L2 pooling to 400 "
         "features → linear head — trained with Adam, cosine schedule and no augmentation; the "
-        "paper's full text and recipe are not available to us). The learned layer trained about "
-        "3× faster (train_seconds in the JSON)."),
+        "paper's full text and recipe are not available to us). The training recipe was that "
+        "rest: with flips and weight decay chosen on the validation split (the sections "
+        "*Validation choice of the training recipe* and the CIFAR-10 single layer marked "
+        "*training: …*) the learned layer passes 63 %. The learned layer trained about 3× faster "
+        "(train_seconds in the JSON)."),
+    "single-cifar10-flip-wd0.001": (
+        "The same setting trained with the recipe chosen on the validation split (section "
+        "*Validation choice of the training recipe*: random flips, weight decay 0.001), seeds "
+        "run one per command on the 2-core CPU (about 30 min each). The learned layer passes "
+        "the paper's 63.0 %, and its lead over the fully connected layer grew: the recipe "
+        "lifted the learned layer by about six points over the plain recipe and the fully "
+        "connected layer by about two. That comparison favours the learned layer in one way: "
+        "the recipe was chosen on the learned layer's validation accuracy, and the fully "
+        "connected layer, with twenty times the first-layer weights, may want stronger weight "
+        "decay — its own grid was not run (about 8 min per cell on this CPU). Both networks "
+        "had the same recipe, as the target asks."),
     "single-cifar10-eps0.1": (
         "The paper's setting (K = 1600, 45 000 training images, 40 epochs, 5 dictionary "
         "passes) with the settings used before the validation choices (ZCA ε 0.1, active "
