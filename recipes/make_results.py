@@ -103,8 +103,8 @@ ANALYSIS = {
         "validation choices for whitening and learner) and the learned single-layer network "
         "trained with each recipe. Weight decay 0.001 is the best of the grid with or without "
         "flips, with a drop on both sides of it; flips add to it. Without either the validation "
-        "accuracy equals that of seed 0 of the full run without them (the section *Single layer "
-        "— cifar10*), as it should for the same seed. The recipe was chosen for the learned "
+        "accuracy equals that of seed 0 of the full run without them (the CIFAR-10 full "
+        "single-layer section without a *training* mark), as it should for the same seed. The recipe was chosen for the learned "
         "layer only (training the fully connected layer on every cell of the grid costs about "
         "three times as much); the full run trains both networks with it."),
     "single-mnist-quick": (
