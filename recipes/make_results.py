@@ -76,7 +76,7 @@ ANALYSIS = {
         "run one per command on the 2-core CPU (about 30 min each). The learned layer passes "
         "the paper's 63.0 %, and its lead over the fully connected layer grew: the recipe "
         "lifted the learned layer by about six points over the plain recipe and the fully "
-        "connected layer by about two. That comparison favours the learned layer in one way: "
+        "connected layer by under three. That comparison favours the learned layer in one way: "
         "the recipe was chosen on the learned layer's validation accuracy, and the fully "
         "connected layer, with twenty times the first-layer weights, may want stronger weight "
         "decay — its own grid was not run (about 8 min per cell on this CPU). Both networks "
