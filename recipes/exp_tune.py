@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import random_local  # noqa: E402
-from common import add_args, data, finish, fit_kw, learn_kw, network, setup  # noqa: E402
+from common import _nonnegative, add_args, data, finish, fit_kw, learn_kw, network, setup  # noqa: E402
 
 from torch_structlearn import learn_structure  # noqa: E402
 from torch_structlearn.cli import _fraction, _positive  # noqa: E402
@@ -53,13 +53,11 @@ def main(argv=None) -> int:
     p.add_argument("--training", action="store_true",
                    help="choose the training recipe (--flip-grid × --weight-decay-grid) instead")
     p.add_argument("--flip-grid", type=_yes_no, nargs="+", default=[False, True])
-    p.add_argument("--weight-decay-grid", type=float, nargs="+", default=[0.0, 1e-4, 1e-3])
+    p.add_argument("--weight-decay-grid", type=_nonnegative, nargs="+", default=[0.0, 1e-4, 1e-3])
     p.set_defaults(seeds=1)
     args = p.parse_args(argv)
     if args.training and (args.flip or args.weight_decay):
         p.error("--training searches --flip-grid and --weight-decay-grid; drop --flip/--weight-decay")
-    if any(not wd >= 0 for wd in args.weight_decay_grid):
-        p.error(f"--weight-decay-grid values must be >= 0, got {args.weight_decay_grid}")
     name = "tune-training" if args.training else "tune"
     cfg = setup(args, name)  # checks the arguments and data; the ε grid reloads per ε
     K, seed = cfg["K"], args.first_seed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -20,9 +22,9 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
     if hflip is not None:
         if len(hflip) != 3 or any(int(v) < 1 for v in hflip):
             raise ValueError(f"hflip must be an image shape (C, H, W), got {hflip!r}")
-        if int(torch.tensor(hflip).prod()) != X[0].numel():
-            raise ValueError(f"hflip={tuple(hflip)} has {int(torch.tensor(hflip).prod())} values "
-                             f"per image, but each row of X has {X[0].numel()}")
+        if math.prod(hflip) != X[0].numel():
+            raise ValueError(f"hflip={tuple(hflip)} has {math.prod(hflip)} values per image, but "
+                             f"each row of X has {X[0].numel()}")
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     g = torch.Generator().manual_seed(seed)
