@@ -14,6 +14,8 @@ runs/repro/tune-<dataset>[-quick].json.
 With ``--training`` the structure is learned once with the data set's TUNED settings and the
 single-layer network is trained with each training recipe of ``--flip-grid`` (mirror a random
 half of every batch) × ``--weight-decay-grid``; writes runs/repro/tune-training-<dataset>[-quick].json.
+``--network fully-connected`` trains the fully connected single layer on the same grid instead
+(a baseline tuned on its own; runs/repro/tune-training-fc-<dataset>[-quick].json).
 """
 
 from __future__ import annotations
@@ -54,18 +56,25 @@ def main(argv=None) -> int:
                    help="choose the training recipe (--flip-grid × --weight-decay-grid) instead")
     p.add_argument("--flip-grid", type=_yes_no, nargs="+", default=[False, True])
     p.add_argument("--weight-decay-grid", type=_nonnegative, nargs="+", default=[0.0, 1e-4, 1e-3])
+    p.add_argument("--network", choices=["learned", "fully-connected"], default="learned",
+                   help="with --training: the single-layer network the recipe is chosen for")
     p.set_defaults(seeds=1)
     args = p.parse_args(argv)
     if args.training and (args.flip or args.weight_decay):
         p.error("--training searches --flip-grid and --weight-decay-grid; drop --flip/--weight-decay")
-    name = "tune-training" if args.training else "tune"
+    if args.network != "learned" and not args.training:
+        p.error(f"--network {args.network} needs --training (the ε/learner grid is for the "
+                "learned layer)")
+    name = ("tune-training" + ("-fc" if args.network == "fully-connected" else "")
+            if args.training else "tune")
     cfg = setup(args, name)  # checks the arguments and data; the ε grid reloads per ε
     K, seed = cfg["K"], args.first_seed
     rows = []
 
     def run(eps, method, splits, conn, values=None, flip=False, weight_decay=0.0, **setting):
         torch.manual_seed(seed)
-        model = network(conn, cfg["d"], K, args.group_size, cfg["n_classes"], values=values)
+        model = network(conn, cfg["d"], K, args.group_size, cfg["n_classes"], values=values,
+                        dense=method == "fully connected")
         (Xtr, ytr), (Xva, yva) = splits[:2]
         t0 = time.perf_counter()
         fit_classifier(model, Xtr, ytr, seed=seed, **fit_kw(cfg["epochs"], args.lr, flip,
@@ -78,11 +87,14 @@ def main(argv=None) -> int:
         print(f"ε {eps:<5} {method:>13} {setting}: val {rows[-1]['val_accuracy']:.4f}", flush=True)
 
     if args.training:
-        conn, D, _ = learn_structure(cfg["loader"], K, density=args.density,
-                                     group_size=args.group_size, epochs=cfg["dict_epochs"],
-                                     seed=seed, verbose=False, **cfg["learn_kw"])
+        conn = values = None  # the fully connected layer needs no structure
+        if args.network == "learned":
+            conn, D, _ = learn_structure(cfg["loader"], K, density=args.density,
+                                         group_size=args.group_size, epochs=cfg["dict_epochs"],
+                                         seed=seed, verbose=False, **cfg["learn_kw"])
+            values = dictionary_values(D, conn)
         for flip, wd in itertools.product(args.flip_grid, args.weight_decay_grid):
-            run(cfg["whiten_eps"], "learned", cfg["splits"], conn, dictionary_values(D, conn),
+            run(cfg["whiten_eps"], args.network.replace("-", " "), cfg["splits"], conn, values,
                 flip=flip, weight_decay=wd)
         best = max(rows, key=lambda r: r["val_accuracy"])
         choice = {k: best[k] for k in ("flip", "weight_decay")}

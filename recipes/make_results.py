@@ -243,7 +243,7 @@ def _label(res: dict) -> str:
 def _header(res: dict, title: str, note: str = "",
             measure: str = "Test accuracy, mean ± std over seeds") -> list[str]:
     s = recorded(res)
-    learner = ("" if res["experiment"] in ("cnn", "tune") else
+    learner = ("" if res["experiment"] in ("cnn", "tune", "tune-training-fc") else
                f"; dictionary: {res['dict_epochs']} passes, active fraction {s['active_fraction']}, "
                f"memory {s['dict_memory']}")
     whiten = "" if res["experiment"] == "tune" else f", ZCA ε {s['whiten_eps']}"
@@ -289,9 +289,11 @@ def training_tune_section(res: dict) -> list[str]:
     """The training-recipe grid of ``exp_tune.py --training`` and its choice (no test accuracy)."""
     rows, c = res["rows"], res["choice"]
     wds = list(dict.fromkeys(r["weight_decay"] for r in rows))
-    lines = _header(res, "Validation choice of the training recipe", measure=(
-        f"Validation accuracy of the learned layer at {res['density']:.0%} density (one structure, "
-        "learned once), one seed; the test set is not evaluated"))
+    fc = rows[0]["method"] == "fully connected"
+    lines = _header(res, "Validation choice of the training recipe" + (
+        ", fully connected layer" if fc else ""), measure="Validation accuracy of the " + (
+        "fully connected single layer" if fc else f"learned layer at {res['density']:.0%} density "
+        "(one structure, learned once)") + ", one seed; the test set is not evaluated")
     lines += ["| flips | " + " | ".join(f"weight decay {w:g}" for w in wds) + " |",
               "|---|" + "---|" * len(wds)]
     for flip in dict.fromkeys(r["flip"] for r in rows):
@@ -301,8 +303,9 @@ def training_tune_section(res: dict) -> list[str]:
             v = f"{r['val_accuracy']:.2%}"
             cells.append(f"**{v}**" if (flip, w) == (c["flip"], c["weight_decay"]) else v)
         lines.append(f"| {'yes' if flip else 'no'} | " + " | ".join(cells) + " |")
-    return lines + ["", f"Choice (bold): {_recipe(c) or 'neither flips nor weight decay'}; "
-                    "the full runs with it are the sections marked *training: …*.", ""]
+    return lines + ["", f"Choice (bold): {_recipe(c) or 'neither flips nor weight decay'}"
+                    + ("." if fc else "; the full runs with it are the sections marked "
+                       "*training: …*."), ""]
 
 
 def grouped_section(res: dict, title: str, key: str = "method") -> list[str]:
@@ -518,7 +521,7 @@ def main() -> int:
             lines += grouped_section(res, titles[res["experiment"]])
         if res.get("experiment") == "tune":
             lines += tune_section(res)
-        if res.get("experiment") == "tune-training":
+        if res.get("experiment", "").startswith("tune-training"):
             lines += training_tune_section(res)
         if res.get("experiment") == "density":
             lines += density_section(res)

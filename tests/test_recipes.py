@@ -152,3 +152,29 @@ def test_training_tune_section_marks_the_choice_and_shows_no_test_accuracy():
     assert "| yes | **60.00%** | 55.00% |" in text and "| no | 50.00% | 52.00% |" in text
     assert text.count("**") == 2 and "Choice (bold): random flips;" in text
     assert "test" not in text.lower().replace("the test set is not", "")
+
+
+def test_training_tune_section_of_the_fully_connected_layer_names_it_and_no_dictionary():
+    mod = _make_results()
+    rows = [{"whiten_eps": 8.0, "method": "fully connected", "seed": 0, "flip": True,
+             "weight_decay": w, "val_accuracy": v} for w, v in [(1e-3, 0.55), (1e-2, 0.58)]]
+    res = {"experiment": "tune-training-fc", "dataset": "cifar10", "quick": False,
+           "command": "python x", "machine": "m", "wall_seconds": 60, "n_train": 10, "width": 8,
+           "group_size": 4, "epochs": 1, "dict_epochs": 1, "seeds": 1, "density": 0.05,
+           "rows": rows, "whiten_eps": 8.0, "active_fraction": 0.3, "dict_memory": "short",
+           "flip": [True], "weight_decay": [1e-3, 1e-2], "choice": {"flip": True, "weight_decay": 1e-2}}
+    text = "\n".join(mod.training_tune_section(res))
+    assert text.startswith("### Validation choice of the training recipe, fully connected layer — ")
+    assert "Validation accuracy of the fully connected single layer" in text
+    assert "dictionary" not in text and "| yes | 55.00% | **58.00%** |" in text
+    assert "Choice (bold): random flips, weight decay 0.01." in text
+
+
+def test_exp_tune_refuses_a_network_without_training(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(RECIPES))
+    spec = importlib.util.spec_from_file_location("exp_tune", RECIPES / "exp_tune.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit):
+        mod.main(["--dataset", "cifar10", "--network", "fully-connected"])
+    assert "--network fully-connected needs --training" in capsys.readouterr().err
