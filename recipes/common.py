@@ -3,7 +3,6 @@ network of DESIGN.md §2.6, one training recipe for every structure, and result 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -15,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from torch_structlearn import Connectivity, StructLearnedLinear, ZCAWhitening
 from torch_structlearn.bench import machine as bench_machine
-from torch_structlearn.cli import _fraction, _positive
+from torch_structlearn.cli import _fraction, _nonnegative, _positive
 from torch_structlearn.datasets import load_dataset
 from torch_structlearn.entropy import coding_efficiency
 from torch_structlearn.io import _write_atomic
@@ -133,13 +132,6 @@ def recorded(res: dict) -> dict:
 def recipe_suffix(s: dict) -> str:
     """``-flip``/``-wd<value>`` for a training recipe other than PLAIN (result names, labels)."""
     return ("-flip" if s["flip"] else "") + (f"-wd{s['weight_decay']:g}" if s["weight_decay"] else "")
-
-
-def _nonnegative(text: str) -> float:
-    v = float(text)
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return v
 
 
 def tuned(args) -> dict:

@@ -31,10 +31,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import random_local  # noqa: E402
-from common import _nonnegative, add_args, data, finish, fit_kw, learn_kw, network, setup  # noqa: E402
+from common import add_args, data, finish, fit_kw, learn_kw, network, setup  # noqa: E402
 
 from torch_structlearn import learn_structure  # noqa: E402
-from torch_structlearn.cli import _fraction, _positive  # noqa: E402
+from torch_structlearn.cli import _fraction, _nonnegative, _positive  # noqa: E402
 from torch_structlearn.learn import dictionary_values  # noqa: E402
 from torch_structlearn.train import accuracy, fit_classifier  # noqa: E402
 

@@ -10,7 +10,8 @@ from torch_structlearn.cli import main
 @pytest.mark.parametrize("kernel", [None, 3])
 def test_learn_demo_on_digits_writes_loadable_outputs(tmp_path, capsys, kernel):
     out = tmp_path / "demo"
-    conv = ["--whitening-kernel", str(kernel)] if kernel else []
+    # the convolutional-whitening case also trains with the optional recipe (flips, weight decay)
+    conv = ["--whitening-kernel", str(kernel), "--flip", "--weight-decay", "1e-3"] if kernel else []
     rc = main(["learn", "--out", str(out), "--width", "32", "--epochs", "3", "--dict-epochs", "2",
                "--max-depth", "2", "--quiet", *conv])
     assert rc == 0
@@ -30,6 +31,7 @@ def test_learn_demo_on_digits_writes_loadable_outputs(tmp_path, capsys, kernel):
     assert accuracy(model, X, y) == pytest.approx(res0["test_accuracy"])  # the trained model
     assert (out / "receptive_fields.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = json.loads((out / "results.json").read_text())
+    assert (res["args"]["flip"], res["args"]["weight_decay"]) == ((True, 1e-3) if kernel else (False, 0))
     assert {r["structure"] for r in res["results"]} == {"learned", "random", "dense"}
     assert all(0 <= r["test_accuracy"] <= 1 for r in res["results"])
     # inspect reads it back
@@ -46,6 +48,9 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["learn", "--density", "-1"])
     assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["learn", "--weight-decay", "-0.1"])
+    assert e.value.code == 2 and "--weight-decay: must be >= 0, got '-0.1'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["learn", "--dataset", "imagenet"])
     assert e.value.code == 2

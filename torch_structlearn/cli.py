@@ -48,6 +48,8 @@ def _learn(args) -> int:
     unlabelled = DataLoader(TensorDataset(Xtr), batch_size=args.batch_size, shuffle=False)
     if args.whitening_kernel and len(image_shape) != 3:
         raise ValueError(f"--whitening-kernel needs (C, H, W) images, got shape {image_shape}")
+    if args.flip and len(image_shape) != 3:
+        raise ValueError(f"--flip needs (C, H, W) images, got shape {image_shape}")
     whiten = ZCAWhitening(d, eps=args.eps, kernel_size=args.whitening_kernel,
                           image_shape=image_shape if args.whitening_kernel else None).fit(unlabelled)
     white = DataLoader(TensorDataset(whiten(Xtr).detach()), batch_size=args.batch_size)
@@ -67,7 +69,8 @@ def _learn(args) -> int:
         torch.manual_seed(args.seed)
         model = models[name] = StructLearnedClassifier(whiten, body, n_classes, image_shape)
         t0 = time.perf_counter()
-        fit_classifier(model, Xtr, ytr, epochs=args.epochs, lr=args.lr, seed=args.seed)
+        fit_classifier(model, Xtr, ytr, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                       weight_decay=args.weight_decay, hflip=image_shape if args.flip else None)
         acc = accuracy(model, Xte, yte)
         params = sum(p.numel() for p in body.parameters())
         rows.append({"structure": name, "depth": body.depth, "density": body.density,
@@ -187,6 +190,13 @@ def _positive(kind):
     return parse
 
 
+def _nonnegative(text: str) -> float:
+    v = float(text)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return v
+
+
 def _fraction(s: str) -> float:
     from ._checks import fraction
 
@@ -220,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="codes active at the start of dictionary learning (sets lam1)")
     lr.add_argument("--epochs", type=_positive(int), default=40, help="supervised epochs")
     lr.add_argument("--lr", type=_positive(float), default=3e-3)
+    lr.add_argument("--weight-decay", type=_nonnegative, default=0.0, help="Adam's L2 penalty")
+    lr.add_argument("--flip", action="store_true",
+                    help="mirror a random half of every training batch left-right")
     lr.add_argument("--batch-size", type=_positive(int), default=256)
     lr.add_argument("--limit", type=_positive(int), default=None, help="use the first N training images")
     lr.add_argument("--seed", type=int, default=0)
