@@ -513,7 +513,6 @@ def main() -> int:
              "validation split held out of the training images; the test set was only evaluated.", ""]
     results = []
     titles = {"single": "Single layer: learned vs fully connected",
-              "single-fc": "Single layer: the fully connected baseline alone",
               "mask": "Role of the mask", "depth": "Depth", "cnn": "CNN reference"}
     for f in files:
         res = json.loads(f.read_text())

@@ -178,33 +178,3 @@ def test_exp_tune_refuses_a_network_without_training(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         mod.main(["--dataset", "cifar10", "--network", "fully-connected"])
     assert "--network fully-connected needs --training" in capsys.readouterr().err
-
-
-def test_exp_single_baseline_only_reproduces_the_paired_baseline_in_its_own_file(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(RECIPES))
-    monkeypatch.delitem(sys.modules, "common", raising=False)
-    spec = importlib.util.spec_from_file_location("exp_single", RECIPES / "exp_single.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    common = sys.modules["common"]  # the module exp_single imported
-    import torch
-
-    def data(dataset, n_train, n_val, root=None, eps=0.1):  # tiny synthetic 1×4×4 "images"
-        g = torch.Generator().manual_seed(0)
-        split = lambda n: (torch.randn(n, 16, generator=g), torch.randint(0, 3, (n,), generator=g))  # noqa: E731
-        return [split(120), split(40), split(40)], (1, 4, 4)
-
-    monkeypatch.setattr(common, "data", data)
-    monkeypatch.setattr(common, "RUNS", tmp_path)
-    monkeypatch.setattr(common, "machine", lambda: "test machine")
-    argv = ["--dataset", "mnist", "--quick", "--width", "8", "--group-size", "2", "--epochs", "2",
-            "--dict-epochs", "1", "--density", "0.25", "--seeds", "1"]
-    monkeypatch.setattr(sys, "argv", ["exp_single.py", *argv])
-    assert mod.main(argv) == 0
-    assert mod.main([*argv, "--baseline-only"]) == 0
-    paired = json.loads((tmp_path / "single-mnist-quick.json").read_text())
-    alone = json.loads((tmp_path / "single-fc-mnist-quick.json").read_text())
-    assert [r["method"] for r in paired["rows"]] == ["learned", "fully connected"]
-    assert [r["method"] for r in alone["rows"]] == ["fully connected"] and alone["experiment"] == "single-fc"
-    keys = ("val_accuracy", "test_accuracy", "score")
-    assert {k: alone["rows"][0][k] for k in keys} == {k: paired["rows"][1][k] for k in keys}
