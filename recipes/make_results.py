@@ -79,8 +79,8 @@ ANALYSIS = {
         "connected layer by under three. Both networks had the same recipe, as the target asks, and it is "
         "also the fully connected layer's own validation choice (section *Validation choice of "
         "the training recipe, fully connected layer*: weight decay 0.001 of 0 / 0.001 / 0.003 / "
-        "0.01 with flips), so the margin does not come from a recipe tuned for the learned "
-        "layer alone."),
+        "0.01, all with flips; training it without flips was not tried), so the weight decay "
+        "at least is not tuned for the learned layer alone."),
     "single-cifar10-eps0.1": (
         "The paper's setting (K = 1600, 45 000 training images, 40 epochs, 5 dictionary "
         "passes) with the settings used before the validation choices (ZCA ε 0.1, active "
