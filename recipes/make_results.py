@@ -308,7 +308,7 @@ def training_tune_section(res: dict) -> list[str]:
     """The training-recipe grid of ``exp_tune.py --training`` and its choice (no test accuracy)."""
     rows, c = res["rows"], res["choice"]
     wds = list(dict.fromkeys(r["weight_decay"] for r in rows))
-    fc = rows[0]["method"] == "fully connected"
+    fc = res["experiment"] == "tune-training-fc"  # exp_tune --network fully-connected
     lines = _header(res, "Validation choice of the training recipe" + (
         ", fully connected layer" if fc else ""), measure="Validation accuracy of the " + (
         "fully connected single layer" if fc else f"learned layer at {res['density']:.0%} density "
