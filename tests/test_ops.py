@@ -1,6 +1,9 @@
 """The sparse kernel against an independent reference: a dense masked weight built with plain
 differentiable torch ops (autograd supplies the reference gradients)."""
 
+import os
+import shutil
+
 import pytest
 import torch
 from hypothesis import given
@@ -12,6 +15,15 @@ from torch_structlearn.ops import available_backends
 from .conftest import devices
 
 BACKENDS = [b for b in available_backends() if b != "auto"] + ["auto"]
+
+
+def _compiler():
+    return shutil.which(os.environ.get("CXX") or "g++")
+
+
+def _usable_on(backend, device):
+    if backend not in available_backends(device=device):
+        pytest.skip(f"backend={backend!r} does not run on {device}")
 
 
 def reference(x, values, conn, bias):
@@ -97,27 +109,72 @@ def test_one_by_one_and_int32_indices(backend):
 
 
 @pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("backend", ["csr", "dense"])
+@pytest.mark.parametrize("backend", ["cpu", "csr", "dense"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_larger_problem_matches_reference(device, backend, dtype):
-    # Bigger than the hypothesis cases: exercises the CPU batch chunking (batch > 256).
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("batch", [5, 700])
+def test_larger_problem_matches_reference(device, backend, dtype, threads, batch):
+    # Bigger than the hypothesis cases: exercises the CPU batch chunking (batch > 256), the
+    # cpu kernels' tiles (32 rows, a partial last one) spread over threads, and their
+    # small-batch mode (fewer tiles than threads: W's rows spread instead), on 1 and 3 threads.
+    _usable_on(backend, device)
     conn = Connectivity.random((300, 200), density=0.05, seed=0)
-    x, v, b = _inputs(conn, (700,), True, False, 0, dtype=dtype, device=device)
+    x, v, b = _inputs(conn, (batch,), True, False, 0, dtype=dtype, device=device)
     x.requires_grad_(), v.requires_grad_(), b.requires_grad_()
     crow, col = conn.crow_indices.to(device), conn.col_indices.to(device)
-    y = sparse_linear(x, v, crow, col, b, backend=backend)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = sparse_linear(x, v, crow, col, b, backend=backend)
+        gy = torch.randn_like(y)
+        got = torch.autograd.grad(y, (x, v, b), gy)
+    finally:
+        torch.set_num_threads(before)
     ref = reference(x, v, conn, b)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
     torch.testing.assert_close(y, ref, **tol)
-    gy = torch.randn_like(y)
-    for g1, g2 in zip(torch.autograd.grad(y, (x, v, b), gy), torch.autograd.grad(ref, (x, v, b), gy), strict=False):
+    for g1, g2 in zip(got, torch.autograd.grad(ref, (x, v, b), gy), strict=False):
         torch.testing.assert_close(g1, g2, **tol)
+
+
+def test_cpu_kernels_build_where_a_compiler_exists():
+    """The ``cpu`` backend must not silently drop out of the parametrised tests above: where a
+    C++ compiler is on PATH (CI's machine has g++), its kernels must build and load."""
+    from torch_structlearn.ops import cpu
+
+    if _compiler() is None:
+        pytest.skip("no C++ compiler here")
+    assert cpu.available(), cpu.error()
+    assert "cpu" in available_backends()
+    assert "cpu" not in available_backends(block=(4, 4))  # unstructured only
+
+
+def test_cpu_backend_reports_a_failed_build(monkeypatch, tmp_path):
+    """A compiler that fails leaves the backend unavailable with the compiler's message, and
+    asking for it is a ValueError naming the cause (no crash, no half-written library)."""
+    from torch_structlearn.ops import cpu
+    from torch_structlearn.ops.sparse_linear import check_backend
+
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("this is not C++\n")
+    for name, value in [("SOURCE", broken), ("_lib", None), ("_error", None), ("_tried", False),
+                        ("_ok", False)]:
+        monkeypatch.setattr(cpu, name, value)
+    monkeypatch.setenv("STRUCTLEARN_CACHE", str(tmp_path / "cache"))
+    if _compiler() is None:
+        pytest.skip("no C++ compiler here")
+    assert not cpu.available()
+    assert "could not build broken.cpp" in cpu.error()
+    assert list((tmp_path / "cache").glob("*")) == []  # the failed output was removed
+    with pytest.raises(ValueError, match="backend='cpu' is unavailable here: could not build"):
+        check_backend("cpu")
 
 
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_low_precision_forward_close_to_reference(device, backend, dtype):
+    _usable_on(backend, device)
     if backend == "torch_sparse":
         pytest.skip("torch-sparse has no low-precision kernels")
     conn = Connectivity.random((64, 96), density=0.1, seed=3)
@@ -138,6 +195,7 @@ def test_autocast_low_precision_forward_close_to_reference(device, backend, dtyp
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_torch_compile_fullgraph_equals_eager(device, backend):
+    _usable_on(backend, device)
     conn = Connectivity.random((12, 10), density=0.3, seed=0)
     crow, col = conn.crow_indices.to(device), conn.col_indices.to(device)
     x, v, b = _inputs(conn, (4, 5), True, False, 2, dtype=torch.float32, device=device)
@@ -194,16 +252,29 @@ def test_bad_arguments():
         sparse_linear(torch.ones(2, 4, dtype=torch.long), torch.randn(6), crow, col)
 
 
-def test_auto_chooses_by_crossover_and_nearest_shape(monkeypatch):
+def _fused_kernel(monkeypatch, present: bool) -> str:
+    """Pretend the ``cpu`` backend's kernels did (not) compile; the unstructured CPU pick."""
+    from torch_structlearn.ops import cpu as cpu_backend
+
+    if present and not cpu_backend.available():
+        pytest.skip(f"the cpu backend's kernels did not build: {cpu_backend.error()}")
+    monkeypatch.setattr(cpu_backend, "_ok", present)
+    monkeypatch.setattr(cpu_backend, "_tried", True)
+    return "cpu" if present else "csr"
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["fused", "no-compiler"])
+def test_auto_chooses_by_crossover_and_nearest_shape(monkeypatch, kernel):
     from torch_structlearn.ops import auto
 
+    sparse = _fused_kernel(monkeypatch, kernel)
     monkeypatch.setattr(auto, "TABLE", {"cpu": {"float32": 0.05, "float32/b32x32": 0.08}})
     monkeypatch.setattr(auto, "BY_SHAPE", {"cpu": {"float32/b32x32": {
         "256x3072x4096": 0.105, "4096x768x3072": 0.08}}})
     cpu = torch.device("cpu")
-    assert auto.choose(cpu, torch.float32, 0.05) == "csr"
+    assert auto.choose(cpu, torch.float32, 0.05) == sparse
     assert auto.choose(cpu, torch.float32, 0.06) == "dense"
-    assert auto.choose(cpu, torch.bfloat16, 0.05) == "csr"  # CPU low precision: float32 entry
+    assert auto.choose(cpu, torch.bfloat16, 0.05) == sparse  # CPU low precision: float32 entry
     assert auto.choose(cpu, torch.float64, 0.01) == "dense"  # nothing measured
     b = (32, 32)
     assert auto.choose(cpu, torch.float32, 0.10, b) == "dense"  # no shape: the smallest
@@ -214,14 +285,17 @@ def test_auto_chooses_by_crossover_and_nearest_shape(monkeypatch):
     assert auto.limits(cpu, torch.float64) == []
 
 
-def test_auto_layer_caches_what_every_shape_may_need(monkeypatch):
+@pytest.mark.parametrize("kernel", [True, False], ids=["fused", "no-compiler"])
+def test_auto_layer_caches_what_every_shape_may_need(monkeypatch, kernel):
     from torch_structlearn.ops import auto
 
+    sparse = _fused_kernel(monkeypatch, kernel)
     monkeypatch.setattr(auto, "TABLE", {"cpu": {"float32": 0.05}})
     monkeypatch.setattr(auto, "BY_SHAPE", {"cpu": {"float32": {"8x64x48": 0.3, "512x64x48": 0.05}}})
     torch.manual_seed(0)
-    layer = StructLearnedLinear(64, 48, density=0.2)  # csr at batch 8, dense at batch 512
-    assert layer.col_t.numel() == layer.nnz and layer.dense_index.numel() == layer.nnz
+    layer = StructLearnedLinear(64, 48, density=0.2)  # sparse at batch 8, dense at batch 512
+    transposed = layer.nnz if sparse == "csr" else 0  # the fused kernel needs no transpose
+    assert layer.col_t.numel() == transposed and layer.dense_index.numel() == layer.nnz
     w = torch.zeros(48, 64)
     w[layer.connectivity.row_indices(), layer.connectivity.col_indices.long()] = layer.csr_values().detach()
     picked = []
@@ -230,6 +304,30 @@ def test_auto_layer_caches_what_every_shape_may_need(monkeypatch):
     for batch in (8, 512):
         x = torch.randn(batch, 64)
         torch.testing.assert_close(layer(x), x @ w.T + layer.bias, rtol=1e-5, atol=1e-5)
-    assert picked == ["csr", "dense"]
+    assert picked == [sparse, "dense"]
     sparse_only = StructLearnedLinear(64, 48, density=0.02)
-    assert sparse_only.col_t.numel() > 0 and sparse_only.dense_index.numel() == 0
+    assert (sparse_only.col_t.numel() > 0) == (sparse == "csr")
+    assert sparse_only.dense_index.numel() == 0
+
+
+def test_cpu_backend_layer_trains_without_a_transposed_structure():
+    """With ``backend='cpu'`` a training-mode layer keeps no transpose (2ρ of the dense bytes:
+    values + int32 columns, plus the row pointers) and its gradients still match the dense
+    reference."""
+    if "cpu" not in available_backends():
+        pytest.skip("the cpu backend's kernels did not build")
+    torch.manual_seed(0)
+    layer = StructLearnedLinear(96, 80, density=0.1, backend="cpu").train()
+    assert layer.col_t.numel() == 0 and layer.dense_index.numel() == 0
+    kept = sum(t.numel() * t.element_size() for t in (layer.values, layer.col_indices))
+    assert kept == 8 * layer.nnz  # 4-byte values + 4-byte columns
+    x = torch.randn(70, 96, requires_grad=True)
+    y = layer(x)
+    w = layer.dense_weight()
+    ref = x @ w.T + layer.bias
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, layer.values), gy)
+    want = torch.autograd.grad(ref, (x, layer.values), gy)
+    for g1, g2 in zip(got, want, strict=True):
+        torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-5)

@@ -19,7 +19,7 @@ from ._checks import positive_int
 from .connectivity import Connectivity, bsr_to_csr, csr_transpose, row_of_entries, validate_csr
 from .ops import auto, check_backend, sparse_linear
 from .ops.dense import dense_weight, flat_index
-from .ops.sparse_linear import check_block_backend
+from .ops.sparse_linear import NEEDS_TRANSPOSE, check_block_backend
 
 __all__ = ["StructLearnedLinear"]
 
@@ -123,8 +123,9 @@ class StructLearnedLinear(nn.Module):
     def _refresh_caches(self) -> None:
         """Cache what this layer's backend needs, as non-persistent buffers (they follow
         ``.to()`` but are not saved): the flat scatter index for ``dense``, and in training mode
-        the transposed structure the sparse backends' input gradient reads (``eval()`` drops
-        it: an unstructured layer then holds 2ρ of the dense bytes instead of 4ρ). Empty when
+        the transposed structure the input gradient of ``csr``, ``torch_sparse`` and ``triton``
+        reads (``eval()`` drops it: an unstructured layer then holds 2ρ of the dense bytes
+        instead of 4ρ; ``cpu`` never needs it). Empty when
         not needed; the kernel computes a missing one on the fly (e.g. a backward in eval mode,
         or after ``.to()`` onto a device where ``auto`` differs)."""
         crow, col = self.crow_indices, self.col_indices
@@ -132,7 +133,7 @@ class StructLearnedLinear(nn.Module):
         if self._backend == "auto":  # what auto may pick on the current device, at any shape
             backends = auto.reachable(col.device, self.values.dtype, self.density, self.block)
         empty = col.new_empty(0)
-        if self.training and backends & {"csr", "torch_sparse", "triton"}:
+        if self.training and backends & NEEDS_TRANSPOSE:
             n_cols = self.in_features // (self.block[1] if self.block else 1)
             crow_t, col_t, perm = csr_transpose(crow, col, n_cols)
             perm = perm.to(col_t.dtype)

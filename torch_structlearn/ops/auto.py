@@ -1,7 +1,9 @@
 """``backend='auto'``: pick the sparse kernel below the measured crossover density, else ``dense``.
 
 The sparse kernel is ``csr`` (torch's CSR/BSR) except for block layers on CUDA, where it is
-``triton``. Entries are per device type and dtype, and per block shape for block layers
+``triton``, and unstructured layers on the CPU, where it is ``cpu`` (the fused kernels) when they
+compiled — without a compiler ``csr`` takes their place at ``cpu``'s measured crossover, which
+is then optimistic (``csr`` is slower; see BENCHMARKS.md). Entries are per device type and dtype, and per block shape for block layers
 (key ``"float32"`` or ``"float32/b32x32"``).
 
 The crossover table ``crossover.json`` beside this file is written by
@@ -21,6 +23,8 @@ import math
 from pathlib import Path
 
 import torch
+
+from . import cpu
 
 TABLE_PATH = Path(__file__).with_name("crossover.json")
 
@@ -51,8 +55,13 @@ def key(dtype: torch.dtype, block: tuple[int, int] | None = None) -> str:
 
 
 def sparse_backend(device: torch.device, block: tuple[int, int] | None) -> str:
-    """The sparse kernel for this device and kind of layer."""
-    return "triton" if block is not None and device.type == "cuda" else "csr"
+    """The sparse kernel for this device and kind of layer: ``triton`` for block layers on
+    CUDA, ``cpu`` for unstructured layers on the CPU when its kernels compiled, else ``csr``."""
+    if block is not None and device.type == "cuda":
+        return "triton"
+    if block is None and device.type == "cpu" and cpu.available():
+        return "cpu"
+    return "csr"
 
 
 def _entry(device: torch.device, dtype: torch.dtype, block) -> str | None:

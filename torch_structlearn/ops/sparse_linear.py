@@ -6,6 +6,8 @@ registered with fake (meta) implementations and ``register_autograd``, so the op
 nonzero values and the bias. Each backend is one module of this package:
 
 * ``csr``          torch native sparse CSR (MKL / cuSPARSE); values grad by sampled product
+* ``cpu``          fused C++ kernels for unstructured layers on the CPU, compiled at first use
+  (``ops/cpu_kernel.cpp``); the fastest CPU path, and ``auto``'s there when a compiler exists
 * ``triton``       Triton kernels for block layers (BSR) on CUDA (``ops/triton_bsr.py``)
 * ``torch_sparse`` the optional torch-sparse package
 * ``dense``        masked dense weight + ``F.linear`` in plain differentiable torch ops (no custom
@@ -18,13 +20,15 @@ import torch
 from torch import Tensor
 
 from ..connectivity import csr_transpose
-from . import auto, csr, dense, triton_bsr
+from . import auto, cpu, csr, dense, triton_bsr
 from . import torch_sparse as torch_sparse_backend
 
 __all__ = ["sparse_linear", "BACKENDS", "available_backends", "check_backend"]
 
-_IMPL = {"csr": csr, "torch_sparse": torch_sparse_backend, "triton": triton_bsr}
-BACKENDS = ("auto", "csr", "dense", "torch_sparse", "triton")
+_IMPL = {"csr": csr, "cpu": cpu, "torch_sparse": torch_sparse_backend, "triton": triton_bsr}
+BACKENDS = ("auto", "cpu", "csr", "dense", "torch_sparse", "triton")
+# the backends whose input gradient reads the transposed structure (``cpu`` scatters instead)
+NEEDS_TRANSPOSE = frozenset({"csr", "torch_sparse", "triton"})
 
 
 def check_backend(backend: str) -> str:
@@ -33,6 +37,8 @@ def check_backend(backend: str) -> str:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch_sparse" and not torch_sparse_backend.AVAILABLE:
         raise ValueError("backend='torch_sparse' needs the torch-sparse package: pip install '.[torch-sparse]'")
+    if backend == "cpu" and not cpu.available():
+        raise ValueError(f"backend='cpu' is unavailable here: {cpu.error()}")
     if backend == "triton" and not triton_bsr.AVAILABLE:
         raise ValueError("backend='triton' needs the triton package (it ships with torch's CUDA wheels)")
     return backend
@@ -44,10 +50,12 @@ def check_block_backend(backend: str, block: tuple[int, int] | None,
     when given)."""
     if block is None and backend == "triton":
         raise ValueError("backend='triton' is for block layers (block=(bo, bi)); unstructured "
-                         "layers use 'csr', 'dense' or 'torch_sparse'")
-    if block is not None and backend == "torch_sparse":
-        raise ValueError(f"backend='torch_sparse' does not handle block layers (block={block}); "
+                         "layers use 'cpu', 'csr', 'dense' or 'torch_sparse'")
+    if block is not None and backend in ("torch_sparse", "cpu"):
+        raise ValueError(f"backend={backend!r} does not handle block layers (block={block}); "
                          "use 'auto', 'csr', 'triton' or 'dense'")
+    if backend == "cpu" and device is not None and device.type != "cpu":
+        raise ValueError(f"backend='cpu' runs on CPU tensors, got device {device}")
     if block is not None and backend == "triton":
         if min(block) < triton_bsr.MIN_BLOCK:
             raise ValueError(f"backend='triton' needs blocks of at least {triton_bsr.MIN_BLOCK} "
@@ -198,11 +206,11 @@ def sparse_linear(
             pointers for blocks); col: ``(nnz,)`` column indices or ``(nblocks,)`` block
             columns (int32/int64).
         bias: optional ``(out_features,)``.
-        backend: ``'auto'``, ``'csr'``, ``'dense'``, ``'torch_sparse'`` (unstructured only)
-            or ``'triton'`` (blocks on CUDA).
-        transpose: the cached ``csr_transpose(crow, col, in_features / bi)`` for the sparse
-            backends' input gradient; computed when omitted (or empty) and a gradient may be
-            needed.
+        backend: ``'auto'``, ``'cpu'`` (unstructured, CPU), ``'csr'``, ``'dense'``,
+            ``'torch_sparse'`` (unstructured only) or ``'triton'`` (blocks on CUDA).
+        transpose: the cached ``csr_transpose(crow, col, in_features / bi)`` for the input
+            gradient of the backends in ``NEEDS_TRANSPOSE``; computed when omitted (or empty)
+            and a gradient may be needed.
         dense_index: the cached ``ops.dense.flat_index(crow, col, in_features)`` for the dense
             backend; computed when omitted (or empty).
     Returns:
@@ -230,6 +238,7 @@ def sparse_linear(
     if transpose is None or transpose[0].numel() != n_cols + 1:  # missing / empty cache
         # only the input gradient reads the transpose: none for inference (no_grad, eval)
         grad = torch.is_grad_enabled() and (x.requires_grad or values.requires_grad)
+        grad = grad and backend in NEEDS_TRANSPOSE
         transpose = csr_transpose(crow, col, n_cols) if grad else (col.new_empty(0),) * 3
     lead = x.shape[:-1]
     y = _sparse_linear(

@@ -1,0 +1,154 @@
+"""``cpu`` backend: fused CSR kernels for row-major activations (``cpu_kernel.cpp``).
+
+torch's CSR product (MKL) wants the batch as columns, so the ``csr`` backend transposes every
+activation chunk in and out; at batch 4096 those copies cost as much as the products (see
+BENCHMARKS.md). The kernels in ``cpu_kernel.cpp`` transpose tiles of 32 batch rows in cache
+and compute all three products — forward, input gradient, values gradient — on them; the input
+gradient scatters through ``W``'s rows, so this backend needs no transposed structure.
+
+The C++ source is compiled at first use with the system's C++ compiler (``$CXX``, else
+``g++``; ``-O3 -march=native -fopenmp``) into a cache directory (``$STRUCTLEARN_CACHE``, else
+``~/.cache/torch_structlearn``), keyed by the source, flags, compiler and CPU, and written
+atomically; later processes load the cached library in milliseconds. Without a compiler the
+backend is unavailable (``available()`` is False, ``error()`` says why) and ``auto`` uses
+``csr``. float32 and float64 are computed natively; bf16/fp16 in float32 (as ``csr`` does).
+Unstructured layers only: block layers use ``csr`` (MKL BSR) on the CPU.
+Shapes: ``x (N, in)``, ``values (nnz,)``, ``crow (out + 1,)``, ``col (nnz,)``, ``gy (N, out)``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
+_NAMES = {(torch.float32, torch.int32): "f32_i32", (torch.float32, torch.int64): "f32_i64",
+          (torch.float64, torch.int32): "f64_i32", (torch.float64, torch.int64): "f64_i64"}
+
+_lib: ctypes.CDLL | None = None
+_error: str | None = None
+_tried = False
+_ok = False  # a plain bool, so that torch.compile traces ``available()`` without ctypes
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept: ``$STRUCTLEARN_CACHE`` or ``~/.cache/torch_structlearn``."""
+    env = os.environ.get("STRUCTLEARN_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch_structlearn"
+
+
+def _cpu_id() -> str:
+    """The CPU's model and feature flags (what ``-march=native`` compiles for)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags"))}))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _compile(cxx: str) -> Path:
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
+    tag = hashlib.sha256("\0".join(
+        [SOURCE.read_text(), " ".join(FLAGS), version, _cpu_id(), torch.__version__]).encode()
+    ).hexdigest()[:16]
+    target = cache_dir() / f"cpu_kernel-{tag}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"{cxx} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)  # atomic: a concurrent process sees no half-written library
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _load() -> None:
+    global _lib, _error, _tried, _ok
+    _tried = True
+    cxx = os.environ.get("CXX") or "g++"
+    if shutil.which(cxx) is None:
+        _error = f"no C++ compiler: {cxx!r} is not on PATH (set $CXX)"
+        return
+    try:
+        lib = ctypes.CDLL(str(_compile(cxx)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        _error = f"could not build {SOURCE.name}: {e}"
+        return
+    p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for name in _NAMES.values():
+        getattr(lib, f"{name}_forward").argtypes = [p, i64, i64, p, p, p, i64, p, c_int]
+        getattr(lib, f"{name}_backward").argtypes = [p, p, i64, i64, i64, p, p, p, p, p, c_int]
+    _lib, _ok = lib, True
+
+
+def available() -> bool:
+    """Whether the kernels are compiled and loaded (compiles them on the first call)."""
+    if not _tried:
+        _load()
+    return _ok
+
+
+def error() -> str | None:
+    """Why the backend is unavailable, or None."""
+    available()
+    return _error
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _prepare(x: Tensor, values: Tensor, crow: Tensor, col: Tensor):
+    if not available():
+        raise RuntimeError(f"backend='cpu' is unavailable: {_error}")
+    dt = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    name = _NAMES[(dt, crow.dtype)]
+    return dt, name, values.to(dt).contiguous(), crow.contiguous(), col.contiguous()
+
+
+def forward(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t=None) -> Tensor:
+    dt, name, v, crow, col = _prepare(x, values, crow, col)
+    xc = x.to(dt).contiguous()
+    n, out = xc.shape[0], crow.numel() - 1
+    y = xc.new_empty(n, out)
+    if n and out:
+        getattr(_lib, f"{name}_forward")(
+            _ptr(xc), n, xc.shape[1], _ptr(v), _ptr(crow), _ptr(col), out, _ptr(y),
+            torch.get_num_threads())
+    return y.to(x.dtype)
+
+
+def backward(gy: Tensor, x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t,
+             need_input: bool, need_values: bool) -> tuple[Tensor | None, Tensor | None]:
+    dt, name, v, crow, col = _prepare(x, values, crow, col)
+    xc, gyc = x.to(dt).contiguous(), gy.to(dt).contiguous()
+    n, in_features = xc.shape
+    out = crow.numel() - 1
+    gx = xc.new_empty(n, in_features) if need_input else None  # the kernel writes all of it
+    gv = v.new_empty(v.shape) if need_values else None
+    if n and out and (need_input or need_values):
+        getattr(_lib, f"{name}_backward")(
+            _ptr(gyc), _ptr(xc), n, in_features, out, _ptr(v), _ptr(crow), _ptr(col),
+            _ptr(gx), _ptr(gv), torch.get_num_threads())
+    else:  # nothing flows: zero gradients
+        gx = gx.zero_() if need_input else None
+        gv = gv.zero_() if need_values else None
+    return (gx.to(x.dtype) if need_input else None), (gv.to(x.dtype) if need_values else None)

@@ -1,0 +1,247 @@
+// The ``cpu`` backend's kernels: y = x Wᵀ and its two backward products for a CSR weight W,
+// on row-major (batch, features) activations, fused with the transposes they need.
+//
+// Compiled at first use by ops/cpu.py (g++ -O3 -march=native -fopenmp) and called through
+// ctypes; OpenMP resolves to the libgomp torch already loaded, so threads are torch's.
+//
+// Layout: the batch is cut into tiles of T rows. A tile of x (T, in) is transposed into a
+// thread-local (in, T) buffer, so each nonzero W[j, c] becomes one T-wide FMA on the row
+// xT[c] — vectorised over the batch — and the transposes happen in cache, once per tile:
+//   forward      yT[j]   = Σ_p v[p] · xT[col[p]]              (p over row j of W)
+//   input grad   gxT[c] += v[p] · gyT[j]                       (scatter; no transposed W needed)
+//   values grad  gv[p]  += Σ_t gyT[j][t] · xT[col[p]][t]      (sampled product, per tile)
+// Tiles are spread over threads; with fewer tiles than threads (small batches) the rows j of
+// W are spread instead. Partial tiles are zero-padded, so padded rows contribute nothing.
+// Shapes: x (n, in), v (nnz), crow (out + 1), col (nnz), y / gy (n, out), gx (n, in).
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <omp.h>
+
+namespace {
+
+constexpr int64_t T = 32;  // batch rows per tile
+constexpr int64_t J = 16;  // outputs written back per step (one 64-byte line of a float row)
+
+template <class F>
+F* alloc(int64_t count) {
+    size_t bytes = ((size_t)std::max<int64_t>(count, 1) * sizeof(F) + 63) / 64 * 64;
+    return static_cast<F*>(std::aligned_alloc(64, bytes));
+}
+
+// dst (k, T) = rows b0 .. b0 + T of src (n, k), transposed; rows past n are zero.
+template <class F>
+void load_tile(const F* src, int64_t n, int64_t k, int64_t b0, F* dst) {
+    const int64_t rows = std::min(T, n - b0);
+    if (rows < T) std::memset(dst, 0, sizeof(F) * k * T);
+    for (int64_t i0 = 0; i0 < k; i0 += J) {
+        const int64_t i1 = std::min(k, i0 + J);
+        for (int64_t t = 0; t < rows; ++t) {
+            const F* s = src + (b0 + t) * k;
+            for (int64_t i = i0; i < i1; ++i) dst[i * T + t] = s[i];
+        }
+    }
+}
+
+// rows b0 .. b0 + T of dst (n, k), columns i0 .. i1, from src ((i1 - i0), T) holding them
+// transposed.
+template <class F>
+void store_tile(const F* src, int64_t n, int64_t k, int64_t b0, int64_t i0, int64_t i1, F* dst) {
+    const int64_t rows = std::min(T, n - b0);
+    for (int64_t t = 0; t < rows; ++t) {
+        F* d = dst + (b0 + t) * k;
+        for (int64_t i = i0; i < i1; ++i) d[i] = src[(i - i0) * T + t];
+    }
+}
+
+// T values of F as whole vectors (GCC/Clang vector extensions: AVX-512, or pairs of AVX2
+// registers, as -march allows), so the compiler keeps accumulators in registers.
+template <class F>
+struct Lanes {
+    typedef F V __attribute__((vector_size(64)));
+    static constexpr int N = T * sizeof(F) / 64;
+};
+
+// Σ of a vector's lanes, by halving (the compiler's per-lane extraction is several times slower).
+template <class F>
+inline F hsum(typename Lanes<F>::V s) {
+    typedef F V32 __attribute__((vector_size(32)));
+    typedef F V16 __attribute__((vector_size(16)));
+    V32 a, b;
+    std::memcpy(&a, &s, 32);
+    std::memcpy(&b, reinterpret_cast<const char*>(&s) + 32, 32);
+    a += b;
+    V16 c, d;
+    std::memcpy(&c, &a, 16);
+    std::memcpy(&d, reinterpret_cast<const char*>(&a) + 16, 16);
+    c += d;
+    F r = 0;
+    for (int l = 0; l < int(16 / sizeof(F)); ++l) r += c[l];
+    return r;
+}
+
+// yT rows j0 .. j1 of one tile, written straight to y.
+template <class F, class I>
+void forward_rows(const F* xT, const F* v, const I* crow, const I* col, int64_t j0, int64_t j1,
+                  int64_t n, int64_t out, int64_t b0, F* y) {
+    using V = typename Lanes<F>::V;
+    constexpr int NV = Lanes<F>::N;
+    alignas(64) F buf[J * T];
+    for (int64_t c0 = j0; c0 < j1; c0 += J) {
+        const int64_t c1 = std::min(j1, c0 + J);
+        for (int64_t j = c0; j < c1; ++j) {
+            V acc[NV] = {};
+            for (I p = crow[j]; p < crow[j + 1]; ++p) {
+                const V w = V{} + v[p];
+                const V* xr = reinterpret_cast<const V*>(xT + (int64_t)col[p] * T);
+#pragma GCC unroll 8
+                for (int k = 0; k < NV; ++k) acc[k] += w * xr[k];
+            }
+            std::memcpy(buf + (j - c0) * T, acc, sizeof(acc));
+        }
+        store_tile(buf, n, out, b0, c0, c1, y);
+    }
+}
+
+// gxT (when given) and gv (when given) for W's rows j0 .. j1 and one tile.
+template <class F, class I>
+void backward_rows(const F* gyT, const F* xT, const F* v, const I* crow, const I* col,
+                   int64_t j0, int64_t j1, F* gxT, F* gv) {
+    using V = typename Lanes<F>::V;
+    constexpr int NV = Lanes<F>::N;
+    for (int64_t j = j0; j < j1; ++j) {
+        const V* g = reinterpret_cast<const V*>(gyT + j * T);
+        V gj[NV];
+#pragma GCC unroll 8
+        for (int k = 0; k < NV; ++k) gj[k] = g[k];
+        for (I p = crow[j]; p < crow[j + 1]; ++p) {
+            const int64_t c = (int64_t)col[p] * T;
+            if (gxT) {
+                const V w = V{} + v[p];
+                V* r = reinterpret_cast<V*>(gxT + c);
+#pragma GCC unroll 8
+                for (int k = 0; k < NV; ++k) r[k] += w * gj[k];
+            }
+            if (gv) {
+                const V* xr = reinterpret_cast<const V*>(xT + c);
+                V s = gj[0] * xr[0];
+#pragma GCC unroll 8
+                for (int k = 1; k < NV; ++k) s += gj[k] * xr[k];
+                gv[p] += hsum<F>(s);
+            }
+        }
+    }
+}
+
+template <class F, class I>
+void forward(const F* x, int64_t n, int64_t in, const F* v, const I* crow, const I* col,
+             int64_t out, F* y, int threads) {
+    const int64_t tiles = (n + T - 1) / T;
+    if (tiles >= threads) {
+#pragma omp parallel num_threads(threads)
+        {
+            F* xT = alloc<F>(in * T);
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < tiles; ++b) {
+                load_tile(x, n, in, b * T, xT);
+                forward_rows(xT, v, crow, col, 0, out, n, out, b * T, y);
+            }
+            std::free(xT);
+        }
+        return;
+    }
+    F* xT = alloc<F>(in * T);
+    for (int64_t b = 0; b < tiles; ++b) {
+        load_tile(x, n, in, b * T, xT);
+        const int64_t steps = (out + J - 1) / J;
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t s = 0; s < steps; ++s)
+            forward_rows(xT, v, crow, col, s * J, std::min(out, (s + 1) * J), n, out, b * T, y);
+    }
+    std::free(xT);
+}
+
+template <class F, class I>
+void backward(const F* gy, const F* x, int64_t n, int64_t in, int64_t out, const F* v,
+              const I* crow, const I* col, F* gx, F* gv, int threads) {
+    const int64_t tiles = (n + T - 1) / T, nnz = crow[out];
+    if (gv) std::memset(gv, 0, sizeof(F) * nnz);
+    if (tiles >= threads) {
+        // each thread accumulates the values gradient of its tiles; summed at the end
+        F* parts = gv && threads > 1 ? alloc<F>(nnz * threads) : nullptr;
+        if (parts) std::memset(parts, 0, sizeof(F) * nnz * threads);
+#pragma omp parallel num_threads(threads)
+        {
+            const int id = omp_get_thread_num();
+            F* mine = parts ? parts + nnz * id : gv;
+            F* gyT = alloc<F>(out * T);
+            F* xT = gv ? alloc<F>(in * T) : nullptr;
+            F* gxT = gx ? alloc<F>(in * T) : nullptr;
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < tiles; ++b) {
+                load_tile(gy, n, out, b * T, gyT);
+                if (xT) load_tile(x, n, in, b * T, xT);
+                if (gxT) std::memset(gxT, 0, sizeof(F) * in * T);
+                backward_rows(gyT, xT, v, crow, col, 0, out, gxT, mine);
+                if (gxT) store_tile(gxT, n, in, b * T, 0, in, gx);
+            }
+            std::free(gyT);
+            std::free(xT);
+            std::free(gxT);
+            if (parts) {
+#pragma omp barrier
+#pragma omp for schedule(static)
+                for (int64_t p = 0; p < nnz; ++p) {
+                    F s = 0;
+                    for (int k = 0; k < threads; ++k) s += parts[nnz * k + p];
+                    gv[p] = s;
+                }
+            }
+        }
+        std::free(parts);
+        return;
+    }
+    // few tiles: threads split W's rows; each scatters into its own gxT, summed per tile
+    F* gyT = alloc<F>(out * T);
+    F* xT = gv ? alloc<F>(in * T) : nullptr;
+    F* gxTs = gx ? alloc<F>(in * T * threads) : nullptr;
+    for (int64_t b = 0; b < tiles; ++b) {
+        load_tile(gy, n, out, b * T, gyT);
+        if (xT) load_tile(x, n, in, b * T, xT);
+        if (gxTs) std::memset(gxTs, 0, sizeof(F) * in * T * threads);
+#pragma omp parallel num_threads(threads)
+        {
+            const int id = omp_get_thread_num(), k = omp_get_num_threads();
+            const int64_t j0 = out * id / k, j1 = out * (id + 1) / k;
+            backward_rows(gyT, xT, v, crow, col, j0, j1, gxTs ? gxTs + in * T * id : nullptr, gv);
+        }
+        if (gxTs) {
+            for (int k = 1; k < threads; ++k)
+                for (int64_t i = 0; i < in * T; ++i) gxTs[i] += gxTs[in * T * k + i];
+            store_tile(gxTs, n, in, b * T, 0, in, gx);
+        }
+    }
+    std::free(gyT);
+    std::free(xT);
+    std::free(gxTs);
+}
+
+}  // namespace
+
+#define STRUCTLEARN_EXPORT(F, I, NAME)                                                          \
+    extern "C" void NAME##_forward(const F* x, int64_t n, int64_t in, const F* v,               \
+                                   const I* crow, const I* col, int64_t out, F* y, int th) {    \
+        forward<F, I>(x, n, in, v, crow, col, out, y, th);                                      \
+    }                                                                                           \
+    extern "C" void NAME##_backward(const F* gy, const F* x, int64_t n, int64_t in, int64_t out, \
+                                    const F* v, const I* crow, const I* col, F* gx, F* gv,      \
+                                    int th) {                                                   \
+        backward<F, I>(gy, x, n, in, out, v, crow, col, gx, gv, th);                            \
+    }
+
+STRUCTLEARN_EXPORT(float, int32_t, f32_i32)
+STRUCTLEARN_EXPORT(float, int64_t, f32_i64)
+STRUCTLEARN_EXPORT(double, int32_t, f64_i32)
+STRUCTLEARN_EXPORT(double, int64_t, f64_i64)
