@@ -331,3 +331,21 @@ def test_cpu_backend_layer_trains_without_a_transposed_structure():
     want = torch.autograd.grad(ref, (x, layer.values), gy)
     for g1, g2 in zip(got, want, strict=True):
         torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_backend_refuses_a_malformed_structure():
+    """The fused kernels index memory through crow/col: out-of-range entries are a ValueError,
+    not a crash."""
+    if "cpu" not in available_backends():
+        pytest.skip("the cpu backend's kernels did not build")
+    x = torch.randn(3, 4)
+    good_crow, good_col = torch.tensor([0, 2, 3]), torch.tensor([0, 3, 1])
+    sparse_linear(x, torch.randn(3), good_crow, good_col, backend="cpu")
+    for crow, col, msg in [
+        (good_crow, torch.tensor([0, 4, 1]), "col must lie in \\[0, in_features = 4\\)"),
+        (good_crow, torch.tensor([0, -1, 1]), "col must lie"),
+        (torch.tensor([0, 2, 5]), good_col, "end at len\\(col\\) = 3"),
+        (torch.tensor([0, 3, 2, 3]), good_col, "non-decreasing"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            sparse_linear(x, torch.randn(3), crow, col, backend="cpu")

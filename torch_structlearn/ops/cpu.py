@@ -116,9 +116,24 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _check_structure(crow: Tensor, col: Tensor, in_features: int) -> None:
+    """The kernels index memory with ``crow`` and ``col`` unchecked: a malformed structure
+    must be a ``ValueError`` here, not a crash there (O(nnz) per call, ~µs)."""
+    nnz = col.numel()
+    if crow.numel() < 1 or int(crow[0]) != 0 or int(crow[-1]) != nnz:
+        raise ValueError(f"crow must start at 0 and end at len(col) = {nnz}, got "
+                         f"{crow[:1].tolist()} … {crow[-1:].tolist()}")
+    if crow.numel() > 1 and bool((crow[1:] < crow[:-1]).any()):
+        raise ValueError("crow must be non-decreasing")
+    if nnz and (int(col.min()) < 0 or int(col.max()) >= in_features):
+        raise ValueError(f"col must lie in [0, in_features = {in_features}), got "
+                         f"[{int(col.min())}, {int(col.max())}]")
+
+
 def _prepare(x: Tensor, values: Tensor, crow: Tensor, col: Tensor):
     if not available():
         raise RuntimeError(f"backend='cpu' is unavailable: {_error}")
+    _check_structure(crow, col, x.shape[1])
     dt = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     name = _NAMES[(dt, crow.dtype)]
     return dt, name, values.to(dt).contiguous(), crow.contiguous(), col.contiguous()
