@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from torch_structlearn import Connectivity, StructLearnedLinear
+from torch_structlearn.ops import available_backends
 
 from .conftest import devices
 
@@ -163,11 +164,13 @@ def test_backend_caches_and_switching(backend):
     x = torch.randn(5, 9)
     ref = nn.functional.linear(x, layer.dense_weight(), layer.bias)
     torch.testing.assert_close(layer(x), ref)
-    for other in ["csr", "dense", "auto"]:
+    for other in ["csr", "dense", "auto", *(["cpu"] if "cpu" in available_backends() else [])]:
         layer.backend = other
         uses_dense = layer.dense_index.numel() > 0
         uses_csr = layer.perm_t.numel() > 0
-        assert uses_dense or uses_csr
+        assert uses_dense or uses_csr or other == "cpu"
+        if other == "cpu":  # the fused kernels need neither cache
+            assert not uses_dense and not uses_csr
         if other == "dense":
             assert uses_dense and not uses_csr
         if other == "csr":
