@@ -94,8 +94,10 @@ def _load() -> None:
         return
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for name in _NAMES.values():
-        getattr(lib, f"{name}_forward").argtypes = [p, i64, i64, p, p, p, i64, p, c_int]
-        getattr(lib, f"{name}_backward").argtypes = [p, p, i64, i64, i64, p, p, p, p, p, c_int]
+        fwd, bwd = getattr(lib, f"{name}_forward"), getattr(lib, f"{name}_backward")
+        fwd.argtypes = [p, i64, i64, p, p, p, i64, p, c_int]
+        bwd.argtypes = [p, p, i64, i64, i64, p, p, p, p, p, c_int]
+        fwd.restype = bwd.restype = c_int
     _lib, _ok = lib, True
 
 
@@ -110,6 +112,12 @@ def error() -> str | None:
     """Why the backend is unavailable, or None."""
     available()
     return _error
+
+
+def _ok_or_raise(rc: int) -> None:
+    if rc:
+        raise MemoryError("backend='cpu': the kernel could not allocate its workspace "
+                          "(tiles of 32 rows per thread)")
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -145,9 +153,9 @@ def forward(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t=None) -> Ten
     n, out = xc.shape[0], crow.numel() - 1
     y = xc.new_empty(n, out)
     if n and out:
-        getattr(_lib, f"{name}_forward")(
+        _ok_or_raise(getattr(_lib, f"{name}_forward")(
             _ptr(xc), n, xc.shape[1], _ptr(v), _ptr(crow), _ptr(col), out, _ptr(y),
-            torch.get_num_threads())
+            torch.get_num_threads()))
     return y.to(x.dtype)
 
 
@@ -160,9 +168,9 @@ def backward(gy: Tensor, x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t
     gx = xc.new_empty(n, in_features) if need_input else None  # the kernel writes all of it
     gv = v.new_empty(v.shape) if need_values else None
     if n and out and (need_input or need_values):
-        getattr(_lib, f"{name}_backward")(
+        _ok_or_raise(getattr(_lib, f"{name}_backward")(
             _ptr(gyc), _ptr(xc), n, in_features, out, _ptr(v), _ptr(crow), _ptr(col),
-            _ptr(gx), _ptr(gv), torch.get_num_threads())
+            _ptr(gx), _ptr(gv), torch.get_num_threads()))
     else:  # nothing flows: zero gradients
         gx = gx.zero_() if need_input else None
         gv = gv.zero_() if need_values else None

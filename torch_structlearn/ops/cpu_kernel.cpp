@@ -26,7 +26,7 @@ constexpr int64_t T = 32;  // batch rows per tile
 constexpr int64_t J = 16;  // outputs written back per step (one 64-byte line of a float row)
 
 template <class F>
-F* alloc(int64_t count) {
+F* alloc(int64_t count) {  // 64-byte aligned; nullptr when out of memory
     size_t bytes = ((size_t)std::max<int64_t>(count, 1) * sizeof(F) + 63) / 64 * 64;
     return static_cast<F*>(std::aligned_alloc(64, bytes));
 }
@@ -135,50 +135,64 @@ void backward_rows(const F* gyT, const F* xT, const F* v, const I* crow, const I
     }
 }
 
+// Every buffer of a call comes from one allocation made before any work, so running out of
+// memory is reported (return 1) instead of crashing inside a parallel region. Slices are
+// multiples of T * sizeof(F) = 128 bytes, so each stays 64-byte aligned.
 template <class F, class I>
-void forward(const F* x, int64_t n, int64_t in, const F* v, const I* crow, const I* col,
-             int64_t out, F* y, int threads) {
+int forward(const F* x, int64_t n, int64_t in, const F* v, const I* crow, const I* col,
+            int64_t out, F* y, int threads) {
     const int64_t tiles = (n + T - 1) / T;
-    if (tiles >= threads) {
+    const bool by_tiles = tiles >= threads;
+    F* ws = alloc<F>(in * T * (by_tiles ? threads : 1));
+    if (!ws) return 1;
+    if (by_tiles) {
 #pragma omp parallel num_threads(threads)
         {
-            F* xT = alloc<F>(in * T);
+            F* xT = ws + in * T * omp_get_thread_num();
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < tiles; ++b) {
                 load_tile(x, n, in, b * T, xT);
                 forward_rows(xT, v, crow, col, 0, out, n, out, b * T, y);
             }
-            std::free(xT);
         }
-        return;
-    }
-    F* xT = alloc<F>(in * T);
-    for (int64_t b = 0; b < tiles; ++b) {
-        load_tile(x, n, in, b * T, xT);
-        const int64_t steps = (out + J - 1) / J;
+    } else {  // few tiles: threads split W's rows
+        for (int64_t b = 0; b < tiles; ++b) {
+            load_tile(x, n, in, b * T, ws);
+            const int64_t steps = (out + J - 1) / J;
 #pragma omp parallel for num_threads(threads) schedule(static)
-        for (int64_t s = 0; s < steps; ++s)
-            forward_rows(xT, v, crow, col, s * J, std::min(out, (s + 1) * J), n, out, b * T, y);
+            for (int64_t s = 0; s < steps; ++s)
+                forward_rows(ws, v, crow, col, s * J, std::min(out, (s + 1) * J), n, out, b * T, y);
+        }
     }
-    std::free(xT);
+    std::free(ws);
+    return 0;
 }
 
 template <class F, class I>
-void backward(const F* gy, const F* x, int64_t n, int64_t in, int64_t out, const F* v,
-              const I* crow, const I* col, F* gx, F* gv, int threads) {
+int backward(const F* gy, const F* x, int64_t n, int64_t in, int64_t out, const F* v,
+             const I* crow, const I* col, F* gx, F* gv, int threads) {
     const int64_t tiles = (n + T - 1) / T, nnz = crow[out];
+    const bool by_tiles = tiles >= threads;
+    // per tile: gyT (out, T), xT (in, T) for the values gradient, gxT (in, T) for the input's
+    const int64_t tile = out * T + (gv ? in * T : 0) + (gx ? in * T : 0);
+    // by tiles: one such set per thread, and per-thread values-gradient partials (summed at the
+    // end); few tiles: threads split W's rows and each scatters into its own gxT
+    const bool parts = by_tiles && gv && threads > 1;
+    const int64_t size = by_tiles ? tile * threads + (parts ? nnz * threads : 0)
+                                  : out * T + (gv ? in * T : 0) + (gx ? in * T * threads : 0);
+    F* ws = alloc<F>(size);
+    if (!ws) return 1;
     if (gv) std::memset(gv, 0, sizeof(F) * nnz);
-    if (tiles >= threads) {
-        // each thread accumulates the values gradient of its tiles; summed at the end
-        F* parts = gv && threads > 1 ? alloc<F>(nnz * threads) : nullptr;
-        if (parts) std::memset(parts, 0, sizeof(F) * nnz * threads);
+    if (by_tiles) {
+        F* partial = parts ? ws + tile * threads : nullptr;
+        if (parts) std::memset(partial, 0, sizeof(F) * nnz * threads);
 #pragma omp parallel num_threads(threads)
         {
             const int id = omp_get_thread_num();
-            F* mine = parts ? parts + nnz * id : gv;
-            F* gyT = alloc<F>(out * T);
-            F* xT = gv ? alloc<F>(in * T) : nullptr;
-            F* gxT = gx ? alloc<F>(in * T) : nullptr;
+            F* gyT = ws + tile * id;
+            F* xT = gv ? gyT + out * T : nullptr;
+            F* gxT = gx ? gyT + out * T + (gv ? in * T : 0) : nullptr;
+            F* mine = parts ? partial + nnz * id : gv;
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < tiles; ++b) {
                 load_tile(gy, n, out, b * T, gyT);
@@ -187,58 +201,53 @@ void backward(const F* gy, const F* x, int64_t n, int64_t in, int64_t out, const
                 backward_rows(gyT, xT, v, crow, col, 0, out, gxT, mine);
                 if (gxT) store_tile(gxT, n, in, b * T, 0, in, gx);
             }
-            std::free(gyT);
-            std::free(xT);
-            std::free(gxT);
-            if (parts) {
-#pragma omp barrier
+            if (parts) {  // the omp for above ended with a barrier: every partial is complete
 #pragma omp for schedule(static)
                 for (int64_t p = 0; p < nnz; ++p) {
                     F s = 0;
-                    for (int k = 0; k < threads; ++k) s += parts[nnz * k + p];
+                    for (int k = 0; k < threads; ++k) s += partial[nnz * k + p];
                     gv[p] = s;
                 }
             }
         }
-        std::free(parts);
-        return;
-    }
-    // few tiles: threads split W's rows; each scatters into its own gxT, summed per tile
-    F* gyT = alloc<F>(out * T);
-    F* xT = gv ? alloc<F>(in * T) : nullptr;
-    F* gxTs = gx ? alloc<F>(in * T * threads) : nullptr;
-    for (int64_t b = 0; b < tiles; ++b) {
-        load_tile(gy, n, out, b * T, gyT);
-        if (xT) load_tile(x, n, in, b * T, xT);
-        if (gxTs) std::memset(gxTs, 0, sizeof(F) * in * T * threads);
+    } else {
+        F* gyT = ws;
+        F* xT = gv ? ws + out * T : nullptr;
+        F* gxTs = gx ? ws + out * T + (gv ? in * T : 0) : nullptr;
+        for (int64_t b = 0; b < tiles; ++b) {
+            load_tile(gy, n, out, b * T, gyT);
+            if (xT) load_tile(x, n, in, b * T, xT);
+            if (gxTs) std::memset(gxTs, 0, sizeof(F) * in * T * threads);
 #pragma omp parallel num_threads(threads)
-        {
-            const int id = omp_get_thread_num(), k = omp_get_num_threads();
-            const int64_t j0 = out * id / k, j1 = out * (id + 1) / k;
-            backward_rows(gyT, xT, v, crow, col, j0, j1, gxTs ? gxTs + in * T * id : nullptr, gv);
-        }
-        if (gxTs) {
-            for (int k = 1; k < threads; ++k)
-                for (int64_t i = 0; i < in * T; ++i) gxTs[i] += gxTs[in * T * k + i];
-            store_tile(gxTs, n, in, b * T, 0, in, gx);
+            {
+                const int id = omp_get_thread_num(), k = omp_get_num_threads();
+                const int64_t j0 = out * id / k, j1 = out * (id + 1) / k;
+                backward_rows(gyT, xT, v, crow, col, j0, j1, gxTs ? gxTs + in * T * id : nullptr,
+                              gv);
+            }
+            if (gxTs) {
+                for (int k = 1; k < threads; ++k)
+                    for (int64_t i = 0; i < in * T; ++i) gxTs[i] += gxTs[in * T * k + i];
+                store_tile(gxTs, n, in, b * T, 0, in, gx);
+            }
         }
     }
-    std::free(gyT);
-    std::free(xT);
-    std::free(gxTs);
+    std::free(ws);
+    return 0;
 }
 
 }  // namespace
 
+// Exported entry points; each returns 0, or 1 when its workspace could not be allocated.
 #define STRUCTLEARN_EXPORT(F, I, NAME)                                                          \
-    extern "C" void NAME##_forward(const F* x, int64_t n, int64_t in, const F* v,               \
-                                   const I* crow, const I* col, int64_t out, F* y, int th) {    \
-        forward<F, I>(x, n, in, v, crow, col, out, y, th);                                      \
+    extern "C" int NAME##_forward(const F* x, int64_t n, int64_t in, const F* v,                \
+                                  const I* crow, const I* col, int64_t out, F* y, int th) {     \
+        return forward<F, I>(x, n, in, v, crow, col, out, y, th);                               \
     }                                                                                           \
-    extern "C" void NAME##_backward(const F* gy, const F* x, int64_t n, int64_t in, int64_t out, \
-                                    const F* v, const I* crow, const I* col, F* gx, F* gv,      \
-                                    int th) {                                                   \
-        backward<F, I>(gy, x, n, in, out, v, crow, col, gx, gv, th);                            \
+    extern "C" int NAME##_backward(const F* gy, const F* x, int64_t n, int64_t in, int64_t out, \
+                                   const F* v, const I* crow, const I* col, F* gx, F* gv,       \
+                                   int th) {                                                    \
+        return backward<F, I>(gy, x, n, in, out, v, crow, col, gx, gv, th);                     \
     }
 
 STRUCTLEARN_EXPORT(float, int32_t, f32_i32)
