@@ -89,26 +89,30 @@ def test_crossover_table_from_json_per_shape(tmp_path, monkeypatch):
     monkeypatch.setattr(auto, "TABLE_PATH", tmp_path / "crossover.json")
     monkeypatch.setattr(auto, "TABLE", {"cuda": {"bfloat16": 0.2}})
     monkeypatch.setattr(auto, "BY_SHAPE", {})
-    sparse = auto.sparse_backend(torch.device("cpu"), None)  # 'cpu', or 'csr' without a compiler
 
-    def row(shape, density, ms, backend=sparse):
+    def row(shape, density, ms, backend="cpu"):
         return {"device": "cpu", "dtype": "float32", "block": 0, "shape": shape, "backend": backend,
                 "actual_density": density, "forward_backward_ms": ms,
                 "baseline_forward_backward_ms": 10.0}
 
     rows = [row([8, 64, 48], 0.1, 2.0), row([8, 64, 48], 0.25, 8.0), row([8, 64, 48], 0.5, 12.0),
             row([512, 64, 48], 0.1, 9.0), row([512, 64, 48], 0.25, 11.0),
-            row([512, 64, 48], 0.1, 1.0, backend="dense"),  # not the sparse kernel: ignored
+            row([8, 64, 48], 0.1, 6.0, "csr"), row([8, 64, 48], 0.25, 12.0, "csr"),  # stand-in
+            row([512, 64, 48], 0.1, 1.0, backend="dense"),  # not a sparse kernel: ignored
             row([512, 64, 48], 0.25, 1.0, backend="torch_sparse")]  # neither
     f = tmp_path / "k.json"
     f.write_text(json.dumps({"rows": rows}))
     assert bench.main(["crossover", str(f)]) == 0
     written = json.loads((tmp_path / "crossover.json").read_text())
     assert written["by_shape"]["cpu"]["float32"] == {"8x64x48": 0.25, "512x64x48": 0.1}
-    assert written["crossover"] == {"cuda": {"bfloat16": 0.2}, "cpu": {"float32": 0.1}}
+    assert written["by_shape"]["cpu"]["float32@csr"] == {"8x64x48": 0.1}
+    assert written["crossover"] == {"cuda": {"bfloat16": 0.2},
+                                    "cpu": {"float32": 0.1, "float32@csr": 0.1}}
     assert "bench crossover" in written["generated_by"]
     cpu = torch.device("cpu")
-    assert auto.choose(cpu, torch.float32, 0.2, None, (16, 64, 48)) == sparse  # reloaded
+    sparse = auto.sparse_backend(cpu, None)  # 'cpu', or 'csr' without a compiler
+    assert auto.choose(cpu, torch.float32, 0.2, None, (16, 64, 48)) == (  # reloaded
+        "cpu" if sparse == "cpu" else "dense")  # csr's own entry: 0.1 at that shape
     assert auto.choose(cpu, torch.float32, 0.2, None, (1024, 64, 48)) == "dense"
 
 

@@ -268,13 +268,16 @@ def test_auto_chooses_by_crossover_and_nearest_shape(monkeypatch, kernel):
     from torch_structlearn.ops import auto
 
     sparse = _fused_kernel(monkeypatch, kernel)
-    monkeypatch.setattr(auto, "TABLE", {"cpu": {"float32": 0.05, "float32/b32x32": 0.08}})
+    # 'float32' was measured for the cpu kernels, 'float32@csr' for csr standing in for them
+    monkeypatch.setattr(auto, "TABLE", {"cpu": {"float32": 0.05, "float32@csr": 0.02,
+                                                "float32/b32x32": 0.08}})
     monkeypatch.setattr(auto, "BY_SHAPE", {"cpu": {"float32/b32x32": {
         "256x3072x4096": 0.105, "4096x768x3072": 0.08}}})
     cpu = torch.device("cpu")
-    assert auto.choose(cpu, torch.float32, 0.05) == sparse
-    assert auto.choose(cpu, torch.float32, 0.06) == "dense"
-    assert auto.choose(cpu, torch.bfloat16, 0.05) == sparse  # CPU low precision: float32 entry
+    limit = 0.05 if kernel else 0.02  # each kernel at its own measured crossover
+    assert auto.choose(cpu, torch.float32, limit) == sparse
+    assert auto.choose(cpu, torch.float32, limit + 0.01) == "dense"
+    assert auto.choose(cpu, torch.bfloat16, limit) == sparse  # CPU low precision: float32 entry
     assert auto.choose(cpu, torch.float64, 0.01) == "dense"  # nothing measured
     b = (32, 32)
     assert auto.choose(cpu, torch.float32, 0.10, b) == "dense"  # no shape: the smallest
@@ -283,6 +286,8 @@ def test_auto_chooses_by_crossover_and_nearest_shape(monkeypatch, kernel):
     assert auto.choose(cpu, torch.float32, 0.11, b, (256, 3072, 4096)) == "dense"
     assert sorted(auto.limits(cpu, torch.float32, b)) == [0.08, 0.08, 0.105]
     assert auto.limits(cpu, torch.float64) == []
+    monkeypatch.setattr(auto, "TABLE", {"cpu": {"float32": 0.05}})  # csr never measured:
+    assert auto.choose(cpu, torch.float32, 0.01) == ("cpu" if kernel else "dense")  # no evidence
 
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["fused", "no-compiler"])
@@ -290,8 +295,9 @@ def test_auto_layer_caches_what_every_shape_may_need(monkeypatch, kernel):
     from torch_structlearn.ops import auto
 
     sparse = _fused_kernel(monkeypatch, kernel)
-    monkeypatch.setattr(auto, "TABLE", {"cpu": {"float32": 0.05}})
-    monkeypatch.setattr(auto, "BY_SHAPE", {"cpu": {"float32": {"8x64x48": 0.3, "512x64x48": 0.05}}})
+    k = "float32" if kernel else "float32@csr"  # the entry of the kernel that runs
+    monkeypatch.setattr(auto, "TABLE", {"cpu": {k: 0.05}})
+    monkeypatch.setattr(auto, "BY_SHAPE", {"cpu": {k: {"8x64x48": 0.3, "512x64x48": 0.05}}})
     torch.manual_seed(0)
     layer = StructLearnedLinear(64, 48, density=0.2)  # sparse at batch 8, dense at batch 512
     transposed = layer.nnz if sparse == "csr" else 0  # the fused kernel needs no transpose

@@ -170,18 +170,20 @@ def machine() -> dict:
     return info
 
 
-def crossover(rows: list[dict], device: str, dtype: str, block: int = 0) -> dict[str, float | None]:
-    """Per measured shape ``"BxIxO"``: the largest grid density up to which the sparse kernel
-    ``auto`` would pick beat ``nn.Linear`` (fwd+bwd), for this dtype and block size (0:
-    unstructured); None where it never did."""
-    sparse = auto.sparse_backend(torch.device(device), (block, block) if block else None)
+def crossover(rows: list[dict], device: str, dtype: str, block: int = 0,
+              backend: str | None = None) -> dict[str, float | None]:
+    """Per measured shape ``"BxIxO"``: the largest grid density up to which ``backend`` (default:
+    the sparse kernel preferred for this device and block size) beat ``nn.Linear`` (fwd+bwd),
+    for this dtype and block size (0: unstructured); None where it never did."""
+    blk = (block, block) if block else None
+    sparse = backend or auto.preferred_backend(torch.device(device), blk)
     sel_all = [r for r in rows if r["device"] == device and r["dtype"] == dtype
-               and r.get("block", 0) == block]
+               and r.get("block", 0) == block and r["backend"] == sparse]
     out = {}
-    for shape in sorted({tuple(r["shape"]) for r in sel_all}):
+    for shape in sorted({tuple(r["shape"]) for r in sel_all}):  # shapes measured for it
         sel = [r for r in sel_all if tuple(r["shape"]) == shape]
         best = 0.0
-        for r in sorted((r for r in sel if r["backend"] == sparse), key=lambda r: r["actual_density"]):
+        for r in sorted(sel, key=lambda r: r["actual_density"]):
             if r["forward_backward_ms"] >= r["baseline_forward_backward_ms"]:
                 break
             best = r["actual_density"]
@@ -189,19 +191,29 @@ def crossover(rows: list[dict], device: str, dtype: str, block: int = 0) -> dict
     return out
 
 
+def _table_entry(r: dict) -> tuple[str, str, int, bool] | None:
+    """``(device, dtype, block, stand_in)`` of the ``auto`` entry this row measures: rows of the
+    preferred sparse kernel, and ``csr`` rows where ``csr`` may stand in for it (unstructured
+    CPU layers without a compiler); None for other rows."""
+    block = r.get("block", 0)
+    blk = (block, block) if block else None
+    preferred = auto.preferred_backend(torch.device(r["device"]), blk)
+    if r["backend"] == preferred:
+        return r["device"], r["dtype"], block, False
+    if r["backend"] == "csr" and preferred == "cpu":
+        return r["device"], r["dtype"], block, True
+    return None
+
+
 def update_tables(rows: list[dict], table: dict, by_shape: dict) -> tuple[dict, dict]:
     """Copies of ``auto``'s tables with an entry for every (device, dtype, block) whose sparse
-    kernel was measured in ``rows``; the others are kept."""
+    kernel was measured in ``rows`` (and a ``@csr`` entry where ``csr`` rows measure the
+    stand-in); the others are kept."""
     table, by_shape = copy.deepcopy(table), copy.deepcopy(by_shape)
-
-    def block_of(r: dict) -> tuple[int, int] | None:
-        return (r["block"], r["block"]) if r.get("block", 0) else None
-
-    measured = {(r["device"], r["dtype"], r.get("block", 0)) for r in rows
-                if r["backend"] == auto.sparse_backend(torch.device(r["device"]), block_of(r))}
-    for dev, dtype, b in sorted(measured):  # entries not measured keep their shipped values
-        shapes = crossover(rows, dev, dtype, b)
-        k = auto.key(getattr(torch, dtype), (b, b) if b else None)
+    measured = {e for e in map(_table_entry, rows) if e is not None}
+    for dev, dtype, b, stand_in in sorted(measured):  # unmeasured entries keep shipped values
+        shapes = crossover(rows, dev, dtype, b, "csr" if stand_in else None)
+        k = auto.key(getattr(torch, dtype), (b, b) if b else None, stand_in)
         by_shape.setdefault(dev, {})[k] = shapes
         table.setdefault(dev, {})[k] = min((v or 0.0 for v in shapes.values()), default=0.0) or None
     return table, by_shape

@@ -1,9 +1,9 @@
 """``backend='auto'``: pick the sparse kernel below the measured crossover density, else ``dense``.
 
 The sparse kernel is ``csr`` (torch's CSR/BSR) except for block layers on CUDA, where it is
-``triton``, and unstructured layers on the CPU, where it is ``cpu`` (the fused kernels) when they
-compiled — without a compiler ``csr`` takes their place at ``cpu``'s measured crossover, which
-is then optimistic (``csr`` is slower; see BENCHMARKS.md). Entries are per device type and dtype, and per block shape for block layers
+``triton``, and unstructured layers on the CPU, where it is ``cpu`` (the fused kernels). Where
+those did not compile (no C++ compiler), ``csr`` stands in for them with its own measured
+crossover (key ``"float32@csr"``), which is lower: ``csr`` is slower (see BENCHMARKS.md). Entries are per device type and dtype, and per block shape for block layers
 (key ``"float32"`` or ``"float32/b32x32"``).
 
 The crossover table ``crossover.json`` beside this file is written by
@@ -48,31 +48,41 @@ TABLE = load_table()
 BY_SHAPE = load_by_shape()
 
 
-def key(dtype: torch.dtype, block: tuple[int, int] | None = None) -> str:
-    """The table key of a dtype (and block shape): ``"float32"``, ``"bfloat16/b32x32"``."""
+def key(dtype: torch.dtype, block: tuple[int, int] | None = None, stand_in: bool = False) -> str:
+    """The table key of a dtype (and block shape): ``"float32"``, ``"bfloat16/b32x32"``; with
+    ``stand_in``, the entry measured for ``csr`` where it stands in for the preferred kernel
+    (``"float32@csr"``: unstructured CPU layers without a C++ compiler)."""
     name = str(dtype).removeprefix("torch.")
-    return name if block is None else f"{name}/b{block[0]}x{block[1]}"
+    name = name if block is None else f"{name}/b{block[0]}x{block[1]}"
+    return name + "@csr" if stand_in else name
+
+
+def preferred_backend(device: torch.device, block: tuple[int, int] | None) -> str:
+    """The sparse kernel meant for this device and kind of layer: ``triton`` for block layers
+    on CUDA, ``cpu`` for unstructured layers on the CPU, else ``csr``."""
+    if block is not None and device.type == "cuda":
+        return "triton"
+    return "cpu" if block is None and device.type == "cpu" else "csr"
 
 
 def sparse_backend(device: torch.device, block: tuple[int, int] | None) -> str:
-    """The sparse kernel for this device and kind of layer: ``triton`` for block layers on
-    CUDA, ``cpu`` for unstructured layers on the CPU when its kernels compiled, else ``csr``."""
-    if block is not None and device.type == "cuda":
-        return "triton"
-    if block is None and device.type == "cpu" and cpu.available():
-        return "cpu"
-    return "csr"
+    """The sparse kernel ``auto`` uses here: the preferred one, or ``csr`` when that is ``cpu``
+    and its kernels did not compile."""
+    preferred = preferred_backend(device, block)
+    return "csr" if preferred == "cpu" and not cpu.available() else preferred
 
 
 def _entry(device: torch.device, dtype: torch.dtype, block) -> str | None:
-    """The table key that applies, or None when nothing was measured."""
+    """The table key that applies, or None when nothing was measured (for the kernel that
+    will run: a ``csr`` standing in for ``cpu`` reads its own ``@csr`` entry)."""
     entry = TABLE.get(device.type, {})
-    if key(dtype, block) in entry:
-        return key(dtype, block)
+    stand_in = sparse_backend(device, block) != preferred_backend(device, block)
+    if key(dtype, block, stand_in) in entry:
+        return key(dtype, block, stand_in)
     low = dtype in (torch.float16, torch.bfloat16)
-    if device.type == "cpu" and low and key(torch.float32, block) in entry:
+    if device.type == "cpu" and low and key(torch.float32, block, stand_in) in entry:
         # MKL computes bf16/fp16 sparse products in float32, so the float32 crossover applies.
-        return key(torch.float32, block)
+        return key(torch.float32, block, stand_in)
     return None
 
 
