@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
 _NAMES = {(torch.float32, torch.int32): "f32_i32", (torch.float32, torch.int64): "f32_i64",
@@ -67,6 +69,7 @@ def _compile(cxx: str) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("compiling %s with %s (first use; a few seconds) into %s", SOURCE.name, cxx, target)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
