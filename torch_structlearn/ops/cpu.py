@@ -11,7 +11,7 @@ The C++ source is compiled at first use with the system's C++ compiler (``$CXX``
 ``~/.cache/torch_structlearn``), keyed by the source, flags, compiler and CPU, and written
 atomically; later processes load the cached library in milliseconds. Without a compiler the
 backend is unavailable (``available()`` is False, ``error()`` says why) and ``auto`` uses
-``csr``. float32 and float64 are computed natively; bf16/fp16 in float32 (as ``csr`` does).
+``csr`` at ``csr``'s own measured crossover. float32 and float64 are computed natively; bf16/fp16 in float32 (as ``csr`` does).
 Unstructured layers only: block layers use ``csr`` (MKL BSR) on the CPU.
 Shapes: ``x (N, in)``, ``values (nnz,)``, ``crow (out + 1,)``, ``col (nnz,)``, ``gy (N, out)``.
 """
