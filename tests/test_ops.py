@@ -1,7 +1,6 @@
 """The sparse kernel against an independent reference: a dense masked weight built with plain
 differentiable torch ops (autograd supplies the reference gradients)."""
 
-import os
 import shutil
 
 import pytest
@@ -18,7 +17,9 @@ BACKENDS = [b for b in available_backends() if b != "auto"] + ["auto"]
 
 
 def _compiler():
-    return shutil.which(os.environ.get("CXX") or "g++")
+    from torch_structlearn.ops import cpu
+
+    return shutil.which(cpu.compiler())
 
 
 def _usable_on(backend, device):

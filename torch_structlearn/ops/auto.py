@@ -3,8 +3,9 @@
 The sparse kernel is ``csr`` (torch's CSR/BSR) except for block layers on CUDA, where it is
 ``triton``, and unstructured layers on the CPU, where it is ``cpu`` (the fused kernels). Where
 those did not compile (no C++ compiler), ``csr`` stands in for them with its own measured
-crossover (key ``"float32@csr"``), which is lower: ``csr`` is slower (see BENCHMARKS.md). Entries are per device type and dtype, and per block shape for block layers
-(key ``"float32"`` or ``"float32/b32x32"``).
+crossover (key ``"float32@csr"``), which is lower: ``csr`` is slower (see BENCHMARKS.md).
+Entries are per device type and dtype, and per block shape for block layers (key
+``"float32"`` or ``"float32/b32x32"``).
 
 The crossover table ``crossover.json`` beside this file is written by
 ``python -m torch_structlearn.bench --write-crossover`` (never edited by hand). Devices or

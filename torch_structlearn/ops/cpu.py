@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .csr import _compute_dtype
+
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
@@ -83,10 +85,15 @@ def _compile(cxx: str) -> Path:
     return target
 
 
+def compiler() -> str:
+    """The C++ compiler the kernels are built with: ``$CXX``, else ``g++``."""
+    return os.environ.get("CXX") or "g++"
+
+
 def _load() -> None:
     global _lib, _error, _tried, _ok
     _tried = True
-    cxx = os.environ.get("CXX") or "g++"
+    cxx = compiler()
     if shutil.which(cxx) is None:
         _error = f"no C++ compiler: {cxx!r} is not on PATH (set $CXX)"
         return
@@ -145,7 +152,7 @@ def _prepare(x: Tensor, values: Tensor, crow: Tensor, col: Tensor):
     if not available():
         raise RuntimeError(f"backend='cpu' is unavailable: {_error}")
     _check_structure(crow, col, x.shape[1])
-    dt = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    dt = _compute_dtype(x)  # bf16/fp16 in float32, as for csr
     name = _NAMES[(dt, crow.dtype)]
     return dt, name, values.to(dt).contiguous(), crow.contiguous(), col.contiguous()
 
