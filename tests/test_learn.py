@@ -1,6 +1,8 @@
 """The structure learner: bad input, local receptive fields, depth rule, entropy, pooling."""
 
+import copy
 import math
+import pickle
 
 import pytest
 import torch
@@ -178,6 +180,11 @@ def test_depth_rule_stops_at_one_and_report_is_consistent(tmp_path):
     assert rep[1]["gain"] == pytest.approx((rep[1]["score"] - rep[0]["score"]) / abs(rep[0]["score"]))
     assert "layer" in stack.format_report()
     assert stack(torch.randn(5, 16)).shape == (5, 8)
+    twin = copy.deepcopy(stack)  # a learned stack copies and pickles like any module
+    assert twin.report == rep and twin.report[0].K == 16
+    assert pickle.loads(pickle.dumps(rep[0])) == rep[0]
+    with pytest.raises(AttributeError, match="no field 'nope'"):
+        rep[0].nope
     back = load(save(stack, tmp_path / "s.safetensors"))
     assert isinstance(back, StructLearnedStack) and back.depth == 1
     x = torch.randn(7, 16)

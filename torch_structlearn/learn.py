@@ -60,7 +60,11 @@ def dictionary_values(dictionary: Tensor, connectivity: Connectivity) -> Tensor:
 class LayerReport(dict):
     """One row of a structure-learning report (a dict with attribute access)."""
 
-    __getattr__ = dict.__getitem__
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:  # AttributeError, so copy/pickle's protocol probes work
+            raise AttributeError(f"LayerReport has no field {name!r}") from None
 
 
 def learn_structure(
