@@ -1,12 +1,19 @@
 """Experiment 4 — depth: stacks forced to depth 1–4 against the depth the stopping rule picks;
 test accuracy and coding-efficiency score against depth, 3 seeds.
 
+Growth is greedy (layer ``l`` is learned on the fixed layers below it), so each seed grows one
+stack to ``--max-depth`` with the stopping rule off and every forced depth ``k`` is its first ``k``
+layers; the stopping rule's network is the prefix the rule keeps on that stack's scores (the
+first layer whose relative gain is below ``min_gain`` ends it), trained once as that forced
+depth and recorded with ``same_as``.
+
     python recipes/exp_depth.py --dataset mnist --quick
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -19,31 +26,47 @@ from common import add_args, finish, seed_range, setup, train_eval  # noqa: E402
 from torch_structlearn import StructLearnedStack  # noqa: E402
 
 
+def rule_depth(gains: list[float], min_gain: float) -> int:
+    """The depth the stopping rule keeps, given each grown layer's relative score gain: the first
+    layer is always kept, and growth stops at the first later layer whose gain is below
+    ``min_gain`` (as :meth:`StructLearnedStack.learn_structure` does)."""
+    depth = 1
+    while depth < len(gains) and gains[depth] >= min_gain:
+        depth += 1
+    return depth
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_args(p)
     p.add_argument("--density", type=float, default=0.05)
     p.add_argument("--max-depth", type=int, default=4)
+    p.add_argument("--min-gain", type=float, default=0.01, help="the stopping rule's threshold")
+    p.add_argument("--verbose", action="store_true", help="progress bars while learning")
     args = p.parse_args(argv)
     cfg = setup(args, "depth")
     K, d = cfg["K"], cfg["d"]
     rows = []
     for seed in seed_range(args):
-        settings = [(f"forced depth {k}", k, float("-inf")) for k in range(1, args.max_depth + 1)]
-        settings.append(("stopping rule", args.max_depth, 0.01))
-        for name, max_depth, min_gain in settings:
-            torch.manual_seed(seed)
-            stack = StructLearnedStack(d, K, max_depth=max_depth, density=args.density,
-                                       group_size=args.group_size, min_gain=min_gain,
-                                       epochs=cfg["dict_epochs"], seed=seed,
-                                       **cfg["learn_kw"])
-            stack.learn_structure(cfg["loader"], verbose=False)
+        torch.manual_seed(seed)
+        grown = StructLearnedStack(d, K, max_depth=args.max_depth, density=args.density,
+                                   group_size=args.group_size, min_gain=float("-inf"),
+                                   epochs=cfg["dict_epochs"], seed=seed, **cfg["learn_kw"])
+        grown.learn_structure(cfg["loader"], verbose=args.verbose)
+        scores = [row["score"] for row in grown.report]
+        picked = rule_depth([row["gain"] for row in grown.report], args.min_gain)
+        for k in range(1, grown.depth + 1):
+            stack = copy.deepcopy(grown)
+            stack.layers = stack.layers[:k]
             model = nn.Sequential(stack, nn.Linear(stack.out_features, cfg["n_classes"]))
             r = train_eval(model, cfg["splits"], seed=seed, **cfg["fit"])
-            rows.append({"method": name, "depth": stack.depth, "seed": seed,
-                         "unsupervised_scores": [row["score"] for row in stack.report], **r})
-            print(f"{name:>16} (depth {stack.depth}) seed {seed}: test {r['test_accuracy']:.4f}",
-                  flush=True)
+            row = {"depth": k, "seed": seed, "unsupervised_scores": scores[:k], **r}
+            rows.append({"method": f"forced depth {k}", **row})
+            if k == picked:
+                rows.append({**row, "method": "stopping rule", "same_as": f"forced depth {k}",
+                             "unsupervised_scores": scores[:k + 1]})  # with the rejected layer's
+            print(f"depth {k} seed {seed}: test {r['test_accuracy']:.4f}"
+                  + (" (the stopping rule's pick)" if k == picked else ""), flush=True)
     finish("depth", args, cfg, rows, density=args.density)
     return 0
 

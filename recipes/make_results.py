@@ -372,6 +372,13 @@ def spearman(x: list[float], y: list[float]) -> float:
     return cov / (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
 
 
+def _scored(res: dict) -> list[tuple[float, float]]:
+    """(score, test accuracy) of each distinct trained network in a result (a row that repeats
+    another network — ``same_as``, the depth experiment's stopping-rule pick — counts once)."""
+    return [(r["score"], r["test_accuracy"]) for r in res["rows"]
+            if "score" in r and "same_as" not in r]
+
+
 def entropy_section(results: list[dict]) -> list[str]:
     lines = ["### Entropy vs accuracy", "",
              "Every trained network above with a recorded score: the coding-efficiency estimate "
@@ -381,7 +388,7 @@ def entropy_section(results: list[dict]) -> list[str]:
              "| results | networks | Spearman ρ |", "|---|---|---|"]
     xs, ys = [], []
     for res in results:
-        pts = [(r["score"], r["test_accuracy"]) for r in res["rows"] if "score" in r]
+        pts = _scored(res)
         if len(pts) < 3:
             continue
         x, y = zip(*pts, strict=True)
@@ -484,7 +491,7 @@ def entropy_plot(results: list[dict]) -> str | None:
     fig, ax = plt.subplots(figsize=(6, 4))
     marker = {"mnist": "o", "fashion-mnist": "s", "cifar10": "^"}
     for i, res in enumerate(results):
-        pts = [(r["score"], r["test_accuracy"]) for r in res["rows"] if "score" in r]
+        pts = _scored(res)
         if len(pts) >= 3:
             x, y = zip(*pts, strict=True)
             ax.scatter(x, y, s=12, color=plt.cm.tab20(i % 20), marker=marker.get(res["dataset"], "o"),

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -178,3 +179,35 @@ def test_exp_tune_refuses_a_network_without_training(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         mod.main(["--dataset", "cifar10", "--network", "fully-connected"])
     assert "--network fully-connected needs --training" in capsys.readouterr().err
+
+
+def test_depth_experiment_truncates_one_grown_stack_as_the_stopping_rule_would(monkeypatch):
+    """exp_depth trains forced depth k as the first k layers of one stack grown with the rule off,
+    and the rule's pick as the prefix ``rule_depth`` reads off that stack's gains: growth is greedy,
+    so both must equal what ``learn_structure`` builds with the rule on."""
+    from tests.test_learn import _loader, _photo_crops
+    from torch_structlearn import StructLearnedStack, ZCAWhitening
+
+    monkeypatch.syspath_prepend(str(RECIPES))
+    spec = importlib.util.spec_from_file_location("exp_depth", RECIPES / "exp_depth.py")
+    exp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exp)
+    X = _photo_crops(n=2000, size=8)
+    X = ZCAWhitening(64).fit(_loader(X, 500))(X)
+
+    def grow(min_gain, max_depth=3):
+        s = StructLearnedStack(64, 32, max_depth=max_depth, density=0.25, group_size=4,
+                               min_gain=min_gain, epochs=1, seed=0, verbose=False)
+        return s.learn_structure(_loader(X, 250))
+
+    forced = grow(float("-inf"))
+    gains = [r["gain"] for r in forced.report]
+    for min_gain in (0.01, min(gains[1:]) - 1.0, max(gains[1:]) + 1.0):
+        ruled = grow(min_gain)
+        assert ruled.depth == exp.rule_depth(gains, min_gain)
+        for a, b in zip(ruled.layers, forced.layers[: ruled.depth], strict=True):
+            assert a[0].connectivity == b[0].connectivity
+            torch.testing.assert_close(a[0].values, b[0].values)
+    assert exp.rule_depth(gains, min(gains[1:]) - 1.0) == 3
+    assert exp.rule_depth(gains, max(gains[1:]) + 1.0) == 1
+    assert exp.rule_depth([0.5, 0.2, -0.1, 0.3], 0.0) == 2
