@@ -21,7 +21,7 @@ from torch_structlearn.ops import available_backends, triton_bsr
 from .conftest import devices
 
 BLOCKS = [(16, 16), (32, 32), (16, 32)]
-BACKENDS = ["csr", "dense", "triton", "auto"]
+BACKENDS = ["cpu", "csr", "dense", "triton", "auto"]
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
 
@@ -114,7 +114,34 @@ def test_block_kernel_matches_reference(backend, block, dtype, device):
         torch.testing.assert_close(g, r, rtol=tol, atol=tol, msg=f"{name} gradient")
 
 
-@pytest.mark.parametrize("backend", ["csr", "dense", "triton"])
+@pytest.mark.parametrize("block", [(3, 5), (4, 8), (16, 32), (64, 16), (1, 40)])
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("batch", [5, 700])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_block_kernels_tiles_threads_and_odd_blocks(block, threads, batch, dtype):
+    """The ``cpu`` backend's block kernels: register-blocked steps of 4 rows / columns with a
+    remainder (bo, bi not multiples of 4), vectors along bi with a scalar tail (bi < 32), tiles
+    of 32 rows with a partial last one, spread over threads or (few tiles) over block rows."""
+    skip_unless_usable("cpu", block, "cpu")
+    x, values, crow, col, bias, shape = _problem(block, dtype, "cpu", seed=1, lead=(batch,))
+    x.requires_grad_(True)
+    values.requires_grad_(True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = sparse_linear(x, values, crow, col, bias, backend="cpu")
+        gy = torch.randn_like(y)
+        grads = torch.autograd.grad(y, (x, values), gy)
+    finally:
+        torch.set_num_threads(before)
+    ref = x @ reference_weight(values, crow, col, block, shape).T + bias
+    tol = TOL[dtype] * 10
+    torch.testing.assert_close(y, ref, rtol=tol, atol=tol)
+    for g, r in zip(grads, torch.autograd.grad(ref, (x, values), gy), strict=True):
+        torch.testing.assert_close(g, r, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "csr", "dense", "triton"])
 def test_block_gradcheck(backend):
     block = (16, 16)
     skip_unless_usable(backend, block, "cpu")
@@ -126,7 +153,7 @@ def test_block_gradcheck(backend):
 
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("backend", ["csr", "triton"])
+@pytest.mark.parametrize("backend", ["cpu", "csr", "triton"])
 def test_block_low_precision(backend, dtype, device):
     block = (32, 32)
     skip_unless_usable(backend, block, device)
@@ -142,7 +169,7 @@ def test_block_low_precision(backend, dtype, device):
 
 
 @pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("backend", ["csr", "triton"])
+@pytest.mark.parametrize("backend", ["cpu", "csr", "triton"])
 def test_block_compile_parity(backend, device):
     block = (16, 16)
     skip_unless_usable(backend, block, device)

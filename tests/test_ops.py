@@ -147,7 +147,7 @@ def test_cpu_kernels_build_where_a_compiler_exists():
         pytest.skip("no C++ compiler here")
     assert cpu.available(), cpu.error()
     assert "cpu" in available_backends()
-    assert "cpu" not in available_backends(block=(4, 4))  # unstructured only
+    assert "cpu" in available_backends(block=(4, 4))
 
 
 def test_cpu_backend_reports_a_failed_build(monkeypatch, tmp_path):
@@ -254,7 +254,7 @@ def test_bad_arguments():
 
 
 def _fused_kernel(monkeypatch, present: bool) -> str:
-    """Pretend the ``cpu`` backend's kernels did (not) compile; the unstructured CPU pick."""
+    """Pretend the ``cpu`` backend's kernels did (not) compile; the sparse CPU pick."""
     from torch_structlearn.ops import cpu as cpu_backend
 
     if present and not cpu_backend.available():
@@ -270,10 +270,12 @@ def test_auto_chooses_by_crossover_and_nearest_shape(monkeypatch, kernel):
 
     sparse = _fused_kernel(monkeypatch, kernel)
     # 'float32' was measured for the cpu kernels, 'float32@csr' for csr standing in for them
+    # (block layers too: 'float32/b32x32' for the cpu kernels, '…@csr' for the stand-in)
     monkeypatch.setattr(auto, "TABLE", {"cpu": {"float32": 0.05, "float32@csr": 0.02,
-                                                "float32/b32x32": 0.08}})
-    monkeypatch.setattr(auto, "BY_SHAPE", {"cpu": {"float32/b32x32": {
-        "256x3072x4096": 0.105, "4096x768x3072": 0.08}}})
+                                                "float32/b32x32": 0.08, "float32/b32x32@csr": 0.04}})
+    monkeypatch.setattr(auto, "BY_SHAPE", {"cpu": {
+        "float32/b32x32": {"256x3072x4096": 0.105, "4096x768x3072": 0.08},
+        "float32/b32x32@csr": {"256x3072x4096": 0.06, "4096x768x3072": 0.04}}})
     cpu = torch.device("cpu")
     limit = 0.05 if kernel else 0.02  # each kernel at its own measured crossover
     assert auto.choose(cpu, torch.float32, limit) == sparse
@@ -281,11 +283,13 @@ def test_auto_chooses_by_crossover_and_nearest_shape(monkeypatch, kernel):
     assert auto.choose(cpu, torch.bfloat16, limit) == sparse  # CPU low precision: float32 entry
     assert auto.choose(cpu, torch.float64, 0.01) == "dense"  # nothing measured
     b = (32, 32)
-    assert auto.choose(cpu, torch.float32, 0.10, b) == "dense"  # no shape: the smallest
-    assert auto.choose(cpu, torch.float32, 0.10, b, (200, 3072, 4096)) == "csr"
-    assert auto.choose(cpu, torch.float32, 0.10, b, (8192, 768, 3072)) == "dense"
-    assert auto.choose(cpu, torch.float32, 0.11, b, (256, 3072, 4096)) == "dense"
-    assert sorted(auto.limits(cpu, torch.float32, b)) == [0.08, 0.08, 0.105]
+    big = 0.105 if kernel else 0.06  # the batch-256 shape's block crossover of the kernel that runs
+    assert auto.choose(cpu, torch.float32, big, b) == "dense"  # no shape: the smallest
+    assert auto.choose(cpu, torch.float32, big, b, (200, 3072, 4096)) == sparse
+    assert auto.choose(cpu, torch.float32, big, b, (8192, 768, 3072)) == "dense"
+    assert auto.choose(cpu, torch.float32, big + 0.005, b, (256, 3072, 4096)) == "dense"
+    assert sorted(auto.limits(cpu, torch.float32, b)) == ([0.08, 0.08, 0.105] if kernel
+                                                          else [0.04, 0.04, 0.06])
     assert auto.limits(cpu, torch.float64) == []
     monkeypatch.setattr(auto, "TABLE", {"cpu": {"float32": 0.05}})  # csr never measured:
     assert auto.choose(cpu, torch.float32, 0.01) == ("cpu" if kernel else "dense")  # no evidence

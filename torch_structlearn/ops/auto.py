@@ -1,9 +1,10 @@
 """``backend='auto'``: pick the sparse kernel below the measured crossover density, else ``dense``.
 
-The sparse kernel is ``csr`` (torch's CSR/BSR) except for block layers on CUDA, where it is
-``triton``, and unstructured layers on the CPU, where it is ``cpu`` (the fused kernels). Where
-those did not compile (no C++ compiler), ``csr`` stands in for them with its own measured
-crossover (key ``"float32@csr"``), which is lower: ``csr`` is slower (see BENCHMARKS.md).
+The sparse kernel is ``cpu`` (the fused kernels) on the CPU, ``triton`` for block layers on
+CUDA and ``csr`` (cuSPARSE) for unstructured layers on CUDA. Where the ``cpu`` kernels did not
+compile (no C++ compiler), ``csr`` (MKL) stands in for them with its own measured crossover
+(keys ``"float32@csr"``, ``"float32/b32x32@csr"``), which is lower: ``csr`` is slower (see
+BENCHMARKS.md).
 Entries are per device type and dtype, and per block shape for block layers (key
 ``"float32"`` or ``"float32/b32x32"``).
 
@@ -52,18 +53,18 @@ BY_SHAPE = load_by_shape()
 def key(dtype: torch.dtype, block: tuple[int, int] | None = None, stand_in: bool = False) -> str:
     """The table key of a dtype (and block shape): ``"float32"``, ``"bfloat16/b32x32"``; with
     ``stand_in``, the entry measured for ``csr`` where it stands in for the preferred kernel
-    (``"float32@csr"``: unstructured CPU layers without a C++ compiler)."""
+    (``"float32@csr"``: CPU layers without a C++ compiler)."""
     name = str(dtype).removeprefix("torch.")
     name = name if block is None else f"{name}/b{block[0]}x{block[1]}"
     return name + "@csr" if stand_in else name
 
 
 def preferred_backend(device: torch.device, block: tuple[int, int] | None) -> str:
-    """The sparse kernel meant for this device and kind of layer: ``triton`` for block layers
-    on CUDA, ``cpu`` for unstructured layers on the CPU, else ``csr``."""
-    if block is not None and device.type == "cuda":
-        return "triton"
-    return "cpu" if block is None and device.type == "cpu" else "csr"
+    """The sparse kernel meant for this device and kind of layer: ``cpu`` on the CPU,
+    ``triton`` for block layers on CUDA, else ``csr``."""
+    if device.type == "cpu":
+        return "cpu"
+    return "triton" if block is not None and device.type == "cuda" else "csr"
 
 
 def sparse_backend(device: torch.device, block: tuple[int, int] | None) -> str:

@@ -11,9 +11,13 @@ The C++ source is compiled at first use with the system's C++ compiler (``$CXX``
 ``~/.cache/torch_structlearn``), keyed by the source, flags, compiler and CPU, and written
 atomically; later processes load the cached library in milliseconds. Without a compiler the
 backend is unavailable (``available()`` is False, ``error()`` says why) and ``auto`` uses
-``csr`` at ``csr``'s own measured crossover. float32 and float64 are computed natively; bf16/fp16 in float32 (as ``csr`` does).
-Unstructured layers only: block layers use ``csr`` (MKL BSR) on the CPU.
-Shapes: ``x (N, in)``, ``values (nnz,)``, ``crow (out + 1,)``, ``col (nnz,)``, ``gy (N, out)``.
+``csr`` at ``csr``'s own measured crossover. float32 and float64 are computed natively;
+bf16/fp16 in float32 (as ``csr`` does).
+
+Block layers (``values (nblocks, bo, bi)``, block-level ``crow``/``col``) run on the same tiles
+with register-blocked dense products per block (any block shape).
+Shapes: ``x (N, in)``, ``values (nnz,)`` or ``(nblocks, bo, bi)``, ``crow (out / bo + 1,)``,
+``col (nnz,)`` or ``(nblocks,)``, ``gy (N, out)``.
 """
 
 from __future__ import annotations
@@ -105,8 +109,8 @@ def _load() -> None:
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for name in _NAMES.values():
         fwd, bwd = getattr(lib, f"{name}_forward"), getattr(lib, f"{name}_backward")
-        fwd.argtypes = [p, i64, i64, p, p, p, i64, p, c_int]
-        bwd.argtypes = [p, p, i64, i64, i64, p, p, p, p, p, c_int]
+        fwd.argtypes = [p, i64, i64, p, p, p, i64, i64, i64, p, c_int]
+        bwd.argtypes = [p, p, i64, i64, i64, p, p, p, i64, i64, p, p, c_int]
         fwd.restype = bwd.restype = c_int
     _lib, _ok = lib, True
 
@@ -136,7 +140,8 @@ def _ptr(t: Tensor | None) -> int | None:
 
 def _check_structure(crow: Tensor, col: Tensor, in_features: int) -> None:
     """The kernels index memory with ``crow`` and ``col`` unchecked: a malformed structure
-    must be a ``ValueError`` here, not a crash there (O(nnz) per call, ~µs)."""
+    must be a ``ValueError`` here, not a crash there (O(nnz) per call, ~µs). For a block layer
+    ``in_features`` counts block columns."""
     nnz = col.numel()
     if crow.numel() < 1 or int(crow[0]) != 0 or int(crow[-1]) != nnz:
         raise ValueError(f"crow must start at 0 and end at len(col) = {nnz}, got "
@@ -148,10 +153,14 @@ def _check_structure(crow: Tensor, col: Tensor, in_features: int) -> None:
                          f"[{int(col.min())}, {int(col.max())}]")
 
 
+def _block(values: Tensor) -> tuple[int, int]:
+    return (1, 1) if values.dim() == 1 else (values.shape[1], values.shape[2])
+
+
 def _prepare(x: Tensor, values: Tensor, crow: Tensor, col: Tensor):
     if not available():
         raise RuntimeError(f"backend='cpu' is unavailable: {_error}")
-    _check_structure(crow, col, x.shape[1])
+    _check_structure(crow, col, x.shape[1] // _block(values)[1])
     dt = _compute_dtype(x)  # bf16/fp16 in float32, as for csr
     name = _NAMES[(dt, crow.dtype)]
     return dt, name, values.to(dt).contiguous(), crow.contiguous(), col.contiguous()
@@ -160,11 +169,12 @@ def _prepare(x: Tensor, values: Tensor, crow: Tensor, col: Tensor):
 def forward(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t=None) -> Tensor:
     dt, name, v, crow, col = _prepare(x, values, crow, col)
     xc = x.to(dt).contiguous()
-    n, out = xc.shape[0], crow.numel() - 1
+    bo, bi = _block(v)
+    n, out = xc.shape[0], (crow.numel() - 1) * bo
     y = xc.new_empty(n, out)
     if n and out:
         _ok_or_raise(getattr(_lib, f"{name}_forward")(
-            _ptr(xc), n, xc.shape[1], _ptr(v), _ptr(crow), _ptr(col), out, _ptr(y),
+            _ptr(xc), n, xc.shape[1], _ptr(v), _ptr(crow), _ptr(col), out, bo, bi, _ptr(y),
             torch.get_num_threads()))
     return y.to(x.dtype)
 
@@ -173,13 +183,14 @@ def backward(gy: Tensor, x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t
              need_input: bool, need_values: bool) -> tuple[Tensor | None, Tensor | None]:
     dt, name, v, crow, col = _prepare(x, values, crow, col)
     xc, gyc = x.to(dt).contiguous(), gy.to(dt).contiguous()
+    bo, bi = _block(v)
     n, in_features = xc.shape
-    out = crow.numel() - 1
+    out = (crow.numel() - 1) * bo
     gx = xc.new_empty(n, in_features) if need_input else None  # the kernel writes all of it
     gv = v.new_empty(v.shape) if need_values else None
     if n and out and (need_input or need_values):
         _ok_or_raise(getattr(_lib, f"{name}_backward")(
-            _ptr(gyc), _ptr(xc), n, in_features, out, _ptr(v), _ptr(crow), _ptr(col),
+            _ptr(gyc), _ptr(xc), n, in_features, out, _ptr(v), _ptr(crow), _ptr(col), bo, bi,
             _ptr(gx), _ptr(gv), torch.get_num_threads()))
     else:  # nothing flows: zero gradients
         gx = gx.zero_() if need_input else None

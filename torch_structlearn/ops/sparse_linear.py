@@ -6,8 +6,8 @@ registered with fake (meta) implementations and ``register_autograd``, so the op
 nonzero values and the bias. Each backend is one module of this package:
 
 * ``csr``          torch native sparse CSR (MKL / cuSPARSE); values grad by sampled product
-* ``cpu``          fused C++ kernels for unstructured layers on the CPU, compiled at first use
-  (``ops/cpu_kernel.cpp``); the fastest CPU path, and ``auto``'s there when a compiler exists
+* ``cpu``          fused C++ kernels on the CPU (unstructured and block layers), compiled at first
+  use (``ops/cpu_kernel.cpp``); the fastest CPU path, and ``auto``'s there when a compiler exists
 * ``triton``       Triton kernels for block layers (BSR) on CUDA (``ops/triton_bsr.py``)
 * ``torch_sparse`` the optional torch-sparse package
 * ``dense``        masked dense weight + ``F.linear`` in plain differentiable torch ops (no custom
@@ -51,9 +51,9 @@ def check_block_backend(backend: str, block: tuple[int, int] | None,
     if block is None and backend == "triton":
         raise ValueError("backend='triton' is for block layers (block=(bo, bi)); unstructured "
                          "layers use 'cpu', 'csr', 'dense' or 'torch_sparse'")
-    if block is not None and backend in ("torch_sparse", "cpu"):
+    if block is not None and backend == "torch_sparse":
         raise ValueError(f"backend={backend!r} does not handle block layers (block={block}); "
-                         "use 'auto', 'csr', 'triton' or 'dense'")
+                         "use 'auto', 'cpu', 'csr', 'triton' or 'dense'")
     if backend == "cpu" and device is not None and device.type != "cpu":
         raise ValueError(f"backend='cpu' runs on CPU tensors, got device {device}")
     if block is not None and backend == "triton":
