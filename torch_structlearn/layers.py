@@ -42,7 +42,7 @@ class StructLearnedLinear(nn.Module):
         block: ``(bo, bi)`` to make a block-sparse layer: whole ``bo x bi`` blocks of the
             weight are connected or not (``density`` then draws ``ceil(density * in / bi)``
             random blocks per block row). Stored as BSR; the fast kernels read blocks directly.
-        backend: ``'auto'`` (default), ``'cpu'`` (fused C++ kernels; unstructured, CPU),
+        backend: ``'auto'`` (default), ``'cpu'`` (fused C++ kernels, CPU),
             ``'csr'``, ``'dense'``, ``'torch_sparse'`` (unstructured only) or ``'triton'``
             (block layers on CUDA).
 

@@ -206,7 +206,7 @@ def sparse_linear(
             pointers for blocks); col: ``(nnz,)`` column indices or ``(nblocks,)`` block
             columns (int32/int64).
         bias: optional ``(out_features,)``.
-        backend: ``'auto'``, ``'cpu'`` (unstructured, CPU), ``'csr'``, ``'dense'``,
+        backend: ``'auto'``, ``'cpu'`` (CPU), ``'csr'``, ``'dense'``,
             ``'torch_sparse'`` (unstructured only) or ``'triton'`` (blocks on CUDA).
         transpose: the cached ``csr_transpose(crow, col, in_features / bi)`` for the input
             gradient of the backends in ``NEEDS_TRANSPOSE``; computed when omitted (or empty)
