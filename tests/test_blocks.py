@@ -141,6 +141,18 @@ def test_cpu_block_kernels_tiles_threads_and_odd_blocks(block, threads, batch, d
         torch.testing.assert_close(g, r, rtol=tol, atol=tol)
 
 
+def test_cpu_block_layer_keeps_no_transposed_structure():
+    """On the ``cpu`` backend (``auto``'s on the CPU) a training-mode block layer caches neither
+    the transposed blocks nor a dense index: values plus one int32 column per block."""
+    skip_unless_usable("cpu", (32, 32), "cpu")
+    for backend in ("cpu", "auto"):  # auto: the shipped table has a measured block-32 entry
+        layer = StructLearnedLinear(256, 128, block=(32, 32), density=0.25, backend=backend).train()
+        assert layer.crow_t.numel() == layer.col_t.numel() == layer.perm_t.numel() == 0
+        assert layer.dense_index.numel() == 0
+        assert layer.col_indices.numel() * 32 * 32 == layer.values.numel()
+    assert StructLearnedLinear(256, 128, block=(32, 32), backend="csr").train().col_t.numel() > 0
+
+
 @pytest.mark.parametrize("backend", ["cpu", "csr", "dense", "triton"])
 def test_block_gradcheck(backend):
     block = (16, 16)
