@@ -24,16 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_args, finish, seed_range, setup, train_eval  # noqa: E402
 
 from torch_structlearn import StructLearnedStack  # noqa: E402
-
-
-def rule_depth(gains: list[float], min_gain: float) -> int:
-    """The depth the stopping rule keeps, given each grown layer's relative score gain: the first
-    layer is always kept, and growth stops at the first later layer whose gain is below
-    ``min_gain`` (as :meth:`StructLearnedStack.learn_structure` does)."""
-    depth = 1
-    while depth < len(gains) and gains[depth] >= min_gain:
-        depth += 1
-    return depth
+from torch_structlearn.stack import rule_depth  # noqa: E402
 
 
 def main(argv=None) -> int:

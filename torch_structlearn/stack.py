@@ -28,6 +28,23 @@ def _block(in_features: int, width: int, group_size: int, pool: str, **layer_kw)
                          GroupPool(group_size, pool))
 
 
+def _keeps(depth: int, gain: float, min_gain: float) -> bool:
+    """The stopping rule for layer ``depth`` (0-based): the first layer is always kept, a later
+    one when its relative score gain is at least ``min_gain``."""
+    return depth == 0 or gain >= min_gain
+
+
+def rule_depth(gains: list[float], min_gain: float) -> int:
+    """The depth the stopping rule keeps, given each grown layer's relative score gain (a
+    stack's ``report`` rows, grown with the rule off): growth stops at the first layer the rule
+    rejects, as in :meth:`StructLearnedStack.learn_structure` (growth is greedy, so the kept
+    layers are the same)."""
+    depth = 0
+    while depth < len(gains) and _keeps(depth, gains[depth], min_gain):
+        depth += 1
+    return depth
+
+
 class StructLearnedStack(nn.Module):
     """A stack of structure-learned layers: ``(*, in_features) → (*, width / group_size)``.
 
@@ -189,7 +206,7 @@ class StructLearnedStack(nn.Module):
             if distributed:  # rank 0's estimate decides, so every rank takes the same path
                 score = float(_broadcast(torch.tensor([score], dtype=torch.float64)))
             gain = (score - prev) / abs(prev) if prev != 0 else float("inf")
-            keep = depth == 0 or gain >= self.min_gain
+            keep = _keeps(depth, gain, self.min_gain)
             rep.update(score=score, gain=gain, kept=keep, seconds=time.perf_counter() - t0)
             rows.append(rep)
             bar.set_postfix(score=f"{score:.4f}", gain=f"{gain:+.4f}")
