@@ -147,6 +147,25 @@ void backward_rows(const F* gyT, const F* xT, const F* v, const I* crow, const I
 
 constexpr int R = 4;  // block rows (forward, values grad) or columns (input grad) per step
 
+// acc[r] += w[r · stride] · (the T-wide row at src), r < RR: one load of the row serves RR FMAs
+// (the register-blocked step of both block products).
+template <class F, int RR>
+inline void fma_rows(typename Lanes<F>::V (&acc)[RR][Lanes<F>::N], const F* src, const F* w,
+                     int64_t stride) {
+    using V = typename Lanes<F>::V;
+    constexpr int NV = Lanes<F>::N;
+    const V* row = reinterpret_cast<const V*>(src);
+    V s[NV];
+#pragma GCC unroll 8
+    for (int k = 0; k < NV; ++k) s[k] = row[k];
+#pragma GCC unroll 8
+    for (int r = 0; r < RR; ++r) {
+        const V wr = V{} + w[r * stride];
+#pragma GCC unroll 8
+        for (int k = 0; k < NV; ++k) acc[r][k] += wr * s[k];
+    }
+}
+
 // Rows o0 .. o0 + RR of block row jb into buf (RR, T) rows, for one tile.
 template <class F, class I, int RR>
 inline void block_forward_step(const F* xT, const F* v, const I* crow, const I* col, int64_t bo,
@@ -157,18 +176,7 @@ inline void block_forward_step(const F* xT, const F* v, const I* crow, const I* 
     for (I p = crow[jb]; p < crow[jb + 1]; ++p) {
         const F* w = v + (int64_t)p * bo * bi + o0 * bi;
         const F* xb = xT + (int64_t)col[p] * bi * T;
-        for (int64_t i = 0; i < bi; ++i) {
-            const V* xr = reinterpret_cast<const V*>(xb + i * T);
-            V xv[NV];
-#pragma GCC unroll 8
-            for (int k = 0; k < NV; ++k) xv[k] = xr[k];
-#pragma GCC unroll 8
-            for (int r = 0; r < RR; ++r) {
-                const V wr = V{} + w[r * bi + i];
-#pragma GCC unroll 8
-                for (int k = 0; k < NV; ++k) acc[r][k] += wr * xv[k];
-            }
-        }
+        for (int64_t i = 0; i < bi; ++i) fma_rows<F, RR>(acc, xb + i * T, w + i, bi);
     }
     std::memcpy(buf, acc, sizeof(acc));
 }
@@ -198,18 +206,7 @@ inline void block_input_step(const F* gyT, const F* w, int64_t bo, int64_t bi, i
     using V = typename Lanes<F>::V;
     constexpr int NV = Lanes<F>::N;
     V acc[RR][NV] = {};
-    for (int64_t o = 0; o < bo; ++o) {
-        const V* g = reinterpret_cast<const V*>(gyT + o * T);
-        V gv[NV];
-#pragma GCC unroll 8
-        for (int k = 0; k < NV; ++k) gv[k] = g[k];
-#pragma GCC unroll 8
-        for (int r = 0; r < RR; ++r) {
-            const V wr = V{} + w[o * bi + i0 + r];
-#pragma GCC unroll 8
-            for (int k = 0; k < NV; ++k) acc[r][k] += wr * gv[k];
-        }
-    }
+    for (int64_t o = 0; o < bo; ++o) fma_rows<F, RR>(acc, gyT + o * T, w + o * bi + i0, 1);
 #pragma GCC unroll 8
     for (int r = 0; r < RR; ++r) {
         V* d = reinterpret_cast<V*>(gx + (i0 + r) * T);
