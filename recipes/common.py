@@ -16,7 +16,7 @@ from torch_structlearn import Connectivity, StructLearnedLinear, ZCAWhitening
 from torch_structlearn.bench import machine as bench_machine
 from torch_structlearn.cli import _fraction, _nonnegative, _positive
 from torch_structlearn.datasets import load_dataset
-from torch_structlearn.entropy import coding_efficiency
+from torch_structlearn.entropy import gaussian_total_correlation, marginal_entropy
 from torch_structlearn.io import _write_atomic
 from torch_structlearn.pooling import GroupPool
 from torch_structlearn.train import accuracy, fit_classifier
@@ -70,7 +70,26 @@ def train_eval(model: nn.Module, splits, *, seed: int, **fit) -> dict:
     with torch.no_grad():
         hidden = model[:-1](Xva[:5000])  # everything but the head
     return {"val_accuracy": accuracy(model, Xva, yva), "test_accuracy": accuracy(model, Xte, yte),
-            "score": coding_efficiency(hidden), "train_seconds": time.perf_counter() - t0}
+            **score_parts(hidden), "train_seconds": time.perf_counter() - t0}
+
+
+def score_parts(hidden: torch.Tensor) -> dict:
+    """The coding-efficiency score ``E = H − TC`` of ``hidden (N, K)`` (per unit, as
+    :func:`torch_structlearn.entropy.coding_efficiency` computes it) with its two terms — the mean
+    marginal entropy ``H`` of the standardised units and the Gaussian total correlation per unit
+    ``TC`` — and two shape statistics of the units that bear on ``H``: the fraction of outputs that
+    are exactly zero (a point mass, which a histogram entropy scores low) and the mean excess
+    kurtosis of the non-constant units (a Gaussian has 0)."""
+    K = hidden.shape[1]
+    H = float(marginal_entropy(hidden).mean())
+    tc = gaussian_total_correlation(hidden) / K
+    Y = hidden.double()
+    std = Y.std(0, correction=0)  # the moments' kurtosis m4 / m2²
+    live = std > 1e-12 * (1 + Y.abs().amax(0))
+    Z = (Y[:, live] - Y[:, live].mean(0)) / std[live]
+    kurtosis = float((Z ** 4).mean(0).sub(3).mean()) if live.any() else float("nan")
+    return {"score": H - tc, "score_entropy": H, "score_tc": tc,
+            "zero_fraction": float((hidden == 0).double().mean()), "excess_kurtosis": kurtosis}
 
 
 def write(name: str, payload: dict, command: str | None = None) -> Path:

@@ -211,3 +211,22 @@ def test_depth_experiment_truncates_one_grown_stack_as_the_stopping_rule_would(m
     assert exp.rule_depth(gains, min(gains[1:]) - 1.0) == 3
     assert exp.rule_depth(gains, max(gains[1:]) + 1.0) == 1
     assert exp.rule_depth([0.5, 0.2, -0.1, 0.3], 0.0) == 2
+
+
+def test_score_parts_add_up_to_the_score_and_match_scipy(common):
+    """E = H − TC is the library's coding_efficiency; the kurtosis is scipy's (Fisher, biased)
+    over the non-constant units, and the zero fraction counts exact zeros."""
+    stats = pytest.importorskip("scipy.stats")
+    from torch_structlearn.entropy import coding_efficiency
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.cat([torch.relu(torch.randn(2000, 5, generator=g)),  # half zeros, skewed
+                        torch.randn(2000, 3, generator=g) ** 3,  # heavy-tailed
+                        torch.zeros(2000, 1)], 1)  # a dead unit: no kurtosis, all zeros
+    parts = common.score_parts(hidden)
+    assert parts["score"] == pytest.approx(coding_efficiency(hidden), abs=1e-9)
+    assert parts["score"] == pytest.approx(parts["score_entropy"] - parts["score_tc"], abs=1e-12)
+    ref = stats.kurtosis(hidden[:, :8].double().numpy(), axis=0, fisher=True, bias=True)
+    assert parts["excess_kurtosis"] == pytest.approx(float(ref.mean()), rel=1e-9)
+    assert parts["zero_fraction"] == pytest.approx(float((hidden == 0).double().mean()))
+    assert 0.36 < parts["zero_fraction"] < 0.42  # (5 · ½ + 1) / 9: half-zero units, a dead one
