@@ -200,7 +200,7 @@ def _table_entry(r: dict) -> tuple[str, str, int, bool] | None:
     preferred = auto.preferred_backend(torch.device(r["device"]), blk)
     if r["backend"] == preferred:
         return r["device"], r["dtype"], block, False
-    if r["backend"] == "csr" and preferred == "cpu":
+    if r["backend"] == auto.stand_in_for(preferred):
         return r["device"], r["dtype"], block, True
     return None
 

@@ -67,11 +67,17 @@ def preferred_backend(device: torch.device, block: tuple[int, int] | None) -> st
     return "triton" if block is not None and device.type == "cuda" else "csr"
 
 
+def stand_in_for(preferred: str) -> str | None:
+    """The backend that runs in place of ``preferred`` where it cannot (``csr`` for ``cpu``,
+    whose kernels need a C++ compiler), measured under its own ``@csr`` table entries."""
+    return "csr" if preferred == "cpu" else None
+
+
 def sparse_backend(device: torch.device, block: tuple[int, int] | None) -> str:
-    """The sparse kernel ``auto`` uses here: the preferred one, or ``csr`` when that is ``cpu``
-    and its kernels did not compile."""
+    """The sparse kernel ``auto`` uses here: the preferred one, or its stand-in when the
+    preferred kernels did not compile."""
     preferred = preferred_backend(device, block)
-    return "csr" if preferred == "cpu" and not cpu.available() else preferred
+    return stand_in_for(preferred) if preferred == "cpu" and not cpu.available() else preferred
 
 
 def _entry(device: torch.device, dtype: torch.dtype, block) -> str | None:
