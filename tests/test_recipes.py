@@ -230,3 +230,30 @@ def test_score_parts_add_up_to_the_score_and_match_scipy(common):
     assert parts["excess_kurtosis"] == pytest.approx(float(ref.mean()), rel=1e-9)
     assert parts["zero_fraction"] == pytest.approx(float((hidden == 0).double().mean()))
     assert 0.36 < parts["zero_fraction"] < 0.42  # (5 · ½ + 1) / 9: half-zero units, a dead one
+
+
+def test_score_parts_section_pairs_learned_with_random_of_the_same_density_and_seed():
+    """The learned−random table differences the rows of one (density, seed); networks without the
+    recorded terms (older results) are left out; the analysis counts the cells' signs."""
+    mod = _make_results()
+
+    def net(method, density, seed, acc, H, tc, kurt):
+        return {"method": method, "density": density, "seed": seed, "test_accuracy": acc,
+                "score": H - tc, "score_entropy": H, "score_tc": tc, "excess_kurtosis": kurt}
+
+    rows = []
+    for seed in (0, 1):
+        for d, gain in ((0.05, 0.02), (0.25, -0.01)):
+            rows += [net("learned", d, seed, 0.9 + gain, 1.0 + seed, 0.2, 2.0),
+                     net("random", d, seed, 0.9, 1.2 + seed, 0.3, 0.0),
+                     net("snip", d, seed, 0.85, 1.3, 0.4, 0.1)]
+    rows.append({"method": "random", "density": 0.05, "seed": 2, "test_accuracy": 0.5, "score": 9.0})
+    res = {"experiment": "density", "dataset": "mnist", "quick": True, "rows": rows,
+           "whiten_eps": 8.0, "active_fraction": 0.3, "dict_memory": "short"}
+    text = "\n".join(mod.score_parts_section([res]))
+    assert "| mnist (--quick) | 5% | +2.00 points | -0.100 | -0.200 | -0.100 | +2.00 |" in text
+    assert "| mnist (--quick) | 25% | -1.00 points | -0.100 | -0.200 | -0.100 | +2.00 |" in text
+    assert "| density mnist (--quick) | 12 |" in text  # the row without terms is not counted
+    assert "In 1 of the 2 density cells above the learned mask is the more accurate" in text
+    assert "in 2 its units have the lower H" in text and "E is lower in 2." in text
+    assert mod.score_parts_section([{**res, "rows": rows[-1:]}]) == []
