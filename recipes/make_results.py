@@ -484,6 +484,10 @@ def score_parts_section(results: list[dict]) -> list[str]:
         return sum(sign * c[key] > 0 for c in cells)
 
     n, tc_pos = len(cells), sum(w["score_tc"] > 0 for w in within.values())
+    z = max(r.get("zero_fraction", 0.0) for res in results if res.get("experiment") == "density"
+            for r in _with_parts(res))
+    zeros = ("none of the density sweeps' pooled outputs is exactly zero" if z == 0 else
+             f"at most {z:.1%} of the density sweeps' pooled outputs are exactly zero")
     e_pos = [d for d, w in within.items() if w["score"] > 0]
     lines += ["", f"*Analysis.* Pooled over the {len(pooled)} networks, ρ(acc, E) is "
               f"{_rho(pooled, 'score'):+.2f}; its terms give ρ(acc, H) {_rho(pooled, 'score_entropy'):+.2f} "
@@ -499,7 +503,8 @@ def score_parts_section(results: list[dict]) -> list[str]:
               f"{count('score_tc', -1)} cells (the paper's direction), and E is lower in "
               f"{count('score', -1)}. The histogram entropy of a standardised unit is largest for a "
               "Gaussian, and sparse coding makes units heavy-tailed, so the marginal term scores "
-              "against the property the learner is built for. This measures the reason the analysis "
+              "against the property the learner is built for. It is the tails, not a point mass at "
+              f"zero: {zeros} (`zero_fraction` in the JSON). This measures the reason the analysis "
               "above gives."]
     return lines + [""]
 
