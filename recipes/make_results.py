@@ -661,18 +661,23 @@ def entropy_plot(results: list[dict]) -> str | None:
     return _save(fig, "entropy-accuracy.png")
 
 
-def masks_figure(entry: str) -> tuple[str, float, float]:
+def masks_figure(entry: str) -> tuple[str, float, float, float, float]:
     """The first 32 units' masks of a hub entry's learned layer (top two rows) next to random
-    masks of the same per-unit fan-in (bottom two rows), channels averaged; and the mean
-    receptive-field spread (pixels) of every learned unit and of as many random ones."""
+    masks of the same per-unit fan-in (bottom two rows), channels averaged; the mean
+    receptive-field spread (pixels) of every learned unit and of as many random ones; and the
+    mean distance between the field centres of two units of one pooling group and of two units
+    of different groups."""
     import torch
     from torchvision.utils import save_image
 
-    from torch_structlearn import Connectivity, hub
-    from torch_structlearn.viz import receptive_field_spread
+    from torch_structlearn import Connectivity, GroupPool, hub
+    from torch_structlearn.viz import group_centre_distance, receptive_field_spread
 
     conn = hub.load_structure(entry)[0]
-    C, H, W = hub.card(entry)["input_shape"]
+    card = hub.card(entry)
+    C, H, W = card["input_shape"]
+    pool = next(m for m in hub.load(entry).modules() if isinstance(m, GroupPool))  # the first layer's
+    groups = group_centre_distance(conn, (C, H, W), card["group_size"], pool.permutation)
     n = 32
     rand = Connectivity.random(conn.shape, fan_in=int(conn.fan_in[0]), seed=0)
     spreads = [float(receptive_field_spread(c, (C, H, W)).mean()) for c in (conn, rand)]
@@ -682,7 +687,7 @@ def masks_figure(entry: str) -> tuple[str, float, float]:
     name = f"masks-{entry}.png"
     save_image(imgs.repeat_interleave(3, 2).repeat_interleave(3, 3), str(FIG / name), nrow=16,
                padding=2, pad_value=0.3)
-    return f"figures/{name}", spreads[0], spreads[1]
+    return f"figures/{name}", *spreads, *groups
 
 
 def main() -> int:
@@ -728,10 +733,20 @@ def main() -> int:
               "connected, channels averaged) and random masks of the same per-unit fan-in "
               "(bottom two rows). Spread = mean distance of a unit's connected pixels to their "
               "centroid, over all units (`torch_structlearn.viz.receptive_field_spread`; random "
-              "masks give about 0.38 × the image side).", "",
-              "| hub entry | spread, learned | spread, random |", "|---|---|---|"]
-    lines += [f"| {e} | {sl:.2f} px | {sr:.2f} px |" for e, (_, sl, sr) in figs.items()]
-    lines += [""] + [f"![{e} masks]({png})" for e, (png, _, _) in figs.items()] + [""]
+              "masks give about 0.38 × the image side). Group distance = mean distance between "
+              "the field centres of two learned units pooled together, against two units of "
+              "different groups (`torch_structlearn.viz.group_centre_distance`; DESIGN.md §2.7 "
+              "expects group members' fields close together).", "",
+              "| hub entry | spread, learned | spread, random | group distance, same group | "
+              "group distance, different groups |", "|---|---|---|---|---|"]
+    lines += [f"| {e} | {sl:.2f} px | {sr:.2f} px | {gw:.2f} px | {gb:.2f} px |"
+              for e, (_, sl, sr, gw, gb) in figs.items()]
+    lines += ["", "Two units of one group have their fields' centres "
+              + ", ".join(f"{gb / gw:.2f}× closer on {e}" for e, (_, _, _, gw, gb) in figs.items())
+              + " than two units of different groups: on CIFAR-10, whose learned fields' centres "
+              "spread over the whole image, a group pools nearby fields; on MNIST the centres "
+              "gather in the digits' central area and the difference is small."]
+    lines += [""] + [f"![{e} masks]({f[0]})" for e, f in figs.items()] + [""]
     lines += entropy_section(results)
     png = entropy_plot(results)
     if png:

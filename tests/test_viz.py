@@ -5,7 +5,12 @@ import torch
 from PIL import Image
 
 from torch_structlearn import Connectivity, StructLearnedLinear
-from torch_structlearn.viz import receptive_field_spread, save_receptive_fields
+from torch_structlearn.viz import (
+    group_centre_distance,
+    receptive_field_centres,
+    receptive_field_spread,
+    save_receptive_fields,
+)
 
 
 def test_spread_of_planted_masks():
@@ -16,6 +21,26 @@ def test_spread_of_planted_masks():
     mask[2, [0, 8, 9 + 2, 9 + 6]] = True  # the four corners: distance √2 each
     spread = receptive_field_spread(Connectivity.from_mask(mask), (2, 3, 3))
     torch.testing.assert_close(spread, torch.tensor([1.0, 0.0, 2 ** 0.5]))
+
+
+def test_centres_and_group_distance_of_planted_fields():
+    # (1, 4, 4): one pixel per unit; units 0,1 at the top-left corner, 2,3 at the bottom-right
+    mask = torch.zeros(4, 16, dtype=torch.bool)
+    for unit, pixel in enumerate([0, 1, 15, 14]):  # (0,0), (0,1), (3,3), (3,2)
+        mask[unit, pixel] = True
+    conn = Connectivity.from_mask(mask)
+    centres = receptive_field_centres(conn, (1, 4, 4))
+    torch.testing.assert_close(centres, torch.tensor([[0.0, 0.0], [0.0, 1.0], [3.0, 3.0], [3.0, 2.0]]))
+    within, between = group_centre_distance(conn, (1, 4, 4), 2)
+    # within: both pairs 1 px apart; between: (0,0)-(3,3), (0,0)-(3,2), (0,1)-(3,3), (0,1)-(3,2)
+    ref = [18 ** 0.5, 13 ** 0.5, 13 ** 0.5, 10 ** 0.5]
+    assert within == pytest.approx(1.0) and between == pytest.approx(sum(ref) / 4)
+    # grouping {0, 2} and {1, 3} (by permutation) puts far units together
+    within, between = group_centre_distance(conn, (1, 4, 4), 2, permutation=torch.tensor([0, 2, 1, 3]))
+    assert within == pytest.approx((18 ** 0.5 + 10 ** 0.5) / 2)
+    assert between == pytest.approx((1 + 13 ** 0.5 + 13 ** 0.5 + 1) / 4)
+    with pytest.raises(ValueError, match="group_size must be an integer >= 2 that divides out_features=4, got 3"):
+        group_centre_distance(conn, (1, 4, 4), 3)
 
 
 def test_spread_rejects_a_wrong_image_shape():

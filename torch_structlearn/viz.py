@@ -1,4 +1,5 @@
-"""Receptive fields of a sparse layer: a PNG grid, and how spatially compact they are."""
+"""Receptive fields of a sparse layer: a PNG grid, how spatially compact they are, and how close
+together the fields of one pooling group lie (DESIGN.md §2.7)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,13 @@ from torch import Tensor
 from .connectivity import Connectivity
 from .layers import StructLearnedLinear
 
-__all__ = ["receptive_field_spread", "save_receptive_fields"]
+__all__ = ["receptive_field_centres", "receptive_field_spread", "group_centre_distance",
+           "save_receptive_fields"]
 
 
-def receptive_field_spread(connectivity: Connectivity, image_shape: tuple[int, int, int]) -> Tensor:
-    """``(out_features,)`` mean distance, in pixels, from each unit's connected pixels to their
-    centroid: small for a compact (local) receptive field. A pixel counts once however many of
-    its ``C`` channels connect; ``image_shape = (C, H, W)`` of the layer's input. For scale,
-    random masks spread over an ``H × H`` image give about ``0.38 H``."""
+def _pixel_weights(connectivity: Connectivity, image_shape: tuple[int, int, int]):
+    """``(K, H*W)`` weights of each unit's connected pixels (summing to 1; a pixel counts once
+    however many of its channels connect) and the ``(H*W, 2)`` ``(y, x)`` pixel positions."""
     C, H, W = image_shape
     if C * H * W != connectivity.shape[1]:
         raise ValueError(f"image_shape {tuple(image_shape)} has {C * H * W} pixels, the "
@@ -26,9 +26,44 @@ def receptive_field_spread(connectivity: Connectivity, image_shape: tuple[int, i
     used = connectivity.to_mask().view(-1, C, H * W).any(1).float()  # (K, H*W)
     ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
     pos = torch.stack([ys.flatten(), xs.flatten()], 1).float()  # (H*W, 2)
-    w = used / used.sum(1, keepdim=True).clamp_min(1)
-    centre = w @ pos  # (K, 2)
-    return ((pos[None] - centre[:, None]).norm(dim=2) * w).sum(1)
+    return used / used.sum(1, keepdim=True).clamp_min(1), pos
+
+
+def receptive_field_centres(connectivity: Connectivity, image_shape: tuple[int, int, int]) -> Tensor:
+    """``(out_features, 2)`` centroid ``(y, x)``, in pixels, of each unit's connected pixels;
+    ``image_shape = (C, H, W)`` of the layer's input."""
+    w, pos = _pixel_weights(connectivity, image_shape)
+    return w @ pos
+
+
+def receptive_field_spread(connectivity: Connectivity, image_shape: tuple[int, int, int]) -> Tensor:
+    """``(out_features,)`` mean distance, in pixels, from each unit's connected pixels to their
+    centroid: small for a compact (local) receptive field. A pixel counts once however many of
+    its ``C`` channels connect; ``image_shape = (C, H, W)`` of the layer's input. For scale,
+    random masks spread over an ``H × H`` image give about ``0.38 H``."""
+    w, pos = _pixel_weights(connectivity, image_shape)
+    return ((pos[None] - (w @ pos)[:, None]).norm(dim=2) * w).sum(1)
+
+
+def group_centre_distance(connectivity: Connectivity, image_shape: tuple[int, int, int],
+                          group_size: int, permutation: Tensor | None = None) -> tuple[float, float]:
+    """Mean distance, in pixels, between the receptive-field centres of two units of the same
+    pooling group, and of two units of different groups. Groups are contiguous blocks of
+    ``group_size`` units (after ``permutation``, as in :class:`~torch_structlearn.GroupPool`).
+    If group members are variants of one feature at one place, the first is the smaller."""
+    K = connectivity.shape[0]
+    if not isinstance(group_size, int) or group_size < 2 or K % group_size:
+        raise ValueError(f"group_size must be an integer >= 2 that divides out_features={K}, "
+                         f"got {group_size!r}")
+    centres = receptive_field_centres(connectivity, image_shape)
+    if permutation is not None:
+        centres = centres[torch.as_tensor(permutation, dtype=torch.long)]
+    dist = torch.cdist(centres, centres)
+    group = torch.arange(K) // group_size
+    same = group[:, None] == group[None, :]
+    same.fill_diagonal_(False)
+    other = group[:, None] != group[None, :]
+    return float(dist[same].mean()), float(dist[other].mean())
 
 
 def save_receptive_fields(layer: StructLearnedLinear, image_shape: tuple[int, int, int],
