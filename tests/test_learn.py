@@ -259,3 +259,14 @@ def test_convolutional_whitening_approximates_the_full_zca(tmp_path):
         ZCAWhitening(256, image_shape=(1, 16, 16), kernel_size=4)
     with pytest.raises(ValueError, match="C\\*H\\*W = num_features = 256"):
         ZCAWhitening(256, image_shape=(1, 8, 8), kernel_size=3)
+
+
+def test_whitening_refuses_to_run_before_it_is_fitted():
+    X = torch.randn(200, 8) @ torch.randn(8, 8)
+    with pytest.raises(RuntimeError, match=r"ZCAWhitening is not fitted: call \.fit\(loader\)"):
+        ZCAWhitening(8)(X)
+    fitted = ZCAWhitening(8).fit(_loader(X))
+    Z = fitted(X)
+    restored = ZCAWhitening(8)
+    restored.load_state_dict(fitted.state_dict())  # a fitted state carries the flag
+    torch.testing.assert_close(restored(X), Z)

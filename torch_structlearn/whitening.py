@@ -68,6 +68,7 @@ class ZCAWhitening(nn.Module):
             weight[range(c), range(c), kernel_size // 2, kernel_size // 2] = 1.0  # identity
             self.register_buffer("weight", weight)
         self.register_buffer("_fitted", torch.tensor(False))
+        self._checked = False  # forward has seen ``fitted`` True
 
     @property
     def fitted(self) -> bool:
@@ -125,6 +126,12 @@ class ZCAWhitening(nn.Module):
         return solution.T.reshape(c, c, k, k).to(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not (self._checked or torch.compiler.is_compiling()):
+            # once: reading the flag syncs a GPU, and a module that has been fitted stays fitted
+            if not self.fitted:
+                raise RuntimeError("ZCAWhitening is not fitted: call .fit(loader) first, or load "
+                                   "a fitted one (torch_structlearn.load, load_state_dict)")
+            self._checked = True
         x = self._center(x) - self.mean
         if self.kernel_size is None:
             return x @ self.matrix  # matrix is symmetric
