@@ -116,3 +116,17 @@ def test_dead_atoms_are_reinitialised():
     assert dl.n_reinit_[0] >= 1
     assert dl.dictionary_[9].abs().max() < 0.5  # no atom still points along e9
     assert np.isfinite(dl.objective_).all()
+
+
+def test_transform_and_score_need_a_fitted_dictionary_of_the_data_size():
+    learner = DictionaryLearner(8, epochs=1, seed=0)
+    X = torch.randn(64, 16)
+    with pytest.raises(RuntimeError, match=r"DictionaryLearner is not fitted: call \.fit\(loader\)"):
+        learner.transform(X)
+    learner.fit([X[:32], X[32:]])
+    assert learner.transform(X).shape == (64, 8)
+    assert learner.transform(X.view(64, 4, 4)).shape == (64, 8)  # (N, *) flattens
+    with pytest.raises(ValueError, match=r"expected X of shape \(N, 16\).*got \(64, 15\)"):
+        learner.transform(X[:, :15])
+    with pytest.raises(ValueError, match=r"expected X of shape \(N, 16\).*got \(64, 20\)"):
+        learner.score([torch.randn(64, 20)])

@@ -385,16 +385,29 @@ class DictionaryLearner:
         self.seconds_ = time.perf_counter() - t0
         return self
 
+    def _fitted(self, X: Tensor) -> Tensor:
+        """The learned dictionary, after checking that there is one and that ``X (N, d)`` fits it."""
+        if not hasattr(self, "dictionary_"):
+            raise RuntimeError("DictionaryLearner is not fitted: call .fit(loader) first")
+        if X.dim() != 2 or X.shape[1] != self.dictionary_.shape[0]:
+            raise ValueError(f"expected X of shape (N, {self.dictionary_.shape[0]}) (the "
+                             f"dictionary's d), got {tuple(X.shape)}")
+        return self.dictionary_
+
     def transform(self, X: Tensor) -> Tensor:
-        """Codes ``(N, K)`` of ``X (N, d)`` under the learned dictionary."""
-        return self._codes(X.reshape(X.shape[0], -1).to(self.dictionary_), self.dictionary_)
+        """Codes ``(N, K)`` of ``X (N, d)`` (or ``(N, *)`` with ``prod(*) = d``) under the
+        learned dictionary."""
+        X = X.reshape(X.shape[0], -1)
+        D = self._fitted(X)
+        return self._codes(X.to(D), D)
 
     def score(self, loader: Iterable) -> float:
         """Mean objective ``f`` over ``loader`` with the learned dictionary."""
         total, n = 0.0, 0
         for X in batches(loader, key=self.key, device=self.device):
-            A = self._codes(X, self.dictionary_)
-            total += float(objective(X, self.dictionary_, A, self.lam1_, self.lam_g_, self.group_size).sum())
+            D = self._fitted(X)
+            A = self._codes(X, D)
+            total += float(objective(X, D, A, self.lam1_, self.lam_g_, self.group_size).sum())
             n += X.shape[0]
         return total / n
 
