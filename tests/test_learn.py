@@ -95,6 +95,34 @@ def test_bad_arguments_fail_before_work(kw, match):
     assert not touched  # rejected before the loader was read
 
 
+class _Counting(_Bad):
+    """A loader that counts how often it is read."""
+
+    reads = 0
+
+    def __iter__(self):
+        self.reads += 1
+        return super().__iter__()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: StructLearnedLinear(64, 32),
+    lambda: StructLearnedStack(64, 32, max_depth=1, group_size=4, verbose=False),
+])
+def test_wrong_input_width_fails_before_learning(make):
+    loader = _Counting([torch.randn(50, 10)])
+    with pytest.raises(ValueError, match="the loader yields 10 features, expected in_features=64"):
+        make().learn_structure(loader)
+    assert loader.reads == 1  # only the first batch was looked at
+
+
+def test_block_not_dividing_the_input_width_fails_before_learning():
+    loader = _Counting([torch.randn(50, 24)])
+    with pytest.raises(ValueError, match=r"block=\(16, 16\) must divide the shape \(32, 24\)"):
+        learn_structure(loader, 32, density=0.5, block=(16, 16), verbose=False)
+    assert loader.reads == 1  # the validation pass, not the dictionary's
+
+
 # ---------------------------------------------------------------- receptive fields
 def _photo_crops(n=6000, size=16, seed=0):
     from skimage import color, data
@@ -219,8 +247,6 @@ def test_single_layer_learn_structure_inits():
     assert (torch.sign(w[mask]) == torch.sign(D[mask])).all()
     with pytest.raises(ValueError, match="init must be"):
         layer.learn_structure(_loader(X), init="zeros")
-    with pytest.raises(ValueError, match="expects in_features=64"):
-        StructLearnedLinear(64, 32).learn_structure(_loader(torch.randn(50, 10)), epochs=1, verbose=False)
 
 
 def test_learned_groups_option_and_file_round_trip(tmp_path):

@@ -69,9 +69,13 @@ def batches(loader: Iterable, *, key: str = "x", device=None, dtype=torch.float3
         raise ValueError("the loader yielded no (non-empty) batches")
 
 
-def first_batch(loader: Iterable, **kw) -> Tensor:
-    """The first batch as ``(N, d)``: used to validate a loader before long work starts."""
+def first_batch(loader: Iterable, *, in_features: int | None = None, **kw) -> Tensor:
+    """The first batch as ``(N, d)``: used to validate a loader before long work starts
+    (``ValueError`` when ``in_features`` is given and ``d`` differs)."""
     for x in batches(loader, **kw):
+        if in_features is not None and x.shape[1] != in_features:
+            raise ValueError(f"the loader yields {x.shape[1]} features, expected "
+                             f"in_features={in_features}")
         return x
     raise ValueError("the loader yielded no (non-empty) batches")  # pragma: no cover
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ._checks import block as check_block
 from ._checks import positive_int
 from .connectivity import Connectivity, bsr_to_csr, csr_transpose, row_of_entries, validate_csr
+from .data import first_batch
 from .ops import auto, check_backend, sparse_linear
 from .ops.dense import dense_weight, flat_index
 from .ops.sparse_linear import NEEDS_TRANSPOSE, check_block_backend
@@ -204,10 +205,8 @@ class StructLearnedLinear(nn.Module):
         density = self.density if density is None else density
         if self.block is not None:
             kw.setdefault("block", self.block)
+        first_batch(loader, key=kw.get("key", "x"), in_features=self.in_features)
         conn, D, report = learn_structure(loader, self.out_features, density=density, **kw)
-        if D.shape[0] != self.in_features:
-            raise ValueError(f"the loader yields {D.shape[0]} features, the layer expects "
-                             f"in_features={self.in_features}")
         self.set_connectivity(conn)
         if init == "dictionary":
             self.copy_csr_values_(dictionary_values(D, conn))

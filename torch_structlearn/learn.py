@@ -116,6 +116,8 @@ def learn_structure(
     x0 = None
     for x in batches(loader, key=key):
         x0 = x if x0 is None else x0
+    if block is not None:
+        check_block(block, (out_features, x0.shape[1]))
     t0 = time.perf_counter()
     learner.fit(loader)
     D = learner.dictionary_.detach().cpu()

@@ -152,10 +152,7 @@ class StructLearnedStack(nn.Module):
         key = kw.pop("key", "x")
         verbose = kw.pop("verbose", True)
         score_samples = kw.pop("score_samples", 5000)
-        x0 = first_batch(loader, key=key)
-        if x0.shape[1] != self.in_features:
-            raise ValueError(f"the loader yields {x0.shape[1]} features, the stack expects "
-                             f"in_features={self.in_features}")
+        first_batch(loader, key=key, in_features=self.in_features)
         device = self._factory["device"]
 
         def sample(fn) -> Tensor:
