@@ -1,6 +1,8 @@
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -124,3 +126,10 @@ def test_publishing_recipes_reject_bad_names_before_work(bad, tmp_path, capsys):
             mod.main(argv)
         assert e.value.code == 2 and "invalid hub name" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_hub_is_reachable_from_the_package():
+    # a fresh interpreter: here the import above has already set the attribute
+    code = "import torch_structlearn as tsl; print(tsl.hub.list())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "mnist-single-d5" in out.stdout

@@ -1,6 +1,7 @@
 """torch_structlearn: learn the structure of sparse layers from unlabeled data, train them as
 ordinary PyTorch modules."""
 
+from . import hub  # `torch_structlearn.hub.load(name)`, as `torch.hub`
 from .classifier import StructLearnedClassifier
 from .coding import DictionaryLearner
 from .connectivity import Connectivity
