@@ -22,7 +22,22 @@ from torch_structlearn.pooling import GroupPool
 from torch_structlearn.train import accuracy, fit_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNS = ROOT / "runs" / "repro"
+RUNS = ROOT / "runs" / "repro"  # where a run writes its result
+SHIPPED = ROOT / "recipes" / "results"  # the committed copies RESULTS.md is made from
+
+
+def result_files() -> list[Path]:
+    """Every result, by file name: the committed copies in ``recipes/results/``, each replaced
+    by a newer run of the same name in ``runs/repro/``."""
+    found = {f.name: f for folder in (SHIPPED, RUNS) for f in sorted(folder.glob("*.json"))}
+    return [found[name] for name in sorted(found)]
+
+
+def result_path(name: str) -> Path:
+    """The result ``<name>.json``: the run's own in ``runs/repro/`` where there is one, else the
+    committed copy (which may not exist either)."""
+    own = RUNS / f"{name}.json"
+    return own if own.exists() else SHIPPED / own.name
 
 
 def machine() -> str:
@@ -192,7 +207,7 @@ def _earlier(name: str, args, cfg: dict, n_train: int) -> dict | None:
     it is missing, was run with other settings, or already has one of these seeds)."""
     if args.first_seed == 0:
         return None
-    path = RUNS / f"{_result_name(name, args)}.json"
+    path = result_path(_result_name(name, args))
     if not path.exists():
         raise SystemExit(f"--first-seed {args.first_seed}: no earlier result {path} to extend")
     old = json.loads(path.read_text())

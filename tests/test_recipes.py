@@ -20,6 +20,7 @@ def common(tmp_path, monkeypatch):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     monkeypatch.setattr(mod, "RUNS", tmp_path)
+    monkeypatch.setattr(mod, "SHIPPED", tmp_path / "shipped")
     monkeypatch.setattr(mod, "machine", lambda: "test machine")
     return mod
 
@@ -78,6 +79,27 @@ def test_a_training_recipe_writes_its_own_result_and_extends_only_that(common, m
                                    "0.0001"], lambda s: 0.8)
     with pytest.raises(SystemExit):
         _run(common, monkeypatch, ["--seeds", "1", "--weight-decay", "-1"], lambda s: 0.8)
+
+
+def test_first_seed_extends_a_committed_result(common, monkeypatch):
+    """A fresh checkout has no runs/repro/: seeds extend the copy in recipes/results/."""
+    _run(common, monkeypatch, ["--seeds", "1"], lambda s: 0.5)
+    common.SHIPPED.mkdir()
+    (common.RUNS / "single-mnist.json").rename(common.SHIPPED / "single-mnist.json")
+    both = _run(common, monkeypatch, ["--seeds", "1", "--first-seed", "1"], lambda s: 0.6)
+    assert [r["test_accuracy"] for r in both["rows"]] == [0.5, 0.6]
+    assert (common.RUNS / "single-mnist.json").exists()  # the run's own, the copy untouched
+    shipped = json.loads((common.SHIPPED / "single-mnist.json").read_text())
+    assert [r["seed"] for r in shipped["rows"]] == [0]
+
+
+def test_results_are_the_committed_copies_replaced_by_newer_runs(common):
+    common.SHIPPED.mkdir()
+    for folder, name in ((common.SHIPPED, "a.json"), (common.SHIPPED, "b.json"), (common.RUNS, "b.json"),
+                         (common.RUNS, "c.json")):
+        (folder / name).write_text("{}")
+    assert common.result_files() == [common.SHIPPED / "a.json", common.RUNS / "b.json",
+                                     common.RUNS / "c.json"]
 
 
 def test_first_seed_needs_an_earlier_result(common, monkeypatch):
