@@ -17,6 +17,7 @@ from .whitening import ZCAWhitening
 __version__ = "0.1.0"
 
 __all__ = [
+    "hub",
     "Connectivity",
     "StructLearnedLinear",
     "StructLearnedStack",
