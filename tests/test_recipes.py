@@ -4,6 +4,7 @@ earlier result only when the settings match, and never duplicates a seed."""
 import argparse
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +23,8 @@ def common(tmp_path, monkeypatch):
     monkeypatch.setattr(mod, "RUNS", tmp_path)
     monkeypatch.setattr(mod, "SHIPPED", tmp_path / "shipped")
     monkeypatch.setattr(mod, "machine", lambda: "test machine")
-    return mod
+    yield mod
+    torch.set_flush_denormal(False)  # importing common turned it on for this thread
 
 
 def _run(common, monkeypatch, argv, rows_for, name="single"):
@@ -279,3 +281,24 @@ def test_score_parts_section_pairs_learned_with_random_of_the_same_density_and_s
     assert "In 1 of the 2 density cells above the learned mask is the more accurate" in text
     assert "in 2 its units have the lower H" in text and "E is lower in 2." in text
     assert mod.score_parts_section([{**res, "rows": rows[-1:]}]) == []
+
+
+# A parallel multiply of denormals: zeros only if every OpenMP thread flushes them.
+_DENORMALS_FLUSHED = ("import torch; torch.set_num_threads(2); "
+                      "print(int(torch.full((1 << 20,), 1e-40).mul(1.0).count_nonzero()))")
+
+
+@pytest.mark.parametrize("setup", [
+    "import sys; sys.path.insert(0, {recipes!r}); import common",
+    "import contextlib\nfrom torch_structlearn import cli\n"
+    "with contextlib.suppress(SystemExit): cli.main(['learn', '--width', '0'])",
+], ids=["recipes", "cli"])
+def test_recipes_and_cli_flush_denormals_in_every_thread(setup):
+    """Adam's weight decay drives the weights of units that never fire into the denormal range,
+    where a CPU matmul is ~100x slower (measured in common.py); recipes and CLI flush them."""
+    code = setup.format(recipes=str(RECIPES)) + "\n" + _DENORMALS_FLUSHED
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
+    plain = subprocess.run([sys.executable, "-c", _DENORMALS_FLUSHED], capture_output=True,
+                           text=True, check=True)
+    assert plain.stdout.strip() == str(1 << 20)  # the check itself sees denormals otherwise
