@@ -128,6 +128,8 @@ def test_constructor_errors_name_the_argument():
         StructLearnedLinear(3, 2, density=0)
     with pytest.raises(ValueError, match="backend must be one of"):
         StructLearnedLinear(3, 2, backend="cuda")
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype or None, got torch.int32"):
+        StructLearnedLinear(3, 2, dtype=torch.int32)
     with pytest.raises(ValueError, match="connectivity has shape \\(2, 3\\), expected"):
         StructLearnedLinear(4, 2, connectivity=Connectivity.random((2, 3), fan_in=1, seed=0))
     with pytest.raises(ValueError, match="expected input of shape \\(\\*, 3\\)"):

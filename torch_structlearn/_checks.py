@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 
 def positive_int(name: str, v) -> int:
     """``v`` as an int >= 1, else ``TypeError``/``ValueError`` naming ``name`` and the value."""
@@ -12,6 +14,13 @@ def positive_int(name: str, v) -> int:
     if v < 1:
         raise ValueError(f"{name} must be >= 1, got {v}")
     return v
+
+
+def float_dtype(dtype) -> torch.dtype | None:
+    """``dtype`` when it is ``None`` or a floating-point ``torch.dtype``, else ``TypeError``."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating-point torch.dtype or None, got {dtype!r}")
+    return dtype
 
 
 def density(v) -> float:

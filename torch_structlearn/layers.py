@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import block as check_block
-from ._checks import positive_int
+from ._checks import float_dtype, positive_int
 from .connectivity import Connectivity, bsr_to_csr, csr_transpose, row_of_entries, validate_csr
 from .data import first_batch
 from .ops import auto, check_backend, sparse_linear
@@ -76,6 +76,7 @@ class StructLearnedLinear(nn.Module):
         super().__init__()
         self.in_features = positive_int("in_features", in_features)
         self.out_features = positive_int("out_features", out_features)
+        float_dtype(dtype)
         shape = (self.out_features, self.in_features)
         self.block = None if block is None else check_block(block, shape)
         self.backend = backend  # validated by the setter
