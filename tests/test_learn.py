@@ -46,6 +46,7 @@ class _Bad:
     (_Bad([torch.randn(4, 5), torch.randn(4, 6)]), ValueError, "batch 1: feature size changed from 5 to 6"),
     (_Bad(["not a tensor"]), TypeError, "batch 0: the loader must yield tensors"),
     (_Bad([{"y": torch.randn(4, 5)}]), KeyError, "no key 'x'"),
+    (torch.randn(8, 5), ValueError, r"batch 0: x must be \(N, d\) or \(N, C, H, W\), got shape \(5,\)"),
 ])
 def test_bad_loaders(loader, err, match):
     with pytest.raises(err, match=match):
@@ -93,6 +94,24 @@ def test_bad_arguments_fail_before_work(kw, match):
     with pytest.raises((ValueError, TypeError), match=match):
         learn_structure(Spy(), width, verbose=False, **args)
     assert not touched  # rejected before the loader was read
+
+
+@pytest.mark.parametrize("kw, err, match", [
+    (dict(pool="avg"), ValueError, "pool must be one of \\('l2', 'max', 'mean'\\), got 'avg'"),
+    (dict(min_gain=float("nan")), ValueError, "min_gain must not be NaN"),
+    (dict(min_gain="0.1"), TypeError, "min_gain must be a number, got str"),
+    (dict(epoch=3), TypeError, "unexpected learning argument\\(s\\) \\['epoch'\\]"),
+])
+def test_stack_arguments_are_checked_at_construction(kw, err, match):
+    with pytest.raises(err, match=match):
+        StructLearnedStack(10, 8, **kw)
+
+
+def test_stack_learn_overrides_are_checked_before_reading():
+    loader = _Counting([torch.randn(4, 10)])
+    with pytest.raises(TypeError, match="unexpected learning argument\\(s\\) \\['density'\\]"):
+        StructLearnedStack(10, 8, verbose=False).learn_structure(loader, density=0.2)
+    assert loader.reads == 0
 
 
 class _Counting(_Bad):

@@ -36,8 +36,10 @@ def _extract(batch, key: str, index: int) -> Tensor:
         )
     if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
         raise TypeError(f"batch {index}: x must be a real tensor, got dtype {x.dtype}")
-    if x.dim() == 0:
-        raise ValueError(f"batch {index}: x must have a batch dimension, got a scalar")
+    if x.dim() < 2:
+        raise ValueError(
+            f"batch {index}: x must be (N, d) or (N, C, H, W), got shape {tuple(x.shape)}; to learn "
+            f"from a tensor X pass DataLoader(TensorDataset(X), batch_size=...), not X itself")
     return x
 
 

@@ -3,6 +3,7 @@ connectivity *and depth* are learned bottom-up from unlabelled data (DESIGN.md Â
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 
 from .connectivity import Connectivity
 from .layers import StructLearnedLinear
+from .pooling import _MODES as _POOLS
 from .pooling import GroupPool
 
 __all__ = ["StructLearnedStack"]
@@ -26,6 +28,18 @@ def _broadcast(t: Tensor) -> Tensor:
 def _block(in_features: int, width: int, group_size: int, pool: str, **layer_kw) -> nn.Sequential:
     return nn.Sequential(StructLearnedLinear(in_features, width, **layer_kw), nn.ReLU(),
                          GroupPool(group_size, pool))
+
+
+# what ``**learn_kw`` / ``learn_structure(**overrides)`` may set (the rest is the stack's own)
+_LEARN_KW = frozenset({"lam1", "lam_g", "epochs", "mode", "block", "nonneg", "active_fraction",
+                       "memory", "max_iter", "seed", "score_samples", "verbose", "key",
+                       "distributed"})
+
+
+def _check_learn_kw(kw: dict) -> None:
+    unknown = sorted(set(kw) - _LEARN_KW)
+    if unknown:
+        raise TypeError(f"unexpected learning argument(s) {unknown}; accepted: {sorted(_LEARN_KW)}")
 
 
 def _keeps(depth: int, gain: float, min_gain: float) -> bool:
@@ -81,12 +95,18 @@ class StructLearnedStack(nn.Module):
 
         positive_int("in_features", in_features)
         positive_int("max_depth", max_depth)
+        _check_learn_kw(learn_kw)
+        if isinstance(min_gain, bool) or not isinstance(min_gain, (int, float)):
+            raise TypeError(f"min_gain must be a number, got {type(min_gain).__name__} {min_gain!r}")
+        if math.isnan(min_gain):
+            raise ValueError("min_gain must not be NaN (-inf grows the stack to max_depth)")
         check_learning_args(width=width, density=density, group_size=group_size,
                             lam1=learn_kw.get("lam1", "auto"), lam_g=learn_kw.get("lam_g"),
                             mode=learn_kw.get("mode", "per_unit"), block=learn_kw.get("block"),
                             active_fraction=learn_kw.get("active_fraction", 0.05),
                             memory=learn_kw.get("memory"))
-        GroupPool(group_size, pool)  # validates pool
+        if pool not in _POOLS:
+            raise ValueError(f"pool must be one of {_POOLS}, got {pool!r}")
         if groups not in ("contiguous", "learned"):
             raise ValueError(f"groups must be 'contiguous' or 'learned', got {groups!r}")
         self.groups = groups
@@ -148,6 +168,7 @@ class StructLearnedStack(nn.Module):
         from .entropy import coding_efficiency
         from .learn import dictionary_values, learn_structure
 
+        _check_learn_kw(overrides)
         kw = {**self.learn_kw, **overrides}
         key = kw.pop("key", "x")
         verbose = kw.pop("verbose", True)
