@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from torch_structlearn.train import fit_classifier
+from torch_structlearn.train import accuracy, fit_classifier
 
 
 class Recorder(nn.Module):
@@ -59,7 +59,20 @@ def test_hflip_is_deterministic_for_a_seed_and_off_by_default():
     ({"hflip": (3, 4, 4)}, "hflip=.*48 values per image, but each row of X has 12"),
     ({"hflip": (3, 4)}, "hflip must be an image shape"),
     ({"weight_decay": -1e-4}, "weight_decay must be >= 0, got -0.0001"),
+    ({"epochs": 0}, "epochs must be >= 1, got 0"),
+    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ({"y": torch.zeros(7, dtype=torch.long)}, r"X and y must have the same length, got X \(8, 12\) and y \(7,\)"),
 ])
 def test_bad_arguments_are_named(kw, match):
+    y = kw.pop("y", torch.zeros(8, dtype=torch.long))
     with pytest.raises(ValueError, match=match):
-        fit_classifier(Recorder(12, 2), torch.randn(8, 12), torch.zeros(8, dtype=torch.long), **kw)
+        fit_classifier(Recorder(12, 2), torch.randn(8, 12), y, **kw)
+
+
+def test_labels_must_be_integer_classes():
+    X = torch.randn(8, 12)
+    for fn in (fit_classifier, accuracy):
+        with pytest.raises(TypeError, match="y must be a 1-D tensor of integer class labels, got torch.float32"):
+            fn(Recorder(12, 2), X, torch.zeros(8))
+    with pytest.raises(ValueError, match="X and y must have the same length"):
+        accuracy(Recorder(12, 2), X, torch.zeros(3, dtype=torch.long))

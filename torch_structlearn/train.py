@@ -7,7 +7,20 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ._checks import positive_int
+
 __all__ = ["fit_classifier", "accuracy"]
+
+
+def _check_xy(X, y) -> None:
+    if not isinstance(X, Tensor) or not isinstance(y, Tensor):
+        raise TypeError(f"X and y must be tensors, got {type(X).__name__} and {type(y).__name__}")
+    if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"y must be a 1-D tensor of integer class labels, got {y.dtype} of shape "
+                        f"{tuple(y.shape)}")
+    if X.dim() == 0 or len(X) != len(y):
+        raise ValueError(f"X and y must have the same length, got X {tuple(X.shape)} and y "
+                         f"{tuple(y.shape)}")
 
 
 def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, lr: float = 1e-3,
@@ -19,6 +32,9 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
     ``hflip=(C, H, W)``: each training example, read as a ``(C, H, W)`` image, is mirrored
     left–right with probability 1/2 in every batch (augmentation; ``X`` may be flattened).
     """
+    _check_xy(X, y)
+    positive_int("epochs", epochs)
+    positive_int("batch_size", batch_size)
     if hflip is not None:
         if len(hflip) != 3 or any(int(v) < 1 for v in hflip):
             raise ValueError(f"hflip must be an image shape (C, H, W), got {hflip!r}")
@@ -57,6 +73,8 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
 @torch.no_grad()
 def accuracy(model: nn.Module, X: Tensor, y: Tensor, batch_size: int = 1024) -> float:
     """Fraction of ``X`` classified as ``y``."""
+    _check_xy(X, y)
+    positive_int("batch_size", batch_size)
     model.eval()
     correct = 0
     for i in range(0, len(y), batch_size):
