@@ -22,6 +22,18 @@ BASELINES = ["random", "random-local", "rbm", "snip", "synflow"]
 
 # Short analyses, by result file (prose only: every number stays in the generated tables).
 ANALYSIS = {
+    "density-mnist": (
+        "The full setting (55 000 images, K = 1600, 40 epochs) on the CPU, one seed so far "
+        "(seed 0; `--first-seed 1` and `--first-seed 2` add the others, about an hour each "
+        "here). The quick run's picture holds where the masks are sparse: learned connectivity "
+        "is the best structure at 1, 2 and 5 %, by 0.63, 0.51 and 0.30 test points over the "
+        "runner-up (random-local each time; SNIP, which reads the labels, is behind it), and "
+        "already at 1 % (fan-in 8 of 784) it is above the dense layer of the same width "
+        "(98.25 % against 98.14 %). At 10 % random-local is 0.06 points ahead on test (six of "
+        "10 000 images) and 0.04 behind on validation (98.40 % against 98.44 %): a tie that one "
+        "seed cannot resolve, so the verdict stays provisional until three seeds are in. Learned "
+        "accuracy peaks at 5 % (98.68 %) and falls at 25 % (98.35 %), below random and "
+        "random-local, as random-local and the dense layer were ahead at 25 % in the quick run."),
     "density-mnist-quick": (
         "With the validation-chosen settings (ZCA ε 8, active fraction 0.3; section *Validation "
         "choices*) learned connectivity beats every baseline at every density up to 10 %: "
@@ -274,8 +286,11 @@ def density_section(res: dict) -> list[str]:
             verdict.append(f"{d:.0%}: " + ("learned best" if not losers else
                                             "learned **not** best (beaten or tied by " + ", ".join(losers) + ")"))
         ok = all("not" not in v for v in verdict)
+        n_seeds = len({r["seed"] for r in rows})
+        partial = (f" (on {n_seeds} seed{'s' if n_seeds > 1 else ''}; the target is the mean of 3, "
+                   f"so this verdict is provisional)" if n_seeds < 3 else "")
         lines.append(f"Target *learned beats every baseline at every density ≤ 10 %*: "
-                     f"{'met' if ok else '**missed**'} — " + "; ".join(verdict) + ".")
+                     f"{'met' if ok else '**missed**'}{partial} — " + "; ".join(verdict) + ".")
         lines.append("")
     return lines
 
