@@ -16,6 +16,13 @@ __all__ = ["GroupPool", "learn_groups"]
 _MODES = ("l2", "max", "mean")
 
 
+def check_mode(mode: str, name: str = "mode") -> str:
+    """``mode`` when it is a pooling mode, else ``ValueError`` naming the argument ``name``."""
+    if mode not in _MODES:
+        raise ValueError(f"{name} must be one of {_MODES}, got {mode!r}")
+    return mode
+
+
 class GroupPool(nn.Module):
     """Pool ``(*, K)`` → ``(*, K / group_size)`` over groups of units.
 
@@ -30,9 +37,7 @@ class GroupPool(nn.Module):
                  permutation: Tensor | None = None) -> None:
         super().__init__()
         positive_int("group_size", group_size)
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-        self.group_size, self.mode = group_size, mode
+        self.group_size, self.mode = group_size, check_mode(mode)
         if permutation is not None:
             permutation = torch.as_tensor(permutation, dtype=torch.long)
             K = permutation.numel()

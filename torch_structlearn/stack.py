@@ -3,6 +3,7 @@ connectivity *and depth* are learned bottom-up from unlabelled data (DESIGN.md Â
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Iterable
@@ -12,8 +13,7 @@ from torch import Tensor, nn
 
 from .connectivity import Connectivity
 from .layers import StructLearnedLinear
-from .pooling import _MODES as _POOLS
-from .pooling import GroupPool
+from .pooling import GroupPool, check_mode
 
 __all__ = ["StructLearnedStack"]
 
@@ -30,16 +30,18 @@ def _block(in_features: int, width: int, group_size: int, pool: str, **layer_kw)
                          GroupPool(group_size, pool))
 
 
-# what ``**learn_kw`` / ``learn_structure(**overrides)`` may set (the rest is the stack's own)
-_LEARN_KW = frozenset({"lam1", "lam_g", "epochs", "mode", "block", "nonneg", "active_fraction",
-                       "memory", "max_iter", "seed", "score_samples", "verbose", "key",
-                       "distributed"})
+# arguments the stack sets itself; every other argument of ``learn.learn_structure`` (and
+# ``score_samples``) may be given as ``**learn_kw`` or ``learn_structure(**overrides)``
+_OWN = frozenset({"loader", "out_features", "density", "group_size", "device"})
 
 
 def _check_learn_kw(kw: dict) -> None:
-    unknown = sorted(set(kw) - _LEARN_KW)
+    from .learn import learn_structure
+
+    accepted = (set(inspect.signature(learn_structure).parameters) - _OWN) | {"score_samples"}
+    unknown = sorted(set(kw) - accepted)
     if unknown:
-        raise TypeError(f"unexpected learning argument(s) {unknown}; accepted: {sorted(_LEARN_KW)}")
+        raise TypeError(f"unexpected learning argument(s) {unknown}; accepted: {sorted(accepted)}")
 
 
 def _keeps(depth: int, gain: float, min_gain: float) -> bool:
@@ -105,8 +107,7 @@ class StructLearnedStack(nn.Module):
                             mode=learn_kw.get("mode", "per_unit"), block=learn_kw.get("block"),
                             active_fraction=learn_kw.get("active_fraction", 0.05),
                             memory=learn_kw.get("memory"))
-        if pool not in _POOLS:
-            raise ValueError(f"pool must be one of {_POOLS}, got {pool!r}")
+        check_mode(pool, "pool")
         if groups not in ("contiguous", "learned"):
             raise ValueError(f"groups must be 'contiguous' or 'learned', got {groups!r}")
         self.groups = groups
