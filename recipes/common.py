@@ -116,14 +116,15 @@ def score_parts(hidden: torch.Tensor) -> dict:
 
 def write(name: str, payload: dict, command: str | None = None) -> Path:
     path = RUNS / f"{name}.json"
-    payload = {"command": command or "python " + " ".join(sys.argv), "machine": machine(), **payload}
+    payload = {"command": command or _command(), "machine": machine(), **payload}
     _write_atomic(path, (json.dumps(payload, indent=1) + "\n").encode())
     print(f"wrote {path}")
     return path
 
 
-def add_args(p, *, width_quick: int = 256, width_full: int = 1600) -> None:
-    """The arguments every experiment shares."""
+def add_args(p, *, width_quick: int = 256, width_full: int = 1600, resumable: bool = False) -> None:
+    """The arguments every experiment shares (``resumable``: also ``--resume``, for an experiment
+    that saves its rows with :func:`checkpoint` as it goes)."""
     p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
     p.add_argument("--data-root", default=None)
     p.add_argument("--quick", action="store_true", help="CPU setting: 10 000 images, fewer epochs")
@@ -149,7 +150,11 @@ def add_args(p, *, width_quick: int = 256, width_full: int = 1600) -> None:
     p.add_argument("--dict-memory", choices=["short", "all"], default=None,
                    help="dictionary statistics over the last 4 batches (the learner's default) "
                         "or over all training images (default: TUNED)")
-    p.set_defaults(_widths=(width_quick, width_full))
+    if resumable:
+        p.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run of the same command: keep the rows it "
+                            "saved (runs/repro/<result>.partial.json) and train only the rest")
+    p.set_defaults(_widths=(width_quick, width_full), resume=False)
 
 
 # The choices exp_tune.py made on the validation split (RESULTS.md, "Validation choices"), and
@@ -202,6 +207,40 @@ def _result_name(name: str, args) -> str:
     return f"{name}-{args.dataset}" + ("-quick" if args.quick else "") + recipe_suffix(vars(args))
 
 
+def _partial_path(name: str, args) -> Path:
+    return RUNS / f"{_result_name(name, args)}.partial.json"
+
+
+def _command() -> str:
+    """This run's command line (without ``--resume``: a resumed run trains the rows it lacks with
+    the same seeds, so the rows are those of the command run once)."""
+    return "python " + " ".join(a for a in sys.argv if a != "--resume")
+
+
+def checkpoint(name: str, args, cfg: dict, rows: list) -> None:
+    """Save the rows so far to ``runs/repro/<result>.partial.json`` (call it after each row), so
+    that ``--resume`` can continue the run when it is interrupted; :func:`finish` removes it."""
+    payload = {"command": _command(), "rows": rows,
+               "wall_seconds": cfg["wall_before"] + time.perf_counter() - cfg["t_start"]}
+    _write_atomic(_partial_path(name, args), (json.dumps(payload, indent=1) + "\n").encode())
+
+
+def _resumed(name: str, args) -> dict:
+    """With ``--resume``: the interrupted run's rows and wall time so far (``SystemExit`` when
+    there is no partial result, or it comes from another command)."""
+    if not args.resume:
+        return {"rows": [], "wall_seconds": 0.0}
+    path = _partial_path(name, args)
+    if not path.exists():
+        raise SystemExit(f"--resume: no interrupted run to continue ({path} does not exist)")
+    old = json.loads(path.read_text())
+    if old["command"].split()[2:] != _command().split()[2:]:  # the script's arguments
+        raise SystemExit(f"--resume: {path} is from another command: {old['command']!r}, "
+                         f"not {_command()!r}")
+    print(f"resuming {path}: {len(old['rows'])} rows done", flush=True)
+    return old
+
+
 def _settings(name: str, args, cfg: dict, n_train: int) -> dict:
     return {"experiment": name, "dataset": args.dataset, "quick": args.quick, "width": cfg["K"],
             "group_size": args.group_size, "epochs": cfg["epochs"],
@@ -251,6 +290,8 @@ def setup(args, name: str) -> dict:
     Xtr, ytr = splits[0]
     cfg["learn_kw"] = learn_kw(cfg["active_fraction"], cfg["dict_memory"], len(ytr))
     cfg["earlier"] = _earlier(name, args, cfg, len(ytr))
+    part = _resumed(name, args)
+    cfg.update(done=part["rows"], wall_before=part["wall_seconds"])
     cfg.update(splits=splits, image_shape=image_shape, d=Xtr.shape[1], n_classes=int(ytr.max()) + 1,
                loader=DataLoader(TensorDataset(Xtr), batch_size=250),
                fit=fit_kw(cfg["epochs"], args.lr, args.flip, args.weight_decay, image_shape))
@@ -260,13 +301,16 @@ def setup(args, name: str) -> dict:
 def finish(name: str, args, cfg: dict, rows: list, **extra) -> Path:
     """Write ``runs/repro/<name>-<dataset>[-quick].json`` with the settings and rows (with
     ``--first-seed``, the earlier result's rows first; commands joined, wall times summed)."""
+    wall = cfg.get("wall_before", 0.0) + time.perf_counter() - cfg["t_start"]
     payload = {**_settings(name, args, cfg, len(cfg["splits"][0][1])), "seeds": args.seeds,
-               "rows": rows, "wall_seconds": time.perf_counter() - cfg["t_start"], **extra}
+               "rows": rows, "wall_seconds": wall, **extra}
     old = cfg.get("earlier")
-    command = "python " + " ".join(sys.argv)
+    command = _command()
     if old is not None:
         payload["rows"] = old["rows"] + rows
         payload["seeds"] = len({r["seed"] for r in payload["rows"]})
         payload["wall_seconds"] += old["wall_seconds"]
         command = f"{old['command']}; {command}"
-    return write(_result_name(name, args), payload, command)
+    path = write(_result_name(name, args), payload, command)
+    _partial_path(name, args).unlink(missing_ok=True)
+    return path

@@ -7,7 +7,9 @@ random-local, a sparsifying RBM, SNIP, SynFlow and dense, 3 seeds, one training 
 Network: whitened image → sparse layer (K units) → ReLU → L2 group pooling → linear head.
 Learned = structure from group sparse coding on the unlabelled training images + dictionary
 init; every other structure starts from the per-unit Kaiming init. Writes
-runs/repro/density-<dataset>[-quick].json.
+runs/repro/density-<dataset>[-quick].json, and the rows so far to a ``.partial.json`` beside it
+after each one: ``--resume`` continues an interrupted run (a full CIFAR-10 seed takes hours on
+a CPU) without training those again.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import random_local, rbm_mask, snip_mask, synflow_mask  # noqa: E402
-from common import add_args, finish, network, seed_range, setup, train_eval  # noqa: E402
+from common import add_args, checkpoint, finish, network, seed_range, setup, train_eval  # noqa: E402
 
 from torch_structlearn import Connectivity, learn_structure  # noqa: E402
 from torch_structlearn.learn import dictionary_values  # noqa: E402
@@ -28,10 +30,10 @@ from torch_structlearn.learn import dictionary_values  # noqa: E402
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_args(p)
+    add_args(p, resumable=True)
     p.add_argument("--densities", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.10, 0.25])
-    p.add_argument("--methods", nargs="+",
-                   default=["learned", "random", "random-local", "rbm", "snip", "synflow"])
+    methods = ["learned", "random", "random-local", "rbm", "snip", "synflow"]
+    p.add_argument("--methods", nargs="+", choices=methods, default=methods)
     args = p.parse_args(argv)
     cfg = setup(args, "density")
     K, d, n_classes, splits = cfg["K"], cfg["d"], cfg["n_classes"], cfg["splits"]
@@ -40,7 +42,10 @@ def main(argv=None) -> int:
     def dense_builder():
         return network(None, d, K, args.group_size, n_classes, dense=True)
 
-    rows = []
+    rows = list(cfg["done"])  # those an interrupted run saved (--resume)
+
+    def done(method, density, seed):
+        return any((r["method"], r["density"], r["seed"]) == (method, density, seed) for r in rows)
 
     def run(method, density, seed, conn=None, values=None, dense=False):
         torch.manual_seed(seed)
@@ -50,15 +55,20 @@ def main(argv=None) -> int:
                      "actual_density": 1.0 if dense else conn.density, **r})
         print(f"{method:>13} {density:>6.2%} seed {seed}: val {r['val_accuracy']:.4f} "
               f"test {r['test_accuracy']:.4f}", flush=True)
+        checkpoint("density", args, cfg, rows)
 
     for seed in seed_range(args):
-        run("dense", 1.0, seed, dense=True)
-        if "learned" in args.methods:  # one dictionary per seed; each density reads its own mask
+        if not done("dense", 1.0, seed):
+            run("dense", 1.0, seed, dense=True)
+        if "learned" in args.methods and not all(done("learned", r, seed) for r in args.densities):
+            # one dictionary per seed; each density reads its own mask
             _, D, _ = learn_structure(cfg["loader"], K, density=args.densities[0],
                                       group_size=args.group_size, epochs=cfg["dict_epochs"],
                                       seed=seed, verbose=False, **cfg["learn_kw"])
         for density in args.densities:
             for method in args.methods:
+                if done(method, density, seed):
+                    continue
                 if method == "learned":
                     conn = Connectivity.from_scores(D.T, density, "per_unit")
                     run(method, density, seed, conn, dictionary_values(D, conn))
@@ -72,8 +82,6 @@ def main(argv=None) -> int:
                     run(method, density, seed, snip_mask(dense_builder, Xtr, ytr, density, seed))
                 elif method == "synflow":
                     run(method, density, seed, synflow_mask(dense_builder, d, density, seed))
-                else:
-                    p.error(f"unknown method {method!r}")
     finish("density", args, cfg, rows)
     return 0
 
