@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,45 @@ def test_results_are_the_committed_copies_replaced_by_newer_runs(common):
         (folder / name).write_text("{}")
     assert common.result_files() == [common.SHIPPED / "a.json", common.RUNS / "b.json",
                                      common.RUNS / "c.json"]
+
+
+def test_resume_continues_an_interrupted_run_of_the_same_command(common, monkeypatch):
+    p = argparse.ArgumentParser()
+    common.add_args(p, resumable=True)
+    argv = ["--dataset", "cifar10", "--seeds", "1", "--flip"]
+
+    def cfg_for(args, wall_before, elapsed):
+        return {"K": 16, "epochs": 2, "dict_epochs": 1, "splits": [(None, list(range(100)))],
+                **common.tuned(args), "flip": args.flip, "weight_decay": args.weight_decay,
+                "wall_before": wall_before, "t_start": time.perf_counter() - elapsed}
+
+    monkeypatch.setattr(sys, "argv", ["exp_density.py", *argv])
+    args = p.parse_args(argv)
+    saved = [{"method": "dense", "density": 1.0, "seed": 0, "test_accuracy": 0.5}]
+    common.checkpoint("density", args, cfg_for(args, 0.0, 5.0), saved)  # then interrupted
+    partial = common.RUNS / "density-cifar10-flip.partial.json"
+    assert partial.exists()
+
+    monkeypatch.setattr(sys, "argv", ["exp_density.py", *argv, "--lr", "0.1", "--resume"])
+    with pytest.raises(SystemExit, match="from another command"):
+        common._resumed("density", p.parse_args([*argv, "--lr", "0.1", "--resume"]))
+    monkeypatch.setattr(sys, "argv", ["exp_density.py", *argv, "--resume"])
+    args = p.parse_args([*argv, "--resume"])
+    part = common._resumed("density", args)
+    assert part["rows"] == saved and part["wall_seconds"] >= 5.0
+    rows = part["rows"] + [{"method": "learned", "density": 0.01, "seed": 0, "test_accuracy": 0.6}]
+    out = json.loads(common.finish("density", args, cfg_for(args, part["wall_seconds"], 2.0),
+                                   rows).read_text())
+    assert [r["test_accuracy"] for r in out["rows"]] == [0.5, 0.6]
+    assert out["wall_seconds"] >= 7.0  # both parts of the run
+    assert out["command"] == "python exp_density.py " + " ".join(argv)  # the command run once
+    assert not partial.exists()
+    with pytest.raises(SystemExit, match="no interrupted run"):
+        common._resumed("density", args)
+    plain = argparse.ArgumentParser()
+    common.add_args(plain)  # an experiment that does not save rows as it goes has no --resume
+    with pytest.raises(SystemExit):
+        plain.parse_args(["--resume"])
 
 
 def test_first_seed_needs_an_earlier_result(common, monkeypatch):
