@@ -126,8 +126,9 @@ def test_from_scores_per_unit_and_global():
     assert c.to_mask().tolist() == [[False, True, True, False], [False, False, True, True]]
     g = Connectivity.from_scores(scores, 0.25, "global")  # top 2 of 8 by |score|
     assert g.to_mask().tolist() == [[False, True, False, False], [False, False, False, True]]
-    with pytest.raises(ValueError, match="mode must be"):
-        Connectivity.from_scores(scores, 0.5, "nope")
+    for bad in ("nope", ["per_unit"], None, 1):  # a list is unhashable; none is accepted
+        with pytest.raises(ValueError, match=r"mode must be one of \('per_unit', 'global'\), got "):
+            Connectivity.from_scores(scores, 0.5, bad)
     with pytest.raises(ValueError, match="NaN"):
         Connectivity.from_scores(torch.tensor([[float("nan")]]), 0.5)
 

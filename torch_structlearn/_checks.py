@@ -16,6 +16,14 @@ def positive_int(name: str, v) -> int:
     return v
 
 
+def choice(name: str, v, options):
+    """``v`` when it is one of ``options``, else ``ValueError`` naming ``name``, the options and
+    the value."""
+    if not any(type(v) is type(o) and v == o for o in options):
+        raise ValueError(f"{name} must be one of {tuple(options)}, got {v!r}")
+    return v
+
+
 def float_dtype(dtype) -> torch.dtype | None:
     """``dtype`` when it is ``None`` or a floating-point ``torch.dtype``, else ``TypeError``."""
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ._checks import block as _check_block
+from ._checks import choice
 from ._checks import density as _check_density
 
 __all__ = ["Connectivity", "validate_csr", "csr_transpose", "fan_in_for_density", "row_of_entries",
@@ -334,8 +335,7 @@ class Connectivity:
             raise TypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
         if scores.dim() != 2:
             raise ValueError(f"scores must be 2-D (out_features, in_features), got shape {tuple(scores.shape)}")
-        if mode not in ("per_unit", "global"):
-            raise ValueError(f"mode must be 'per_unit' or 'global', got {mode!r}")
+        choice("mode", mode, ("per_unit", "global"))
         density = _check_density(density)
         s = scores.detach().to("cpu", torch.float64).abs()
         if not bool(torch.isfinite(s).all()):

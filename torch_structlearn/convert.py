@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import block as check_block
+from ._checks import choice, positive_int
 from ._checks import density as check_density
-from ._checks import positive_int
 from .connectivity import Connectivity
 from .layers import StructLearnedLinear
 
@@ -122,8 +122,7 @@ def convert(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     density = check_density(density)
-    if init not in _INITS:
-        raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+    choice("init", init, _INITS)
     positive_int("epochs", epochs)
     positive_int("rows_per_batch", rows_per_batch)
     if batches is not None:

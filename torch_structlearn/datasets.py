@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ._checks import choice
+
 __all__ = ["DATASETS", "data_root", "load_dataset"]
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -86,10 +88,8 @@ def load_dataset(name: str, split: str = "train", root=None, limit: int | None =
     for quick runs) — not the first ones, which in class-sorted folders (CIFAR-10) would be a
     few classes only.
     """
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    choice("dataset", name, DATASETS)
+    choice("split", split, ("train", "test"))
     if name == "digits":
         X, y = _digits(split)
     elif name == "cifar10":

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import block as check_block
-from ._checks import float_dtype, positive_int
+from ._checks import choice, float_dtype, positive_int
 from .connectivity import Connectivity, bsr_to_csr, csr_transpose, row_of_entries, validate_csr
 from .data import first_batch
 from .ops import auto, check_backend, sparse_linear
@@ -199,8 +199,7 @@ class StructLearnedLinear(nn.Module):
         or Kaiming-uniform (``init='random'``). ``density`` defaults to the current density.
         The learned dictionary is kept as ``self.dictionary_ (in, out)`` and the report as
         ``self.report_``. Returns ``self``."""
-        if init not in ("dictionary", "random"):
-            raise ValueError(f"init must be 'dictionary' or 'random', got {init!r}")
+        choice("init", init, ("dictionary", "random"))
         from .learn import dictionary_values, learn_structure  # layers never need it otherwise
 
         density = self.density if density is None else density

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from ._checks import block as check_block
+from ._checks import choice, fraction, penalty, positive_int
 from ._checks import density as check_density
-from ._checks import fraction, penalty, positive_int
 from .coding import DictionaryLearner
 from .connectivity import Connectivity
 from .data import batches
@@ -41,8 +41,7 @@ def check_learning_args(*, width: int, density: float, group_size: int, lam1, la
         penalty("lam1", lam1, "'auto'")
     if lam_g is not None:
         penalty("lam_g", lam_g)
-    if mode not in ("per_unit", "global"):
-        raise ValueError(f"mode must be 'per_unit' or 'global', got {mode!r}")
+    choice("mode", mode, ("per_unit", "global"))
     if block is not None:
         check_block(block)
 

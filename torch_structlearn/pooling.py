@@ -9,7 +9,7 @@ import torch
 from einops import reduce
 from torch import Tensor, nn
 
-from ._checks import positive_int
+from ._checks import choice, positive_int
 
 __all__ = ["GroupPool", "learn_groups"]
 
@@ -18,9 +18,7 @@ _MODES = ("l2", "max", "mean")
 
 def check_mode(mode: str, name: str = "mode") -> str:
     """``mode`` when it is a pooling mode, else ``ValueError`` naming the argument ``name``."""
-    if mode not in _MODES:
-        raise ValueError(f"{name} must be one of {_MODES}, got {mode!r}")
-    return mode
+    return choice(name, mode, _MODES)
 
 
 class GroupPool(nn.Module):

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from ._checks import choice
 from .connectivity import Connectivity
 from .layers import StructLearnedLinear
 from .pooling import GroupPool, check_mode
@@ -108,8 +109,7 @@ class StructLearnedStack(nn.Module):
                             active_fraction=learn_kw.get("active_fraction", 0.05),
                             memory=learn_kw.get("memory"))
         check_mode(pool, "pool")
-        if groups not in ("contiguous", "learned"):
-            raise ValueError(f"groups must be 'contiguous' or 'learned', got {groups!r}")
+        choice("groups", groups, ("contiguous", "learned"))
         self.groups = groups
         depth = max_depth if depth is None else positive_int("depth", depth)
         self.in_features, self.width, self.max_depth = in_features, width, max_depth

@@ -19,6 +19,7 @@ nonzero values and the bias. Each backend is one module of this package:
 import torch
 from torch import Tensor
 
+from .._checks import choice
 from ..connectivity import csr_transpose
 from . import auto, cpu, csr, dense, triton_bsr
 from . import torch_sparse as torch_sparse_backend
@@ -33,8 +34,7 @@ NEEDS_TRANSPOSE = frozenset({"csr", "torch_sparse", "triton"})
 
 def check_backend(backend: str) -> str:
     """``backend`` if it names a backend usable here, else ``ValueError`` saying why."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    choice("backend", backend, BACKENDS)
     if backend == "torch_sparse" and not torch_sparse_backend.AVAILABLE:
         raise ValueError("backend='torch_sparse' needs the torch-sparse package: pip install '.[torch-sparse]'")
     if backend == "cpu" and not cpu.available():
