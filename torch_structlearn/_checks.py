@@ -19,7 +19,7 @@ def positive_int(name: str, v) -> int:
 def choice(name: str, v, options):
     """``v`` when it is one of ``options``, else ``ValueError`` naming ``name``, the options and
     the value."""
-    if not any(type(v) is type(o) and v == o for o in options):
+    if not any(isinstance(v, type(o)) and v == o for o in options):
         raise ValueError(f"{name} must be one of {tuple(options)}, got {v!r}")
     return v
 
