@@ -233,7 +233,13 @@ def _resumed(name: str, args) -> dict:
     path = _partial_path(name, args)
     if not path.exists():
         raise SystemExit(f"--resume: no interrupted run to continue ({path} does not exist)")
-    old = json.loads(path.read_text())
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        old = None
+    if not (isinstance(old, dict) and {"command", "rows", "wall_seconds"} <= old.keys()):
+        raise SystemExit(f"--resume: {path} is not a partial result (unreadable, or keys missing); "
+                         "delete it to start the run again")
     if old["command"].split()[2:] != _command().split()[2:]:  # the script's arguments
         raise SystemExit(f"--resume: {path} is from another command: {old['command']!r}, "
                          f"not {_command()!r}")
@@ -285,13 +291,13 @@ def setup(args, name: str) -> dict:
            "t_start": time.perf_counter()}
     cfg.update(tuned(args), flip=args.flip, weight_decay=args.weight_decay)
     cfg["n_train"] = 10_000 if args.quick else None  # None: every training image
+    part = _resumed(name, args)  # before the data: a wrong --resume fails at once
+    cfg.update(done=part["rows"], wall_before=part["wall_seconds"])
     splits, image_shape = data(args.dataset, cfg["n_train"], 5_000, args.data_root,
                                eps=cfg["whiten_eps"])
     Xtr, ytr = splits[0]
     cfg["learn_kw"] = learn_kw(cfg["active_fraction"], cfg["dict_memory"], len(ytr))
     cfg["earlier"] = _earlier(name, args, cfg, len(ytr))
-    part = _resumed(name, args)
-    cfg.update(done=part["rows"], wall_before=part["wall_seconds"])
     cfg.update(splits=splits, image_shape=image_shape, d=Xtr.shape[1], n_classes=int(ytr.max()) + 1,
                loader=DataLoader(TensorDataset(Xtr), batch_size=250),
                fit=fit_kw(cfg["epochs"], args.lr, args.flip, args.weight_decay, image_shape))

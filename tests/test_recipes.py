@@ -138,6 +138,10 @@ def test_resume_continues_an_interrupted_run_of_the_same_command(common, monkeyp
     assert not partial.exists()
     with pytest.raises(SystemExit, match="no interrupted run"):
         common._resumed("density", args)
+    for junk in ("{trunc", "[]", '{"rows": []}'):  # a torn or foreign file: a clear error
+        partial.write_text(junk)
+        with pytest.raises(SystemExit, match="is not a partial result"):
+            common._resumed("density", args)
     plain = argparse.ArgumentParser()
     common.add_args(plain)  # an experiment that does not save rows as it goes has no --resume
     with pytest.raises(SystemExit):
