@@ -114,6 +114,13 @@ def score_parts(hidden: torch.Tensor) -> dict:
             "zero_fraction": float((hidden == 0).double().mean()), "excess_kurtosis": kurtosis}
 
 
+def _machines(*lines: str) -> str:
+    """The distinct hardware lines, in order, joined by ``"; "`` (a run split over sessions
+    may have run its parts on different machines)."""
+    seen = [m for line in lines for m in line.split("; ") if m]
+    return "; ".join(dict.fromkeys(seen))
+
+
 def write(name: str, payload: dict, command: str | None = None) -> Path:
     path = RUNS / f"{name}.json"
     payload = {"command": command or _command(), "machine": machine(), **payload}
@@ -220,7 +227,8 @@ def _command() -> str:
 def checkpoint(name: str, args, cfg: dict, rows: list) -> None:
     """Save the rows so far to ``runs/repro/<result>.partial.json`` (call it after each row), so
     that ``--resume`` can continue the run when it is interrupted; :func:`finish` removes it."""
-    payload = {"command": _command(), "rows": rows,
+    payload = {"command": _command(), "machine": _machines(cfg.get("machine_before", ""), machine()),
+               "rows": rows,
                "wall_seconds": cfg["wall_before"] + time.perf_counter() - cfg["t_start"]}
     _write_atomic(_partial_path(name, args), (json.dumps(payload, indent=1) + "\n").encode())
 
@@ -229,7 +237,7 @@ def _resumed(name: str, args) -> dict:
     """With ``--resume``: the interrupted run's rows and wall time so far (``SystemExit`` when
     there is no partial result, or it comes from another command)."""
     if not args.resume:
-        return {"rows": [], "wall_seconds": 0.0}
+        return {"rows": [], "wall_seconds": 0.0, "machine": ""}
     path = _partial_path(name, args)
     if not path.exists():
         raise SystemExit(f"--resume: no interrupted run to continue ({path} does not exist)")
@@ -244,7 +252,7 @@ def _resumed(name: str, args) -> dict:
         raise SystemExit(f"--resume: {path} is from another command: {old['command']!r}, "
                          f"not {_command()!r}")
     print(f"resuming {path}: {len(old['rows'])} rows done", flush=True)
-    return old
+    return {"machine": "", **old}
 
 
 def _settings(name: str, args, cfg: dict, n_train: int) -> dict:
@@ -292,7 +300,7 @@ def setup(args, name: str) -> dict:
     cfg.update(tuned(args), flip=args.flip, weight_decay=args.weight_decay)
     cfg["n_train"] = 10_000 if args.quick else None  # None: every training image
     part = _resumed(name, args)  # before the data: a wrong --resume fails at once
-    cfg.update(done=part["rows"], wall_before=part["wall_seconds"])
+    cfg.update(done=part["rows"], wall_before=part["wall_seconds"], machine_before=part["machine"])
     splits, image_shape = data(args.dataset, cfg["n_train"], 5_000, args.data_root,
                                eps=cfg["whiten_eps"])
     Xtr, ytr = splits[0]
@@ -306,16 +314,19 @@ def setup(args, name: str) -> dict:
 
 def finish(name: str, args, cfg: dict, rows: list, **extra) -> Path:
     """Write ``runs/repro/<name>-<dataset>[-quick].json`` with the settings and rows (with
-    ``--first-seed``, the earlier result's rows first; commands joined, wall times summed)."""
+    ``--first-seed``, the earlier result's rows first; commands joined, wall times summed, and
+    every machine that ran a part named)."""
     wall = cfg.get("wall_before", 0.0) + time.perf_counter() - cfg["t_start"]
+    here = _machines(cfg.get("machine_before", ""), machine())
     payload = {**_settings(name, args, cfg, len(cfg["splits"][0][1])), "seeds": args.seeds,
-               "rows": rows, "wall_seconds": wall, **extra}
+               "rows": rows, "wall_seconds": wall, "machine": here, **extra}
     old = cfg.get("earlier")
     command = _command()
     if old is not None:
         payload["rows"] = old["rows"] + rows
         payload["seeds"] = len({r["seed"] for r in payload["rows"]})
         payload["wall_seconds"] += old["wall_seconds"]
+        payload["machine"] = _machines(old["machine"], here)
         command = f"{old['command']}; {command}"
     path = write(_result_name(name, args), payload, command)
     _partial_path(name, args).unlink(missing_ok=True)

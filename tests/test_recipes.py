@@ -50,6 +50,16 @@ def test_first_seed_extends_the_earlier_result(common, monkeypatch):
     assert [r["test_accuracy"] for r in both["rows"]] == [0.5, 0.6, 0.6]
     assert both["command"].count("exp_single.py") == 2 and "--first-seed 1" in both["command"]
     assert both["wall_seconds"] >= first["wall_seconds"]
+    assert first["machine"] == both["machine"] == "test machine"
+
+
+def test_a_result_extended_on_another_machine_names_both(common, monkeypatch):
+    _run(common, monkeypatch, ["--seeds", "1"], lambda s: 0.5)
+    monkeypatch.setattr(common, "machine", lambda: "other machine")
+    out = _run(common, monkeypatch, ["--seeds", "1", "--first-seed", "1"], lambda s: 0.5)
+    assert out["machine"] == "test machine; other machine"
+    out = _run(common, monkeypatch, ["--seeds", "1", "--first-seed", "2"], lambda s: 0.5)
+    assert out["machine"] == "test machine; other machine"  # each machine named once
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -130,8 +140,11 @@ def test_resume_continues_an_interrupted_run_of_the_same_command(common, monkeyp
     part = common._resumed("density", args)
     assert part["rows"] == saved and part["wall_seconds"] >= 5.0
     rows = part["rows"] + [{"method": "learned", "density": 0.01, "seed": 0, "test_accuracy": 0.6}]
-    out = json.loads(common.finish("density", args, cfg_for(args, part["wall_seconds"], 2.0),
+    monkeypatch.setattr(common, "machine", lambda: "other machine")  # resumed elsewhere
+    out = json.loads(common.finish("density", args, {**cfg_for(args, part["wall_seconds"], 2.0),
+                                                     "machine_before": part["machine"]},
                                    rows).read_text())
+    assert out["machine"] == "test machine; other machine"
     assert [r["test_accuracy"] for r in out["rows"]] == [0.5, 0.6]
     assert out["wall_seconds"] >= 7.0  # both parts of the run
     assert out["command"] == "python exp_density.py " + " ".join(argv)  # the command run once
