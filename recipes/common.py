@@ -233,6 +233,11 @@ def checkpoint(name: str, args, cfg: dict, rows: list) -> None:
     _write_atomic(_partial_path(name, args), (json.dumps(payload, indent=1) + "\n").encode())
 
 
+def done(rows: list, **key) -> bool:
+    """Whether ``rows`` already holds the row with these values (one a resumed run saved)."""
+    return any(all(r.get(k) == v for k, v in key.items()) for r in rows)
+
+
 def _resumed(name: str, args) -> dict:
     """With ``--resume``: the interrupted run's rows and wall time so far (``SystemExit`` when
     there is no partial result, or it comes from another command)."""

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_args, finish, seed_range, setup, train_eval  # noqa: E402
+from common import add_args, checkpoint, done, finish, seed_range, setup, train_eval  # noqa: E402
 
 
 class _Unflatten(nn.Module):
@@ -41,17 +41,21 @@ def cnn(image_shape, hidden: int, n_classes: int) -> nn.Sequential:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_args(p)
+    add_args(p, resumable=True)
     args = p.parse_args(argv)
     cfg = setup(args, "cnn")
     hidden = cfg["K"] // args.group_size
-    rows = []
+    rows = list(cfg["done"])  # those an interrupted run saved (--resume)
+    name = f"CNN (2 conv + {hidden} hidden)"
     for seed in seed_range(args):
+        if done(rows, method=name, seed=seed):
+            continue
         torch.manual_seed(seed)
         model = cnn(cfg["image_shape"], hidden, cfg["n_classes"])
         r = train_eval(model, cfg["splits"], seed=seed, **cfg["fit"])
-        rows.append({"method": f"CNN (2 conv + {hidden} hidden)", "seed": seed, **r})
+        rows.append({"method": name, "seed": seed, **r})
         print(f"CNN seed {seed}: test {r['test_accuracy']:.4f}", flush=True)
+        checkpoint("cnn", args, cfg, rows)
     finish("cnn", args, cfg, rows)
     return 0
 

@@ -7,9 +7,7 @@ random-local, a sparsifying RBM, SNIP, SynFlow and dense, 3 seeds, one training 
 Network: whitened image → sparse layer (K units) → ReLU → L2 group pooling → linear head.
 Learned = structure from group sparse coding on the unlabelled training images + dictionary
 init; every other structure starts from the per-unit Kaiming init. Writes
-runs/repro/density-<dataset>[-quick].json, and the rows so far to a ``.partial.json`` beside it
-after each one: ``--resume`` continues an interrupted run (a full CIFAR-10 seed takes hours on
-a CPU) without training those again.
+runs/repro/density-<dataset>[-quick].json (``--resume``: see common.checkpoint).
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import random_local, rbm_mask, snip_mask, synflow_mask  # noqa: E402
-from common import add_args, checkpoint, finish, network, seed_range, setup, train_eval  # noqa: E402
+from common import add_args, checkpoint, done, finish, network, seed_range, setup, train_eval  # noqa: E402
 
 from torch_structlearn import Connectivity, learn_structure  # noqa: E402
 from torch_structlearn.learn import dictionary_values  # noqa: E402
@@ -44,9 +42,6 @@ def main(argv=None) -> int:
 
     rows = list(cfg["done"])  # those an interrupted run saved (--resume)
 
-    def done(method, density, seed):
-        return any((r["method"], r["density"], r["seed"]) == (method, density, seed) for r in rows)
-
     def run(method, density, seed, conn=None, values=None, dense=False):
         torch.manual_seed(seed)
         model = network(conn, d, K, args.group_size, n_classes, values=values, dense=dense)
@@ -58,16 +53,17 @@ def main(argv=None) -> int:
         checkpoint("density", args, cfg, rows)
 
     for seed in seed_range(args):
-        if not done("dense", 1.0, seed):
+        if not done(rows, method="dense", seed=seed):
             run("dense", 1.0, seed, dense=True)
-        if "learned" in args.methods and not all(done("learned", r, seed) for r in args.densities):
+        if "learned" in args.methods and not all(done(rows, method="learned", density=r, seed=seed)
+                                                 for r in args.densities):
             # one dictionary per seed; each density reads its own mask
             _, D, _ = learn_structure(cfg["loader"], K, density=args.densities[0],
                                       group_size=args.group_size, epochs=cfg["dict_epochs"],
                                       seed=seed, verbose=False, **cfg["learn_kw"])
         for density in args.densities:
             for method in args.methods:
-                if done(method, density, seed):
+                if done(rows, method=method, density=density, seed=seed):
                     continue
                 if method == "learned":
                     conn = Connectivity.from_scores(D.T, density, "per_unit")

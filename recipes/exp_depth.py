@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_args, finish, seed_range, setup, train_eval  # noqa: E402
+from common import add_args, checkpoint, done, finish, seed_range, setup, train_eval  # noqa: E402
 
 from torch_structlearn import StructLearnedStack  # noqa: E402
 from torch_structlearn.stack import rule_depth  # noqa: E402
@@ -29,7 +29,7 @@ from torch_structlearn.stack import rule_depth  # noqa: E402
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_args(p)
+    add_args(p, resumable=True)
     p.add_argument("--density", type=float, default=0.05)
     p.add_argument("--max-depth", type=int, default=4)
     p.add_argument("--min-gain", type=float, default=0.01, help="the stopping rule's threshold")
@@ -37,8 +37,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     cfg = setup(args, "depth")
     K, d = cfg["K"], cfg["d"]
-    rows = []
+    rows = list(cfg["done"])  # those an interrupted run saved (--resume)
     for seed in seed_range(args):
+        if all(done(rows, method=f"forced depth {k}", seed=seed)  # the rule's pick is one of them
+               for k in range(1, args.max_depth + 1)):
+            continue
         torch.manual_seed(seed)
         grown = StructLearnedStack(d, K, max_depth=args.max_depth, density=args.density,
                                    group_size=args.group_size, min_gain=float("-inf"),
@@ -47,6 +50,8 @@ def main(argv=None) -> int:
         scores = [row["score"] for row in grown.report]
         picked = rule_depth([row["gain"] for row in grown.report], args.min_gain)
         for k in range(1, grown.depth + 1):
+            if done(rows, method=f"forced depth {k}", seed=seed):
+                continue
             stack = copy.deepcopy(grown)
             stack.layers = stack.layers[:k]
             model = nn.Sequential(stack, nn.Linear(stack.out_features, cfg["n_classes"]))
@@ -58,6 +63,7 @@ def main(argv=None) -> int:
                              "unsupervised_scores": scores[:k + 1]})  # with the rejected layer's
             print(f"depth {k} seed {seed}: test {r['test_accuracy']:.4f}"
                   + (" (the stopping rule's pick)" if k == picked else ""), flush=True)
+            checkpoint("depth", args, cfg, rows)
     finish("depth", args, cfg, rows, density=args.density)
     return 0
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_args, finish, network, seed_range, setup, train_eval  # noqa: E402
+from common import add_args, checkpoint, done, finish, network, seed_range, setup, train_eval  # noqa: E402
 
 from torch_structlearn import learn_structure  # noqa: E402
 from torch_structlearn.learn import dictionary_values  # noqa: E402
@@ -22,24 +22,29 @@ from torch_structlearn.learn import dictionary_values  # noqa: E402
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_args(p, width_quick=400, width_full=1600)
+    add_args(p, width_quick=400, width_full=1600, resumable=True)
     p.add_argument("--density", type=float, default=0.05)
     args = p.parse_args(argv)
     cfg = setup(args, "single")
     K, d = cfg["K"], cfg["d"]
-    rows = []
+    rows = list(cfg["done"])  # those an interrupted run saved (--resume)
     for seed in seed_range(args):
+        if all(done(rows, method=name, seed=seed) for name in ("learned", "fully connected")):
+            continue
         conn, D, rep = learn_structure(cfg["loader"], K, density=args.density,
                                        group_size=args.group_size, epochs=cfg["dict_epochs"],
                                        seed=seed, verbose=False, **cfg["learn_kw"])
         for name, kw in (("learned", dict(conn=conn, values=dictionary_values(D, conn))),
                          ("fully connected", dict(conn=None, dense=True))):
+            if done(rows, method=name, seed=seed):
+                continue
             torch.manual_seed(seed)
             model = network(d=d, K=K, group_size=args.group_size, n_classes=cfg["n_classes"], **kw)
             r = train_eval(model, cfg["splits"], seed=seed, **cfg["fit"])
             rows.append({"method": name, "density": conn.density if name == "learned" else 1.0,
                          "seed": seed, **r})
             print(f"{name:>16} seed {seed}: test {r['test_accuracy']:.4f}", flush=True)
+            checkpoint("single", args, cfg, rows)
     finish("single", args, cfg, rows, density=args.density)
     return 0
 

@@ -1,6 +1,5 @@
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -10,6 +9,8 @@ import torch
 import torch_structlearn as tsl
 from torch_structlearn import hub
 from torch_structlearn.classifier import StructLearnedClassifier
+
+from .conftest import require_data
 
 
 def test_shipped_entries_load_and_match_their_cards():
@@ -76,13 +77,10 @@ def test_timm_entry_loads_as_the_model_with_learned_structures(tmp_path, monkeyp
 @pytest.mark.parametrize("name, folder", [("mnist-single-d5", "MNIST"),
                                           ("cifar10-single-d5", "cifar10-jpeg")])
 def test_entry_accuracy_matches_card(name, folder):
-    from torch_structlearn.datasets import data_root, load_dataset
+    from torch_structlearn.datasets import load_dataset
     from torch_structlearn.train import accuracy
 
-    if not (data_root() / folder).is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{folder} not found under {data_root()}")
-        pytest.skip(f"{folder} not found (set STRUCTLEARN_DATA)")
+    require_data(folder)
     card = hub.card(name)
     X, y = load_dataset(card["dataset"], "test")
     assert accuracy(hub.load(name), X, y) == pytest.approx(card["test_accuracy"])

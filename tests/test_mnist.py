@@ -2,25 +2,21 @@
 same fan-in after the same short training (mean of 3 seeds). Needs MNIST under
 $STRUCTLEARN_DATA; when CI=true a missing data set is a failure, not a skip."""
 
-import os
-
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from torch_structlearn import Connectivity, StructLearnedLinear, ZCAWhitening
-from torch_structlearn.datasets import data_root, load_dataset
+from torch_structlearn.datasets import load_dataset
 from torch_structlearn.train import accuracy, fit_classifier
+
+from .conftest import require_data
 
 
 @pytest.fixture(scope="module")
 def mnist():
-    if not (data_root() / "MNIST" / "raw").is_dir():
-        msg = f"MNIST not found under {data_root()} (set STRUCTLEARN_DATA)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+    require_data("MNIST/raw")
     Xtr, ytr = load_dataset("mnist", "train", limit=6000)
     Xte, yte = load_dataset("mnist", "test", limit=2000)
     w = ZCAWhitening(784, eps=0.1).fit(DataLoader(TensorDataset(Xtr), batch_size=1000))

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from .conftest import require_data
+
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
@@ -359,3 +361,43 @@ def test_recipes_and_cli_flush_denormals_in_every_thread(setup):
     plain = subprocess.run([sys.executable, "-c", _DENORMALS_FLUSHED], capture_output=True,
                            text=True, check=True)
     assert plain.stdout.strip() == str(1 << 20)  # the check itself sees denormals otherwise
+
+
+def test_an_interrupted_experiment_resumes_with_the_rows_it_saved(monkeypatch, tmp_path):
+    """End to end on MNIST (tiny settings): exp_single stopped after its first network, then run
+    again with --resume, trains only the second one and keeps the first one's row unchanged."""
+    require_data("MNIST/raw")
+    monkeypatch.syspath_prepend(str(RECIPES))
+    spec = importlib.util.spec_from_file_location("exp_single", RECIPES / "exp_single.py")
+    exp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exp)
+    common = sys.modules["common"]
+    monkeypatch.setattr(common, "RUNS", tmp_path)
+    monkeypatch.setattr(common, "SHIPPED", tmp_path / "shipped")
+    argv = ["--quick", "--seeds", "1", "--width", "16", "--epochs", "1", "--dict-epochs", "1"]
+    trained, real = [], exp.train_eval
+
+    def interrupted_after_one(model, splits, **kw):
+        if trained:
+            raise KeyboardInterrupt
+        trained.append(model)
+        return real(model, splits, **kw)
+
+    monkeypatch.setattr(sys, "argv", ["exp_single.py", *argv])
+    monkeypatch.setattr(exp, "train_eval", interrupted_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        exp.main(argv)
+    partial = json.loads((tmp_path / "single-mnist-quick.partial.json").read_text())
+    assert [r["method"] for r in partial["rows"]] == ["learned"]
+
+    trained.clear()
+    monkeypatch.setattr(exp, "train_eval", lambda model, splits, **kw: (
+        trained.append(model), real(model, splits, **kw))[1])
+    monkeypatch.setattr(sys, "argv", ["exp_single.py", *argv, "--resume"])
+    assert exp.main([*argv, "--resume"]) == 0
+    assert len(trained) == 1  # only the fully connected network
+    out = json.loads((tmp_path / "single-mnist-quick.json").read_text())
+    assert [r["method"] for r in out["rows"]] == ["learned", "fully connected"]
+    assert out["rows"][0] == partial["rows"][0]
+    assert "--resume" not in out["command"] and not (tmp_path / "single-mnist-quick.partial.json").exists()
+    torch.set_flush_denormal(False)  # importing common turned it on for this thread
