@@ -84,15 +84,19 @@ def network(conn: Connectivity | None, d: int, K: int, group_size: int, n_classe
 
 def train_eval(model: nn.Module, splits, *, seed: int, **fit) -> dict:
     """Train with the shared recipe (``fit``: ``fit_classifier``'s keyword arguments, ``cfg["fit"]``
-    of :func:`setup`); report validation/test accuracy and the coding-efficiency score (entropy
-    estimate) of the top hidden layer's outputs on the validation images."""
+    of :func:`setup`); report validation/test accuracy, the training accuracy (on the images
+    as they are, without the flips) and last epoch's mean training loss — what tells overfitting
+    from underfitting — and the coding-efficiency score (entropy estimate) of the top hidden
+    layer's outputs on the validation images."""
     (Xtr, ytr), (Xva, yva), (Xte, yte) = splits
     t0 = time.perf_counter()
-    fit_classifier(model, Xtr, ytr, seed=seed, **fit)
+    losses = fit_classifier(model, Xtr, ytr, seed=seed, **fit)
+    seconds = time.perf_counter() - t0
     with torch.no_grad():
         hidden = model[:-1](Xva[:5000])  # everything but the head
     return {"val_accuracy": accuracy(model, Xva, yva), "test_accuracy": accuracy(model, Xte, yte),
-            **score_parts(hidden), "train_seconds": time.perf_counter() - t0}
+            "train_accuracy": accuracy(model, Xtr, ytr), "train_loss": losses[-1],
+            **score_parts(hidden), "train_seconds": seconds}
 
 
 def score_parts(hidden: torch.Tensor) -> dict:

@@ -399,5 +399,7 @@ def test_an_interrupted_experiment_resumes_with_the_rows_it_saved(monkeypatch, t
     out = json.loads((tmp_path / "single-mnist-quick.json").read_text())
     assert [r["method"] for r in out["rows"]] == ["learned", "fully connected"]
     assert out["rows"][0] == partial["rows"][0]
+    for r in out["rows"]:
+        assert 0.1 < r["train_accuracy"] <= 1 and r["train_loss"] > 0
     assert "--resume" not in out["command"] and not (tmp_path / "single-mnist-quick.partial.json").exists()
     torch.set_flush_denormal(False)  # importing common turned it on for this thread
