@@ -31,17 +31,17 @@ def main(argv=None) -> int:
     names = ["learned mask + dictionary init", "learned mask + random init",
              "dense + dictionary init", "random mask + random init"]
     for seed in seed_range(args):
-        if all(done(rows, method=name, seed=seed) for name in names):
-            continue
-        conn, D, _ = learn_structure(cfg["loader"], K, density=rho, group_size=args.group_size,
-                                     epochs=cfg["dict_epochs"], seed=seed, verbose=False,
-                                     **cfg["learn_kw"])
-        variants = [(conn, dictionary_values(D, conn)), (conn, None),
-                    (full, dictionary_values(D, full)),
-                    (Connectivity.random((K, d), density=rho, seed=seed), None)]
-        for name, (c, values) in zip(names, variants, strict=True):
-            if done(rows, method=name, seed=seed):
-                continue
+        todo = [name for name in names if not done(rows, method=name, seed=seed)]
+        variants = {}
+        if set(todo) & set(names[:3]):  # the ones the dictionary is learned for
+            conn, D, _ = learn_structure(cfg["loader"], K, density=rho, group_size=args.group_size,
+                                         epochs=cfg["dict_epochs"], seed=seed, verbose=False,
+                                         **cfg["learn_kw"])
+            variants = dict(zip(names[:3], [(conn, dictionary_values(D, conn)), (conn, None),
+                                            (full, dictionary_values(D, full))], strict=True))
+        variants[names[3]] = (Connectivity.random((K, d), density=rho, seed=seed), None)
+        for name in todo:
+            c, values = variants[name]
             torch.manual_seed(seed)
             model = network(c, d, K, args.group_size, cfg["n_classes"], values=values)
             r = train_eval(model, cfg["splits"], seed=seed, **cfg["fit"])

@@ -29,20 +29,19 @@ def main(argv=None) -> int:
     K, d = cfg["K"], cfg["d"]
     rows = list(cfg["done"])  # those an interrupted run saved (--resume)
     for seed in seed_range(args):
-        if all(done(rows, method=name, seed=seed) for name in ("learned", "fully connected")):
-            continue
-        conn, D, rep = learn_structure(cfg["loader"], K, density=args.density,
-                                       group_size=args.group_size, epochs=cfg["dict_epochs"],
-                                       seed=seed, verbose=False, **cfg["learn_kw"])
-        for name, kw in (("learned", dict(conn=conn, values=dictionary_values(D, conn))),
-                         ("fully connected", dict(conn=None, dense=True))):
-            if done(rows, method=name, seed=seed):
-                continue
+        variants = {}
+        if not done(rows, method="learned", seed=seed):  # the fully connected layer needs no dictionary
+            conn, D, _ = learn_structure(cfg["loader"], K, density=args.density,
+                                         group_size=args.group_size, epochs=cfg["dict_epochs"],
+                                         seed=seed, verbose=False, **cfg["learn_kw"])
+            variants["learned"] = (dict(conn=conn, values=dictionary_values(D, conn)), conn.density)
+        if not done(rows, method="fully connected", seed=seed):
+            variants["fully connected"] = (dict(conn=None, dense=True), 1.0)
+        for name, (kw, density) in variants.items():
             torch.manual_seed(seed)
             model = network(d=d, K=K, group_size=args.group_size, n_classes=cfg["n_classes"], **kw)
             r = train_eval(model, cfg["splits"], seed=seed, **cfg["fit"])
-            rows.append({"method": name, "density": conn.density if name == "learned" else 1.0,
-                         "seed": seed, **r})
+            rows.append({"method": name, "density": density, "seed": seed, **r})
             print(f"{name:>16} seed {seed}: test {r['test_accuracy']:.4f}", flush=True)
             checkpoint("single", args, cfg, rows)
     finish("single", args, cfg, rows, density=args.density)

@@ -363,10 +363,12 @@ def test_recipes_and_cli_flush_denormals_in_every_thread(setup):
     assert plain.stdout.strip() == str(1 << 20)  # the check itself sees denormals otherwise
 
 
-def test_an_interrupted_experiment_resumes_with_the_rows_it_saved(monkeypatch, tmp_path):
+def test_an_interrupted_experiment_resumes_with_the_rows_it_saved(monkeypatch, tmp_path, request):
     """End to end on MNIST (tiny settings): exp_single stopped after its first network, then run
-    again with --resume, trains only the second one and keeps the first one's row unchanged."""
+    again with --resume, trains only the second one (learning no dictionary: the fully connected
+    layer needs none) and keeps the first one's row unchanged."""
     require_data("MNIST/raw")
+    request.addfinalizer(lambda: torch.set_flush_denormal(False))  # importing common turned it on
     monkeypatch.syspath_prepend(str(RECIPES))
     spec = importlib.util.spec_from_file_location("exp_single", RECIPES / "exp_single.py")
     exp = importlib.util.module_from_spec(spec)
@@ -393,6 +395,7 @@ def test_an_interrupted_experiment_resumes_with_the_rows_it_saved(monkeypatch, t
     trained.clear()
     monkeypatch.setattr(exp, "train_eval", lambda model, splits, **kw: (
         trained.append(model), real(model, splits, **kw))[1])
+    monkeypatch.setattr(exp, "learn_structure", lambda *a, **kw: pytest.fail("relearned"))
     monkeypatch.setattr(sys, "argv", ["exp_single.py", *argv, "--resume"])
     assert exp.main([*argv, "--resume"]) == 0
     assert len(trained) == 1  # only the fully connected network
@@ -402,4 +405,3 @@ def test_an_interrupted_experiment_resumes_with_the_rows_it_saved(monkeypatch, t
     for r in out["rows"]:
         assert 0.1 < r["train_accuracy"] <= 1 and r["train_loss"] > 0
     assert "--resume" not in out["command"] and not (tmp_path / "single-mnist-quick.partial.json").exists()
-    torch.set_flush_denormal(False)  # importing common turned it on for this thread
