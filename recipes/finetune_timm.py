@@ -33,11 +33,14 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from torch_structlearn import Connectivity, StructLearnedLinear, convert, hub, save
-from torch_structlearn.convert import _set_module, select_linears
-from torch_structlearn.datasets import DATASETS, load_dataset
-from torch_structlearn.io import _write_atomic
-from torch_structlearn.train import accuracy
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
+from torch_structlearn import Connectivity, StructLearnedLinear, convert, hub, save  # noqa: E402
+from torch_structlearn.convert import _set_module, select_linears  # noqa: E402
+from torch_structlearn.datasets import DATASETS, load_dataset  # noqa: E402
+from torch_structlearn.io import _write_atomic  # noqa: E402
+from torch_structlearn.train import accuracy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
              "clip": args.clip, "device": device, "flip": args.dataset == "cifar10"}
     result = {"command": "python recipes/finetune_timm.py " + shlex.join(argv),
               "model": args.model, "model_kwargs": kw, "dataset": args.dataset,
-              "density": args.density, "device": torch.cuda.get_device_name() if device.type == "cuda"
-              else "2-core AMD EPYC CPU"}
+              "density": args.density, "device": machine()}
     if args.pretrain_epochs:
         t0 = time.perf_counter()
         ema = fit(model, Xtr, ytr, **{**train, "epochs": args.pretrain_epochs})

@@ -3,7 +3,9 @@
     python recipes/hub_entry.py NAME --license "..." -- <structlearn learn arguments>
 
 writes hub/NAME/structure.safetensors (the learned StructLearnedClassifier) and
-hub/NAME/card.json (data set, exact command, density, depth, accuracies, data license).
+hub/NAME/card.json (data set, exact command, hardware, density, depth, accuracies, data
+license); `--hub-root DIR` writes DIR/NAME instead, and the learner's own output goes to
+runs/hub/NAME beside the hub folder.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from torch_structlearn import hub, load
-from torch_structlearn.cli import main as structlearn
-from torch_structlearn.io import _write_atomic
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
+from torch_structlearn import hub, load  # noqa: E402
+from torch_structlearn.cli import main as structlearn  # noqa: E402
+from torch_structlearn.io import _write_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,26 +35,28 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("name")
     p.add_argument("--license", required=True)
+    p.add_argument("--hub-root", default=str(ROOT / "hub"), help="folder the entry is written to")
     args = p.parse_args(argv[:cut])
     try:
         hub.check_name(args.name)
     except ValueError as e:
         p.error(str(e))
     learn_args = argv[cut + 1 :]
-    out = ROOT / "runs" / "hub" / args.name
+    hub_root = Path(args.hub_root).resolve()
+    out = hub_root.parent / "runs" / "hub" / args.name  # the learner's own output, kept
     rc = structlearn(["learn", *learn_args, "--out", str(out), "--quiet"])
     if rc:
         return rc
     results = json.loads((out / "results.json").read_text())
     model = load(out / "structure.safetensors")  # checks the file before publishing it
     rows = {r["structure"]: r for r in results["results"]}
-    entry = ROOT / "hub" / args.name
+    entry = hub_root / args.name
     _write_atomic(entry / "structure.safetensors", (out / "structure.safetensors").read_bytes())
     card = {
         "name": args.name,
         "dataset": results["args"]["dataset"],
         "command": "python recipes/hub_entry.py " + shlex.join(argv),
-        "hardware": "2-core AMD EPYC CPU",
+        "hardware": machine(),
         "density": model.body.density,
         "depth": model.body.depth,
         "width": model.body.width,

@@ -161,4 +161,5 @@ def test_finetune_recipe_pretrains_compares_and_publishes(tmp_path, monkeypatch)
     monkeypatch.setenv("STRUCTLEARN_HUB", str(tmp_path / "hub"))
     card = hub.card("vit-digits")
     assert card["timm_kwargs"] == {"num_classes": 10, "img_size": 32, "patch_size": 8}
+    assert "threads" in card["hardware"] and card["hardware"] == res["device"]  # where it ran
     assert len(hub.load_structure("vit-digits")) == 24

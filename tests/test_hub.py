@@ -126,6 +126,38 @@ def test_publishing_recipes_reject_bad_names_before_work(bad, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_hub_entry_recipe_publishes_a_loadable_entry_with_its_card(tmp_path, monkeypatch):
+    import importlib.util
+    import shlex
+    from pathlib import Path
+
+    from torch_structlearn.datasets import load_dataset
+    from torch_structlearn.train import accuracy
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / "hub_entry.py"
+    spec = importlib.util.spec_from_file_location("hub_entry", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    root = tmp_path / "hub"
+    argv = ["digits-single", "--license", "BSD-3-Clause", "--hub-root", str(root), "--",
+            "--dataset", "digits", "--width", "32", "--epochs", "2", "--dict-epochs", "1"]
+    assert mod.main(argv) == 0
+    assert sorted(p.name for p in (root / "digits-single").iterdir()) == ["card.json",
+                                                                          "structure.safetensors"]
+    card = json.loads((root / "digits-single" / "card.json").read_text())
+    results = json.loads((tmp_path / "runs" / "hub" / "digits-single" / "results.json").read_text())
+    rows = {r["structure"]: r["test_accuracy"] for r in results["results"]}
+    assert card["command"] == "python recipes/hub_entry.py " + shlex.join(argv)
+    assert (card["dataset"], card["width"], card["depth"], card["data_license"]) == ("digits", 32, 1,
+                                                                                    "BSD-3-Clause")
+    assert card["test_accuracy"] == rows["learned"]
+    assert card["baselines_same_recipe"] == {"random": rows["random"], "dense": rows["dense"]}
+    assert "threads" in card["hardware"] and "torch" in card["hardware"]  # the machine it ran on
+    monkeypatch.setenv("STRUCTLEARN_HUB", str(root))
+    X, y = load_dataset("digits", "test")
+    assert accuracy(hub.load("digits-single"), X, y) == pytest.approx(card["test_accuracy"])
+
+
 def test_hub_is_reachable_from_the_package():
     # a fresh interpreter: here the import above has already set the attribute
     code = "import torch_structlearn as tsl; print(tsl.hub.list())"
