@@ -1,4 +1,6 @@
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +34,27 @@ def require_data(folder: str) -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(msg)
         pytest.skip(msg)
+
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@pytest.fixture
+def load_recipe(monkeypatch):
+    """``load_recipe("exp_single.py")`` imports that recipe script as a fresh module, with
+    recipes/ on ``sys.path`` as when it runs. Importing the recipes' ``common`` turns
+    flush-denormal on for the importing thread (recipes/common.py), so it is turned off again
+    after the test."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+
+    def load(script: str, name: str | None = None):
+        spec = importlib.util.spec_from_file_location(name or Path(script).stem, RECIPES / script)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    yield load
+    torch.set_flush_denormal(False)
 
 
 def devices():

@@ -134,17 +134,12 @@ def test_torch_compile_of_converted_model():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
 
 
-def test_finetune_recipe_pretrains_compares_and_publishes(tmp_path, monkeypatch):
-    import importlib.util
+def test_finetune_recipe_pretrains_compares_and_publishes(tmp_path, monkeypatch, load_recipe):
     import json
-    from pathlib import Path
 
     from torch_structlearn import hub
 
-    path = Path(__file__).resolve().parent.parent / "recipes" / "finetune_timm.py"
-    spec = importlib.util.spec_from_file_location("finetune_timm", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_recipe("finetune_timm.py")
     out = tmp_path / "ft.json"
     assert mod.main(["--dataset", "digits", "--epochs", "1", "--pretrain-epochs", "1",
                      "--limit", "96", "--img-size", "32", "--patch-size", "8",

@@ -110,34 +110,23 @@ def test_extra_folder_from_env(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("bad", ["../etc", "a/b", "UPPER"])
-def test_publishing_recipes_reject_bad_names_before_work(bad, tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    recipes = Path(__file__).resolve().parent.parent / "recipes"
+def test_publishing_recipes_reject_bad_names_before_work(bad, tmp_path, capsys, load_recipe):
     for script, argv in (("hub_entry.py", [bad, "--license", "x", "--", "--dataset", "digits"]),
                          ("finetune_timm.py", ["--quick", "--hub", bad, "--hub-root", str(tmp_path)])):
-        spec = importlib.util.spec_from_file_location(script[:-3], recipes / script)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+        mod = load_recipe(script)
         with pytest.raises(SystemExit) as e:
             mod.main(argv)
         assert e.value.code == 2 and "invalid hub name" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
-def test_hub_entry_recipe_publishes_a_loadable_entry_with_its_card(tmp_path, monkeypatch):
-    import importlib.util
+def test_hub_entry_recipe_publishes_a_loadable_entry_with_its_card(tmp_path, monkeypatch, load_recipe):
     import shlex
-    from pathlib import Path
 
     from torch_structlearn.datasets import load_dataset
     from torch_structlearn.train import accuracy
 
-    path = Path(__file__).resolve().parent.parent / "recipes" / "hub_entry.py"
-    spec = importlib.util.spec_from_file_location("hub_entry", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_recipe("hub_entry.py")
     root = tmp_path / "hub"
     argv = ["digits-single", "--license", "BSD-3-Clause", "--hub-root", str(root), "--",
             "--dataset", "digits", "--width", "32", "--epochs", "2", "--dict-epochs", "1"]

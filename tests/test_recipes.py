@@ -2,32 +2,24 @@
 earlier result only when the settings match, and never duplicates a seed."""
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from .conftest import require_data
-
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+from .conftest import RECIPES, require_data
 
 
 @pytest.fixture
-def common(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(RECIPES))
-    spec = importlib.util.spec_from_file_location("recipes_common", RECIPES / "common.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def common(tmp_path, monkeypatch, load_recipe):
+    mod = load_recipe("common.py", "recipes_common")
     monkeypatch.setattr(mod, "RUNS", tmp_path)
     monkeypatch.setattr(mod, "SHIPPED", tmp_path / "shipped")
     monkeypatch.setattr(mod, "machine", lambda: "test machine")
-    yield mod
-    torch.set_flush_denormal(False)  # importing common turned it on for this thread
+    return mod
 
 
 def _run(common, monkeypatch, argv, rows_for, name="single"):
@@ -183,11 +175,9 @@ def test_a_result_from_before_the_recorded_settings_extends_with_those_settings(
                                    "--whiten-eps", "0.5"], lambda s: 0.5)
 
 
-def _make_results():
-    spec = importlib.util.spec_from_file_location("recipes_make_results", RECIPES / "make_results.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture
+def make_results(load_recipe):
+    return load_recipe("make_results.py", "recipes_make_results")
 
 
 @pytest.mark.parametrize("settings, label", [
@@ -198,15 +188,15 @@ def _make_results():
     ({"whiten_eps": 8.0, "active_fraction": 0.3, "dict_memory": "short", "flip": True,
       "weight_decay": 1e-4}, "### Depth — mnist (--quick) (training: random flips, weight decay 0.0001)"),
 ])
-def test_header_names_results_made_with_other_than_the_validation_choices(settings, label):
+def test_header_names_results_made_with_other_than_the_validation_choices(settings, label, make_results):
     res = {"experiment": "depth", "dataset": "mnist", "quick": True, "command": "python x",
            "machine": "m", "wall_seconds": 60, "n_train": 10, "width": 8, "group_size": 4,
            "epochs": 1, "dict_epochs": 1, "seeds": 1, **settings}
-    assert _make_results()._header(res, "Depth")[0] == label
+    assert make_results._header(res, "Depth")[0] == label
 
 
-def test_tune_section_marks_the_choice_and_shows_no_test_accuracy():
-    mod = _make_results()
+def test_tune_section_marks_the_choice_and_shows_no_test_accuracy(make_results):
+    mod = make_results
     rows = [{"whiten_eps": e, "method": "random-local", "seed": 0, "val_accuracy": 0.5} for e in (0.1, 2.0)]
     rows += [{"whiten_eps": e, "method": "learned", "seed": 0, "active_fraction": a,
               "dict_memory": "short", "val_accuracy": v, "active_codes": 0.01}
@@ -221,8 +211,8 @@ def test_tune_section_marks_the_choice_and_shows_no_test_accuracy():
     assert "ZCA ε 2.0, active fraction 0.05, dictionary memory short" in text
 
 
-def test_training_tune_section_marks_the_choice_and_shows_no_test_accuracy():
-    mod = _make_results()
+def test_training_tune_section_marks_the_choice_and_shows_no_test_accuracy(make_results):
+    mod = make_results
     rows = [{"whiten_eps": 8.0, "method": "learned", "seed": 0, "flip": f, "weight_decay": w,
              "val_accuracy": v} for f, w, v in [(False, 0.0, 0.5), (False, 1e-3, 0.52),
                                                (True, 0.0, 0.6), (True, 1e-3, 0.55)]]
@@ -238,8 +228,8 @@ def test_training_tune_section_marks_the_choice_and_shows_no_test_accuracy():
     assert "test" not in text.lower().replace("the test set is not", "")
 
 
-def test_training_tune_section_of_the_fully_connected_layer_names_it_and_no_dictionary():
-    mod = _make_results()
+def test_training_tune_section_of_the_fully_connected_layer_names_it_and_no_dictionary(make_results):
+    mod = make_results
     rows = [{"whiten_eps": 8.0, "method": "fully connected", "seed": 0, "flip": True,
              "weight_decay": w, "val_accuracy": v} for w, v in [(1e-3, 0.55), (1e-2, 0.58)]]
     res = {"experiment": "tune-training-fc", "dataset": "cifar10", "quick": False,
@@ -254,27 +244,21 @@ def test_training_tune_section_of_the_fully_connected_layer_names_it_and_no_dict
     assert "Choice (bold): random flips, weight decay 0.01." in text
 
 
-def test_exp_tune_refuses_a_network_without_training(monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(RECIPES))
-    spec = importlib.util.spec_from_file_location("exp_tune", RECIPES / "exp_tune.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_exp_tune_refuses_a_network_without_training(capsys, load_recipe):
+    mod = load_recipe("exp_tune.py")
     with pytest.raises(SystemExit):
         mod.main(["--dataset", "cifar10", "--network", "fully-connected"])
     assert "--network fully-connected needs --training" in capsys.readouterr().err
 
 
-def test_depth_experiment_truncates_one_grown_stack_as_the_stopping_rule_would(monkeypatch):
+def test_depth_experiment_truncates_one_grown_stack_as_the_stopping_rule_would(load_recipe):
     """exp_depth trains forced depth k as the first k layers of one stack grown with the rule off,
     and the rule's pick as the prefix ``rule_depth`` reads off that stack's gains: growth is greedy,
     so both must equal what ``learn_structure`` builds with the rule on."""
     from tests.test_learn import _loader, _photo_crops
     from torch_structlearn import StructLearnedStack, ZCAWhitening
 
-    monkeypatch.syspath_prepend(str(RECIPES))
-    spec = importlib.util.spec_from_file_location("exp_depth", RECIPES / "exp_depth.py")
-    exp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(exp)
+    exp = load_recipe("exp_depth.py")
     X = _photo_crops(n=2000, size=8)
     X = ZCAWhitening(64).fit(_loader(X, 500))(X)
 
@@ -315,10 +299,10 @@ def test_score_parts_add_up_to_the_score_and_match_scipy(common):
     assert 0.36 < parts["zero_fraction"] < 0.42  # (5 · ½ + 1) / 9: half-zero units, a dead one
 
 
-def test_score_parts_section_pairs_learned_with_random_of_the_same_density_and_seed():
+def test_score_parts_section_pairs_learned_with_random_of_the_same_density_and_seed(make_results):
     """The learned−random table differences the rows of one (density, seed); networks without the
     recorded terms (older results) are left out; the analysis counts the cells' signs."""
-    mod = _make_results()
+    mod = make_results
 
     def net(method, density, seed, acc, H, tc, kurt):
         return {"method": method, "density": density, "seed": seed, "test_accuracy": acc,
@@ -363,16 +347,12 @@ def test_recipes_and_cli_flush_denormals_in_every_thread(setup):
     assert plain.stdout.strip() == str(1 << 20)  # the check itself sees denormals otherwise
 
 
-def test_an_interrupted_experiment_resumes_with_the_rows_it_saved(monkeypatch, tmp_path, request):
+def test_an_interrupted_experiment_resumes_with_the_rows_it_saved(monkeypatch, tmp_path, load_recipe):
     """End to end on MNIST (tiny settings): exp_single stopped after its first network, then run
     again with --resume, trains only the second one (learning no dictionary: the fully connected
     layer needs none) and keeps the first one's row unchanged."""
     require_data("MNIST/raw")
-    request.addfinalizer(lambda: torch.set_flush_denormal(False))  # importing common turned it on
-    monkeypatch.syspath_prepend(str(RECIPES))
-    spec = importlib.util.spec_from_file_location("exp_single", RECIPES / "exp_single.py")
-    exp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(exp)
+    exp = load_recipe("exp_single.py")
     common = sys.modules["common"]
     monkeypatch.setattr(common, "RUNS", tmp_path)
     monkeypatch.setattr(common, "SHIPPED", tmp_path / "shipped")
