@@ -810,11 +810,15 @@ def main() -> int:
               "group distance, different groups |", "|---|---|---|---|---|"]
     lines += [f"| {e} | {sl:.2f} px | {sr:.2f} px | {gw:.2f} px | {gb:.2f} px |"
               for e, (_, sl, sr, gw, gb) in figs.items()]
+    ratios = {e: gb / gw for e, (_, _, _, gw, gb) in figs.items()}
+    near = [e for e, r in ratios.items() if r >= 1.5]
     lines += ["", "Two units of one group have their fields' centres "
-              + ", ".join(f"{gb / gw:.2f}× closer on {e}" for e, (_, _, _, gw, gb) in figs.items())
-              + " than two units of different groups: on CIFAR-10, whose learned fields' centres "
-              "spread over the whole image, a group pools nearby fields; on MNIST the centres "
-              "gather in the digits' central area and the difference is small."]
+              + ", ".join(f"{r:.2f}× closer on {e}" for e, r in ratios.items())
+              + " than two units of different groups"
+              + (": a pooling group gathers nearby fields, as DESIGN.md §2.7 expects, in "
+                 + ", ".join(near) if near else "")
+              + (f"; not clearly in {', '.join(sorted(set(ratios) - set(near)))} (under 1.5×)"
+                 if len(near) < len(ratios) else "") + "."]
     lines += [""] + [f"![{e} masks]({f[0]})" for e, f in figs.items()] + [""]
     lines += entropy_section(results)
     png = entropy_plot(results)
