@@ -812,13 +812,15 @@ def main() -> int:
               for e, (_, sl, sr, gw, gb) in figs.items()]
     ratios = {e: gb / gw for e, (_, _, _, gw, gb) in figs.items()}
     near = [e for e, r in ratios.items() if r >= 1.5]
-    lines += ["", "Two units of one group have their fields' centres "
-              + ", ".join(f"{r:.2f}× closer on {e}" for e, r in ratios.items())
-              + " than two units of different groups"
-              + (": a pooling group gathers nearby fields, as DESIGN.md §2.7 expects, in "
-                 + ", ".join(near) if near else "")
-              + (f"; not clearly in {', '.join(sorted(set(ratios) - set(near)))} (under 1.5×)"
-                 if len(near) < len(ratios) else "") + "."]
+    far = [e for e in ratios if e not in near]
+    text = ("Two units of one group have their fields' centres "
+            + ", ".join(f"{r:.2f}× closer on {e}" for e, r in ratios.items())
+            + " than two units of different groups")
+    if near:
+        text += ": a pooling group gathers nearby fields, as DESIGN.md §2.7 expects, in " + ", ".join(near)
+    if far:
+        text += ("; " if near else ": ") + f"not clearly in {', '.join(far)} (under 1.5×)"
+    lines += ["", text + "."]
     lines += [""] + [f"![{e} masks]({f[0]})" for e, f in figs.items()] + [""]
     lines += entropy_section(results)
     png = entropy_plot(results)
