@@ -195,6 +195,20 @@ def test_entropy_estimators_against_closed_forms():
     assert coding_efficiency(Z) > coding_efficiency(Y)
 
 
+@pytest.mark.parametrize("call, match", [
+    (lambda Y: marginal_entropy(Y, bins=0), "bins must be >= 1, got 0"),
+    (lambda Y: marginal_entropy(Y, bins=2.5), "bins must be an int"),
+    (lambda Y: marginal_entropy(Y, limit=0.0), "limit must be > 0, got 0.0"),
+    (lambda Y: gaussian_total_correlation(Y, ridge=-1.0), "ridge must be >= 0"),
+    (lambda Y: coding_efficiency(Y[:1]), r"N >= 2 samples, got shape \(1, 3\)"),
+    (lambda Y: coding_efficiency(Y.index_fill(0, torch.tensor([4]), float("nan"))),
+     "Y has 3 NaN/Inf entries"),
+])
+def test_entropy_estimators_reject_bad_input(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(torch.randn(10, 3))
+
+
 def test_group_pool_modes_and_learned_groups():
     h = torch.tensor([[3.0, 4.0, 1.0, -2.0]])
     assert torch.allclose(GroupPool(2, "l2")(h), torch.tensor([[5.0, math.sqrt(5)]]))

@@ -16,12 +16,16 @@ import math
 import torch
 from torch import Tensor
 
+from ._checks import penalty, positive_int
+
 __all__ = ["marginal_entropy", "gaussian_total_correlation", "coding_efficiency"]
 
 
 def _standardise(Y: Tensor) -> tuple[Tensor, Tensor]:
     if Y.dim() != 2 or Y.shape[0] < 2:
         raise ValueError(f"Y must be (N, K) with N >= 2 samples, got shape {tuple(Y.shape)}")
+    if not torch.isfinite(Y).all():
+        raise ValueError(f"Y has {int((~torch.isfinite(Y)).sum())} NaN/Inf entries")
     Y = Y.double()
     std = Y.std(0)
     const = std <= 1e-12 * (1 + Y.abs().amax(0))
@@ -34,6 +38,9 @@ def marginal_entropy(Y: Tensor, bins: int = 64, limit: float = 6.0) -> Tensor:
 
     ``Y``: ``(N, K)``. Values beyond ``±limit`` standard deviations go to the end bins.
     """
+    positive_int("bins", bins)
+    if penalty("limit", limit) == 0:
+        raise ValueError(f"limit must be > 0, got {limit}")
     Z, _ = _standardise(Y)
     N, K = Z.shape
     width = 2 * limit / bins
@@ -47,6 +54,7 @@ def marginal_entropy(Y: Tensor, bins: int = 64, limit: float = 6.0) -> Tensor:
 
 def gaussian_total_correlation(Y: Tensor, ridge: float = 1e-6) -> float:
     """``−½ log det corr(Y)`` for ``Y (N, K)``; constant units count as independent."""
+    penalty("ridge", ridge)
     Z, const = _standardise(Y)
     C = Z.T @ Z / (Z.shape[0] - 1)
     C.diagonal().copy_(torch.where(const, torch.ones_like(C.diagonal()), C.diagonal()))
