@@ -225,6 +225,10 @@ def test_group_pool_modes_and_learned_groups():
     assert pairs == {frozenset({0, 2}), frozenset({1, 3})}
     pool = GroupPool(2, permutation=perm)
     assert pool(H).shape == (5000, 2)
+    with pytest.raises(ValueError, match="group_size must be >= 1, got 0"):
+        learn_groups(H, 0)
+    with pytest.raises(ValueError, match=r"H must be a 2-D \(N, K\) tensor, got \(4,\)"):
+        learn_groups(H[0], 2)
 
 
 # ---------------------------------------------------------------- depth rule and the stack

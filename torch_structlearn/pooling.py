@@ -69,6 +69,10 @@ def learn_groups(H: Tensor, group_size: int) -> Tensor:
     unit with the highest total correlation to the others and give it its ``group_size - 1``
     most correlated unassigned partners.
     """
+    positive_int("group_size", group_size)
+    if not isinstance(H, Tensor) or H.dim() != 2:
+        raise ValueError(f"H must be a 2-D (N, K) tensor, got "
+                         f"{tuple(H.shape) if isinstance(H, Tensor) else type(H).__name__}")
     N, K = H.shape
     if K % group_size:
         raise ValueError(f"group_size={group_size} must divide K={K}")
