@@ -57,3 +57,6 @@ def test_save_receptive_fields_writes_mask_and_weight_per_unit(tmp_path):
     assert Image.open(path).size == (16 * (32 + 2) + 2, 32 + 2 * 2)
     with pytest.raises(ValueError, match="in_features=192"):
         save_receptive_fields(layer, (1, 8, 8), path)
+    with pytest.raises(ValueError, match="max_units must be >= 1, got 0"):
+        save_receptive_fields(layer, (3, 8, 8), path, max_units=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rf.png"]  # no temporary file left

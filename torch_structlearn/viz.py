@@ -3,13 +3,17 @@ together the fields of one pooling group lie (DESIGN.md §2.7)."""
 
 from __future__ import annotations
 
+import io
 import os
+from pathlib import Path
 
 import torch
 from einops import rearrange
 from torch import Tensor
 
+from ._checks import positive_int
 from .connectivity import Connectivity
+from .io import _write_atomic
 from .layers import StructLearnedLinear
 
 __all__ = ["receptive_field_centres", "receptive_field_spread", "group_centre_distance",
@@ -69,9 +73,11 @@ def group_centre_distance(connectivity: Connectivity, image_shape: tuple[int, in
 def save_receptive_fields(layer: StructLearnedLinear, image_shape: tuple[int, int, int],
                           path: str | os.PathLike, max_units: int = 64) -> None:
     """Save, for up to ``max_units`` units, the connection mask (white = connected) next to the
-    weights (grey = 0) as one PNG grid; ``image_shape = (C, H, W)`` of the layer's input."""
+    weights (grey = 0) as one PNG grid; ``image_shape = (C, H, W)`` of the layer's input.
+    The file is written atomically (an existing ``path`` is replaced only by a complete PNG)."""
     from torchvision.utils import save_image
 
+    positive_int("max_units", max_units)
     C, H, W = image_shape
     if C * H * W != layer.in_features:
         raise ValueError(f"image_shape {image_shape} has {C * H * W} pixels, the layer has "
@@ -86,4 +92,6 @@ def save_receptive_fields(layer: StructLearnedLinear, image_shape: tuple[int, in
     if C not in (1, 3):
         imgs = imgs.mean(1, keepdim=True)
     imgs = torch.nn.functional.interpolate(imgs, scale_factor=max(1, 32 // H), mode="nearest")
-    save_image(imgs, str(path), nrow=16, padding=2, pad_value=0.25)
+    buf = io.BytesIO()
+    save_image(imgs, buf, format="png", nrow=16, padding=2, pad_value=0.25)
+    _write_atomic(Path(path), buf.getvalue())
