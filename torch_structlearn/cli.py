@@ -14,6 +14,7 @@ Errors are one clear line on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -27,6 +28,7 @@ def _learn(args) -> int:
     from . import save
     from .classifier import StructLearnedClassifier
     from .datasets import load_dataset
+    from .io import _write_atomic
     from .stack import StructLearnedStack
     from .train import accuracy, fit_classifier
     from .viz import save_receptive_fields
@@ -85,9 +87,9 @@ def _learn(args) -> int:
     save(models["learned"], out / "structure.safetensors",
          metadata={"dataset": args.dataset, "command": " ".join(sys.argv), "results": rows})
     save_receptive_fields(stack.layers[0][0], image_shape, out / "receptive_fields.png")
-    (out / "results.json").write_text(json.dumps(
+    _write_atomic(out / "results.json", (json.dumps(
         {"args": vars(args), "report": stack.report, "results": rows,
-         "seconds": time.perf_counter() - t_start}, indent=1, default=str) + "\n")
+         "seconds": time.perf_counter() - t_start}, indent=1, default=str) + "\n").encode())
     print(f"\nwrote {out / 'structure.safetensors'}, {out / 'receptive_fields.png'}, "
           f"{out / 'results.json'} ({time.perf_counter() - t_start:.0f} s)")
     return 0
@@ -154,6 +156,7 @@ def _convert(args) -> int:
 
     from . import convert, save
     from .datasets import load_dataset
+    from .io import _write_atomic
 
     X, y = load_dataset(args.dataset, "train", args.data_root, args.limit)
     n_classes = int(y.max()) + 1
@@ -174,7 +177,9 @@ def _convert(args) -> int:
     out = Path(args.out)
     save(model, out, metadata={"model": args.model, "dataset": args.dataset,
                                "command": " ".join(sys.argv), "report": report})
-    torch.save(model.state_dict(), out.with_suffix(".pt"))
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    _write_atomic(out.with_suffix(".pt"), buf.getvalue())
     print(f"converted {len(report)} layers; wrote {out} (structures) and "
           f"{out.with_suffix('.pt')} (state_dict of the converted model)")
     return 0
