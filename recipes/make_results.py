@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
 from common import RUNS, SHIPPED, TUNED, recipe_suffix, recorded, result_files  # noqa: E402
 
+from torch_structlearn.io import _write_atomic  # noqa: E402
+
 OUT = ROOT / "recipes" / "RESULTS.md"
 FIG = ROOT / "recipes" / "figures"
 BASELINES = ["random", "random-local", "rbm", "snip", "synflow"]
@@ -809,7 +811,7 @@ def main() -> int:
             lines += ["*Analysis.* " + ANALYSIS[f.stem], ""]
         if f.parent == RUNS:
             SHIPPED.mkdir(parents=True, exist_ok=True)
-            (SHIPPED / f.name).write_text(f.read_text())
+            _write_atomic(SHIPPED / f.name, f.read_bytes())
     png = depth_plot(results)
     if png:
         lines += ["### Accuracy and score against depth", "", f"![accuracy and score vs depth]({png})", ""]
@@ -843,7 +845,7 @@ def main() -> int:
     png = entropy_plot(results)
     if png:
         lines += [f"![score vs accuracy]({png})", ""]
-    OUT.write_text("\n".join(lines) + "\n")
+    _write_atomic(OUT, ("\n".join(lines) + "\n").encode())
     print(f"wrote {OUT}")
     return 0
 
