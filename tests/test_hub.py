@@ -109,6 +109,21 @@ def test_extra_folder_from_env(tmp_path, monkeypatch):
     assert torch.equal(hub.load("my-layer").values, layer.values)
 
 
+@pytest.mark.parametrize("text, match", [('{"dataset": ', "is not valid JSON"),
+                                         (b"\xff\xfe{}", "is not valid JSON"),
+                                         ("[1, 2]", "must hold a JSON object, got list")])
+def test_corrupted_card_is_a_clear_error(tmp_path, monkeypatch, text, match):
+    entry = tmp_path / "broken"
+    entry.mkdir()
+    tsl.save(tsl.StructLearnedLinear(6, 4, density=0.5), entry / "structure.safetensors")
+    card_path = entry / "card.json"
+    card_path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    monkeypatch.setenv("STRUCTLEARN_HUB", str(tmp_path))
+    for call in (hub.card, hub.load):
+        with pytest.raises(ValueError, match=f"hub entry 'broken': .*card.json {match}"):
+            call("broken")
+
+
 @pytest.mark.parametrize("bad", ["../etc", "a/b", "UPPER"])
 def test_publishing_recipes_reject_bad_names_before_work(bad, tmp_path, capsys, load_recipe):
     for script, argv in (("hub_entry.py", [bad, "--license", "x", "--", "--dataset", "digits"]),

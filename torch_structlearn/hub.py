@@ -61,9 +61,21 @@ def _entry(name: str) -> Path:
     return entries[name]
 
 
+def _read_card(entry: Path) -> dict:
+    path = entry / "card.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"hub entry {entry.name!r}: {path} is not valid JSON ({e})") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"hub entry {entry.name!r}: {path} must hold a JSON object, "
+                         f"got {type(info).__name__}")
+    return info
+
+
 def card(name: str) -> dict:
     """The entry's ``card.json`` as a dict."""
-    return json.loads((_entry(name) / "card.json").read_text())
+    return _read_card(_entry(name))
 
 
 def load(name: str, *, device=None):
@@ -78,7 +90,7 @@ def load(name: str, *, device=None):
     from .io import load as load_file
 
     entry = _entry(name)
-    info = json.loads((entry / "card.json").read_text())
+    info = _read_card(entry)
     if "timm_model" not in info:
         return load_file(entry / "structure.safetensors", device=device)
     import timm
