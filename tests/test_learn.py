@@ -324,6 +324,16 @@ def test_convolutional_whitening_approximates_the_full_zca(tmp_path):
         ZCAWhitening(256, image_shape=(1, 8, 8), kernel_size=3)
 
 
+@pytest.mark.parametrize("eps, exc, match", [(0.0, ValueError, "eps must be > 0, got 0.0"),
+                                              (-1, ValueError, "eps must be > 0, got -1"),
+                                              (float("nan"), TypeError, "eps must be a finite number"),
+                                              (float("inf"), TypeError, "eps must be a finite number"),
+                                              ("0.1", TypeError, "eps must be a finite number")])
+def test_whitening_rejects_a_bad_eps(eps, exc, match):
+    with pytest.raises(exc, match=match):
+        ZCAWhitening(8, eps=eps)
+
+
 def test_whitening_refuses_to_run_before_it_is_fitted():
     X = torch.randn(200, 8) @ torch.randn(8, 8)
     with pytest.raises(RuntimeError, match=r"ZCAWhitening is not fitted: call \.fit\(loader\)"):

@@ -60,6 +60,13 @@ def penalty(name: str, v, alternative: str = "") -> float:
     return float(v)
 
 
+def positive(name: str, v) -> float:
+    """``v`` as a finite float > 0 (a scale or a width), else ``TypeError``/``ValueError``."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0:  # NaN: penalty's error
+        raise ValueError(f"{name} must be > 0, got {v!r}")
+    return penalty(name, v)
+
+
 def block(block, shape: tuple[int, int] | None = None) -> tuple[int, int]:
     """``block`` as ``(bo, bi)`` positive ints that divide ``shape`` (when given), else ``ValueError``."""
     if (

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._checks import penalty, positive_int
+from ._checks import penalty, positive, positive_int
 
 __all__ = ["marginal_entropy", "gaussian_total_correlation", "coding_efficiency"]
 
@@ -39,8 +39,7 @@ def marginal_entropy(Y: Tensor, bins: int = 64, limit: float = 6.0) -> Tensor:
     ``Y``: ``(N, K)``. Values beyond ``±limit`` standard deviations go to the end bins.
     """
     positive_int("bins", bins)
-    if penalty("limit", limit) == 0:
-        raise ValueError(f"limit must be > 0, got {limit}")
+    positive("limit", limit)
     Z, _ = _standardise(Y)
     N, K = Z.shape
     width = 2 * limit / bins

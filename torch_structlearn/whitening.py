@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import positive_int
+from ._checks import positive, positive_int
 from .data import batches
 
 __all__ = ["ZCAWhitening"]
@@ -47,9 +47,8 @@ class ZCAWhitening(nn.Module):
                  image_shape: tuple[int, int, int] | None = None, kernel_size: int | None = None):
         super().__init__()
         positive_int("num_features", num_features)
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps!r}")
-        self.num_features, self.eps, self.per_example_mean = num_features, float(eps), per_example_mean
+        self.num_features, self.eps = num_features, positive("eps", eps)
+        self.per_example_mean = per_example_mean
         self.register_buffer("mean", torch.zeros(num_features))
         self.kernel_size, self.image_shape = kernel_size, None
         if kernel_size is None:
