@@ -17,7 +17,7 @@ from torch_structlearn.bench import machine as bench_machine
 from torch_structlearn.cli import _fraction, _nonnegative, _positive
 from torch_structlearn.datasets import load_dataset
 from torch_structlearn.entropy import gaussian_total_correlation, marginal_entropy
-from torch_structlearn.io import _write_atomic
+from torch_structlearn.io import _write_json
 from torch_structlearn.pooling import GroupPool
 from torch_structlearn.train import accuracy, fit_classifier
 
@@ -128,7 +128,7 @@ def _machines(*lines: str) -> str:
 def write(name: str, payload: dict, command: str | None = None) -> Path:
     path = RUNS / f"{name}.json"
     payload = {"command": command or _command(), "machine": machine(), **payload}
-    _write_atomic(path, (json.dumps(payload, indent=1) + "\n").encode())
+    _write_json(path, payload)
     print(f"wrote {path}")
     return path
 
@@ -234,7 +234,7 @@ def checkpoint(name: str, args, cfg: dict, rows: list) -> None:
     payload = {"command": _command(), "machine": _machines(cfg.get("machine_before", ""), machine()),
                "rows": rows,
                "wall_seconds": cfg["wall_before"] + time.perf_counter() - cfg["t_start"]}
-    _write_atomic(_partial_path(name, args), (json.dumps(payload, indent=1) + "\n").encode())
+    _write_json(_partial_path(name, args), payload)
 
 
 def done(rows: list, **key) -> bool:

@@ -39,7 +39,7 @@ from common import machine  # noqa: E402
 from torch_structlearn import Connectivity, StructLearnedLinear, convert, hub, save  # noqa: E402
 from torch_structlearn.convert import _set_module, select_linears  # noqa: E402
 from torch_structlearn.datasets import DATASETS, load_dataset  # noqa: E402
-from torch_structlearn.io import _write_atomic  # noqa: E402
+from torch_structlearn.io import _write_json  # noqa: E402
 from torch_structlearn.train import accuracy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     result.update(rows["learned"])  # top-level keys: the learned structure
     result["masks"] = rows
 
-    _write_atomic(Path(args.out), (json.dumps(result, indent=1) + "\n").encode())
+    _write_json(args.out, result)
     print(json.dumps(result, indent=1))
     if args.hub:
         _publish(Path(args.hub_root) / args.hub, learned, result, args)
@@ -212,7 +212,7 @@ def _publish(entry: Path, model: nn.Module, result: dict, args) -> None:
                  "MLP structures, freshly initialised (ready to train); hub.load_structure -> "
                  "the connectivity of each converted layer",
     }
-    _write_atomic(entry / "card.json", (json.dumps(card, indent=1) + "\n").encode())
+    _write_json(entry / "card.json", card)
     print(f"wrote {entry} ({path.stat().st_size / 2**20:.2f} MiB)")
 
 

@@ -21,7 +21,7 @@ from common import machine  # noqa: E402
 
 from torch_structlearn import hub, load  # noqa: E402
 from torch_structlearn.cli import main as structlearn  # noqa: E402
-from torch_structlearn.io import _write_atomic  # noqa: E402
+from torch_structlearn.io import _write_atomic, _write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "usage": f"torch_structlearn.hub.load({args.name!r}) -> StructLearnedClassifier: "
                  "ToTensor() images (N, C, H, W) in [0, 1] -> logits",
     }
-    _write_atomic(entry / "card.json", (json.dumps(card, indent=1) + "\n").encode())
+    _write_json(entry / "card.json", card)
     size = (entry / "structure.safetensors").stat().st_size
     print(f"wrote {entry} ({size / 2**20:.2f} MiB), test accuracy {card['test_accuracy']:.2%}")
     return 0

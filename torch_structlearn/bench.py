@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from . import StructLearnedLinear  # noqa: E402
-from .io import _write_atomic  # noqa: E402
+from .io import _write_atomic, _write_json  # noqa: E402
 from .ops import BACKENDS, auto, available_backends  # noqa: E402
 
 CPU_SHAPES = [(256, 3072, 4096), (4096, 768, 3072)]  # (batch, in, out)
@@ -221,9 +221,9 @@ def update_tables(rows: list[dict], table: dict, by_shape: dict) -> tuple[dict, 
 
 def write_tables(table: dict, by_shape: dict, command: str) -> None:
     """Write ``auto``'s crossover.json (atomically) and reload it in this process."""
-    _write_atomic(auto.TABLE_PATH, (json.dumps({
+    _write_json(auto.TABLE_PATH, {
         "generated_by": command, "machine": machine(), "crossover": table, "by_shape": by_shape},
-        indent=2) + "\n").encode())
+        indent=2)
     for live, fresh in ((auto.TABLE, auto.load_table()), (auto.BY_SHAPE, auto.load_by_shape())):
         live.clear()
         live.update(fresh)
@@ -645,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--blocks must be >= 0, got {args.blocks}")
         result, key, md = run_kernels(args), "kernels" + (f"-{args.tag}" if args.tag else ""), markdown
     key = f"{key}-{torch.device(args.device).type}"
-    _write_atomic(args.json, (json.dumps(result, indent=1) + "\n").encode())
+    _write_json(args.json, result)
     print(f"wrote {args.json}")
     if args.markdown:
         update_markdown(args.markdown, key, md(result))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ def _learn(args) -> int:
     from . import save
     from .classifier import StructLearnedClassifier
     from .datasets import load_dataset
-    from .io import _write_atomic
+    from .io import _write_json
     from .stack import StructLearnedStack
     from .train import accuracy, fit_classifier
     from .viz import save_receptive_fields
@@ -87,9 +86,8 @@ def _learn(args) -> int:
     save(models["learned"], out / "structure.safetensors",
          metadata={"dataset": args.dataset, "command": " ".join(sys.argv), "results": rows})
     save_receptive_fields(stack.layers[0][0], image_shape, out / "receptive_fields.png")
-    _write_atomic(out / "results.json", (json.dumps(
-        {"args": vars(args), "report": stack.report, "results": rows,
-         "seconds": time.perf_counter() - t_start}, indent=1, default=str) + "\n").encode())
+    _write_json(out / "results.json", {"args": vars(args), "report": stack.report, "results": rows,
+                                       "seconds": time.perf_counter() - t_start}, default=str)
     print(f"\nwrote {out / 'structure.safetensors'}, {out / 'receptive_fields.png'}, "
           f"{out / 'results.json'} ({time.perf_counter() - t_start:.0f} s)")
     return 0

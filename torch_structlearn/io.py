@@ -111,6 +111,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _write_json(path: str | os.PathLike, obj: Any, *, indent: int = 1, **dumps_kw) -> None:
+    """Write ``obj`` as JSON text with a final newline, atomically (``dumps_kw``: json.dumps')."""
+    _write_atomic(Path(path), (json.dumps(obj, indent=indent, **dumps_kw) + "\n").encode())
+
+
 def _serialize(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> bytes:
     """Bytes of a format-1 file with ``header`` and ``tensors`` (checksum computed here)."""
     text = json.dumps(header, sort_keys=True)
