@@ -59,13 +59,16 @@ def test_hflip_is_deterministic_for_a_seed_and_off_by_default():
     ({"hflip": (3, 4, 4)}, "hflip=.*48 values per image, but each row of X has 12"),
     ({"hflip": (3, 4)}, "hflip must be an image shape"),
     ({"weight_decay": -1e-4}, "weight_decay must be >= 0, got -0.0001"),
+    ({"weight_decay": float("nan")}, "weight_decay must be a finite number, got nan"),
+    ({"lr": 0.0}, "lr must be > 0, got 0.0"),
+    ({"lr": float("inf")}, "lr must be a finite number, got inf"),
     ({"epochs": 0}, "epochs must be >= 1, got 0"),
     ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
     ({"y": torch.zeros(7, dtype=torch.long)}, r"X and y must have the same length, got X \(8, 12\) and y \(7,\)"),
 ])
 def test_bad_arguments_are_named(kw, match):
     y = kw.pop("y", torch.zeros(8, dtype=torch.long))
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((TypeError, ValueError), match=match):
         fit_classifier(Recorder(12, 2), torch.randn(8, 12), y, **kw)
 
 
@@ -76,3 +79,18 @@ def test_labels_must_be_integer_classes():
             fn(Recorder(12, 2), X, torch.zeros(8))
     with pytest.raises(ValueError, match="X and y must have the same length"):
         accuracy(Recorder(12, 2), X, torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_accuracy_evaluates_in_eval_mode_and_restores_the_mode(training):
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(self.training)
+            return torch.stack([x[:, 0], -x[:, 0]], 1)
+
+    model = Probe().train(training)
+    X = torch.tensor([[1.0], [-1.0], [2.0]])
+    assert accuracy(model, X, torch.tensor([0, 1, 1]), batch_size=2) == pytest.approx(2 / 3)
+    assert seen == [False, False] and model.training is training

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._checks import positive_int
+from ._checks import penalty, positive, positive_int
 
 __all__ = ["fit_classifier", "accuracy"]
 
@@ -27,7 +27,8 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
                    batch_size: int = 128, weight_decay: float = 0.0, seed: int = 0,
                    hflip: tuple[int, int, int] | None = None, verbose: bool = False) -> list[float]:
     """Train ``model`` (``X (N, ...)`` → logits) with Adam (L2 ``weight_decay``), cross-entropy
-    and a cosine schedule; returns the mean training loss per epoch. Deterministic for a seed.
+    and a cosine schedule; returns the mean training loss per epoch and leaves ``model`` in eval
+    mode. Deterministic for a seed.
 
     ``hflip=(C, H, W)``: each training example, read as a ``(C, H, W)`` image, is mirrored
     left–right with probability 1/2 in every batch (augmentation; ``X`` may be flattened).
@@ -41,8 +42,8 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
         if math.prod(hflip) != X[0].numel():
             raise ValueError(f"hflip={tuple(hflip)} has {math.prod(hflip)} values per image, but "
                              f"each row of X has {X[0].numel()}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    positive("lr", lr)
+    penalty("weight_decay", weight_decay)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
@@ -72,11 +73,16 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, X: Tensor, y: Tensor, batch_size: int = 1024) -> float:
-    """Fraction of ``X`` classified as ``y``."""
+    """Fraction of ``X (N, ...)`` classified as ``y (N,)``, computed in eval mode; ``model``'s
+    train/eval mode is restored afterwards."""
     _check_xy(X, y)
     positive_int("batch_size", batch_size)
+    was_training = model.training
     model.eval()
-    correct = 0
-    for i in range(0, len(y), batch_size):
-        correct += int((model(X[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+    try:
+        correct = 0
+        for i in range(0, len(y), batch_size):
+            correct += int((model(X[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+    finally:
+        model.train(was_training)
     return correct / len(y)
