@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from ._checks import positive_int
 from .stack import StructLearnedStack
 from .whitening import ZCAWhitening
 
@@ -29,13 +30,20 @@ class StructLearnedClassifier(nn.Module):
     def __init__(self, whitening: ZCAWhitening, body: StructLearnedStack, num_classes: int,
                  input_shape: Sequence[int]) -> None:
         super().__init__()
+        if not isinstance(whitening, ZCAWhitening):
+            raise TypeError(f"whitening must be a ZCAWhitening, got {type(whitening).__name__}")
+        if not isinstance(body, StructLearnedStack):
+            raise TypeError(f"body must be a StructLearnedStack, got {type(body).__name__}")
+        positive_int("num_classes", num_classes)
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in input_shape):
+            raise ValueError(f"input_shape must be positive ints, got {tuple(input_shape)}")
         d = 1
         for s in input_shape:
-            d *= int(s)
+            d *= s
         if whitening.num_features != d or body.in_features != d:
             raise ValueError(f"input_shape {tuple(input_shape)} has {d} features; whitening has "
                              f"{whitening.num_features}, body.in_features is {body.in_features}")
-        self.input_shape = tuple(int(s) for s in input_shape)
+        self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
         self.whitening, self.body = whitening, body
         self.head = nn.Linear(body.out_features, num_classes)
