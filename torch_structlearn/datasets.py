@@ -3,20 +3,26 @@
 ``digits`` ships inside scikit-learn; MNIST, Fashion-MNIST (torchvision layout) and CIFAR-10
 (an image folder ``cifar10/`` or the lossy ``cifar10-jpeg/``) are read from ``root`` or
 ``$STRUCTLEARN_DATA`` (default ``~/.cache/torch_structlearn``). Nothing is downloaded.
-Decoded CIFAR-10 tensors are cached (``$STRUCTLEARN_CACHE``, default
-``~/.cache/torch_structlearn/decoded``) so later runs start fast; the data folder itself may be
+Decoded CIFAR-10 tensors are cached in ``decoded/`` under the package's cache folder
+(:func:`~torch_structlearn.ops.cpu.cache_dir`: ``$STRUCTLEARN_CACHE``, default
+``~/.cache/torch_structlearn``) so later runs start fast; the data folder itself may be
 read-only.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ._checks import choice
+from ._checks import choice, positive_int
+from .io import _write_atomic
+from .ops.cpu import cache_dir
 
 __all__ = ["DATASETS", "data_root", "load_dataset"]
 
@@ -63,22 +69,42 @@ def _cifar10(root: Path, split: str) -> tuple[Tensor, Tensor]:
             break
     else:
         raise FileNotFoundError(f"cifar10: no {root}/cifar10/{split} or {root}/cifar10-jpeg/{split}")
-    cache_dir = Path(os.environ.get("STRUCTLEARN_CACHE", Path.home() / ".cache" / "torch_structlearn" / "decoded"))
-    cache = cache_dir / f"{sub}-{split}-{folder.stat().st_mtime_ns}.pt"
+    # keyed by the folder's mtime: a copy made again (new mtime) is decoded again
+    cache = cache_dir() / "decoded" / f"{sub}-{split}-{folder.stat().st_mtime_ns}.pt"
     if cache.exists():
-        blob = torch.load(cache, weights_only=True)
-        return blob["x"].float() / 255.0, blob["y"]
+        blob = _read_cache(cache)
+        if blob is not None:
+            return blob[0].float() / 255.0, blob[1]
     ds = datasets.ImageFolder(str(folder), transform=transforms.PILToTensor())
     xs = torch.stack([ds[i][0] for i in range(len(ds))])
     ys = torch.tensor(ds.targets, dtype=torch.long)
+    buf = io.BytesIO()
+    torch.save({"x": xs, "y": ys}, buf)
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save({"x": xs, "y": ys}, tmp)
-        tmp.replace(cache)
+        _write_atomic(cache, buf.getvalue())
+        for stale in cache.parent.glob(f"{sub}-{split}-*.pt"):  # earlier versions of the folder
+            if stale != cache:
+                stale.unlink(missing_ok=True)
     except OSError:
-        pass  # a read-only data root: just do not cache
+        pass  # a read-only cache folder: just do not cache
     return xs.float() / 255.0, ys
+
+
+def _read_cache(cache: Path) -> tuple[Tensor, Tensor] | None:
+    """The decoded ``(uint8 images, labels)`` in ``cache``, or ``None`` (with a warning) when
+    the file is unreadable or not such a pair — the caller then decodes the folder again."""
+    try:
+        blob = torch.load(cache, weights_only=True)
+        x, y = blob["x"], blob["y"]
+        if (not isinstance(x, Tensor) or not isinstance(y, Tensor) or x.dtype != torch.uint8
+                or x.dim() != 4 or y.shape != (len(x),)):
+            raise ValueError("not a pair of uint8 (N, C, H, W) images and (N,) labels")
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError,
+            ValueError) as e:
+        warnings.warn(f"ignoring the unreadable decoded-image cache {cache} ({e}); decoding the "
+                      f"image folder again", stacklevel=3)
+        return None
+    return x, y
 
 
 def load_dataset(name: str, split: str = "train", root=None, limit: int | None = None) -> tuple[Tensor, Tensor]:
@@ -90,6 +116,8 @@ def load_dataset(name: str, split: str = "train", root=None, limit: int | None =
     """
     choice("dataset", name, DATASETS)
     choice("split", split, ("train", "test"))
+    if limit is not None:
+        positive_int("limit", limit)
     if name == "digits":
         X, y = _digits(split)
     elif name == "cifar10":
