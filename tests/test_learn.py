@@ -322,6 +322,10 @@ def test_convolutional_whitening_approximates_the_full_zca(tmp_path):
         ZCAWhitening(256, image_shape=(1, 16, 16), kernel_size=4)
     with pytest.raises(ValueError, match="C\\*H\\*W = num_features = 256"):
         ZCAWhitening(256, image_shape=(1, 8, 8), kernel_size=3)
+    one_shot = iter(_loader(train, 500))
+    with pytest.raises(TypeError, match="reads the loader twice: pass a re-iterable loader"):
+        ZCAWhitening(256, image_shape=(1, 16, 16), kernel_size=3).fit(one_shot)
+    assert len(next(one_shot)[0]) == 500  # refused before reading anything
 
 
 @pytest.mark.parametrize("eps, exc, match", [(0.0, ValueError, "eps must be > 0, got 0.0"),

@@ -81,7 +81,13 @@ class ZCAWhitening(nn.Module):
 
     @torch.no_grad()
     def fit(self, loader: Iterable, *, key: str = "x") -> ZCAWhitening:
-        """Estimate the mean and covariance over ``loader`` (one streaming pass, float64)."""
+        """Estimate the mean and covariance over ``loader`` (one streaming pass, float64).
+
+        With ``kernel_size`` a second pass fits the filter, so ``loader`` must be re-iterable
+        (a ``DataLoader`` or a list, not a generator)."""
+        if self.kernel_size is not None and iter(loader) is loader:
+            raise TypeError("kernel_size whitening reads the loader twice: pass a re-iterable "
+                            "loader (a DataLoader or a list), not a one-shot iterator")
         d = self.num_features
         s = torch.zeros(d, dtype=torch.float64)
         ss = torch.zeros(d, d, dtype=torch.float64)
