@@ -18,6 +18,7 @@ from torch_structlearn import (
     load,
     save,
 )
+from torch_structlearn.coding import DictionaryLearner
 from torch_structlearn.entropy import (
     coding_efficiency,
     gaussian_total_correlation,
@@ -51,6 +52,24 @@ class _Bad:
 def test_bad_loaders(loader, err, match):
     with pytest.raises(err, match=match):
         learn_structure(loader, 4, density=0.5, epochs=1, verbose=False)
+
+
+def test_a_one_shot_iterator_is_refused_before_any_batch_is_read():
+    X = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
+    calls = [
+        ("learn_structure", lambda it: learn_structure(it, 4, density=0.5, epochs=1, verbose=False)),
+        ("fit with epochs=2", lambda it: DictionaryLearner(4, epochs=2).fit(it)),
+        ("learning", lambda it: StructLearnedLinear(6, 4).learn_structure(it, epochs=1, verbose=False)),
+        ("learning", lambda it: StructLearnedStack(6, 4, group_size=2).learn_structure(it, epochs=1)),
+    ]
+    for why, call in calls:
+        it = iter([X[:20], X[20:]])
+        with pytest.raises(TypeError, match=f"{why} reads the loader more than once: pass a "
+                                            f"re-iterable loader .*list_iterator"):
+            call(it)
+        assert next(it).shape == (20, 6)  # nothing was consumed
+    one_pass = DictionaryLearner(4, epochs=1).fit(b for b in (X[:20], X[20:]))  # one pass is fine
+    assert one_pass.dictionary_.shape == (6, 4)
 
 
 def test_report_counts_active_codes():
@@ -323,7 +342,7 @@ def test_convolutional_whitening_approximates_the_full_zca(tmp_path):
     with pytest.raises(ValueError, match="C\\*H\\*W = num_features = 256"):
         ZCAWhitening(256, image_shape=(1, 8, 8), kernel_size=3)
     one_shot = iter(_loader(train, 500))
-    with pytest.raises(TypeError, match="reads the loader twice: pass a re-iterable loader"):
+    with pytest.raises(TypeError, match="kernel_size whitening reads the loader more than once: pass a re-iterable loader"):
         ZCAWhitening(256, image_shape=(1, 16, 16), kernel_size=3).fit(one_shot)
     assert len(next(one_shot)[0]) == 500  # refused before reading anything
 

@@ -23,7 +23,7 @@ from einops import rearrange
 from torch import Tensor
 
 from ._checks import fraction, penalty, positive_int
-from .data import batches
+from .data import batches, require_reiterable
 
 __all__ = ["fista", "objective", "prox", "DictionaryLearner"]
 
@@ -371,6 +371,8 @@ class DictionaryLearner:
         flattened to ``(N, d)``) over ``epochs`` passes."""
         from tqdm.auto import tqdm
 
+        if self.epochs > 1:
+            require_reiterable(loader, f"fit with epochs={self.epochs}")
         t0 = time.perf_counter()
         self.dictionary_ = None
         bar = tqdm(total=self.epochs, desc="dictionary", unit="epoch", disable=not self.verbose,

@@ -12,7 +12,17 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["batches", "first_batch", "MappedLoader"]
+__all__ = ["batches", "first_batch", "MappedLoader", "require_reiterable"]
+
+
+def require_reiterable(loader: Iterable, why: str) -> None:
+    """``TypeError`` when ``loader`` is a one-shot iterator (a generator, ``iter(...)``): work
+    that reads the data more than once (``why``) would silently get nothing on the second pass.
+    Called before any batch is read."""
+    if isinstance(loader, Iterator):  # has __next__; asking iter() would start DataLoader workers
+        raise TypeError(f"{why} reads the loader more than once: pass a re-iterable loader (a "
+                        f"DataLoader or a list of batches), not a one-shot iterator "
+                        f"({type(loader).__name__})")
 
 
 def _extract(batch, key: str, index: int) -> Tensor:
@@ -73,7 +83,9 @@ def batches(loader: Iterable, *, key: str = "x", device=None, dtype=torch.float3
 
 def first_batch(loader: Iterable, *, in_features: int | None = None, **kw) -> Tensor:
     """The first batch as ``(N, d)``: used to validate a loader before long work starts
-    (``ValueError`` when ``in_features`` is given and ``d`` differs)."""
+    (``ValueError`` when ``in_features`` is given and ``d`` differs; ``TypeError`` for a one-shot
+    iterator, which the work after this first read would find empty)."""
+    require_reiterable(loader, "learning")
     for x in batches(loader, **kw):
         if in_features is not None and x.shape[1] != in_features:
             raise ValueError(f"the loader yields {x.shape[1]} features, expected "

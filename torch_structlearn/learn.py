@@ -18,7 +18,7 @@ from ._checks import choice, fraction, penalty, positive_int
 from ._checks import density as check_density
 from .coding import DictionaryLearner
 from .connectivity import Connectivity
-from .data import batches
+from .data import batches, require_reiterable
 
 __all__ = ["learn_structure", "dictionary_values", "LayerReport", "format_report"]
 
@@ -111,6 +111,7 @@ def learn_structure(
                                 nonneg=nonneg, active_fraction=active_fraction, memory=memory,
                                 epochs=epochs, max_iter=max_iter, seed=seed, device=device,
                                 key=key, verbose=verbose, distributed=distributed)
+    require_reiterable(loader, "learn_structure")
     # one cheap pass validates every batch (type, NaN/Inf, feature size) before the long work
     x0 = None
     for x in batches(loader, key=key):

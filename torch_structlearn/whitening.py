@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import positive, positive_int
-from .data import batches
+from .data import batches, require_reiterable
 
 __all__ = ["ZCAWhitening"]
 
@@ -85,9 +85,8 @@ class ZCAWhitening(nn.Module):
 
         With ``kernel_size`` a second pass fits the filter, so ``loader`` must be re-iterable
         (a ``DataLoader`` or a list, not a generator)."""
-        if self.kernel_size is not None and iter(loader) is loader:
-            raise TypeError("kernel_size whitening reads the loader twice: pass a re-iterable "
-                            "loader (a DataLoader or a list), not a one-shot iterator")
+        if self.kernel_size is not None:
+            require_reiterable(loader, "kernel_size whitening")
         d = self.num_features
         s = torch.zeros(d, dtype=torch.float64)
         ss = torch.zeros(d, d, dtype=torch.float64)
