@@ -75,6 +75,11 @@ def test_select_linears_globs_and_regex():
         convert(model, _loader(), density=2.0, verbose=False)
     with pytest.raises(ValueError, match="a loader is needed"):
         convert(model, None, density=0.1, verbose=False)
+    one_shot = iter(_loader())
+    with pytest.raises(TypeError, match="convert with epochs=2 reads the loader more than once"):
+        convert(model, one_shot, density=0.1, epochs=2, verbose=False)
+    assert len(next(one_shot)[0]) == 8  # refused before reading
+    assert all(isinstance(model.get_submodule(n), nn.Linear) for n in fcs)  # nothing converted
 
 
 @pytest.mark.parametrize("name", list(MODELS))

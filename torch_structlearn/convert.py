@@ -117,7 +117,7 @@ def convert(
     from tqdm.auto import tqdm
 
     from .coding import DictionaryLearner
-    from .data import _extract
+    from .data import _extract, require_reiterable
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -143,6 +143,8 @@ def convert(
     learn = not (density == 1.0 and init == "keep")
     if learn and loader is None:
         raise ValueError("a loader is needed to learn structures (density < 1 or init != 'keep')")
+    if learn and epochs > 1:
+        require_reiterable(loader, f"convert with epochs={epochs}")
 
     learners: dict[str, DictionaryLearner] = {}
     seconds = dict.fromkeys(names, 0.0)
