@@ -47,6 +47,11 @@ def test_spread_rejects_a_wrong_image_shape():
     conn = Connectivity.random((4, 784), density=0.1, seed=0)
     with pytest.raises(ValueError, match=r"image_shape \(1, 28, 27\) has 756 pixels.*784"):
         receptive_field_spread(conn, (1, 28, 27))
+    for bad in [(28, 28), (1, 0, 784), (1.0, 28, 28), "1x28x28"]:
+        with pytest.raises(ValueError, match=r"image_shape must be an image shape \(C, H, W\) of positive ints"):
+            receptive_field_spread(conn, bad)
+    with pytest.raises(ValueError, match=r"image_shape must be an image shape"):
+        save_receptive_fields(StructLearnedLinear(784, 4), (28, 28), "unused.png")
 
 
 def test_save_receptive_fields_writes_mask_and_weight_per_unit(tmp_path):

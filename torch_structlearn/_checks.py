@@ -67,6 +67,14 @@ def positive(name: str, v) -> float:
     return penalty(name, v)
 
 
+def image_shape(name: str, v) -> tuple[int, int, int]:
+    """``v`` as a ``(C, H, W)`` tuple of positive ints, else ``ValueError`` naming ``name``."""
+    if (not isinstance(v, (tuple, list)) or len(v) != 3
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in v)):
+        raise ValueError(f"{name} must be an image shape (C, H, W) of positive ints, got {v!r}")
+    return tuple(v)
+
+
 def block(block, shape: tuple[int, int] | None = None) -> tuple[int, int]:
     """``block`` as ``(bo, bi)`` positive ints that divide ``shape`` (when given), else ``ValueError``."""
     if (

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._checks import penalty, positive, positive_int
+from ._checks import image_shape, penalty, positive, positive_int
 
 __all__ = ["fit_classifier", "accuracy"]
 
@@ -37,8 +37,7 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
     positive_int("epochs", epochs)
     positive_int("batch_size", batch_size)
     if hflip is not None:
-        if len(hflip) != 3 or any(int(v) < 1 for v in hflip):
-            raise ValueError(f"hflip must be an image shape (C, H, W), got {hflip!r}")
+        hflip = image_shape("hflip", hflip)
         if math.prod(hflip) != X[0].numel():
             raise ValueError(f"hflip={tuple(hflip)} has {math.prod(hflip)} values per image, but "
                              f"each row of X has {X[0].numel()}")

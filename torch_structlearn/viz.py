@@ -11,6 +11,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from ._checks import image_shape as check_image_shape
 from ._checks import positive_int
 from .connectivity import Connectivity
 from .io import _write_atomic
@@ -23,7 +24,7 @@ __all__ = ["receptive_field_centres", "receptive_field_spread", "group_centre_di
 def _pixel_weights(connectivity: Connectivity, image_shape: tuple[int, int, int]):
     """``(K, H*W)`` weights of each unit's connected pixels (summing to 1; a pixel counts once
     however many of its channels connect) and the ``(H*W, 2)`` ``(y, x)`` pixel positions."""
-    C, H, W = image_shape
+    C, H, W = check_image_shape("image_shape", image_shape)
     if C * H * W != connectivity.shape[1]:
         raise ValueError(f"image_shape {tuple(image_shape)} has {C * H * W} pixels, the "
                          f"connectivity has {connectivity.shape[1]} inputs")
@@ -78,7 +79,7 @@ def save_receptive_fields(layer: StructLearnedLinear, image_shape: tuple[int, in
     from torchvision.utils import save_image
 
     positive_int("max_units", max_units)
-    C, H, W = image_shape
+    C, H, W = check_image_shape("image_shape", image_shape)
     if C * H * W != layer.in_features:
         raise ValueError(f"image_shape {image_shape} has {C * H * W} pixels, the layer has "
                          f"in_features={layer.in_features}")

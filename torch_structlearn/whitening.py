@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import image_shape as check_image_shape
 from ._checks import positive, positive_int
 from .data import batches, require_reiterable
 
@@ -57,11 +58,10 @@ class ZCAWhitening(nn.Module):
             positive_int("kernel_size", kernel_size)
             if kernel_size % 2 == 0:
                 raise ValueError(f"kernel_size must be odd, got {kernel_size}")
-            if (not isinstance(image_shape, (tuple, list)) or len(image_shape) != 3
-                    or math.prod(image_shape) != num_features):
+            if image_shape is None or math.prod(check_image_shape("image_shape", image_shape)) != num_features:
                 raise ValueError(f"kernel_size needs image_shape=(C, H, W) with C*H*W = "
                                  f"num_features = {num_features}, got {image_shape!r}")
-            self.image_shape = tuple(positive_int("image_shape", v) for v in image_shape)
+            self.image_shape = tuple(image_shape)
             c = self.image_shape[0]
             weight = torch.zeros(c, c, kernel_size, kernel_size)
             weight[range(c), range(c), kernel_size // 2, kernel_size // 2] = 1.0  # identity
