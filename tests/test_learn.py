@@ -120,16 +120,24 @@ def test_bad_arguments_fail_before_work(kw, match):
     (dict(min_gain=float("nan")), ValueError, "min_gain must not be NaN"),
     (dict(min_gain="0.1"), TypeError, "min_gain must be a number, got str"),
     (dict(epoch=3), TypeError, "unexpected learning argument\\(s\\) \\['epoch'\\]"),
+    (dict(score_samples=1), ValueError, "score_samples must be >= 2 \\(the score estimates entropies\\), got 1"),
+    (dict(score_samples=100.0), TypeError, "score_samples must be an int"),
 ])
 def test_stack_arguments_are_checked_at_construction(kw, err, match):
     with pytest.raises(err, match=match):
         StructLearnedStack(10, 8, **kw)
 
 
-def test_stack_learn_overrides_are_checked_before_reading():
+@pytest.mark.parametrize("kw, err, match", [
+    (dict(density=0.2), TypeError, "unexpected learning argument\\(s\\) \\['density'\\]"),
+    (dict(lam1=-1.0), ValueError, "lam1 must be >= 0, got -1.0"),  # values, not only names
+    (dict(mode="rows"), ValueError, "mode must be one of"),
+    (dict(score_samples=0), ValueError, "score_samples must be >= 1, got 0"),
+])
+def test_stack_learn_overrides_are_checked_before_reading(kw, err, match):
     loader = _Counting([torch.randn(4, 10)])
-    with pytest.raises(TypeError, match="unexpected learning argument\\(s\\) \\['density'\\]"):
-        StructLearnedStack(10, 8, verbose=False).learn_structure(loader, density=0.2)
+    with pytest.raises(err, match=match):
+        StructLearnedStack(10, 8, verbose=False).learn_structure(loader, **kw)
     assert loader.reads == 0
 
 

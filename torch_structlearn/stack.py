@@ -36,13 +36,23 @@ def _block(in_features: int, width: int, group_size: int, pool: str, **layer_kw)
 _OWN = frozenset({"loader", "out_features", "density", "group_size", "device"})
 
 
-def _check_learn_kw(kw: dict) -> None:
-    from .learn import learn_structure
+def _check_learn_kw(kw: dict, *, width: int, density: float, group_size: int) -> None:
+    """Names and values of the learning arguments (the constructor's ``**learn_kw``, merged
+    with :meth:`StructLearnedStack.learn_structure`'s overrides), before any work starts."""
+    from ._checks import positive_int
+    from .learn import check_learning_args, learn_structure
 
     accepted = (set(inspect.signature(learn_structure).parameters) - _OWN) | {"score_samples"}
     unknown = sorted(set(kw) - accepted)
     if unknown:
         raise TypeError(f"unexpected learning argument(s) {unknown}; accepted: {sorted(accepted)}")
+    if "score_samples" in kw and positive_int("score_samples", kw["score_samples"]) < 2:
+        raise ValueError(f"score_samples must be >= 2 (the score estimates entropies), got "
+                         f"{kw['score_samples']}")
+    check_learning_args(width=width, density=density, group_size=group_size,
+                        lam1=kw.get("lam1", "auto"), lam_g=kw.get("lam_g"),
+                        mode=kw.get("mode", "per_unit"), block=kw.get("block"),
+                        active_fraction=kw.get("active_fraction", 0.05), memory=kw.get("memory"))
 
 
 def _keeps(depth: int, gain: float, min_gain: float) -> bool:
@@ -94,20 +104,14 @@ class StructLearnedStack(nn.Module):
                  **learn_kw) -> None:
         super().__init__()
         from ._checks import positive_int
-        from .learn import check_learning_args
 
         positive_int("in_features", in_features)
         positive_int("max_depth", max_depth)
-        _check_learn_kw(learn_kw)
         if isinstance(min_gain, bool) or not isinstance(min_gain, (int, float)):
             raise TypeError(f"min_gain must be a number, got {type(min_gain).__name__} {min_gain!r}")
         if math.isnan(min_gain):
             raise ValueError("min_gain must not be NaN (-inf grows the stack to max_depth)")
-        check_learning_args(width=width, density=density, group_size=group_size,
-                            lam1=learn_kw.get("lam1", "auto"), lam_g=learn_kw.get("lam_g"),
-                            mode=learn_kw.get("mode", "per_unit"), block=learn_kw.get("block"),
-                            active_fraction=learn_kw.get("active_fraction", 0.05),
-                            memory=learn_kw.get("memory"))
+        _check_learn_kw(learn_kw, width=width, density=density, group_size=group_size)
         check_mode(pool, "pool")
         choice("groups", groups, ("contiguous", "learned"))
         self.groups = groups
@@ -169,8 +173,8 @@ class StructLearnedStack(nn.Module):
         from .entropy import coding_efficiency
         from .learn import dictionary_values, learn_structure
 
-        _check_learn_kw(overrides)
         kw = {**self.learn_kw, **overrides}
+        _check_learn_kw(kw, width=self.width, density=self.density, group_size=self.group_size)
         key = kw.pop("key", "x")
         verbose = kw.pop("verbose", True)
         score_samples = kw.pop("score_samples", 5000)
