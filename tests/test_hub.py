@@ -124,6 +124,18 @@ def test_corrupted_card_is_a_clear_error(tmp_path, monkeypatch, text, match):
             call("broken")
 
 
+@pytest.mark.parametrize("card", [{"timm_model": 3}, {"timm_model": "resnet18", "timm_kwargs": [10]}])
+def test_card_with_a_bad_timm_model_is_a_clear_error(tmp_path, monkeypatch, card):
+    entry = tmp_path / "bad-timm"
+    entry.mkdir()
+    tsl.save(tsl.StructLearnedLinear(6, 4, density=0.5), entry / "structure.safetensors")
+    (entry / "card.json").write_text(json.dumps(card))
+    monkeypatch.setenv("STRUCTLEARN_HUB", str(tmp_path))
+    with pytest.raises(ValueError, match="hub entry 'bad-timm': card.json's timm_model must be a "
+                                         "string and timm_kwargs an object"):
+        hub.load("bad-timm")
+
+
 @pytest.mark.parametrize("bad", ["../etc", "a/b", "UPPER"])
 def test_publishing_recipes_reject_bad_names_before_work(bad, tmp_path, capsys, load_recipe):
     for script, argv in (("hub_entry.py", [bad, "--license", "x", "--", "--dataset", "digits"]),

@@ -93,11 +93,15 @@ def load(name: str, *, device=None):
     info = _read_card(entry)
     if "timm_model" not in info:
         return load_file(entry / "structure.safetensors", device=device)
+    arch, kwargs = info["timm_model"], info.get("timm_kwargs", {})
+    if not isinstance(arch, str) or not isinstance(kwargs, dict):
+        raise ValueError(f"hub entry {name!r}: card.json's timm_model must be a string and "
+                         f"timm_kwargs an object, got {arch!r} and {kwargs!r}")
     import timm
 
     from .convert import convert_structure
 
-    model = timm.create_model(info["timm_model"], pretrained=False, **info.get("timm_kwargs", {}))
+    model = timm.create_model(arch, pretrained=False, **kwargs)
     convert_structure(model, entry / "structure.safetensors", weights=False)
     return model.to(device) if device is not None else model
 
