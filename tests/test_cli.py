@@ -60,6 +60,10 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert e.value.code == 2 and "--active-fraction: must be in (0, 1), got 1.5" in capsys.readouterr().err
     assert main(["learn", "--dataset", "mnist", "--data-root", str(tmp_path), "--quiet"]) == 2
     assert "no " in capsys.readouterr().err
+    out = tmp_path / "never"
+    assert main(["learn", "--width", "130", "--group-size", "4", "--quiet", "--out", str(out)]) == 2
+    assert "group_size=4 must divide width=130" in capsys.readouterr().err
+    assert not out.exists()  # refused before any work or output
 
 
 def test_inspect_png_hub_list_and_convert(tmp_path, capsys):

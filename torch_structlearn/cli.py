@@ -41,7 +41,6 @@ def _learn(args) -> int:
     d = Xtr[0].numel()
     n_classes = int(max(ytr.max(), yte.max())) + 1
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     verbose = not args.quiet
     print(f"{args.dataset}: {len(ytr)} train / {len(yte)} test images of shape {image_shape}")
 
@@ -51,13 +50,15 @@ def _learn(args) -> int:
         raise ValueError(f"--whitening-kernel needs (C, H, W) images, got shape {image_shape}")
     if args.flip and len(image_shape) != 3:
         raise ValueError(f"--flip needs (C, H, W) images, got shape {image_shape}")
+    # both built (and their arguments checked) before the whitening's pass over the data
     whiten = ZCAWhitening(d, eps=args.eps, kernel_size=args.whitening_kernel,
-                          image_shape=image_shape if args.whitening_kernel else None).fit(unlabelled)
-    white = DataLoader(TensorDataset(whiten(Xtr).detach()), batch_size=args.batch_size)
+                          image_shape=image_shape if args.whitening_kernel else None)
     stack = StructLearnedStack(d, args.width, max_depth=args.max_depth, density=args.density,
                                group_size=args.group_size, min_gain=args.min_gain,
                                epochs=args.dict_epochs, active_fraction=args.active_fraction,
                                seed=args.seed)
+    whiten.fit(unlabelled)
+    white = DataLoader(TensorDataset(whiten(Xtr).detach()), batch_size=args.batch_size)
     stack.learn_structure(white, verbose=verbose)
 
     # 2. supervised: the same recipe for learned, random (same fan-in) and dense structures
@@ -83,6 +84,7 @@ def _learn(args) -> int:
         print(f"{r['structure']:<10} {r['depth']:>5} {r['density']:>8.3f} {r['parameters']:>8} "
               f"{r['test_accuracy']:>9.2%}")
     # the learned classifier: whitening → learned stack → trained head
+    out.mkdir(parents=True, exist_ok=True)
     save(models["learned"], out / "structure.safetensors",
          metadata={"dataset": args.dataset, "command": " ".join(sys.argv), "results": rows})
     save_receptive_fields(stack.layers[0][0], image_shape, out / "receptive_fields.png")
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     lr.add_argument("--flip", action="store_true",
                     help="mirror a random half of every training batch left-right")
     lr.add_argument("--batch-size", type=_positive(int), default=256)
-    lr.add_argument("--limit", type=_positive(int), default=None, help="use the first N training images")
+    lr.add_argument("--limit", type=_positive(int), default=None, help="use a fixed random subset of N training images")
     lr.add_argument("--seed", type=int, default=0)
     lr.add_argument("--out", default="runs/demo")
     lr.add_argument("--quiet", action="store_true")
