@@ -64,7 +64,10 @@ def test_epoch_of_a_hub_entry_against_its_dense_copy(tmp_path):
 
 @pytest.mark.parametrize("argv", [["kernels", "--repeats", "0"], ["mlp", "--sizes", "4", "4"],
                                   ["mlp", "--backend", "nope"], ["kernels", "--densities", "0"],
-                                  ["mlp", "--hub", "no-such-entry"], ["mlp", "--n", "0"]])
+                                  ["mlp", "--hub", "no-such-entry"], ["mlp", "--n", "0"],
+                                  ["mlp", "--sizes", "8", "0", "2"], ["kernels", "--shapes", "0,8,8"],
+                                  ["coding", "--lam", "-1"], ["coding", "--lam", "nan"],
+                                  ["coding", "--atoms", "0"], ["coding", "--passes", "0"]])
 def test_bad_arguments_exit_2(argv, tmp_path):
     with pytest.raises(SystemExit) as e:
         bench.main([*argv, "--json", str(tmp_path / "x.json")])

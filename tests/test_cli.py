@@ -51,6 +51,10 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["learn", "--weight-decay", "-0.1"])
     assert e.value.code == 2 and "--weight-decay: must be >= 0, got '-0.1'" in capsys.readouterr().err
+    for flag, value in (("--lr", "nan"), ("--eps", "inf"), ("--weight-decay", "inf")):
+        with pytest.raises(SystemExit) as e:
+            main(["learn", flag, value])
+        assert e.value.code == 2 and f"{flag}: must be" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["learn", "--dataset", "imagenet"])
     assert e.value.code == 2

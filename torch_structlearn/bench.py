@@ -34,6 +34,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from . import StructLearnedLinear  # noqa: E402
+from .cli import _nonnegative, _positive  # noqa: E402
 from .io import _write_atomic, _write_json  # noqa: E402
 from .ops import BACKENDS, auto, available_backends  # noqa: E402
 
@@ -545,6 +546,8 @@ def _shape(s: str) -> tuple[int, int, int]:
         b, i, o = (int(v) for v in s.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"shape must be 'batch,in,out', got {s!r}") from None
+    if min(b, i, o) < 1:
+        raise argparse.ArgumentTypeError(f"shape must be three positive ints 'batch,in,out', got {s!r}")
     return b, i, o
 
 
@@ -567,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--blocks", type=int, nargs="+", default=None,
                        help="block sizes b (b x b blocks); 0 = unstructured (default: 0 32 on "
                             "cpu, 0 16 32 64 on cuda)")
-        q.add_argument("--repeats", type=int, default=5)
+        q.add_argument("--repeats", type=_positive(int), default=5)
         q.add_argument("--json", type=Path, default=Path("runs/bench/kernels.json"))
         q.add_argument("--markdown", type=Path, default=None, help="update this BENCHMARKS.md")
         q.add_argument("--write-crossover", action="store_true",
@@ -577,12 +580,12 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--tag", default="", help="suffix of the BENCHMARKS.md section key")
     mp = sub.add_parser("mlp", help="one training epoch of a sparse MLP vs nn.Linear")
     mp.add_argument("--device", default="cpu")
-    mp.add_argument("--sizes", type=int, nargs="+", default=[3072, 4096, 4096, 10])
+    mp.add_argument("--sizes", type=_positive(int), nargs="+", default=[3072, 4096, 4096, 10])
     mp.add_argument("--densities", type=_density, nargs="+", default=[0.01, 0.05, 0.10, 0.25])
     mp.add_argument("--blocks", type=int, nargs="+", default=[0, 32])
     mp.add_argument("--backend", default="auto", choices=BACKENDS, help="backend of the sparse layers (default auto)")
-    mp.add_argument("--n", type=int, default=10240, help="samples in the epoch")
-    mp.add_argument("--batch-size", type=int, default=256)
+    mp.add_argument("--n", type=_positive(int), default=10240, help="samples in the epoch")
+    mp.add_argument("--batch-size", type=_positive(int), default=256)
     mp.add_argument("--hub", default=None, metavar="NAME",
                     help="time this hub entry's model against itself with nn.Linear layers "
                          "instead of the MLP (--sizes, --densities, --blocks unused)")
@@ -593,11 +596,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="JSON written by `bench kernels`; later files win for the same entry")
     c = sub.add_parser("coding", help="dictionary learning vs scikit-learn on MNIST")
     c.add_argument("--device", default="cpu")
-    c.add_argument("--n", type=int, default=20000, help="MNIST training images")
-    c.add_argument("--atoms", type=int, default=256)
-    c.add_argument("--lam", type=float, default=0.1)
-    c.add_argument("--passes", type=int, default=3)
-    c.add_argument("--batch-size", type=int, default=256)
+    c.add_argument("--n", type=_positive(int), default=20000, help="MNIST training images")
+    c.add_argument("--atoms", type=_positive(int), default=256)
+    c.add_argument("--lam", type=_nonnegative, default=0.1)
+    c.add_argument("--passes", type=_positive(int), default=3)
+    c.add_argument("--batch-size", type=_positive(int), default=256)
     c.add_argument("--data-root", default=None)
     c.add_argument("--skip-sklearn", action="store_true", help="time ours only (e.g. on a GPU)")
     c.add_argument("--json", type=Path, default=Path("runs/bench/coding.json"))
@@ -622,21 +625,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "coding":
         result, key, md = run_coding(args), f"coding-lam{args.lam:g}", coding_markdown
     elif args.what == "mlp":
-        if len(args.sizes) < 3 or min(args.sizes) < 1:
-            p.error(f"--sizes needs at least 3 positive sizes (in, hidden..., out), got {args.sizes}")
+        if len(args.sizes) < 3:
+            p.error(f"--sizes needs at least 3 sizes (in, hidden..., out), got {args.sizes}")
         if args.hub is not None:
             from . import hub
 
             if args.hub not in hub.list():
                 p.error(f"--hub {args.hub!r}: no such entry; available: {hub.list()}")
-        if min(args.n, args.batch_size) < 1:
-            p.error(f"--n and --batch-size must be >= 1, got {args.n} and {args.batch_size}")
         result, md = run_mlp(args), mlp_markdown
         key = ("mlp" if args.hub is None else f"epoch-{args.hub}") + (
             "" if args.backend == "auto" else f"-{args.backend}")
     else:
-        if args.repeats < 1:
-            p.error(f"--repeats must be >= 1, got {args.repeats}")
         gpu = args.device.startswith("cuda")
         args.shapes = args.shapes or (GPU_SHAPES if gpu else CPU_SHAPES)
         args.densities = args.densities or (GPU_DENSITIES if gpu else DENSITIES)

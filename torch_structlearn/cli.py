@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import sys
 import time
 from pathlib import Path
@@ -186,18 +187,21 @@ def _convert(args) -> int:
 
 
 def _positive(kind):
+    """An argparse type: a finite ``kind`` (int or float) > 0."""
     def parse(s: str):
         v = kind(s)
-        if v <= 0:
+        if not (math.isfinite(v) and v > 0):
             raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
         return v
 
+    parse.__name__ = f"positive {kind.__name__}"  # what argparse names in 'invalid ... value'
     return parse
 
 
 def _nonnegative(text: str) -> float:
+    """An argparse type: a finite float >= 0."""
     v = float(text)
-    if not v >= 0:
+    if not (math.isfinite(v) and v >= 0):
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
     return v
 
