@@ -139,16 +139,16 @@ def add_args(p, *, width_quick: int = 256, width_full: int = 1600, resumable: bo
     p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
     p.add_argument("--data-root", default=None)
     p.add_argument("--quick", action="store_true", help="CPU setting: 10 000 images, fewer epochs")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=_positive(int), default=3)
     p.add_argument("--first-seed", type=int, default=0,
                    help="run seeds first-seed .. first-seed + seeds - 1 and add their rows to the "
                         "existing result file of the same settings (a long run split over sessions)")
-    p.add_argument("--width", type=int, default=None,
+    p.add_argument("--width", type=_positive(int), default=None,
                    help=f"K (default {width_quick} with --quick, {width_full} otherwise)")
-    p.add_argument("--group-size", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=None, help="supervised epochs (8 quick, 40 full)")
-    p.add_argument("--dict-epochs", type=int, default=None, help="dictionary passes (2 quick, 5 full)")
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--group-size", type=_positive(int), default=4)
+    p.add_argument("--epochs", type=_positive(int), default=None, help="supervised epochs (8 quick, 40 full)")
+    p.add_argument("--dict-epochs", type=_positive(int), default=None, help="dictionary passes (2 quick, 5 full)")
+    p.add_argument("--lr", type=_positive(float), default=3e-3)
     p.add_argument("--flip", action="store_true",
                    help="training augmentation: mirror a random half of each batch left-right "
                         "(in whitened space; off by default, the recipe of every earlier result)")

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from torch_structlearn import StructLearnedStack, ZCAWhitening, save
+from torch_structlearn.cli import _density, _positive
 from torch_structlearn.datasets import DATASETS, load_dataset
 
 
@@ -25,13 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", choices=DATASETS, default="digits")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--density", type=float, default=0.25)
-    p.add_argument("--group-size", type=int, default=2)
-    p.add_argument("--max-depth", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=128, help="per rank")
+    p.add_argument("--limit", type=_positive(int), default=None)
+    p.add_argument("--width", type=_positive(int), default=64)
+    p.add_argument("--density", type=_density, default=0.25)
+    p.add_argument("--group-size", type=_positive(int), default=2)
+    p.add_argument("--max-depth", type=_positive(int), default=2)
+    p.add_argument("--epochs", type=_positive(int), default=3)
+    p.add_argument("--batch-size", type=_positive(int), default=128, help="per rank")
     p.add_argument("--out", default="runs/distributed")
     args = p.parse_args(argv)
 

@@ -23,13 +23,14 @@ from baselines import random_local, rbm_mask, snip_mask, synflow_mask  # noqa: E
 from common import add_args, checkpoint, done, finish, network, seed_range, setup, train_eval  # noqa: E402
 
 from torch_structlearn import Connectivity, learn_structure  # noqa: E402
+from torch_structlearn.cli import _density  # noqa: E402
 from torch_structlearn.learn import dictionary_values  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_args(p, resumable=True)
-    p.add_argument("--densities", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.10, 0.25])
+    p.add_argument("--densities", type=_density, nargs="+", default=[0.01, 0.02, 0.05, 0.10, 0.25])
     methods = ["learned", "random", "random-local", "rbm", "snip", "synflow"]
     p.add_argument("--methods", nargs="+", choices=methods, default=methods)
     args = p.parse_args(argv)

@@ -24,14 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_args, checkpoint, done, finish, seed_range, setup, train_eval  # noqa: E402
 
 from torch_structlearn import StructLearnedStack  # noqa: E402
+from torch_structlearn.cli import _density, _positive  # noqa: E402
 from torch_structlearn.stack import rule_depth  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_args(p, resumable=True)
-    p.add_argument("--density", type=float, default=0.05)
-    p.add_argument("--max-depth", type=int, default=4)
+    p.add_argument("--density", type=_density, default=0.05)
+    p.add_argument("--max-depth", type=_positive(int), default=4)
     p.add_argument("--min-gain", type=float, default=0.01, help="the stopping rule's threshold")
     p.add_argument("--verbose", action="store_true", help="progress bars while learning")
     args = p.parse_args(argv)

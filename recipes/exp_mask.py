@@ -16,13 +16,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_args, checkpoint, done, finish, network, seed_range, setup, train_eval  # noqa: E402
 
 from torch_structlearn import Connectivity, learn_structure  # noqa: E402
+from torch_structlearn.cli import _density  # noqa: E402
 from torch_structlearn.learn import dictionary_values  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_args(p, resumable=True)
-    p.add_argument("--density", type=float, default=0.05)
+    p.add_argument("--density", type=_density, default=0.05)
     args = p.parse_args(argv)
     cfg = setup(args, "mask")
     K, d, rho = cfg["K"], cfg["d"], args.density

@@ -34,7 +34,7 @@ from baselines import random_local  # noqa: E402
 from common import add_args, data, finish, fit_kw, learn_kw, network, setup  # noqa: E402
 
 from torch_structlearn import learn_structure  # noqa: E402
-from torch_structlearn.cli import _fraction, _nonnegative, _positive  # noqa: E402
+from torch_structlearn.cli import _density, _fraction, _nonnegative, _positive  # noqa: E402
 from torch_structlearn.learn import dictionary_values  # noqa: E402
 from torch_structlearn.train import accuracy, fit_classifier  # noqa: E402
 
@@ -48,7 +48,7 @@ def _yes_no(text: str) -> bool:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_args(p)
-    p.add_argument("--density", type=float, default=0.05)
+    p.add_argument("--density", type=_density, default=0.05)
     p.add_argument("--eps-grid", type=_positive(float), nargs="+", default=[0.1, 0.5, 2.0, 8.0])
     p.add_argument("--fraction-grid", type=_fraction, nargs="+", default=[0.05, 0.3])
     p.add_argument("--memory-grid", nargs="+", choices=["short", "all"], default=["short", "all"])

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
 from torch_structlearn import Connectivity, StructLearnedLinear, convert, hub, save  # noqa: E402
+from torch_structlearn.cli import _density, _positive  # noqa: E402
 from torch_structlearn.convert import _set_module, select_linears  # noqa: E402
 from torch_structlearn.datasets import DATASETS, load_dataset  # noqa: E402
 from torch_structlearn.io import _write_json  # noqa: E402
@@ -105,15 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="vit_tiny_patch16_224")
     p.add_argument("--include", default="blocks.*.mlp.fc*")
-    p.add_argument("--density", type=float, default=0.1)
+    p.add_argument("--density", type=_density, default=0.1)
     p.add_argument("--dataset", choices=DATASETS, default="cifar10")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--img-size", type=int, default=32, help="model input size (ViT: img_size=)")
-    p.add_argument("--patch-size", type=int, default=None, help="ViT patch size (default: the model's)")
+    p.add_argument("--img-size", type=_positive(int), default=32, help="model input size (ViT: img_size=)")
+    p.add_argument("--patch-size", type=_positive(int), default=None, help="ViT patch size (default: the model's)")
     p.add_argument("--pretrain-epochs", type=int, default=0,
                    help="train the dense model this long before converting (no downloads here)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=_positive(int), default=10)
+    p.add_argument("--batch-size", type=_positive(int), default=128)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--limit", type=int, default=None)

@@ -385,3 +385,20 @@ def test_an_interrupted_experiment_resumes_with_the_rows_it_saved(monkeypatch, t
     for r in out["rows"]:
         assert 0.1 < r["train_accuracy"] <= 1 and r["train_loss"] > 0
     assert "--resume" not in out["command"] and not (tmp_path / "single-mnist-quick.partial.json").exists()
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("exp_single.py", ["--density", "0"], "--density: density must be in (0, 1], got 0"),
+    ("exp_depth.py", ["--density", "1.5"], "--density: density must be in (0, 1], got 1.5"),
+    ("exp_depth.py", ["--max-depth", "0"], "--max-depth: must be > 0, got 0"),
+    ("exp_density.py", ["--densities", "0.05", "nan"], "--densities: density must be in (0, 1], got nan"),
+    ("exp_mask.py", ["--group-size", "0"], "--group-size: must be > 0, got 0"),
+    ("exp_single.py", ["--lr", "nan"], "--lr: must be > 0, got nan"),
+    ("exp_single.py", ["--seeds", "0"], "--seeds: must be > 0, got 0"),
+    ("finetune_timm.py", ["--density", "-0.1"], "--density: density must be in (0, 1], got -0.1"),
+    ("distributed_learn.py", ["--batch-size", "0"], "--batch-size: must be > 0, got 0"),
+])
+def test_recipe_arguments_are_checked_when_parsed(script, argv, message, capsys, load_recipe):
+    with pytest.raises(SystemExit) as e:
+        load_recipe(script).main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err

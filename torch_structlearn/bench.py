@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from . import StructLearnedLinear  # noqa: E402
-from .cli import _nonnegative, _positive  # noqa: E402
+from .cli import _density, _nonnegative, _positive  # noqa: E402
 from .io import _write_atomic, _write_json  # noqa: E402
 from .ops import BACKENDS, auto, available_backends  # noqa: E402
 
@@ -549,13 +549,6 @@ def _shape(s: str) -> tuple[int, int, int]:
     if min(b, i, o) < 1:
         raise argparse.ArgumentTypeError(f"shape must be three positive ints 'batch,in,out', got {s!r}")
     return b, i, o
-
-
-def _density(s: str) -> float:
-    v = float(s)
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"density must be in (0, 1], got {s}")
-    return v
 
 
 def main(argv: list[str] | None = None) -> int:

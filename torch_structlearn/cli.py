@@ -198,6 +198,14 @@ def _positive(kind):
     return parse
 
 
+def _density(s: str) -> float:
+    """An argparse type: a connection density in (0, 1]."""
+    v = float(s)
+    if not 0 < v <= 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"density must be in (0, 1], got {s}")
+    return v
+
+
 def _nonnegative(text: str) -> float:
     """An argparse type: a finite float >= 0."""
     v = float(text)
@@ -231,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "labels, and compare with random and dense structures.")
     lr.add_argument("--dataset", choices=DATASETS, default="digits")
     lr.add_argument("--data-root", default=None, help="data folder (default $STRUCTLEARN_DATA)")
-    lr.add_argument("--density", type=_positive(float), default=0.25)
+    lr.add_argument("--density", type=_density, default=0.25)
     lr.add_argument("--width", type=_positive(int), default=128)
     lr.add_argument("--max-depth", type=_positive(int), default=2)
     lr.add_argument("--group-size", type=_positive(int), default=2)
@@ -270,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("model", help="timm model name, e.g. vit_tiny_patch16_224")
     cv.add_argument("--dataset", choices=DATASETS, default="digits")
     cv.add_argument("--data-root", default=None)
-    cv.add_argument("--density", type=_positive(float), default=0.1)
+    cv.add_argument("--density", type=_density, default=0.1)
     cv.add_argument("--include", default=None, help="glob on module names, e.g. 'blocks.*.mlp.fc*'")
     cv.add_argument("--exclude", default=None)
     cv.add_argument("--init", choices=["keep", "dictionary", "random"], default="keep")
