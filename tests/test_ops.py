@@ -2,6 +2,7 @@
 differentiable torch ops (autograd supplies the reference gradients)."""
 
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -360,3 +361,18 @@ def test_cpu_backend_refuses_a_malformed_structure():
     ]:
         with pytest.raises(ValueError, match=msg):
             sparse_linear(x, torch.randn(3), crow, col, backend="cpu")
+
+
+@pytest.mark.parametrize("text", [b'{"crossover": ', b"\xff\xfe", b"[0.1]"])
+def test_a_damaged_crossover_table_warns_and_falls_back_to_dense(tmp_path, monkeypatch, text):
+    from torch_structlearn.ops import auto
+
+    bad = tmp_path / "crossover.json"
+    bad.write_bytes(text)
+    monkeypatch.setattr(auto, "TABLE_PATH", bad)
+    with pytest.warns(UserWarning, match="ignoring the unreadable crossover table .*crossover.json"):
+        assert auto.load_table() == {} and auto.load_by_shape() == {}
+    monkeypatch.setattr(auto, "TABLE_PATH", tmp_path / "absent.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no file: nothing to warn about
+        assert auto.load_table() == {}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -42,7 +43,21 @@ def load_by_shape() -> dict:
 
 
 def _read() -> dict:
-    return json.loads(TABLE_PATH.read_text()) if TABLE_PATH.exists() else {}
+    """The table file as a dict; ``{}`` when there is none, and ``{}`` with a warning (every
+    layer then dense) when it is not a readable JSON object, so that a damaged file never stops
+    ``import torch_structlearn``."""
+    if not TABLE_PATH.exists():
+        return {}
+    try:
+        table = json.loads(TABLE_PATH.read_text(encoding="utf-8"))
+        if not isinstance(table, dict):
+            raise ValueError(f"a JSON {type(table).__name__}, not an object")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        warnings.warn(f"ignoring the unreadable crossover table {TABLE_PATH} ({e}): backend='auto' "
+                      f"uses 'dense' everywhere; regenerate it with `python -m "
+                      f"torch_structlearn.bench crossover benchmarks/kernels-*.json`", stacklevel=2)
+        return {}
+    return table
 
 
 # Read once at import: ``choose`` runs inside torch.compile traces, which must not do file I/O.
