@@ -1,6 +1,7 @@
 """The sparse kernel against an independent reference: a dense masked weight built with plain
 differentiable torch ops (autograd supplies the reference gradients)."""
 
+import hashlib
 import shutil
 import warnings
 
@@ -170,6 +171,30 @@ def test_cpu_backend_reports_a_failed_build(monkeypatch, tmp_path):
     assert list((tmp_path / "cache").glob("*")) == []  # the failed output was removed
     with pytest.raises(ValueError, match="backend='cpu' is unavailable here: could not build"):
         check_backend("cpu")
+
+
+def test_cpu_backend_rebuilds_a_damaged_cached_library(monkeypatch, tmp_path):
+    """A truncated library in the cache (say, a full disk) is rebuilt on the next load, checked
+    against the digest written beside it — loading it would kill the process (SIGBUS in dlopen)
+    or leave the backend unavailable for good; the rebuilt kernel computes the reference."""
+    from torch_structlearn.ops import cpu
+
+    if _compiler() is None:
+        pytest.skip("no C++ compiler here")
+    monkeypatch.setenv("STRUCTLEARN_CACHE", str(tmp_path / "cache"))
+    for name, value in [("_lib", None), ("_error", None), ("_tried", False), ("_ok", False)]:
+        monkeypatch.setattr(cpu, name, value)
+    built = cpu._compile(cpu.compiler())  # in the cache, not loaded by this process
+    damaged = built.read_bytes()[:1000]
+    built.unlink()
+    built.write_bytes(damaged)
+    assert cpu.available(), cpu.error()
+    assert built.stat().st_size > 1000  # the same name, rebuilt
+    assert built.with_suffix(".sha256").read_text() == hashlib.sha256(built.read_bytes()).hexdigest()
+    conn = Connectivity.random((16, 24), density=0.25, seed=0)
+    x, v, b = _inputs(conn, (8,), True, False, 1, dtype=torch.float32, device="cpu")
+    torch.testing.assert_close(sparse_linear(x, v, conn.crow_indices, conn.col_indices, b, backend="cpu"),
+                               reference(x, v, conn, b), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("device", devices())

@@ -72,7 +72,8 @@ def _compile(cxx: str) -> Path:
         [SOURCE.read_text(), " ".join(FLAGS), version, _cpu_id(), torch.__version__]).encode()
     ).hexdigest()[:16]
     target = cache_dir() / f"cpu_kernel-{tag}.so"
-    if target.exists():
+    digest = target.with_suffix(".sha256")  # written after the library: a check of it
+    if target.exists() and digest.exists() and digest.read_text() == _sha256(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("compiling %s with %s (first use; a few seconds) into %s", SOURCE.name, cxx, target)
@@ -86,7 +87,14 @@ def _compile(cxx: str) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    from ..io import _write_atomic  # not at import: io imports the layers, which import ops
+
+    _write_atomic(digest, _sha256(target).encode())
     return target
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def compiler() -> str:
