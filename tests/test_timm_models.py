@@ -1,3 +1,4 @@
+import pytest
 import timm
 import torch
 
@@ -35,3 +36,14 @@ def test_converted_model_builds_by_name(tmp_path):
     built.load_state_dict(model.state_dict())  # the rest of the weights, e.g. from a checkpoint
     with torch.no_grad():
         torch.testing.assert_close(built(x), model(x))
+
+
+def test_register_converted_checks_its_arguments_before_registering(tmp_path):
+    path = save(StructLearnedLinear(8, 4), tmp_path / "layer.safetensors")
+    with pytest.raises(ValueError, match="base 'resnet_nope' is not a timm model"):
+        register_converted("structlearn_bad_base", "resnet_nope", path)
+    with pytest.raises(FileNotFoundError, match="structure_file '.*missing.safetensors' does not exist"):
+        register_converted("structlearn_bad_file", "resnet18", tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="name must be a Python identifier"):
+        register_converted("bad-name", "resnet18", path)
+    assert not timm.is_model("structlearn_bad_base") and not timm.is_model("structlearn_bad_file")

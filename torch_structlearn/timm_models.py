@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 __all__ = ["register_hub", "register_converted", "timm_name"]
 
@@ -75,6 +76,10 @@ def register_converted(name: str, base: str, structure_file: str | os.PathLike, 
 
     if not re.fullmatch(r"[A-Za-z_]\w*", name):
         raise ValueError(f"name must be a Python identifier (timm registers functions), got {name!r}")
+    if not timm.is_model(base):
+        raise ValueError(f"base {base!r} is not a timm model (timm.list_models() lists them)")
+    if not Path(structure_file).is_file():
+        raise FileNotFoundError(f"structure_file {str(structure_file)!r} does not exist")
 
     def build(pretrained, **kwargs):
         model = timm.create_model(base, pretrained=False, **{**base_kwargs, **kwargs})
