@@ -130,3 +130,23 @@ def test_transform_and_score_need_a_fitted_dictionary_of_the_data_size():
         learner.transform(X[:, :15])
     with pytest.raises(ValueError, match=r"expected X of shape \(N, 16\).*got \(64, 20\)"):
         learner.score([torch.randn(64, 20)])
+
+
+@pytest.mark.parametrize("kw, err, match", [
+    ({"n_atoms": 0}, ValueError, "n_atoms must be >= 1, got 0"),
+    ({"group_size": 3}, ValueError, "group_size=3 must divide"),
+    ({"lam1": -0.1}, ValueError, "lam1 must be >= 0, got -0.1"),
+    ({"lam1": "big"}, TypeError, "lam1 must be a finite number or 'auto', got 'big'"),
+    ({"lam_g": float("nan")}, TypeError, "lam_g must be a finite number, got nan"),
+    ({"active_fraction": 1.0}, ValueError, "active_fraction must be in \\(0, 1\\), got 1.0"),
+    ({"epochs": 0}, ValueError, "epochs must be >= 1, got 0"),
+    ({"max_iter": 0}, ValueError, "max_iter must be >= 1, got 0"),
+    ({"dict_steps": 0}, ValueError, "dict_steps must be >= 1, got 0"),
+    ({"memory": 0}, ValueError, "memory must be >= 1, got 0"),
+    ({"tol": -1e-4}, ValueError, "tol must be >= 0, got -0.0001"),
+    ({"seed": "0"}, TypeError, "seed must be an int, got str '0'"),
+])
+def test_bad_arguments_are_named_at_construction(kw, err, match):
+    args = {"n_atoms": 8, **kw}
+    with pytest.raises(err, match=match):
+        DictionaryLearner(args.pop("n_atoms"), **args)

@@ -15,6 +15,7 @@ worst-reconstructed samples).
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Iterable
 
@@ -226,9 +227,12 @@ class DictionaryLearner:
         positive_int("epochs", epochs)
         positive_int("max_iter", max_iter)
         positive_int("dict_steps", dict_steps)
+        penalty("tol", tol)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
         self.n_atoms, self.lam1, self.lam_g, self.group_size = n_atoms, lam1, lam_g, group_size
         self.nonneg, self.active_fraction, self.epochs = nonneg, active_fraction, epochs
-        self.max_iter, self.tol, self.seed, self.device = max_iter, tol, seed, device
+        self.max_iter, self.tol, self.seed, self.device = max_iter, tol, int(seed), device
         if memory is not None:
             positive_int("memory", memory)
         self.key, self.verbose, self.memory, self.dict_steps = key, verbose, memory, dict_steps
