@@ -150,3 +150,11 @@ def test_bad_arguments_are_named_at_construction(kw, err, match):
     args = {"n_atoms": 8, **kw}
     with pytest.raises(err, match=match):
         DictionaryLearner(args.pop("n_atoms"), **args)
+
+
+def test_a_numpy_integer_seed_is_stored_as_an_int():
+    import numpy as np
+
+    learner = DictionaryLearner(4, seed=np.int64(3), epochs=1, verbose=False)
+    assert learner.seed == 3 and type(learner.seed) is int  # what Generator.manual_seed takes
+    assert learner.fit([torch.randn(32, 6)]).dictionary_.shape == (6, 4)
