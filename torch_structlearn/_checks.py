@@ -67,21 +67,21 @@ def positive(name: str, v) -> float:
     return penalty(name, v)
 
 
+def positive_ints(v) -> bool:
+    """Whether every entry of the sequence ``v`` is an int >= 1 (bools excluded)."""
+    return all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in v)
+
+
 def image_shape(name: str, v) -> tuple[int, int, int]:
     """``v`` as a ``(C, H, W)`` tuple of positive ints, else ``ValueError`` naming ``name``."""
-    if (not isinstance(v, (tuple, list)) or len(v) != 3
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in v)):
+    if not isinstance(v, (tuple, list)) or len(v) != 3 or not positive_ints(v):
         raise ValueError(f"{name} must be an image shape (C, H, W) of positive ints, got {v!r}")
     return tuple(v)
 
 
 def block(block, shape: tuple[int, int] | None = None) -> tuple[int, int]:
     """``block`` as ``(bo, bi)`` positive ints that divide ``shape`` (when given), else ``ValueError``."""
-    if (
-        not isinstance(block, (tuple, list))
-        or len(block) != 2
-        or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block)
-    ):
+    if not isinstance(block, (tuple, list)) or len(block) != 2 or not positive_ints(block):
         raise ValueError(f"block must be a pair of positive ints (bo, bi), got {block!r}")
     bo, bi = block
     if shape is not None and (shape[0] % bo or shape[1] % bi):

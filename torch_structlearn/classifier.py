@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ._checks import positive_int
+from ._checks import positive_int, positive_ints
 from .stack import StructLearnedStack
 from .whitening import ZCAWhitening
 
@@ -35,7 +35,7 @@ class StructLearnedClassifier(nn.Module):
         if not isinstance(body, StructLearnedStack):
             raise TypeError(f"body must be a StructLearnedStack, got {type(body).__name__}")
         positive_int("num_classes", num_classes)
-        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in input_shape):
+        if not positive_ints(input_shape):
             raise ValueError(f"input_shape must be positive ints, got {tuple(input_shape)}")
         d = 1
         for s in input_shape:
