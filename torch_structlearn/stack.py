@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from ._checks import choice
+from ._checks import choice, positive_int
 from .connectivity import Connectivity
 from .layers import StructLearnedLinear
 from .pooling import GroupPool, check_mode
@@ -39,7 +39,6 @@ _OWN = frozenset({"loader", "out_features", "density", "group_size", "device"})
 def _check_learn_kw(kw: dict, *, width: int, density: float, group_size: int) -> None:
     """Names and values of the learning arguments (the constructor's ``**learn_kw``, merged
     with :meth:`StructLearnedStack.learn_structure`'s overrides), before any work starts."""
-    from ._checks import positive_int
     from .learn import check_learning_args, learn_structure
 
     accepted = (set(inspect.signature(learn_structure).parameters) - _OWN) | {"score_samples"}
@@ -103,8 +102,6 @@ class StructLearnedStack(nn.Module):
                  groups: str = "contiguous", depth: int | None = None, backend: str = "auto", device=None, dtype=None,
                  **learn_kw) -> None:
         super().__init__()
-        from ._checks import positive_int
-
         positive_int("in_features", in_features)
         positive_int("max_depth", max_depth)
         if isinstance(min_gain, bool) or not isinstance(min_gain, (int, float)):

@@ -58,10 +58,11 @@ class ZCAWhitening(nn.Module):
             positive_int("kernel_size", kernel_size)
             if kernel_size % 2 == 0:
                 raise ValueError(f"kernel_size must be odd, got {kernel_size}")
-            if image_shape is None or math.prod(check_image_shape("image_shape", image_shape)) != num_features:
+            shape = None if image_shape is None else check_image_shape("image_shape", image_shape)
+            if shape is None or math.prod(shape) != num_features:
                 raise ValueError(f"kernel_size needs image_shape=(C, H, W) with C*H*W = "
                                  f"num_features = {num_features}, got {image_shape!r}")
-            self.image_shape = tuple(image_shape)
+            self.image_shape = shape
             c = self.image_shape[0]
             weight = torch.zeros(c, c, kernel_size, kernel_size)
             weight[range(c), range(c), kernel_size // 2, kernel_size // 2] = 1.0  # identity
