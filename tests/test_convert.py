@@ -163,3 +163,18 @@ def test_finetune_recipe_pretrains_compares_and_publishes(tmp_path, monkeypatch,
     assert card["timm_kwargs"] == {"num_classes": 10, "img_size": 32, "patch_size": 8}
     assert "threads" in card["hardware"] and card["hardware"] == res["device"]  # where it ran
     assert len(hub.load_structure("vit-digits")) == 24
+
+
+def test_convert_structure_that_does_not_fit_leaves_the_model_unchanged(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4))
+    X = torch.randn(64, 12)
+    convert(model, [X[:32], X[32:]], density=0.5, verbose=False, max_iter=5)
+    path = save(model, tmp_path / "s.safetensors")
+    # the second layer of this model is wider than the saved one
+    other = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 6))
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match=r"'2' has shape \(6, 8\), the file \(4, 8\)"):
+        convert_structure(other, path)
+    assert type(other[0]) is nn.Linear and type(other[2]) is nn.Linear
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())

@@ -217,11 +217,14 @@ def convert_structure(model: nn.Module, structure_file: str | os.PathLike, *,
 
     Each named ``nn.Linear`` in the file's layer list is replaced by a ``StructLearnedLinear``
     with the saved connectivity, and (``weights=True``) the saved values and bias; otherwise the
-    model's own weights are kept on the mask. Returns the replaced names.
+    model's own weights are kept on the mask. Returns the replaced names. Every layer is checked
+    and built before the first is swapped in, so a file that does not fit leaves ``model`` as it
+    was.
     """
     from .io import load_structures
 
     layers = load_structures(structure_file)
+    built = {}
     for name, saved in layers.items():
         try:
             lin = model.get_submodule(name)
@@ -235,5 +238,7 @@ def convert_structure(model: nn.Module, structure_file: str | os.PathLike, *,
         new = StructLearnedLinear.from_linear(lin, saved.connectivity, block=saved.block)
         if weights:
             new.load_state_dict(saved.state_dict())
-        _set_module(model, name, new.to(lin.weight.device, lin.weight.dtype))
+        built[name] = new.to(lin.weight.device, lin.weight.dtype)
+    for name, new in built.items():
+        _set_module(model, name, new)
     return list(layers)
