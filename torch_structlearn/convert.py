@@ -188,7 +188,7 @@ def convert(
                 h.remove()
             model.train(was_training)
 
-    report = []
+    report, built = [], {}
     for n, lin in linears.items():
         t0 = time.perf_counter()
         D = learners[n].dictionary_ if learn else None
@@ -196,14 +196,15 @@ def convert(
             conn = Connectivity.from_mask(torch.ones(lin.out_features, lin.in_features))
         else:
             conn = Connectivity.from_scores(D.T.cpu(), density, "per_unit", block=block)
-        new = _build(lin, conn, init, None if D is None else D.cpu(), block)
-        _set_module(model, n, new)
+        new = built[n] = _build(lin, conn, init, None if D is None else D.cpu(), block)
         row = {"name": n, "in_features": lin.in_features, "out_features": lin.out_features,
                "density": new.density, "nnz": new.nnz,
                "seconds": seconds[n] + time.perf_counter() - t0}
         if D is not None:
             row["objective"] = learners[n].objective_[-1]
         report.append(row)
+    for n, new in built.items():  # swapped in only once every layer is built
+        _set_module(model, n, new)
     if verbose:
         for r in report:
             print(f"  {r['name']:<40} {r['in_features']:>6} -> {r['out_features']:<6} "
