@@ -248,15 +248,13 @@ class StructLearnedStack(nn.Module):
         new = cls(other.in_features, other.width, max_depth=other.max_depth, density=other.density,
                   group_size=other.group_size, pool=other.pool, min_gain=other.min_gain,
                   depth=other.depth, backend=other.backend, **other._factory, **other.learn_kw)
-        for mine, theirs in zip(new.layers, other.layers, strict=False):
-            mine[2] = theirs[2]  # same pooling groups
-        g = None if seed is None else seed
-        for i, (mine, theirs) in enumerate(zip(new.layers, other.layers, strict=False)):
+        for i, (mine, theirs) in enumerate(zip(new.layers, other.layers, strict=True)):
             src = theirs[0]
             fan = src.fan_in
             if not bool((fan == fan[0]).all()):
                 raise ValueError("random_like needs equal fan-in per unit (mode='per_unit')")
             conn = Connectivity.random((src.out_features, src.in_features), fan_in=int(fan[0]),
-                                       seed=None if g is None else g + i)
+                                       seed=None if seed is None else seed + i)
             mine[0].set_connectivity(conn)
+            mine[2] = theirs[2]  # same pooling groups
         return new
