@@ -187,6 +187,7 @@ class Connectivity:
 
     @property
     def nnz(self) -> int:
+        """Number of connections (stored column indices)."""
         return self._col.numel()
 
     @property

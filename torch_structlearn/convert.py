@@ -26,9 +26,10 @@ from .layers import StructLearnedLinear
 __all__ = ["convert", "convert_structure", "select_linears"]
 
 _INITS = ("keep", "dictionary", "random")
+Patterns = str | re.Pattern | Sequence[str | re.Pattern] | None  # globs or regexes on module names
 
 
-def _patterns(p) -> list:
+def _patterns(p: Patterns) -> list:
     if p is None:
         return []
     if isinstance(p, (str, re.Pattern)):
@@ -46,7 +47,7 @@ def _match(name: str, pats: list) -> bool:
                for p in pats)
 
 
-def select_linears(model: nn.Module, include=None, exclude=None) -> list[str]:
+def select_linears(model: nn.Module, include: Patterns = None, exclude: Patterns = None) -> list[str]:
     """Names of the ``nn.Linear`` modules (exactly that class) matching ``include`` (globs such as
     ``'blocks.*.mlp.fc*'`` or compiled regexes; default: all) and not ``exclude``."""
     inc, exc = _patterns(include), _patterns(exclude)
@@ -81,8 +82,8 @@ def convert(
     loader: Iterable | None = None,
     *,
     density: float,
-    include=None,
-    exclude=None,
+    include: Patterns = None,
+    exclude: Patterns = None,
     block: tuple[int, int] | None = None,
     init: str = "keep",
     batches: int | None = None,

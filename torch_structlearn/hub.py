@@ -13,6 +13,8 @@ import os
 import re
 from pathlib import Path
 
+from torch import nn
+
 from .connectivity import Connectivity
 
 __all__ = ["list", "load", "load_structure", "card", "folders", "check_name"]
@@ -78,7 +80,7 @@ def card(name: str) -> dict:
     return _read_card(_entry(name))
 
 
-def load(name: str, *, device=None):
+def load(name: str, *, device=None) -> nn.Module:
     """The entry's module, ready to train or evaluate.
 
     * A learned classifier: a ``StructLearnedClassifier`` taking ``ToTensor()`` images

@@ -425,7 +425,7 @@ def load_structures(path: str | os.PathLike, *, device=None) -> dict[str, Struct
     return out
 
 
-def load(path: str | os.PathLike, *, device=None):
+def load(path: str | os.PathLike, *, device=None) -> nn.Module | dict[str, StructLearnedLinear]:
     """Read a file written by :func:`save` and return the module (on ``device``, default CPU):
     a ``StructLearnedLinear``, a ``StructLearnedStack``, or — for a file saved from a model with
     converted layers — a dict ``{module name: StructLearnedLinear}``.

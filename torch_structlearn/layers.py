@@ -218,6 +218,7 @@ class StructLearnedLinear(nn.Module):
 
     @property
     def backend(self) -> str:
+        """The kernel that runs this layer (``'auto'``, ``'dense'``, ``'cpu'``, ...); settable."""
         return self._backend
 
     @backend.setter
@@ -242,6 +243,7 @@ class StructLearnedLinear(nn.Module):
 
     @property
     def density(self) -> float:
+        """``nnz / (out_features * in_features)``."""
         return self.nnz / (self.in_features * self.out_features)
 
     @property

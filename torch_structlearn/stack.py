@@ -126,10 +126,12 @@ class StructLearnedStack(nn.Module):
 
     @property
     def depth(self) -> int:
+        """Number of blocks (learned, or random before :meth:`learn_structure`)."""
         return len(self.layers)
 
     @property
     def out_features(self) -> int:
+        """Size of the pooled output, ``width // group_size``."""
         return self.width // self.group_size
 
     def forward(self, x: Tensor) -> Tensor:
@@ -143,6 +145,7 @@ class StructLearnedStack(nn.Module):
                 f"pool={self.pool!r}")
 
     def format_report(self) -> str:
+        """:attr:`report` as a text table, one line per tried layer."""
         from .learn import format_report
 
         return format_report(self.report)

@@ -72,6 +72,7 @@ class ZCAWhitening(nn.Module):
 
     @property
     def fitted(self) -> bool:
+        """Whether :meth:`fit` has run (or fitted statistics were loaded)."""
         return bool(self._fitted)
 
     def _center(self, x: Tensor) -> Tensor:
