@@ -26,6 +26,15 @@ def test_forward_is_head_of_body_of_whitening_for_images_and_flat_rows():
     assert "input_shape=(3, 2, 2), num_classes=3" in repr(model)
 
 
+def test_an_empty_batch_gives_empty_logits_as_nn_linear_does():
+    whiten, body, _ = _parts()
+    model = StructLearnedClassifier(whiten, body, 3, (3, 2, 2))
+    for empty in (torch.zeros(0, 3, 2, 2), torch.zeros(0, 12)):
+        assert model(empty).shape == (0, 3)  # reshape(0, -1) used to fail here
+    with pytest.raises(ValueError, match=r"x must be \(N, d\) or \(N, C, H, W\), got shape \(12,\)"):
+        whiten(torch.zeros(12))
+
+
 @pytest.mark.parametrize("kw, error, match", [
     ({"input_shape": (1, 3, 3)}, ValueError, "input_shape \\(1, 3, 3\\) has 9 features; whitening has 12"),
     ({"input_shape": (3, -2, -2)}, ValueError, "input_shape must be positive ints, got \\(3, -2, -2\\)"),

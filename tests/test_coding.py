@@ -130,6 +130,9 @@ def test_transform_and_score_need_a_fitted_dictionary_of_the_data_size():
         learner.transform(X[:, :15])
     with pytest.raises(ValueError, match=r"expected X of shape \(N, 16\).*got \(64, 20\)"):
         learner.score([torch.randn(64, 20)])
+    assert learner.transform(X[:0]).shape == (0, 8)  # an empty batch, as nn.Linear allows
+    before = learner.dictionary_.clone()
+    assert learner.partial_fit(X[:0]) is learner and torch.equal(learner.dictionary_, before)
 
 
 @pytest.mark.parametrize("kw, err, match", [

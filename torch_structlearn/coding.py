@@ -24,7 +24,7 @@ from einops import rearrange
 from torch import Tensor
 
 from ._checks import fraction, penalty, positive_int
-from .data import batches, require_reiterable
+from .data import batches, flatten_examples, require_reiterable
 
 __all__ = ["fista", "objective", "prox", "DictionaryLearner"]
 
@@ -330,8 +330,11 @@ class DictionaryLearner:
     # ------------------------------------------------------------------ API
     def partial_fit(self, X: Tensor) -> DictionaryLearner:
         """One online step on a batch ``X (N, ...)`` (flattened to ``(N, d)``): codes, then a
-        dictionary update. The first call initialises the dictionary (and ``lam1='auto'``)."""
-        X = X.reshape(X.shape[0], -1).to(device=self.device or X.device, dtype=torch.float32)
+        dictionary update. The first call initialises the dictionary (and ``lam1='auto'``); an
+        empty batch (``N = 0``) changes nothing."""
+        X = flatten_examples(X, "X").to(device=self.device or X.device, dtype=torch.float32)
+        if X.shape[0] == 0:
+            return self
         if getattr(self, "dictionary_", None) is None:
             self._distributed = (self.distributed if self.distributed is not None else _world() > 1)
             self._init(X)
@@ -403,7 +406,7 @@ class DictionaryLearner:
     def transform(self, X: Tensor) -> Tensor:
         """Codes ``(N, K)`` of ``X (N, d)`` (or ``(N, *)`` with ``prod(*) = d``) under the
         learned dictionary."""
-        X = X.reshape(X.shape[0], -1)
+        X = flatten_examples(X, "X")
         D = self._fitted(X)
         return self._codes(X.to(D), D)
 

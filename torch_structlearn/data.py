@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["batches", "first_batch", "MappedLoader", "require_reiterable"]
+__all__ = ["batches", "first_batch", "flatten_examples", "MappedLoader", "require_reiterable"]
 
 
 def require_reiterable(loader: Iterable, why: str) -> None:
@@ -23,6 +23,14 @@ def require_reiterable(loader: Iterable, why: str) -> None:
         raise TypeError(f"{why} reads the loader more than once: pass a re-iterable loader (a "
                         f"DataLoader or a list of batches), not a one-shot iterator "
                         f"({type(loader).__name__})")
+
+
+def flatten_examples(x: Tensor, name: str = "x") -> Tensor:
+    """``(N, *) → (N, prod(*))`` — images ``(N, C, H, W)`` become rows — also for an empty batch
+    (``N = 0``, where ``reshape(N, -1)`` is ambiguous); ``ValueError`` for fewer than 2 dims."""
+    if x.dim() < 2:
+        raise ValueError(f"{name} must be (N, d) or (N, C, H, W), got shape {tuple(x.shape)}")
+    return x.flatten(1)
 
 
 def _extract(batch, key: str, index: int) -> Tensor:
@@ -64,7 +72,7 @@ def batches(loader: Iterable, *, key: str = "x", device=None, dtype=torch.float3
     n = 0
     for i, batch in enumerate(loader):
         x = _extract(batch, key, i)
-        x = x.reshape(x.shape[0], -1).to(device=device, dtype=dtype)
+        x = flatten_examples(x).to(device=device, dtype=dtype)
         if features is None:
             features = x.shape[1]
         elif x.shape[1] != features:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ._checks import image_shape as check_image_shape
 from ._checks import positive, positive_int
-from .data import batches, require_reiterable
+from .data import batches, flatten_examples, require_reiterable
 
 __all__ = ["ZCAWhitening"]
 
@@ -76,7 +76,7 @@ class ZCAWhitening(nn.Module):
         return bool(self._fitted)
 
     def _center(self, x: Tensor) -> Tensor:
-        x = x.reshape(x.shape[0], -1)
+        x = flatten_examples(x)
         if x.shape[1] != self.num_features:
             raise ValueError(f"expected {self.num_features} features per example, got {x.shape[1]}")
         return x - x.mean(1, keepdim=True) if self.per_example_mean else x
@@ -142,7 +142,7 @@ class ZCAWhitening(nn.Module):
         if self.kernel_size is None:
             return x @ self.matrix  # matrix is symmetric
         out = F.conv2d(x.view(-1, *self.image_shape), self.weight, padding=self.kernel_size // 2)
-        return out.reshape(x.shape[0], -1)
+        return out.flatten(1)
 
     def extra_repr(self) -> str:
         conv = (f", image_shape={self.image_shape}, kernel_size={self.kernel_size}"
