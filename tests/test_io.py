@@ -58,6 +58,9 @@ def test_save_errors(tmp_path):
     with pytest.raises(TypeError, match="JSON-serialisable"):
         tsl.save(_layer(), tmp_path / "x", metadata={"a": object()})
     assert not (tmp_path / "x").exists()
+    with pytest.raises(IsADirectoryError, match="is a folder: give a file path such as"):
+        tsl.save(_layer(), tmp_path)
+    assert list(tmp_path.iterdir()) == [] and list(tmp_path.parent.glob(".*.tmp")) == []
 
 
 def test_failed_write_keeps_old_file(tmp_path, monkeypatch):

@@ -98,6 +98,9 @@ def _digest(header: str, tensors: dict[str, torch.Tensor]) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give a file path such as "
+                                f"{path / 'structure.safetensors'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
