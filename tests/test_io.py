@@ -63,6 +63,20 @@ def test_save_errors(tmp_path):
     assert list(tmp_path.iterdir()) == [] and list(tmp_path.parent.glob(".*.tmp")) == []
 
 
+def test_saved_files_get_the_mode_open_would_give(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        path = tsl.save(_layer(), tmp_path / "new.safetensors")
+        assert path.stat().st_mode & 0o777 == 0o640  # 0o666 minus the umask, not mkstemp's 0o600
+        path.chmod(0o604)
+        tsl.save(_layer(seed=1), path)  # an overwritten file keeps its mode
+        assert path.stat().st_mode & 0o777 == 0o604
+    finally:
+        os.umask(old)
+
+
 def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
     path = tsl.save(_layer(seed=0), tmp_path / "l.safetensors")
     before = path.read_bytes()
