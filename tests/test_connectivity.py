@@ -82,6 +82,21 @@ def test_descending_across_row_boundary_is_fine():
     assert c.to_mask().nonzero().tolist() == [[0, 3], [0, 4], [1, 0]]
 
 
+@pytest.mark.parametrize("seed", ["a", 1.5, True])
+def test_random_seed_must_be_an_int(seed):
+    import numpy as np
+
+    from torch_structlearn import StructLearnedStack
+
+    with pytest.raises(TypeError, match=f"seed must be an int, got {type(seed).__name__}"):
+        Connectivity.random((4, 6), fan_in=2, seed=seed)
+    stack = StructLearnedStack(6, 4, max_depth=2, density=0.5, group_size=2)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        StructLearnedStack.random_like(stack, seed=seed)
+    assert Connectivity.random((4, 6), fan_in=2, seed=np.int64(3)) == Connectivity.random(
+        (4, 6), fan_in=2, seed=3)
+
+
 def test_immutable():
     c = Connectivity.random((4, 6), fan_in=2, seed=0)
     with pytest.raises(AttributeError):

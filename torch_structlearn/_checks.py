@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -14,6 +15,14 @@ def positive_int(name: str, v) -> int:
     if v < 1:
         raise ValueError(f"{name} must be >= 1, got {v}")
     return v
+
+
+def seed(name: str, v) -> int:
+    """``v`` as an int (numpy's integers included), else ``TypeError`` naming ``name``: a float
+    or a string would be truncated or fail deep inside ``Generator.manual_seed``."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+    return int(v)
 
 
 def choice(name: str, v, options):

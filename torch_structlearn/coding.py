@@ -15,7 +15,6 @@ worst-reconstructed samples).
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Iterable
 
@@ -24,6 +23,7 @@ from einops import rearrange
 from torch import Tensor
 
 from ._checks import fraction, penalty, positive_int
+from ._checks import seed as check_seed
 from .data import batches, flatten_examples, require_reiterable
 
 __all__ = ["fista", "objective", "prox", "DictionaryLearner"]
@@ -228,11 +228,10 @@ class DictionaryLearner:
         positive_int("max_iter", max_iter)
         positive_int("dict_steps", dict_steps)
         penalty("tol", tol)
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+        seed = check_seed("seed", seed)
         self.n_atoms, self.lam1, self.lam_g, self.group_size = n_atoms, lam1, lam_g, group_size
         self.nonneg, self.active_fraction, self.epochs = nonneg, active_fraction, epochs
-        self.max_iter, self.tol, self.seed, self.device = max_iter, tol, int(seed), device
+        self.max_iter, self.tol, self.seed, self.device = max_iter, tol, seed, device
         if memory is not None:
             positive_int("memory", memory)
         self.key, self.verbose, self.memory, self.dict_steps = key, verbose, memory, dict_steps

@@ -17,6 +17,7 @@ from torch import Tensor
 from ._checks import block as _check_block
 from ._checks import choice
 from ._checks import density as _check_density
+from ._checks import seed as check_seed
 
 __all__ = ["Connectivity", "validate_csr", "csr_transpose", "fan_in_for_density", "row_of_entries",
            "bsr_to_csr"]
@@ -305,9 +306,7 @@ class Connectivity:
             fan_in = fan_in_for_density(density, cols)
         if isinstance(fan_in, bool) or not isinstance(fan_in, int) or not 0 <= fan_in <= cols:
             raise ValueError(f"fan_in must be an int in [0, in_features={cols}], got {fan_in!r}")
-        gen = None
-        if seed is not None:
-            gen = torch.Generator().manual_seed(int(seed))
+        gen = None if seed is None else torch.Generator().manual_seed(check_seed("seed", seed))
         # argsort of iid uniforms = a uniform random subset per row.
         keys = torch.rand(rows, cols, generator=gen)
         picks = keys.topk(fan_in, dim=1).indices if fan_in else torch.empty(rows, 0, dtype=torch.int64)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import choice, positive_int
+from ._checks import seed as check_seed
 from .connectivity import Connectivity
 from .layers import StructLearnedLinear
 from .pooling import GroupPool, check_mode
@@ -247,7 +248,10 @@ class StructLearnedStack(nn.Module):
 
     @classmethod
     def random_like(cls, other: StructLearnedStack, *, seed: int | None = None) -> StructLearnedStack:
-        """Same depth, widths and per-unit fan-in as ``other``, random connectivity (a baseline)."""
+        """Same depth, widths and per-unit fan-in as ``other``, random connectivity (a baseline);
+        layer ``i`` draws with ``seed + i`` (``None``: torch's global generator)."""
+        if seed is not None:
+            seed = check_seed("seed", seed)
         new = cls(other.in_features, other.width, max_depth=other.max_depth, density=other.density,
                   group_size=other.group_size, pool=other.pool, min_gain=other.min_gain,
                   depth=other.depth, backend=other.backend, **other._factory, **other.learn_kw)
