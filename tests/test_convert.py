@@ -73,6 +73,8 @@ def test_select_linears_globs_and_regex():
         convert(model, _loader(), density=0.1, init="zeros", verbose=False)
     with pytest.raises(ValueError, match="density must be in"):
         convert(model, _loader(), density=2.0, verbose=False)
+    with pytest.raises(TypeError, match="seed must be an int, got str"):
+        convert(model, _loader(), density=0.1, seed="0", verbose=False)
     with pytest.raises(ValueError, match="a loader is needed"):
         convert(model, None, density=0.1, verbose=False)
     one_shot = iter(_loader())

@@ -64,6 +64,7 @@ def test_hflip_is_deterministic_for_a_seed_and_off_by_default():
     ({"lr": float("inf")}, "lr must be a finite number, got inf"),
     ({"epochs": 0}, "epochs must be >= 1, got 0"),
     ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ({"seed": 0.5}, "seed must be an int, got float 0.5"),
     ({"y": torch.zeros(7, dtype=torch.long)}, r"X and y must have the same length, got X \(8, 12\) and y \(7,\)"),
 ])
 def test_bad_arguments_are_named(kw, match):

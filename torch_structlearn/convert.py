@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ._checks import block as check_block
 from ._checks import choice, positive_int
 from ._checks import density as check_density
+from ._checks import seed as check_seed
 from .connectivity import Connectivity
 from .layers import StructLearnedLinear
 
@@ -126,6 +127,7 @@ def convert(
     choice("init", init, _INITS)
     positive_int("epochs", epochs)
     positive_int("rows_per_batch", rows_per_batch)
+    check_seed("seed", seed)
     if batches is not None:
         positive_int("batches", batches)
     names = select_linears(model, include, exclude)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import image_shape, penalty, positive, positive_int
+from ._checks import seed as check_seed
 
 __all__ = ["fit_classifier", "accuracy"]
 
@@ -43,7 +44,7 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
                              f"each row of X has {X[0].numel()}")
     positive("lr", lr)
     penalty("weight_decay", weight_decay)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(check_seed("seed", seed))
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     losses = []
