@@ -252,6 +252,9 @@ def test_group_pool_modes_and_learned_groups():
     assert pairs == {frozenset({0, 2}), frozenset({1, 3})}
     pool = GroupPool(2, permutation=perm)
     assert pool(H).shape == (5000, 2)
+    for wrong in (torch.cat([H, H], 1), H[:, :2]):  # 8 units were silently cut to the first 4
+        with pytest.raises(ValueError, match=r"learned groups pools 4 units, got input of shape"):
+            pool(wrong)
     with pytest.raises(ValueError, match="group_size must be >= 1, got 0"):
         learn_groups(H, 0)
     with pytest.raises(ValueError, match=r"H must be a 2-D \(N, K\) tensor, got \(4,\)"):

@@ -51,6 +51,9 @@ class GroupPool(nn.Module):
         if h.shape[-1] % self.group_size:
             raise ValueError(f"group_size={self.group_size} must divide the last dimension {h.shape[-1]}")
         if self.permutation is not None:
+            if h.shape[-1] != self.permutation.numel():
+                raise ValueError(f"GroupPool with learned groups pools {self.permutation.numel()} "
+                                 f"units, got input of shape {tuple(h.shape)}")
             h = h.index_select(-1, self.permutation)
         if self.mode == "l2":
             # sqrt has an infinite gradient at 0: a tiny floor keeps all-zero groups trainable.
