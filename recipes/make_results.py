@@ -238,19 +238,18 @@ ANALYSIS = {
         "issue's target names CIFAR-10 and MNIST only.)"),
     "density-fashion-mnist": (
         "The full setting on Fashion-MNIST (K = 1600, 55 000 images, 40 epochs, the validation "
-        "choices ZCA ε 2 and active fraction 0.05), two seeds so far — 75 min for seed 0 on the "
-        "2-core Intel Xeon CPU, 34 min for seed 1 on the 2-core AMD EPYC. Learned connectivity "
-        "beats random, the RBM, SNIP and SynFlow at every density on test (mean of 2 seeds), by "
-        "0.4 to 2.1 points. Random-local wiring is its match here: on test it is ahead of "
-        "learned at 1 % (by 0.50 points) and 2 % (0.22), and behind at 5, 10 and 25 % by only "
-        "0.05, 0.14 and 0.12 points (the first two inside one seed-to-seed standard deviation); "
-        "on validation "
-        "it is ahead at 1 and 2 % (by 0.11 and 0.76) and within 0.05 at 5 and 10 %. Seed 1 "
-        "repeats seed 0's ordering at 1 and 2 %. The --quick sweep showed the same (level with "
-        "or behind random-local from 2 %): on Fashion-MNIST the learned masks are worth their "
-        "locality, and not clearly more. The dense layer (89.73 ± 0.46 %) is 0.25 points ahead "
-        "of learned at 5 % (within its spread) and 0.38 and 0.32 behind at 10 and 25 %. Every network at 5 % or more fits the training "
-        "set exactly. (The issue's target names CIFAR-10 and MNIST only.)"),
+        "choices ZCA ε 2 and active fraction 0.05), 3 seeds — 75 min for seed 0 on the 2-core "
+        "Intel Xeon CPU, 34 and 32 min for seeds 1 and 2 on the 2-core AMD EPYC. Learned "
+        "connectivity beats random, the RBM, SNIP and SynFlow at every density on test, by 0.4 "
+        "to 2.1 points. Random-local wiring is its match here: on test it is ahead of learned "
+        "at 1 % (by 0.46 points) and 2 % (0.25), on every seed, and behind at 5, 10 and 25 % "
+        "by 0.13, 0.06 and 0.12 points (at 10 % on one seed of three); on validation it is "
+        "level at 1 %, ahead at 2 % (0.49), within 0.05 at 5 and 10 % and ahead at 25 % "
+        "(0.30). The --quick sweep showed the same (level with or behind random-local from "
+        "2 %): on Fashion-MNIST the learned masks are worth their locality, and not clearly "
+        "more. The dense layer (89.70 ± 0.33 %) is 0.22 points ahead of learned at 5 % and "
+        "0.35 behind it at 10 and 25 %. Every network at 5 % or more fits the training set "
+        "exactly. (The issue's target names CIFAR-10 and MNIST only.)"),
     "single-fashion-mnist-quick": (
         "As on MNIST, the fully connected layer wins on Fashion-MNIST, by one to two points: "
         "the learned layer keeps a twentieth of the weights. The single-layer advantage the "
