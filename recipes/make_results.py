@@ -248,7 +248,7 @@ ANALYSIS = {
         "(0.30). The --quick sweep showed the same (level with or behind random-local from "
         "2 %): on Fashion-MNIST the learned masks are worth their locality, and not clearly "
         "more. The dense layer (89.70 ± 0.33 %) is 0.22 points ahead of learned at 5 % and "
-        "0.35 behind it at 10 and 25 %. Every network at 5 % or more fits the training set "
+        "0.35 and 0.36 behind it at 10 and 25 %. Every network at 5 % or more fits the training set "
         "exactly. (The issue's target names CIFAR-10 and MNIST only.)"),
     "single-fashion-mnist-quick": (
         "As on MNIST, the fully connected layer wins on Fashion-MNIST, by one to two points: "
