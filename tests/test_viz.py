@@ -41,6 +41,10 @@ def test_centres_and_group_distance_of_planted_fields():
     assert between == pytest.approx((1 + 13 ** 0.5 + 13 ** 0.5 + 1) / 4)
     with pytest.raises(ValueError, match="group_size must be an integer >= 2 that divides out_features=4, got 3"):
         group_centre_distance(conn, (1, 4, 4), 3)
+    for bad, match in (([0, 1, 2], "permutation has 3 entries, num_features is 4"),
+                       ([0, 0, 1, 2], "permutation must be a permutation of range")):
+        with pytest.raises(ValueError, match=match):  # were an IndexError or a wrong grouping
+            group_centre_distance(conn, (1, 4, 4), 2, permutation=torch.tensor(bad))
 
 
 def test_spread_rejects_a_wrong_image_shape():
