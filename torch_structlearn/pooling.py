@@ -21,6 +21,20 @@ def check_mode(mode: str, name: str = "mode") -> str:
     return choice(name, mode, _MODES)
 
 
+def check_permutation(permutation, group_size: int, num_features: int | None = None) -> Tensor:
+    """``permutation`` as a ``(K,)`` long tensor when it is a permutation of ``range(K)`` whose
+    ``K`` is ``num_features`` (when given) and a multiple of ``group_size``, else ``ValueError``."""
+    permutation = torch.as_tensor(permutation, dtype=torch.long)
+    K = permutation.numel()
+    if num_features is not None and num_features != K:
+        raise ValueError(f"permutation has {K} entries, num_features is {num_features}")
+    if not torch.equal(permutation.sort().values, torch.arange(K)):
+        raise ValueError("permutation must be a permutation of range(num_features)")
+    if K % group_size:
+        raise ValueError(f"group_size={group_size} must divide num_features={K}")
+    return permutation
+
+
 class GroupPool(nn.Module):
     """Pool ``(*, K)`` → ``(*, K / group_size)`` over groups of units.
 
@@ -37,14 +51,7 @@ class GroupPool(nn.Module):
         positive_int("group_size", group_size)
         self.group_size, self.mode = group_size, check_mode(mode)
         if permutation is not None:
-            permutation = torch.as_tensor(permutation, dtype=torch.long)
-            K = permutation.numel()
-            if num_features is not None and num_features != K:
-                raise ValueError(f"permutation has {K} entries, num_features is {num_features}")
-            if not torch.equal(permutation.sort().values, torch.arange(K)):
-                raise ValueError("permutation must be a permutation of range(num_features)")
-            if K % group_size:
-                raise ValueError(f"group_size={group_size} must divide num_features={K}")
+            permutation = check_permutation(permutation, group_size, num_features)
         self.register_buffer("permutation", permutation)
 
     def forward(self, h: Tensor) -> Tensor:

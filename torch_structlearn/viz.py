@@ -16,7 +16,7 @@ from ._checks import positive_int
 from .connectivity import Connectivity
 from .io import _write_atomic
 from .layers import StructLearnedLinear
-from .pooling import GroupPool
+from .pooling import check_permutation
 
 __all__ = ["receptive_field_centres", "receptive_field_spread", "group_centre_distance",
            "save_receptive_fields"]
@@ -62,8 +62,8 @@ def group_centre_distance(connectivity: Connectivity, image_shape: tuple[int, in
         raise ValueError(f"group_size must be an integer >= 2 that divides out_features={K}, "
                          f"got {group_size!r}")
     centres = receptive_field_centres(connectivity, image_shape)
-    if permutation is not None:  # checked as GroupPool checks it: a permutation of range(K)
-        centres = centres[GroupPool(group_size, num_features=K, permutation=permutation).permutation]
+    if permutation is not None:
+        centres = centres[check_permutation(permutation, group_size, K)]
     dist = torch.cdist(centres, centres)
     group = torch.arange(K) // group_size
     same = group[:, None] == group[None, :]
