@@ -79,6 +79,13 @@ def test_inspect_png_hub_list_and_convert(tmp_path, capsys):
     path = hub.folders()[-1] / "mnist-single-d5" / "structure.safetensors"
     assert main(["inspect", str(path), "--png", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["inspect", str(path), "--png", str(png), "--image-shape", "1,28,28"]) == 0
+    for bad in ("28x28", "1,0,28", "28,28"):
+        with pytest.raises(SystemExit) as e:
+            main(["inspect", str(path), "--png", str(png), "--image-shape", bad])
+        assert e.value.code == 2
+        assert f"--image-shape: must be C,H,W positive integers, got '{bad}'" in \
+            capsys.readouterr().err
     out = tmp_path / "conv.safetensors"
     rc = main(["convert", "resnet18", "--dataset", "digits", "--include", "fc", "--density", "0.5",
                "--limit", "64", "--out", str(out), "--quiet"])

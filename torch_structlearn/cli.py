@@ -115,9 +115,7 @@ def _inspect(args) -> int:
     if args.png:
         from .viz import save_receptive_fields
 
-        shape = getattr(module, "input_shape", None)
-        if args.image_shape:
-            shape = tuple(int(v) for v in args.image_shape.split(","))
+        shape = args.image_shape or getattr(module, "input_shape", None)
         if shape is None:
             raise ValueError("--png needs --image-shape C,H,W for this file")
         save_receptive_fields(layers[0], shape, args.png)
@@ -214,6 +212,16 @@ def _nonnegative(text: str) -> float:
     return v
 
 
+def _shape(s: str) -> tuple[int, int, int]:
+    """An argparse type: an image shape written ``C,H,W`` (positive ints)."""
+    from ._checks import image_shape
+
+    try:
+        return image_shape("--image-shape", tuple(int(v) for v in s.split(",")))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"must be C,H,W positive integers, got {s!r}") from e
+
+
 def _fraction(s: str) -> float:
     from ._checks import fraction
 
@@ -266,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "first layer's receptive fields as an image grid.")
     i.add_argument("file")
     i.add_argument("--png", default=None, help="write the first layer's receptive fields here")
-    i.add_argument("--image-shape", default=None,
+    i.add_argument("--image-shape", type=_shape, default=None,
                    help="C,H,W of the first layer's input (classifier files know it)")
     h = sub.add_parser("hub", help="the hub of pretrained structures",
                        description="List the hub entries (the repo's hub/ and $STRUCTLEARN_HUB).")
@@ -294,16 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.command == "learn":
-            if args.density > 1:
-                p.error(f"--density must be in (0, 1], got {args.density}")
             return _learn(args)
         if args.command == "inspect":
             return _inspect(args)
         if args.command == "hub":
             return _hub_list(args)
         if args.command == "convert":
-            if args.density > 1:
-                p.error(f"--density must be in (0, 1], got {args.density}")
             return _convert(args)
         from .bench import main as bench_main
 
