@@ -139,7 +139,11 @@ def save(module: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | 
     """Write ``module``'s structure and weights to ``path`` (safetensors), atomically.
 
     Args:
-        module: a :class:`StructLearnedLinear`.
+        module: a :class:`StructLearnedLinear`, a :class:`StructLearnedStack`, a
+            :class:`StructLearnedClassifier` (whitening and head included), or any module
+            containing ``StructLearnedLinear`` layers (e.g. one converted by
+            :func:`torch_structlearn.convert`; saved by module name, weights of other layers
+            not included).
         path: destination file (parent folders are created).
         metadata: optional JSON-serialisable dict stored under ``header["user"]``.
     Returns:
@@ -438,8 +442,9 @@ def load_structures(path: str | os.PathLike, *, device=None) -> dict[str, Struct
 
 def load(path: str | os.PathLike, *, device=None) -> nn.Module | dict[str, StructLearnedLinear]:
     """Read a file written by :func:`save` and return the module (on ``device``, default CPU):
-    a ``StructLearnedLinear``, a ``StructLearnedStack``, or — for a file saved from a model with
-    converted layers — a dict ``{module name: StructLearnedLinear}``.
+    a ``StructLearnedLinear``, a ``StructLearnedStack``, a ``StructLearnedClassifier``, or —
+    for a file saved from a model with converted layers — a dict
+    ``{module name: StructLearnedLinear}``.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
