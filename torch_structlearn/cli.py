@@ -98,17 +98,10 @@ def _learn(args) -> int:
 
 def _inspect(args) -> int:
     from . import load
-    from .classifier import StructLearnedClassifier
-    from .layers import StructLearnedLinear
+    from .io import sparse_layers
 
     module = load(args.file)
-    if isinstance(module, dict):
-        layers = list(module.values())
-    elif isinstance(module, StructLearnedLinear):
-        layers = [module]
-    else:
-        stack = module.body if isinstance(module, StructLearnedClassifier) else module
-        layers = [b[0] for b in stack.layers]
+    layers = sparse_layers(module)
     print(args.file)
     if not isinstance(module, dict):
         print(f"  {type(module).__name__}: {module.extra_repr()}")

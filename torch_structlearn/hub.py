@@ -110,14 +110,7 @@ def load(name: str, *, device=None) -> nn.Module:
 
 def load_structure(name: str) -> _list[Connectivity]:
     """Only the connectivity of each sparse layer of the entry, bottom-up."""
-    from .classifier import StructLearnedClassifier
     from .io import load as load_file
-    from .layers import StructLearnedLinear
+    from .io import sparse_layers
 
-    module = load_file(_entry(name) / "structure.safetensors")
-    if isinstance(module, dict):
-        return [m.connectivity for m in module.values()]
-    if isinstance(module, StructLearnedLinear):
-        return [module.connectivity]
-    stack = module.body if isinstance(module, StructLearnedClassifier) else module
-    return [block[0].connectivity for block in stack.layers]
+    return [m.connectivity for m in sparse_layers(load_file(_entry(name) / "structure.safetensors"))]

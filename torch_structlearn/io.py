@@ -81,6 +81,13 @@ def _layers_of(module: nn.Module) -> tuple[str, dict[str, Any], list[StructLearn
                     f"containing StructLearnedLinear layers; got {type(module).__name__}")
 
 
+def sparse_layers(obj: nn.Module | dict[str, StructLearnedLinear]) -> list[StructLearnedLinear]:
+    """The ``StructLearnedLinear`` layers of what :func:`load` returns (or of any module
+    :func:`save` takes), bottom-up: a stack's or classifier's layers, a converted model's
+    layers in module order, or the values of a ``{name: layer}`` dict."""
+    return list(obj.values()) if isinstance(obj, dict) else _layers_of(obj)[2]
+
+
 _STACK_CONFIG = {"in_features": int, "width": int, "max_depth": int, "group_size": int,
                  "pool": str, "groups": str, "density": float, "min_gain": float}
 _STACKED = ("StructLearnedStack", "StructLearnedClassifier")
