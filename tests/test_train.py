@@ -82,6 +82,22 @@ def test_labels_must_be_integer_classes():
         accuracy(Recorder(12, 2), X, torch.zeros(3, dtype=torch.long))
 
 
+def test_empty_data_is_a_clear_error():
+    # before: ZeroDivisionError from the per-epoch mean loss and the accuracy's ratio
+    for fn in (fit_classifier, accuracy):
+        with pytest.raises(ValueError, match=r"X and y hold no examples \(X \(0, 12\), y \(0,\)\)"):
+            fn(Recorder(12, 2), torch.randn(0, 12), torch.zeros(0, dtype=torch.long))
+
+
+def test_verbose_shows_a_progress_bar_with_the_loss(capsys):
+    losses = fit_classifier(nn.Linear(12, 2), torch.randn(16, 12), torch.arange(16) % 2, epochs=3,
+                            batch_size=8, verbose=True)
+    err = capsys.readouterr().err
+    assert "training" in err and "3/3" in err and f"loss={losses[-1]:.4f}" in err
+    fit_classifier(nn.Linear(12, 2), torch.randn(16, 12), torch.arange(16) % 2, epochs=3)
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_accuracy_evaluates_in_eval_mode_and_restores_the_mode(training):
     seen = []

@@ -73,7 +73,8 @@ def _learn(args) -> int:
         model = models[name] = StructLearnedClassifier(whiten, body, n_classes, image_shape)
         t0 = time.perf_counter()
         fit_classifier(model, Xtr, ytr, epochs=args.epochs, lr=args.lr, seed=args.seed,
-                       weight_decay=args.weight_decay, hflip=image_shape if args.flip else None)
+                       weight_decay=args.weight_decay, hflip=image_shape if args.flip else None,
+                       verbose=verbose)
         acc = accuracy(model, Xte, yte)
         params = sum(p.numel() for p in body.parameters())
         rows.append({"structure": name, "depth": body.depth, "density": body.density,

@@ -22,6 +22,8 @@ def _check_xy(X, y) -> None:
     if X.dim() == 0 or len(X) != len(y):
         raise ValueError(f"X and y must have the same length, got X {tuple(X.shape)} and y "
                          f"{tuple(y.shape)}")
+    if len(y) == 0:
+        raise ValueError(f"X and y hold no examples (X {tuple(X.shape)}, y {tuple(y.shape)})")
 
 
 def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, lr: float = 1e-3,
@@ -33,7 +35,10 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
 
     ``hflip=(C, H, W)``: each training example, read as a ``(C, H, W)`` image, is mirrored
     left–right with probability 1/2 in every batch (augmentation; ``X`` may be flattened).
+    ``verbose``: a tqdm progress bar over the epochs, showing the last epoch's loss.
     """
+    from tqdm.auto import tqdm
+
     _check_xy(X, y)
     positive_int("epochs", epochs)
     positive_int("batch_size", batch_size)
@@ -49,7 +54,8 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     losses = []
     model.train()
-    for _ in range(epochs):
+    bar = tqdm(range(epochs), desc="training", unit="epoch", disable=not verbose)
+    for _ in bar:
         perm = torch.randperm(len(y), generator=g)
         total = 0.0
         for i in range(0, len(y), batch_size):
@@ -65,8 +71,7 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
             total += float(loss.detach()) * len(idx)
         sched.step()
         losses.append(total / len(y))
-        if verbose:
-            print(f"  epoch {len(losses)}: loss {losses[-1]:.4f}")
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
     model.eval()
     return losses
 
