@@ -30,15 +30,17 @@ def _expected(images):
     return x.float() / 255.0, torch.tensor([0, 0, 0, 1, 1, 1])
 
 
-def test_cifar_folder_is_decoded_then_read_from_the_cache(cifar_root):
+def test_cifar_folder_is_decoded_then_read_from_the_cache(cifar_root, capsys):
     root, images = cifar_root
     X, y = load_dataset("cifar10", "train", root=root)
     torch.testing.assert_close((X, y), _expected(images))
+    assert "decoding cifar10/train" in capsys.readouterr().err  # a progress bar while decoding
     caches = list((root.parent / "cache" / "decoded").iterdir())
     assert [p.suffix for p in caches] == [".pt"]  # one complete file, no temp file left
     for p in (root / "cifar10" / "train" / "cat").iterdir():
         p.write_bytes(b"")  # unreadable images: only the cache can answer now
     torch.testing.assert_close(load_dataset("cifar10", "train", root=root), (X, y))
+    assert "decoding" not in capsys.readouterr().err  # read from the cache, nothing decoded
 
 
 @pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b"not a torch file"])

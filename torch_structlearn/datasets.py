@@ -75,8 +75,11 @@ def _cifar10(root: Path, split: str) -> tuple[Tensor, Tensor]:
         blob = _read_cache(cache)
         if blob is not None:
             return blob[0].float() / 255.0, blob[1]
+    from tqdm.auto import tqdm
+
     ds = datasets.ImageFolder(str(folder), transform=transforms.PILToTensor())
-    xs = torch.stack([ds[i][0] for i in range(len(ds))])
+    xs = torch.stack([ds[i][0] for i in tqdm(range(len(ds)), desc=f"decoding {sub}/{split}",
+                                             unit="image", mininterval=1.0)])
     ys = torch.tensor(ds.targets, dtype=torch.long)
     buf = io.BytesIO()
     torch.save({"x": xs, "y": ys}, buf)
