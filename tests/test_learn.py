@@ -368,6 +368,15 @@ def test_whitening_rejects_a_bad_eps(eps, exc, match):
         ZCAWhitening(8, eps=eps)
 
 
+@pytest.mark.parametrize("value", [1, "no", None])
+def test_whitening_per_example_mean_must_be_a_bool(value):
+    # before: accepted, and a classifier saved with it could not be loaded again
+    # (the file format holds per_example_mean as a JSON bool)
+    with pytest.raises(TypeError, match=f"per_example_mean must be True or False, got "
+                                        f"{type(value).__name__} {value!r}"):
+        ZCAWhitening(8, per_example_mean=value)
+
+
 def test_whitening_refuses_to_run_before_it_is_fitted():
     X = torch.randn(200, 8) @ torch.randn(8, 8)
     with pytest.raises(RuntimeError, match=r"ZCAWhitening is not fitted: call \.fit\(loader\)"):

@@ -49,6 +49,9 @@ class ZCAWhitening(nn.Module):
         super().__init__()
         positive_int("num_features", num_features)
         self.num_features, self.eps = num_features, positive("eps", eps)
+        if not isinstance(per_example_mean, bool):  # saved files hold it as a JSON bool
+            raise TypeError(f"per_example_mean must be True or False, got "
+                            f"{type(per_example_mean).__name__} {per_example_mean!r}")
         self.per_example_mean = per_example_mean
         self.register_buffer("mean", torch.zeros(num_features))
         self.kernel_size, self.image_shape = kernel_size, None
