@@ -37,7 +37,9 @@ def test_an_empty_batch_gives_empty_logits_as_nn_linear_does():
 
 @pytest.mark.parametrize("kw, error, match", [
     ({"input_shape": (1, 3, 3)}, ValueError, "input_shape \\(1, 3, 3\\) has 9 features; whitening has 12"),
-    ({"input_shape": (3, -2, -2)}, ValueError, "input_shape must be positive ints, got \\(3, -2, -2\\)"),
+    ({"input_shape": (3, -2, -2)}, ValueError, "input_shape must be a non-empty tuple of positive ints, got \\(3, -2, -2\\)"),
+    ({"input_shape": ()}, ValueError, "input_shape must be a non-empty tuple of positive ints, got \\(\\)"),
+    ({"input_shape": 12}, ValueError, "input_shape must be a non-empty tuple of positive ints, got 12"),
     ({"num_classes": 0}, ValueError, "num_classes must be >= 1, got 0"),
     ({"num_classes": 2.0}, TypeError, "num_classes must be an int"),
     ({"whitening": "zca"}, TypeError, "whitening must be a ZCAWhitening, got str"),

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from torch import Tensor, nn
@@ -35,11 +36,10 @@ class StructLearnedClassifier(nn.Module):
         if not isinstance(body, StructLearnedStack):
             raise TypeError(f"body must be a StructLearnedStack, got {type(body).__name__}")
         positive_int("num_classes", num_classes)
-        if not positive_ints(input_shape):
-            raise ValueError(f"input_shape must be positive ints, got {tuple(input_shape)}")
-        d = 1
-        for s in input_shape:
-            d *= s
+        if not (isinstance(input_shape, (tuple, list)) and input_shape and positive_ints(input_shape)):
+            raise ValueError(f"input_shape must be a non-empty tuple of positive ints, got "
+                             f"{input_shape!r}")
+        d = math.prod(input_shape)
         if whitening.num_features != d or body.in_features != d:
             raise ValueError(f"input_shape {tuple(input_shape)} has {d} features; whitening has "
                              f"{whitening.num_features}, body.in_features is {body.in_features}")
