@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import struct
@@ -39,6 +40,7 @@ from safetensors.torch import save as _st_save
 from torch import nn
 
 from ._checks import block as check_block
+from ._checks import positive_ints
 from .connectivity import Connectivity, validate_csr
 from .layers import StructLearnedLinear
 from .pooling import GroupPool
@@ -355,11 +357,9 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
             _check_entry(path, raw, p + "pool_permutation", {"I64": torch.int64}, [out])
     if cls == "StructLearnedClassifier":
         shape = config["input_shape"]
-        if not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+        if not shape or not positive_ints(shape):
             _fail(path, f"input_shape must be a list of positive ints, got {shape!r}")
-        d = 1
-        for v in shape:
-            d *= v
+        d = math.prod(shape)
         if d != config["in_features"] or config["num_classes"] < 1:
             _fail(path, "input_shape / num_classes do not match the stack config")
         out = config["width"] // config["group_size"]
