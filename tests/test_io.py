@@ -244,3 +244,18 @@ def test_not_a_file_kinds(tmp_path):
             tsl.load(p)
     with pytest.raises(FileNotFoundError):
         tsl.load(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("shape", [[], [1, 0, 12], [1, True, 12], [1.0, 1, 12]])
+def test_classifier_file_with_a_bad_input_shape_is_refused(tmp_path, shape):
+    from torch_structlearn import hub
+
+    data = (hub.folders()[-1] / "mnist-single-d5" / "structure.safetensors").read_bytes()
+    raw, body = _raw_parts(data)
+    header = json.loads(raw["__metadata__"]["header"])
+    header["config"]["input_shape"] = shape
+    raw["__metadata__"]["header"] = json.dumps(header, sort_keys=True)
+    path = tmp_path / "f.safetensors"
+    path.write_bytes(_rebuild(raw, body))
+    with pytest.raises(StructureFileError, match=r"input_shape must be a list of positive ints"):
+        tsl.load(path)
