@@ -180,3 +180,22 @@ def test_convert_structure_that_does_not_fit_leaves_the_model_unchanged(tmp_path
         convert_structure(other, path)
     assert type(other[0]) is nn.Linear and type(other[2]) is nn.Linear
     assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
+
+
+def test_a_matched_layer_that_forward_never_calls_is_a_clear_error_and_nothing_changes():
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.spare = nn.Linear(16, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.used(x)
+
+    model = Model()
+    X = torch.randn(64, 16)
+    with pytest.raises(ValueError, match=r"layers \['spare'\] got no input .* exclude="):
+        convert(model, [X[:32], X[32:]], density=0.5, verbose=False, max_iter=5)
+    assert type(model.used) is nn.Linear and type(model.spare) is nn.Linear
+    assert not model.used._forward_pre_hooks  # the capture hooks are removed
+    report = convert(model, [X[:32], X[32:]], density=0.5, exclude="spare", verbose=False, max_iter=5)
+    assert [r["name"] for r in report] == ["used"] and type(model.spare) is nn.Linear

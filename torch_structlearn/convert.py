@@ -154,8 +154,6 @@ def convert(
     if learn:
         learners = {n: DictionaryLearner(lin.out_features, seed=seed, verbose=False, **coding_kw)
                     for n, lin in linears.items()}
-        for lr in learners.values():
-            lr.dictionary_ = None
         gen = torch.Generator().manual_seed(seed)
 
         def hook(name):
@@ -171,6 +169,7 @@ def convert(
 
         handles = [lin.register_forward_pre_hook(hook(n)) for n, lin in linears.items()]
         was_training = model.training
+        device = next(iter(model.parameters()), torch.empty(0)).device
         model.eval()
         try:
             for _ in tqdm(range(epochs), desc="convert", unit="pass", disable=not verbose):
@@ -179,11 +178,15 @@ def convert(
                     if batches is not None and i >= batches:
                         break
                     x = _extract(batch, key, i)
-                    device = next(iter(model.parameters()), torch.empty(0)).device
                     model(x.to(device))
                     seen += 1
                 if seen == 0:
                     raise ValueError("the loader yielded no batches")
+                idle = [n for n, lr in learners.items() if not hasattr(lr, "dictionary_")]
+                if idle:
+                    raise ValueError(f"layers {idle} got no input while the loader ran through "
+                                     "the model (does forward() call them?); leave them out with "
+                                     "exclude=")
                 for lr in learners.values():
                     lr._end_epoch()
         finally:
