@@ -96,3 +96,19 @@ def test_inspect_png_hub_list_and_convert(tmp_path, capsys):
     assert main(["convert", "resnet18", "--include", "nothing", "--limit", "8", "--quiet",
                  "--out", str(out)]) == 2
     assert "no nn.Linear matches" in capsys.readouterr().err
+
+
+def test_an_out_path_of_the_wrong_kind_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import torch_structlearn.datasets as datasets
+
+    def no_data(*args, **kw):
+        raise AssertionError("the data was loaded before --out was checked")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_data)
+    afile = tmp_path / "taken"
+    afile.write_text("x")
+    assert main(["learn", "--quiet", "--out", str(afile)]) == 2
+    assert f"--out {afile} is a file; give a folder" in capsys.readouterr().err
+    assert main(["convert", "resnet18", "--quiet", "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder; give a file path" in capsys.readouterr().err
+    assert afile.read_text() == "x"

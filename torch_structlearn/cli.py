@@ -34,6 +34,10 @@ def _learn(args) -> int:
     from .viz import save_receptive_fields
     from .whitening import ZCAWhitening
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # checked now, not when the results are written
+        raise ValueError(f"--out {out} is a file; give a folder (it receives structure.safetensors, "
+                         "receptive_fields.png and results.json)")
     t_start = time.perf_counter()
     torch.manual_seed(args.seed)
     Xtr, ytr = load_dataset(args.dataset, "train", args.data_root, args.limit)
@@ -41,7 +45,6 @@ def _learn(args) -> int:
     image_shape = tuple(Xtr.shape[1:])
     d = Xtr[0].numel()
     n_classes = int(max(ytr.max(), yte.max())) + 1
-    out = Path(args.out)
     verbose = not args.quiet
     print(f"{args.dataset}: {len(ytr)} train / {len(yte)} test images of shape {image_shape}")
 
@@ -151,6 +154,10 @@ def _convert(args) -> int:
     from .datasets import load_dataset
     from .io import _write_atomic
 
+    out = Path(args.out)
+    if out.is_dir():  # checked now, not after the conversion
+        raise ValueError(f"--out {out} is a folder; give a file path such as "
+                         f"{out / 'structures.safetensors'}")
     X, y = load_dataset(args.dataset, "train", args.data_root, args.limit)
     n_classes = int(y.max()) + 1
     model = timm.create_model(args.model, pretrained=False, num_classes=n_classes)
@@ -167,7 +174,6 @@ def _convert(args) -> int:
     report = convert(model, loader, density=args.density, include=args.include,
                      exclude=args.exclude, init=args.init, batches=args.batches,
                      verbose=not args.quiet)
-    out = Path(args.out)
     save(model, out, metadata={"model": args.model, "dataset": args.dataset,
                                "command": " ".join(sys.argv), "report": report})
     buf = io.BytesIO()
