@@ -133,6 +133,15 @@ def test_transform_and_score_need_a_fitted_dictionary_of_the_data_size():
     assert learner.transform(X[:0]).shape == (0, 8)  # an empty batch, as nn.Linear allows
     before = learner.dictionary_.clone()
     assert learner.partial_fit(X[:0]) is learner and torch.equal(learner.dictionary_, before)
+    bad = X.clone()
+    bad[5, 3] = float("inf")
+    with pytest.raises(ValueError, match="X contains NaN or Inf"):
+        learner.partial_fit(bad)
+    assert torch.equal(learner.dictionary_, before)
+    fresh = DictionaryLearner(8, seed=0)  # the first batch too (it sets lam1='auto')
+    bad[5, 3] = float("nan")
+    with pytest.raises(ValueError, match="X contains NaN or Inf"):
+        fresh.partial_fit(bad)
 
 
 @pytest.mark.parametrize("kw, err, match", [

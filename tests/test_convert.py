@@ -182,7 +182,7 @@ def test_convert_structure_that_does_not_fit_leaves_the_model_unchanged(tmp_path
     assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
 
 
-def test_a_matched_layer_that_forward_never_calls_is_a_clear_error_and_nothing_changes():
+def test_a_layer_forward_never_calls_or_nan_input_is_a_clear_error_and_nothing_changes():
     class Model(nn.Module):
         def __init__(self):
             super().__init__()
@@ -197,5 +197,10 @@ def test_a_matched_layer_that_forward_never_calls_is_a_clear_error_and_nothing_c
         convert(model, [X[:32], X[32:]], density=0.5, verbose=False, max_iter=5)
     assert type(model.used) is nn.Linear and type(model.spare) is nn.Linear
     assert not model.used._forward_pre_hooks  # the capture hooks are removed
+    X[40, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"layer 'used' input: X contains NaN or Inf"):
+        convert(model, [X[:32], X[32:]], density=0.5, exclude="spare", verbose=False, max_iter=5)
+    assert type(model.used) is nn.Linear and not model.used._forward_pre_hooks
+    X[40, 3] = 0.0
     report = convert(model, [X[:32], X[32:]], density=0.5, exclude="spare", verbose=False, max_iter=5)
     assert [r["name"] for r in report] == ["used"] and type(model.spare) is nn.Linear

@@ -330,10 +330,12 @@ class DictionaryLearner:
     def partial_fit(self, X: Tensor) -> DictionaryLearner:
         """One online step on a batch ``X (N, ...)`` (flattened to ``(N, d)``): codes, then a
         dictionary update. The first call initialises the dictionary (and ``lam1='auto'``); an
-        empty batch (``N = 0``) changes nothing."""
+        empty batch (``N = 0``) changes nothing; NaN or Inf in ``X`` is a ``ValueError``."""
         X = flatten_examples(X, "X").to(device=self.device or X.device, dtype=torch.float32)
         if X.shape[0] == 0:
             return self
+        if not bool(torch.isfinite(X).all()):
+            raise ValueError("X contains NaN or Inf")
         if getattr(self, "dictionary_", None) is None:
             self._distributed = (self.distributed if self.distributed is not None else _world() > 1)
             self._init(X)

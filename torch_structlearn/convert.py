@@ -163,7 +163,10 @@ def convert(
                     idx = torch.randperm(x.shape[0], generator=gen)[:rows_per_batch].to(x.device)
                     x = x[idx]
                 t0 = time.perf_counter()
-                learners[name].partial_fit(x)
+                try:
+                    learners[name].partial_fit(x)
+                except ValueError as e:  # NaN/Inf activations: say which layer got them
+                    raise ValueError(f"layer {name!r} input: {e}") from None
                 seconds[name] += time.perf_counter() - t0
             return pre
 
