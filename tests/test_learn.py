@@ -352,6 +352,8 @@ def test_convolutional_whitening_approximates_the_full_zca(tmp_path):
         ZCAWhitening(256, image_shape=(1, 16, 16), kernel_size=4)
     with pytest.raises(ValueError, match="C\\*H\\*W = num_features = 256"):
         ZCAWhitening(256, image_shape=(1, 8, 8), kernel_size=3)
+    with pytest.raises(ValueError, match=r"image_shape=\(1, 16, 16\) is only used with kernel_size"):
+        ZCAWhitening(256, image_shape=(1, 16, 16))
     one_shot = iter(_loader(train, 500))
     with pytest.raises(TypeError, match="kernel_size whitening reads the loader more than once: pass a re-iterable loader"):
         ZCAWhitening(256, image_shape=(1, 16, 16), kernel_size=3).fit(one_shot)

@@ -56,6 +56,9 @@ class ZCAWhitening(nn.Module):
         self.register_buffer("mean", torch.zeros(num_features))
         self.kernel_size, self.image_shape = kernel_size, None
         if kernel_size is None:
+            if image_shape is not None:  # it would be ignored: the matrix needs no shape
+                raise ValueError(f"image_shape={image_shape!r} is only used with kernel_size (the "
+                                 "convolution whitening); leave it out, or give kernel_size")
             self.register_buffer("matrix", torch.eye(num_features))
         else:
             positive_int("kernel_size", kernel_size)
