@@ -325,8 +325,11 @@ ANALYSIS = {
     "cnn-cifar10-quick": (
         "For context only: a small CNN trained with the same recipe (whose learning rate was "
         "tuned for the sparse layers, not for it — one seed ends several points below the "
-        "other two) beats every single-layer structure here by a wide margin, the full-scale "
-        "ones included, as expected from convolution's built-in locality and weight sharing."),
+        "other two) is 14 points above the learned single layer at the same --quick scale "
+        "(47.27 %), as expected from convolution's built-in locality and weight sharing. It is "
+        "not a reference for the full-scale runs: it has 64 hidden units, 10 000 training "
+        "images and 8 epochs, and the full-scale learned layer trained with flips and weight "
+        "decay (63.61 %, the single-layer section marked *training: …*) is above it."),
 }
 
 
