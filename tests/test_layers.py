@@ -76,6 +76,26 @@ def test_load_state_dict_rejects_invalid_structure():
         StructLearnedLinear(4, 3, density=0.5).load_state_dict(sd)
 
 
+@pytest.mark.parametrize("block", [None, (2, 4)])
+def test_load_state_dict_with_values_of_the_wrong_size_changes_nothing(block):
+    torch.manual_seed(0)
+    layer = StructLearnedLinear(16, 8, density=0.25, block=block)
+    other = StructLearnedLinear(16, 8, density=0.5, block=block)  # another structure
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    sd = other.state_dict()
+    sd["values"] = sd["values"][:-1]
+    with pytest.raises(RuntimeError, match=r"size mismatch for values: the saved structure has"):
+        layer.load_state_dict(sd)
+    after = layer.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())  # structure, values, bias
+    # strict=False without values: the saved structure with a Kaiming init, not raw memory
+    sd = other.state_dict()
+    del sd["values"]
+    assert layer.load_state_dict(sd, strict=False).missing_keys == ["values"]
+    assert layer.connectivity == other.connectivity
+    assert bool(layer.values.isfinite().all()) and layer.values.abs().max() <= 8**-0.5
+
+
 def test_deepcopy_to_dtype_and_repr():
     a = StructLearnedLinear(10, 6, density=0.2, backend="csr")
     b = copy.deepcopy(a)

@@ -341,7 +341,8 @@ class StructLearnedLinear(nn.Module):
     # ------------------------------------------------------------------ state dict
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
         """Accept a state dict with a *different* structure of the same shape: the CSR
-        buffers are validated, then ``values`` and the buffers are resized before copying."""
+        buffers and the size of ``values`` are validated, then ``values`` and the buffers are
+        resized before copying (an invalid structure changes nothing)."""
         crow = state_dict.get(prefix + "crow_indices")
         col = state_dict.get(prefix + "col_indices")
         if crow is not None and col is not None:
@@ -351,11 +352,20 @@ class StructLearnedLinear(nn.Module):
             except (TypeError, ValueError) as e:
                 errors.append(f"{prefix}crow_indices/col_indices: invalid structure: {e}")
                 return
+            want = self._values_shape(col.numel())
+            values = state_dict.get(prefix + "values")
+            if values is not None and tuple(values.shape) != want:  # before anything changes
+                errors.append(f"size mismatch for {prefix}values: the saved structure has "
+                              f"{col.numel()} {'blocks' if self.block else 'entries'}, so values "
+                              f"must have shape {want}, got {tuple(values.shape)}")
+                return
             if col.numel() != self.col_indices.numel() or not (
                 torch.equal(crow.to(self.crow_indices), self.crow_indices)
                 and torch.equal(col.to(self.col_indices), self.col_indices)
             ):
                 with torch.no_grad():
-                    self.values.data = self.values.new_empty(self._values_shape(col.numel()))
+                    self.values.data = self.values.new_empty(want)
                 self._set_structure(crow, col)
+                if values is None:  # strict=False without values: Kaiming init, not garbage
+                    self.reset_parameters()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
