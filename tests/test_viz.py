@@ -68,4 +68,6 @@ def test_save_receptive_fields_writes_mask_and_weight_per_unit(tmp_path):
         save_receptive_fields(layer, (1, 8, 8), path)
     with pytest.raises(ValueError, match="max_units must be >= 1, got 0"):
         save_receptive_fields(layer, (3, 8, 8), path, max_units=0)
+    with pytest.raises(TypeError, match="layer must be a StructLearnedLinear, got Linear"):
+        save_receptive_fields(torch.nn.Linear(192, 20), (3, 8, 8), path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rf.png"]  # no temporary file left

@@ -79,6 +79,8 @@ def save_receptive_fields(layer: StructLearnedLinear, image_shape: tuple[int, in
     The file is written atomically (an existing ``path`` is replaced only by a complete PNG)."""
     from torchvision.utils import save_image
 
+    if not isinstance(layer, StructLearnedLinear):
+        raise TypeError(f"layer must be a StructLearnedLinear, got {type(layer).__name__}")
     positive_int("max_units", max_units)
     C, H, W = check_image_shape("image_shape", image_shape)
     if C * H * W != layer.in_features:
