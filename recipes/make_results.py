@@ -289,18 +289,21 @@ ANALYSIS = {
         "10 000 images); the full-scale run (the section before) does not reproduce it either."),
     "depth-cifar10-flip-wd0.001": (
         "The paper's scale (K = 1600, 45 000 training images, 5 dictionary passes, 40 epochs) "
-        "with the validation-chosen training recipe (flips, weight decay 0.001), one seed — "
-        "96 min on the 2-core CPU, of which about 10 were pauses for benchmarks and more went "
-        "to sharing the CPU with the test suite; the four layers' dictionaries took 77 min "
-        "(first layer 32, the others 12–21 each). Forced depth 1 (63.86 %) reproduces the single-layer run's seed 0 of the "
-        "same setting (63.40–63.81 % over its seeds). Depth 2 is level with it: 0.32 points "
-        "ahead on validation, 0.20 behind on test, both within that run's seed spread "
-        "(0.21 points). Depth 3 loses a point on test, depth 4 more than two. The score "
-        "falls with every layer (relative gains −0.36, −1.39, −1.23), so the stopping rule "
-        "keeps depth 1, level with the validation-best depth. The paper's claim that learned "
-        "depth beyond one layer helps is **not reproduced** at full scale either: a second "
-        "layer of the same width on the pooled features adds nothing measurable here. One "
-        "seed: differences below half a point are not resolved."),
+        "with the validation-chosen training recipe (flips, weight decay 0.001), two seeds run "
+        "one per command on the 2-core AMD EPYC CPU: 96 min for seed 0 (about 10 of them pauses "
+        "for benchmarks, more spent sharing the CPU with the test suite) and 53 min for seed 1; "
+        "growing the four layers took 77 and 49 min, the first layer's dictionary 32 and 29 of "
+        "them. The two seeds agree. Forced depth 1 (63.86, 63.99 %) is at or a little above the "
+        "single-layer run's seeds of the same setting (63.40–63.81 %). Depth 2 is ahead of it "
+        "on validation on both seeds (+0.32, +0.18 points) and behind on test on both (−0.20, "
+        "−0.92); depth 3 loses about a point on test and depth 4 about two. The score falls "
+        "with every layer on both seeds (relative gains −0.36, −1.39, −1.23 and −0.40, −1.39, "
+        "−0.79), so the stopping rule keeps depth 1, the test-best depth; picking the depth on "
+        "validation would take depth 2 on both seeds and give 63.37 % against the rule's "
+        "63.92 %. The paper's claim that learned depth beyond one layer helps is **not "
+        "reproduced** on CIFAR-10 at full scale: a second layer of the same width on the "
+        "pooled features adds nothing on test here. Two seeds: differences below about half a "
+        "point are not resolved."),
     "depth-mnist": (
         "The paper's scale on MNIST (K = 1600, 55 000 training images, 5 dictionary passes, "
         "40 epochs), three seeds — 71, 64 and 62 min on the 2-core CPU, of which the four "
