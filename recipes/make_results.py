@@ -330,9 +330,23 @@ ANALYSIS = {
         "tuned for the sparse layers, not for it — one seed ends several points below the "
         "other two) is 14 points above the learned single layer at the same --quick scale "
         "(47.27 %), as expected from convolution's built-in locality and weight sharing. It is "
-        "not a reference for the full-scale runs: it has 64 hidden units, 10 000 training "
-        "images and 8 epochs, and the full-scale learned layer trained with flips and weight "
-        "decay (63.61 %, the single-layer section marked *training: …*) is above it."),
+        "not a reference for the full-scale runs (64 hidden units, 10 000 training images, 8 "
+        "epochs): that is the CNN section marked *training: …*."),
+    "cnn-cifar10-flip-wd0.001": (
+        "For context: the same CNN at the full setting — 400 hidden units (the pooled width of "
+        "the K = 1600 runs), 45 000 training images, 40 epochs — with the full runs' training "
+        "recipe (flips, weight decay 0.001), three seeds run one per command on the 2-core AMD "
+        "EPYC CPU (11 min of training each). It reaches 71.97 %, 8.4 points above the learned "
+        "single layer of the same setting and recipe (63.61 %, the single-layer section marked "
+        "*training: …*) and 8.0 above the best learned stack (63.96 %, depth 1). It has "
+        "1.70 M weights against the learned network's 0.25 M (the 5 % first layer plus the "
+        "head), so it is not a like-for-like comparison in size. With this small hand-designed "
+        "CNN as the reference, the paper's claim that learned structures are comparable to "
+        "expert-designed ones is **not reproduced** here — convolution's "
+        "locality and weight sharing are worth about eight points on CIFAR-10 over the "
+        "learned sparse layer. The learning rate was chosen for the sparse layers, not for "
+        "the CNN, and it trains unevenly across seeds (training loss 0.37–0.68 after 40 "
+        "epochs, test 70.02–74.34 %)."),
 }
 
 
