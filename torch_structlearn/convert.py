@@ -165,7 +165,7 @@ def convert(
                 t0 = time.perf_counter()
                 try:
                     learners[name].partial_fit(x)
-                except ValueError as e:  # NaN/Inf activations: say which layer got them
+                except ValueError as e:  # e.g. NaN/Inf activations: say which layer got them
                     raise ValueError(f"layer {name!r} input: {e}") from None
                 seconds[name] += time.perf_counter() - t0
             return pre
