@@ -300,6 +300,19 @@ def test_stack_keeps_every_layer_when_min_gain_allows_and_random_like():
         assert a[0].connectivity != b[0].connectivity
 
 
+def test_random_like_copies_the_pooling_groups_without_sharing_them():
+    """The baseline gets the same learned groups in a module of its own: moving it (here to the
+    meta device) must leave the original stack where it was and working."""
+    stack = StructLearnedStack(16, 8, max_depth=1, density=0.5, group_size=4)
+    perm = torch.tensor([3, 0, 5, 1, 7, 2, 6, 4])
+    stack.layers[0][2] = GroupPool(4, num_features=8, permutation=perm)
+    rnd = StructLearnedStack.random_like(stack, seed=0)
+    assert torch.equal(rnd.layers[0][2].permutation, perm)
+    rnd.to("meta")
+    assert stack.layers[0][2].permutation.device.type == "cpu"
+    assert stack(torch.randn(2, 16)).shape == (2, 2)
+
+
 def test_single_layer_learn_structure_inits():
     X = _photo_crops(n=2000, size=8)
     layer = StructLearnedLinear(64, 32, density=0.1)

@@ -3,6 +3,7 @@ connectivity *and depth* are learned bottom-up from unlabelled data (DESIGN.md Â
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import time
@@ -263,5 +264,5 @@ class StructLearnedStack(nn.Module):
             conn = Connectivity.random((src.out_features, src.in_features), fan_in=int(fan[0]),
                                        seed=None if seed is None else seed + i)
             mine[0].set_connectivity(conn)
-            mine[2] = theirs[2]  # same pooling groups
+            mine[2] = copy.deepcopy(theirs[2])  # same pooling groups, in a module of its own
         return new
