@@ -76,6 +76,7 @@ def test_timm_entry_loads_as_the_model_with_learned_structures(tmp_path, monkeyp
 
 @pytest.mark.parametrize("name, folder", [("mnist-single-d5", "MNIST"),
                                           ("mnist-stack4-d5", "MNIST"),
+                                          ("fashion-mnist-stack-d5", "FashionMNIST"),
                                           ("cifar10-single-d5", "cifar10-jpeg")])
 def test_entry_accuracy_matches_card(name, folder):
     from torch_structlearn.datasets import load_dataset
