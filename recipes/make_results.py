@@ -879,7 +879,7 @@ def main() -> int:
     png = depth_plot(results)
     if png:
         lines += ["### Accuracy and score against depth", "", f"![accuracy and score vs depth]({png})", ""]
-    figs = {e: masks_figure(e) for e in ("mnist-single-d5", "cifar10-single-d5")}
+    figs = {e: masks_figure(e) for e in ("mnist-single-d5", "fashion-mnist-stack-d5", "cifar10-single-d5")}
     lines += ["### Learned receptive fields next to random ones", "",
               "The first 32 units of each hub entry's learned layer (top two rows: white = "
               "connected, channels averaged) and random masks of the same per-unit fan-in "
