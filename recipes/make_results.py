@@ -344,6 +344,16 @@ ANALYSIS = {
         "this small hand-designed CNN on every seed, so 'comparable to expert-designed "
         "structures' is **not reproduced**; the gap in points is smaller only because MNIST "
         "leaves less room."),
+    "cnn-fashion-mnist": (
+        "For context: the same CNN at Fashion-MNIST's full setting — 400 hidden units, 55 000 "
+        "training images, 40 epochs, the recipe and validation choices of the learned "
+        "Fashion-MNIST runs — three seeds run one per command on the 2-core AMD EPYC CPU "
+        "(10 min of training each). It reaches 92.11 %, 2.58 points above the learned single "
+        "layer of the same setting (89.53 %) and 2.00 above the best learned stack (90.11 %, "
+        "depth 2, the stopping rule's pick), ahead on every seed (91.90–92.25 % against at "
+        "most 90.27 %). It has 1.31 M weights against 0.10 M for the learned two-layer stack "
+        "and its head. So 'comparable to expert-designed structures' is **not reproduced** on "
+        "Fashion-MNIST either: the gap lies between MNIST's (0.5 points) and CIFAR-10's (8)."),
     "cnn-cifar10-flip-wd0.001": (
         "For context: the same CNN at the full setting — 400 hidden units (the pooled width of "
         "the K = 1600 runs), 45 000 training images, 40 epochs — with the full runs' training "
