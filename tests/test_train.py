@@ -82,6 +82,16 @@ def test_labels_must_be_integer_classes():
         accuracy(Recorder(12, 2), X, torch.zeros(3, dtype=torch.long))
 
 
+def test_non_finite_inputs_are_refused_before_training():
+    X = torch.randn(8, 12)
+    X[5, 3] = float("nan")
+    model = nn.Linear(12, 2)
+    before = model.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"X contains NaN or Inf \(first in example 5\)"):
+        fit_classifier(model, X, torch.zeros(8, dtype=torch.long))
+    assert torch.equal(model.weight, before)
+
+
 def test_empty_data_is_a_clear_error():
     # before: ZeroDivisionError from the per-epoch mean loss and the accuracy's ratio
     for fn in (fit_classifier, accuracy):

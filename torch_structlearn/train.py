@@ -31,7 +31,7 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
                    hflip: tuple[int, int, int] | None = None, verbose: bool = False) -> list[float]:
     """Train ``model`` (``X (N, ...)`` → logits) with Adam (L2 ``weight_decay``), cross-entropy
     and a cosine schedule; returns the mean training loss per epoch and leaves ``model`` in eval
-    mode. Deterministic for a seed.
+    mode. Deterministic for a seed. NaN or Inf in ``X`` is a ``ValueError`` before any step.
 
     ``hflip=(C, H, W)``: each training example, read as a ``(C, H, W)`` image, is mirrored
     left–right with probability 1/2 in every batch (augmentation; ``X`` may be flattened).
@@ -40,6 +40,9 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
     from tqdm.auto import tqdm
 
     _check_xy(X, y)
+    if X.is_floating_point() and not bool(torch.isfinite(X).all()):  # else every loss is NaN
+        row = int((~torch.isfinite(X.reshape(len(X), -1))).any(1).nonzero()[0])
+        raise ValueError(f"X contains NaN or Inf (first in example {row})")
     positive_int("epochs", epochs)
     positive_int("batch_size", batch_size)
     if hflip is not None:
