@@ -249,8 +249,9 @@ class StructLearnedStack(nn.Module):
 
     @classmethod
     def random_like(cls, other: StructLearnedStack, *, seed: int | None = None) -> StructLearnedStack:
-        """Same depth, widths and per-unit fan-in as ``other``, random connectivity (a baseline);
-        layer ``i`` draws with ``seed + i`` (``None``: torch's global generator)."""
+        """Same depth, widths, per-unit fan-in and pooling groups (copied) as ``other``, random
+        connectivity (a baseline); layer ``i`` draws with ``seed + i`` (``None``: torch's global
+        generator)."""
         if seed is not None:
             seed = check_seed("seed", seed)
         new = cls(other.in_features, other.width, max_depth=other.max_depth, density=other.density,
