@@ -81,6 +81,15 @@ def positive_ints(v) -> bool:
     return all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in v)
 
 
+def finite_examples(name: str, X: torch.Tensor) -> torch.Tensor:
+    """``X (N, ...)`` if no entry is NaN or Inf, else ``ValueError`` naming ``name`` and the
+    first example (row) that has one. Integer tensors pass unchecked."""
+    if X.is_floating_point() and not bool(torch.isfinite(X).all()):
+        row = int((~torch.isfinite(X.reshape(len(X), -1))).any(1).nonzero()[0])
+        raise ValueError(f"{name} contains NaN or Inf (first in example {row})")
+    return X
+
+
 def image_shape(name: str, v) -> tuple[int, int, int]:
     """``v`` as a ``(C, H, W)`` tuple of positive ints, else ``ValueError`` naming ``name``."""
     if not isinstance(v, (tuple, list)) or len(v) != 3 or not positive_ints(v):

@@ -22,7 +22,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from ._checks import fraction, penalty, positive_int
+from ._checks import finite_examples, fraction, penalty, positive_int
 from ._checks import seed as check_seed
 from .data import batches, flatten_examples, require_reiterable
 
@@ -334,8 +334,7 @@ class DictionaryLearner:
         X = flatten_examples(X, "X").to(device=self.device or X.device, dtype=torch.float32)
         if X.shape[0] == 0:
             return self
-        if not bool(torch.isfinite(X).all()):
-            raise ValueError("X contains NaN or Inf")
+        finite_examples("X", X)
         if getattr(self, "dictionary_", None) is None:
             self._distributed = (self.distributed if self.distributed is not None else _world() > 1)
             self._init(X)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._checks import image_shape, penalty, positive, positive_int
+from ._checks import finite_examples, image_shape, penalty, positive, positive_int
 from ._checks import seed as check_seed
 
 __all__ = ["fit_classifier", "accuracy"]
@@ -40,9 +40,7 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
     from tqdm.auto import tqdm
 
     _check_xy(X, y)
-    if X.is_floating_point() and not bool(torch.isfinite(X).all()):  # else every loss is NaN
-        row = int((~torch.isfinite(X.reshape(len(X), -1))).any(1).nonzero()[0])
-        raise ValueError(f"X contains NaN or Inf (first in example {row})")
+    finite_examples("X", X)  # else every loss is NaN
     positive_int("epochs", epochs)
     positive_int("batch_size", batch_size)
     if hflip is not None:
