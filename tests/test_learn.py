@@ -122,6 +122,7 @@ def test_bad_arguments_fail_before_work(kw, match):
     (dict(epoch=3), TypeError, "unexpected learning argument\\(s\\) \\['epoch'\\]"),
     (dict(score_samples=1), ValueError, "score_samples must be >= 2 \\(the score estimates entropies\\), got 1"),
     (dict(score_samples=100.0), TypeError, "score_samples must be an int"),
+    (dict(max_depth=2, depth=3), ValueError, "depth must be <= max_depth \\(2\\), got 3"),
 ])
 def test_stack_arguments_are_checked_at_construction(kw, err, match):
     with pytest.raises(err, match=match):

@@ -89,7 +89,7 @@ class StructLearnedStack(nn.Module):
             layer is learned, its units are regrouped by clustering on ``corr(h_j², h_k²)``
             (:func:`~torch_structlearn.pooling.learn_groups`).
         min_gain: stop when the relative gain of the coding-efficiency score falls below it.
-        depth: initial number of (random) blocks, default ``max_depth``.
+        depth: initial number of (random) blocks, 1 to ``max_depth``, default ``max_depth``.
         **learn_kw: defaults for :meth:`learn_structure` (``lam1``, ``lam_g``, ``epochs``,
             ``mode``, ``block``, ``nonneg``, ``active_fraction``, ``memory``, ``max_iter``,
             ``seed``, ``score_samples``, ``verbose``).
@@ -115,6 +115,8 @@ class StructLearnedStack(nn.Module):
         choice("groups", groups, ("contiguous", "learned"))
         self.groups = groups
         depth = max_depth if depth is None else positive_int("depth", depth)
+        if depth > max_depth:
+            raise ValueError(f"depth must be <= max_depth ({max_depth}), got {depth}")
         self.in_features, self.width, self.max_depth = in_features, width, max_depth
         self.density, self.group_size, self.pool, self.min_gain = density, group_size, pool, min_gain
         self.backend, self.learn_kw = backend, learn_kw
