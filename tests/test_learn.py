@@ -374,6 +374,28 @@ def test_convolutional_whitening_approximates_the_full_zca(tmp_path):
     assert len(next(one_shot)[0]) == 500  # refused before reading anything
 
 
+def test_a_failed_refit_keeps_the_fitted_whitening():
+    """The convolution whitening reads the loader twice; when the second pass fails, the module
+    keeps its previous fit whole (it used to hold the new mean with the old filter)."""
+    X = _photo_crops(n=600, size=8)
+    conv = ZCAWhitening(64, image_shape=(1, 8, 8), kernel_size=3).fit(_loader(X[:300], 100))
+    before = {k: v.clone() for k, v in conv.state_dict().items()}
+
+    class FailsOnSecondPass:
+        passes = 0
+
+        def __iter__(self):
+            self.passes += 1
+            if self.passes == 2:
+                raise OSError("disk went away")
+            return iter(_loader(3.0 * X[300:], 100))  # other statistics: a refit changes them
+
+    with pytest.raises(OSError, match="disk went away"):
+        conv.fit(FailsOnSecondPass())
+    after = conv.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 @pytest.mark.parametrize("eps, exc, match", [(0.0, ValueError, "eps must be > 0, got 0.0"),
                                               (-1, ValueError, "eps must be > 0, got -1"),
                                               (float("nan"), TypeError, "eps must be a finite number"),

@@ -111,23 +111,25 @@ class ZCAWhitening(nn.Module):
         evals, evecs = torch.linalg.eigh(cov)
         evals = evals.clamp_min(0)
         scale = (evals + self.eps * evals.mean()).rsqrt()
-        self.mean.copy_(mu.to(self.mean))
         matrix = (evecs * scale) @ evecs.T
-        if self.kernel_size is None:
-            self.matrix.copy_(matrix.to(self.matrix))
+        if self.kernel_size is not None:  # before any buffer changes: a failed pass keeps the old fit
+            weight = self._fit_filter(loader, key, mu.to(self.mean), matrix.float())
+            self.weight.copy_(weight)
         else:
-            self.weight.copy_(self._fit_filter(loader, key, matrix.float()))
+            self.matrix.copy_(matrix.to(self.matrix))
+        self.mean.copy_(mu.to(self.mean))
         self._fitted.fill_(True)
         return self
 
-    def _fit_filter(self, loader: Iterable, key: str, matrix: Tensor) -> Tensor:
-        """Least-squares ``(C, C, k, k)`` filter whose convolution reproduces ``x @ matrix``."""
+    def _fit_filter(self, loader: Iterable, key: str, mean: Tensor, matrix: Tensor) -> Tensor:
+        """Least-squares ``(C, C, k, k)`` filter whose convolution reproduces
+        ``(x − mean) @ matrix``."""
         c, k = self.image_shape[0], self.kernel_size
         A = torch.zeros(c * k * k, c * k * k, dtype=torch.float64)
         B = torch.zeros(c * k * k, c, dtype=torch.float64)
         for x in batches(loader, key=key):
             for xs in self._center(x).split(256):
-                xs = xs - self.mean.to(xs)
+                xs = xs - mean.to(xs)
                 target = (xs @ matrix.to(xs)).view(-1, *self.image_shape)
                 U = F.unfold(xs.view(-1, *self.image_shape), k, padding=k // 2)  # (n, C k², HW)
                 U = U.transpose(1, 2).reshape(-1, c * k * k).double()
