@@ -118,6 +118,35 @@ def test_dead_atoms_are_reinitialised():
     assert np.isfinite(dl.objective_).all()
 
 
+def test_a_refit_starts_afresh_and_a_failed_one_keeps_the_previous_fit():
+    g = torch.Generator().manual_seed(0)
+    X = [torch.randn(100, 20, generator=g) for _ in range(5)]
+    learner = DictionaryLearner(16, epochs=2, seed=0, verbose=False).fit(X)
+    fresh = DictionaryLearner(16, epochs=2, seed=0, verbose=False).fit(X)
+    assert torch.equal(learner.fit(X).dictionary_, fresh.dictionary_)  # no state carried over
+    codes = learner.transform(X[0])
+    assert torch.equal(learner.transform(X[0]), codes)  # transform changes no state
+    state = dict(vars(learner))
+    tensors = {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+    class FailsMidway:
+        def __iter__(self):
+            yield 3 * X[0]
+            raise OSError("disk went away")
+
+    with pytest.raises(OSError, match="disk went away"):
+        learner.fit(FailsMidway())
+    assert vars(learner).keys() == state.keys()
+    assert all(vars(learner)[k] is v for k, v in state.items())
+    assert all(torch.equal(getattr(learner, k), v) for k, v in tensors.items())
+    assert torch.equal(learner.transform(X[0]), codes)
+    unfitted = DictionaryLearner(16, epochs=1, verbose=False)
+    with pytest.raises(ValueError, match="no \\(non-empty\\) batches"):
+        unfitted.fit([])
+    with pytest.raises(RuntimeError, match="DictionaryLearner is not fitted"):  # not a crash
+        unfitted.transform(X[0])
+
+
 def test_transform_and_score_need_a_fitted_dictionary_of_the_data_size():
     learner = DictionaryLearner(8, epochs=1, seed=0)
     X = torch.randn(64, 16)

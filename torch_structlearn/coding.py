@@ -14,6 +14,7 @@ worst-reconstructed samples).
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Iterable
@@ -267,9 +268,13 @@ class DictionaryLearner:
         self._seen = 0
         self._memory = self.memory or 4 * N  # N is the global first batch when distributed
 
-    def _codes(self, X: Tensor, D: Tensor) -> Tensor:
-        # the dictionary moves little between batches: warm-start the power iteration
-        L, self._v = _lipschitz(D.T @ D, v=getattr(self, "_v", None))
+    def _codes(self, X: Tensor, D: Tensor, *, warm: bool = False) -> Tensor:
+        # while fitting the dictionary moves little between batches: warm-start the power
+        # iteration (``warm``); transform and score start cold, so they change no state and
+        # give the same codes every call
+        L, v = _lipschitz(D.T @ D, v=getattr(self, "_v", None) if warm else None)
+        if warm:
+            self._v = v
         return fista(X, D, lam1=self.lam1_, lam_g=self.lam_g_, group_size=self.group_size,
                      nonneg=self.nonneg, max_iter=self.max_iter, tol=self.tol, L=L)
 
@@ -342,7 +347,7 @@ class DictionaryLearner:
             self._reset_epoch()
         elif X.shape[1] != self.dictionary_.shape[0]:
             raise ValueError(f"X has {X.shape[1]} features, the dictionary {self.dictionary_.shape[0]}")
-        A = self._codes(X, self.dictionary_)
+        A = self._codes(X, self.dictionary_, warm=True)
         self._f += float(objective(X, self.dictionary_, A, self.lam1_, self.lam_g_, self.group_size).sum())
         self._n += X.shape[0]
         self._active += (A != 0).sum(0).double()
@@ -375,22 +380,32 @@ class DictionaryLearner:
 
     def fit(self, loader: Iterable) -> DictionaryLearner:
         """Learn ``dictionary_`` from the batches of ``loader`` (tensors, ``(x, y)`` or dicts;
-        flattened to ``(N, d)``) over ``epochs`` passes."""
+        flattened to ``(N, d)``) over ``epochs`` passes. A refit starts afresh; when it fails
+        (an error in the loader, ``KeyboardInterrupt``) the previous fit is restored whole."""
         from tqdm.auto import tqdm
 
         if self.epochs > 1:
             require_reiterable(loader, f"fit with epochs={self.epochs}")
         t0 = time.perf_counter()
-        self.dictionary_ = None
+        previous = vars(self).copy()
+        params = inspect.signature(type(self)).parameters
+        for name in [n for n in vars(self) if n not in params]:  # a refit starts afresh
+            delattr(self, name)
         bar = tqdm(total=self.epochs, desc="dictionary", unit="epoch", disable=not self.verbose,
                    leave=False)
-        for epoch in range(self.epochs):
-            for X in batches(loader, key=self.key, device=self.device):
-                self.partial_fit(X)
-            self._end_epoch(reinit=epoch < self.epochs - 1)
-            bar.set_postfix(objective=f"{self.objective_[-1]:.4g}")
-            bar.update()
-        bar.close()
+        try:
+            for epoch in range(self.epochs):
+                for X in batches(loader, key=self.key, device=self.device):
+                    self.partial_fit(X)
+                self._end_epoch(reinit=epoch < self.epochs - 1)
+                bar.set_postfix(objective=f"{self.objective_[-1]:.4g}")
+                bar.update()
+        except BaseException:  # nothing lost: the previous fit (or none) comes back whole
+            vars(self).clear()
+            vars(self).update(previous)
+            raise
+        finally:
+            bar.close()
         self.seconds_ = time.perf_counter() - t0
         return self
 
