@@ -82,6 +82,21 @@ def test_labels_must_be_integer_classes():
         accuracy(Recorder(12, 2), X, torch.zeros(3, dtype=torch.long))
 
 
+@pytest.mark.parametrize("bad, match", [(-1, r"y must hold class indices >= 0, got -1 \(example 5\)"),
+                                        (3, r"y holds class 3 \(example 5\), but the model gives 2 logits")])
+def test_labels_outside_the_models_classes_are_refused_before_any_step(bad, match):
+    # before: IndexError 'Target 3 is out of bounds.' from cross_entropy, naming neither y nor
+    # the example; accuracy counted such labels as wrong answers
+    X, y = torch.randn(8, 12), torch.arange(8) % 2
+    y[5] = bad
+    model = nn.Linear(12, 2)
+    before = model.weight.detach().clone()
+    for fn in (fit_classifier, accuracy):
+        with pytest.raises(ValueError, match=match):
+            fn(model, X, y)
+    assert torch.equal(model.weight, before)
+
+
 def test_non_finite_inputs_are_refused_before_training():
     X = torch.randn(8, 12)
     X[5, 3] = float("nan")

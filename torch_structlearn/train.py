@@ -24,6 +24,18 @@ def _check_xy(X, y) -> None:
                          f"{tuple(y.shape)}")
     if len(y) == 0:
         raise ValueError(f"X and y hold no examples (X {tuple(X.shape)}, y {tuple(y.shape)})")
+    if int(y.min()) < 0:
+        raise ValueError(f"y must hold class indices >= 0, got {int(y.min())} (example "
+                         f"{int(y.argmin())})")
+
+
+def _check_classes(y: Tensor, logits: Tensor) -> None:
+    """``ValueError`` when a label of ``y`` has no logit in ``logits (n, classes)`` (checked on
+    the first batch, before any step)."""
+    classes = logits.shape[-1]
+    if int(y.max()) >= classes:
+        raise ValueError(f"y holds class {int(y.max())} (example {int(y.argmax())}), but the model "
+                         f"gives {classes} logits per example")
 
 
 def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, lr: float = 1e-3,
@@ -31,7 +43,8 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
                    hflip: tuple[int, int, int] | None = None, verbose: bool = False) -> list[float]:
     """Train ``model`` (``X (N, ...)`` → logits) with Adam (L2 ``weight_decay``), cross-entropy
     and a cosine schedule; returns the mean training loss per epoch and leaves ``model`` in eval
-    mode. Deterministic for a seed. NaN or Inf in ``X`` is a ``ValueError`` before any step.
+    mode. Deterministic for a seed. NaN or Inf in ``X``, and a label outside the model's
+    classes, are a ``ValueError`` before any step.
 
     ``hflip=(C, H, W)``: each training example, read as a ``(C, H, W)`` image, is mirrored
     left–right with probability 1/2 in every batch (augmentation; ``X`` may be flattened).
@@ -65,7 +78,10 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
             if hflip is not None:
                 flip = (torch.rand(len(idx), generator=g) < 0.5).view(-1, *[1] * (xb.dim() - 1))
                 xb = torch.where(flip, xb.reshape(len(idx), *hflip).flip(-1).reshape(xb.shape), xb)
-            loss = nn.functional.cross_entropy(model(xb), y[idx])
+            logits = model(xb)
+            if not losses and i == 0:
+                _check_classes(y, logits)
+            loss = nn.functional.cross_entropy(logits, y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -88,7 +104,10 @@ def accuracy(model: nn.Module, X: Tensor, y: Tensor, batch_size: int = 1024) -> 
     try:
         correct = 0
         for i in range(0, len(y), batch_size):
-            correct += int((model(X[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+            logits = model(X[i : i + batch_size])
+            if i == 0:
+                _check_classes(y, logits)
+            correct += int((logits.argmax(1) == y[i : i + batch_size]).sum())
     finally:
         model.train(was_training)
     return correct / len(y)
