@@ -212,6 +212,25 @@ ANALYSIS = {
         "(98.01 %, single-layer run). Every network fits the training set exactly (100 % training "
         "accuracy), so the order is one of generalisation: at this scale the 5 % learned mask is "
         "both the smaller and the better network, as on CIFAR-10."),
+    "mask-fashion-mnist": (
+        "The paper's scale on Fashion-MNIST (K = 1600, 55 000 images, 5 dictionary passes, 40 "
+        "epochs, the validation choices), three seeds on the 2-core AMD EPYC, 12-13 min each (24 s "
+        "of training per sparse network, 125 s for the dense one). The mask carries the benefit "
+        "here too: with the same random initialisation the learned mask is 0.81 points ahead of a "
+        "random mask of the same fan-in (89.36 against 88.55 %, ahead on every seed and on "
+        "validation), and the dictionary initialisation adds 0.06 point on test, inside the seed "
+        "spread (0.17 on validation). Unlike on MNIST and CIFAR-10, the dense layer started from the "
+        "dictionary is level with the learned mask: 0.12 points ahead on test (ahead on seeds 0 "
+        "and 1, behind on seed 2) and 0.19 ahead on validation, on every seed — as in the "
+        "single-layer comparison on this data set, where the fully connected layer is level too. "
+        "Every network fits the training set exactly. The same seed's learned 5 % layer (the "
+        "same data, dictionary settings and recipe) scored 89.21 / 89.55 / 89.49 % here, 89.44 / "
+        "89.64 / 89.52 % in the single-layer run and 89.41 / 89.55 / 89.49 % in the density sweep, "
+        "so on this data set a fixed seed reproduces only to about 0.2 point at full scale; "
+        "differences below that are not resolved. The --quick runs reproduce bit for bit, and so "
+        "do the full-scale whitened data and seed 0's learned dictionary (the same SHA-256 in two "
+        "processes), so the variation enters in the 40 epochs of supervised training (or with code "
+        "changes between the runs), not in the unsupervised part."),
     "mask-cifar10-flip-wd0.001": (
         "The paper's scale (K = 1600, 45 000 images, 5 dictionary passes, 40 epochs) with the "
         "validation-chosen training recipe (flips, weight decay 0.001), three seeds on the 2-core "
