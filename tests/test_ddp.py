@@ -32,14 +32,21 @@ def _train(model, step_batches):
 
 
 @contextlib.contextmanager
-def gloo(rank: int, world: int, port: int):
-    """A gloo process group on localhost for the body of the ``with``."""
+def gloo(rank: int, world: int, port: int, *, destroy: bool = True):
+    """A gloo process group on localhost for the body of the ``with``. ``destroy=False``: on
+    success the ranks meet at a barrier and the group is left for the process's exit (see
+    ``_fsdp_worker``)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    ok = False
     try:
         yield
+        ok = True
     finally:
-        dist.destroy_process_group()
+        if destroy or not ok:
+            dist.destroy_process_group()
+        else:
+            dist.barrier()
 
 
 def _worker(rank, world, port, out):
@@ -79,7 +86,7 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
 def _fsdp_worker(rank, world, port, out):
     from torch.distributed.fsdp import fully_shard
 
-    with gloo(rank, world, port):
+    with gloo(rank, world, port, destroy=False):
         model = _model()
         for block in (model[0], model[2]):
             fully_shard(block)
@@ -91,6 +98,10 @@ def _fsdp_worker(rank, world, port, out):
                 for k, v in model.state_dict().items()}
         if rank == 0:
             torch.save(full, out)
+    # Tearing down a gloo group that FSDP2 has used aborted a rank ("terminate called without an
+    # active exception", inside destroy_process_group after both ranks had passed a barrier) in
+    # 3 of 30 runs on torch 2.15 CPU; the result is already written, so leave without C++ teardown.
+    os._exit(0)
 
 
 def test_fsdp2_two_gloo_processes_match_single_process(tmp_path):
