@@ -3,7 +3,9 @@ network of DESIGN.md §2.6, one training recipe for every structure, and result 
 
 from __future__ import annotations
 
+import functools
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,6 +56,24 @@ def machine() -> str:
     return f"{m['cpu']}, {m['threads']} threads{gpu}, torch {m['torch']}"
 
 
+@functools.cache
+def code_version() -> str:
+    """The commit this process runs (the full hash, with ``-dirty`` when tracked files differ
+    from it), or ``"unknown"`` outside a git checkout; read once per process (``setup`` reads it first). With
+    :func:`machine` it says what a row's bits depend on: the same seed gives the same numbers
+    only on the same hardware with the same code (another CPU or kernel sums in another order)."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                              timeout=60)
+    try:
+        head, changed = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if head.returncode or changed.returncode:
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if changed.stdout.strip() else "")
+
+
 def data(dataset: str, n_train: int | None, n_val: int, root=None, eps: float = 0.1):
     """Whitened ``(train, val, test)`` splits; the validation split is held out of the training
     images (every choice is made on it, never on test). Whitening is fitted on train only."""
@@ -87,7 +107,8 @@ def train_eval(model: nn.Module, splits, *, seed: int, **fit) -> dict:
     of :func:`setup`); report validation/test accuracy, the training accuracy (on the images
     as they are, without the flips) and last epoch's mean training loss — what tells overfitting
     from underfitting — and the coding-efficiency score (entropy estimate) of the top hidden
-    layer's outputs on the validation images."""
+    layer's outputs on the validation images — and where the row was made (:func:`machine`,
+    :func:`code_version`), since a result extended over sessions may mix machines and commits."""
     (Xtr, ytr), (Xva, yva), (Xte, yte) = splits
     t0 = time.perf_counter()
     losses = fit_classifier(model, Xtr, ytr, seed=seed, **fit)
@@ -96,7 +117,8 @@ def train_eval(model: nn.Module, splits, *, seed: int, **fit) -> dict:
         hidden = model[:-1](Xva[:5000])  # everything but the head
     return {"val_accuracy": accuracy(model, Xva, yva), "test_accuracy": accuracy(model, Xte, yte),
             "train_accuracy": accuracy(model, Xtr, ytr), "train_loss": losses[-1],
-            **score_parts(hidden), "train_seconds": seconds}
+            **score_parts(hidden), "train_seconds": seconds, "machine": machine(),
+            "code": code_version()}
 
 
 def score_parts(hidden: torch.Tensor) -> dict:
@@ -301,6 +323,7 @@ def setup(args, name: str) -> dict:
     if args.seeds < 1 or args.first_seed < 0:
         raise SystemExit(f"--seeds must be >= 1 and --first-seed >= 0, got {args.seeds} and "
                          f"{args.first_seed}")
+    code_version()  # the commit is read now, before the run's long work (it is cached)
     wq, wf = args._widths
     cfg = {"K": args.width or (wq if args.quick else wf),
            "epochs": args.epochs or (8 if args.quick else 40),

@@ -280,6 +280,36 @@ def test_depth_experiment_truncates_one_grown_stack_as_the_stopping_rule_would(l
     assert exp.rule_depth([0.5, 0.2, -0.1, 0.3], 0.0) == 2
 
 
+def test_code_version_is_unknown_outside_a_git_checkout(common, monkeypatch, tmp_path):
+    common.code_version.cache_clear()
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    try:
+        assert common.code_version() == "unknown"
+    finally:
+        common.code_version.cache_clear()
+
+
+def test_code_version_marks_changed_tracked_files(common, monkeypatch, tmp_path):
+    """A commit plus ``-dirty`` when a tracked file differs from it (an untracked one does not)."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True,
+                              text=True).stdout.strip()
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("1")
+    git("add", "a.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    (tmp_path / "untracked.txt").write_text("x")
+    versions = []
+    for change in (None, "2"):
+        if change:
+            (tmp_path / "a.txt").write_text(change)
+        common.code_version.cache_clear()
+        versions.append(common.code_version())
+    common.code_version.cache_clear()
+    assert versions == [git("rev-parse", "HEAD"), git("rev-parse", "HEAD") + "-dirty"]
+
+
 def test_score_parts_add_up_to_the_score_and_match_scipy(common):
     """E = H − TC is the library's coding_efficiency; the kurtosis is scipy's (Fisher, biased)
     over the non-constant units, and the zero fraction counts exact zeros."""
@@ -382,8 +412,11 @@ def test_an_interrupted_experiment_resumes_with_the_rows_it_saved(monkeypatch, t
     out = json.loads((tmp_path / "single-mnist-quick.json").read_text())
     assert [r["method"] for r in out["rows"]] == ["learned", "fully connected"]
     assert out["rows"][0] == partial["rows"][0]
+    head = subprocess.run(["git", "-C", str(RECIPES.parent), "rev-parse", "HEAD"],
+                          capture_output=True, text=True).stdout.strip() or "unknown"
     for r in out["rows"]:
         assert 0.1 < r["train_accuracy"] <= 1 and r["train_loss"] > 0
+        assert r["machine"] == common.machine() and r["code"].removesuffix("-dirty") == head
     assert "--resume" not in out["command"] and not (tmp_path / "single-mnist-quick.partial.json").exists()
 
 
