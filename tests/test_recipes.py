@@ -356,6 +356,53 @@ def test_score_parts_section_pairs_learned_with_random_of_the_same_density_and_s
     assert mod.score_parts_section([{**res, "rows": rows[-1:]}]) == []
 
 
+def test_targets_section_judges_each_result_as_its_own_section_does(make_results):
+    """The summary judges the full CIFAR-10 single-layer results (63.0 % and +2.5 points, means
+    over seeds), every density sweep (a baseline level with learned at a density ≤ 10 % misses
+    it; 25 % does not count) and the pooled entropy–accuracy ρ, with the same words as the
+    sections below."""
+    mod = make_results
+    base = {"quick": False, "command": "python x", "machine": "m", "wall_seconds": 60, "n_train": 10,
+            "width": 8, "group_size": 4, "epochs": 1, "dict_epochs": 1, "seeds": 2,
+            "whiten_eps": 8.0, "active_fraction": 0.3, "dict_memory": "short"}
+
+    def single(learned, fc):
+        rows = [{"method": m, "seed": s, "test_accuracy": a + 0.001 * (2 * s - 1), "val_accuracy": a,
+                 "score": a} for s in (0, 1) for m, a in (("learned", learned), ("fully connected", fc))]
+        return {**base, "experiment": "single", "dataset": "cifar10", "rows": rows}
+
+    def density(random_at):
+        rows = [{"method": m, "density": d, "seed": s, "test_accuracy": acc}
+                for s in (0, 1, 2) for d in (0.02, 0.25)
+                for m, acc in (("learned", 0.9), ("random", random_at[d]))]
+        return {**base, "experiment": "density", "dataset": "mnist", "seeds": 3, "rows": rows}
+
+    met = single(0.635, 0.60)
+    close = single(0.635, 0.615)  # +2.0 points only
+    low = single(0.62, 0.50)  # far ahead but under 63 %
+    wins = density({0.02: 0.8, 0.25: 0.95})  # behind only at 25 %, which the target leaves out
+    tie = density({0.02: 0.9, 0.25: 0.8})
+    rows = mod.targets_section([met, close, low, wins, tie, {**met, "dataset": "mnist"}])
+    table = [r for r in rows if r.startswith("| learned")]
+    assert [r.split(" | ")[2].split(" — ")[0] for r in table] == [
+        "met", "**missed**", "**missed**", "met", "**missed**"]
+    assert "learned 63.50%, fully connected 60.00% (+3.50 points)" in table[0]
+    assert "2%: learned **not** best (beaten or tied by random)" in table[4]
+    for res, row in zip((met, close, low, wins, tie), table, strict=True):
+        section = (mod.grouped_section(res, "Single layer") if res["experiment"] == "single"
+                   else mod.density_section(res))
+        assert any(line.endswith(row.split(" | ")[2].removesuffix(" |") + ".") for line in section)
+    stats = pytest.importorskip("scipy.stats")
+    scored = [(r["score"], r["test_accuracy"]) for res in (met, close, low, met) for r in res["rows"]]
+    x, y = zip(*scored, strict=True)
+    rho = stats.spearmanr(x, y).statistic  # the density rows have no score
+    entropy = [r for r in rows if r.startswith("| positive")]
+    assert entropy == ["| positive entropy–accuracy rank correlation | all 16 trained networks "
+                       f"with a score | met — Spearman ρ {rho:+.3f} |"] and rho > 0
+    negative = mod.targets_section([{**met, "rows": [{**r, "score": -r["score"]} for r in met["rows"]]}])
+    assert negative[-2].endswith(f"| **missed** — Spearman ρ {-stats.spearmanr(x[:4], y[:4]).statistic:+.3f} |")
+
+
 # A parallel multiply of denormals: zeros only if every OpenMP thread flushes them.
 _DENORMALS_FLUSHED = ("import torch; torch.set_num_threads(2); "
                       "print(int(torch.full((1 << 20,), 1e-40).mul(1.0).count_nonzero()))")
