@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import random_local  # noqa: E402
-from common import add_args, data, finish, fit_kw, learn_kw, network, setup  # noqa: E402
+from common import add_args, code_version, data, finish, fit_kw, learn_kw, machine, network, setup  # noqa: E402
 
 from torch_structlearn import learn_structure  # noqa: E402
 from torch_structlearn.cli import _density, _fraction, _nonnegative, _positive  # noqa: E402
@@ -83,7 +83,8 @@ def main(argv=None) -> int:
             setting.update(flip=flip, weight_decay=weight_decay,
                            train_seconds=time.perf_counter() - t0)
         rows.append({"whiten_eps": eps, "method": method, "seed": seed, **setting,
-                     "val_accuracy": accuracy(model, Xva, yva)})
+                     "val_accuracy": accuracy(model, Xva, yva), "machine": machine(),
+                     "code": code_version()})
         print(f"ε {eps:<5} {method:>13} {setting}: val {rows[-1]['val_accuracy']:.4f}", flush=True)
 
     if args.training:
