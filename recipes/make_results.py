@@ -453,7 +453,9 @@ def density_section(res: dict) -> list[str]:
 def density_verdict(res: dict) -> tuple[bool, str] | None:
     """Whether learned connectivity beats every baseline at every density ≤ 10 % (mean over
     seeds; a tie counts against it), and the verdict in words ("met — 1%: learned best; …");
-    None without a learned row."""
+    None for a result other than a density sweep with a learned row."""
+    if res.get("experiment") != "density":
+        return None
     rows = res["rows"]
     methods = [m for m in ["learned", *BASELINES] if any(r["method"] == m for r in rows)]
     if "learned" not in methods:
@@ -587,7 +589,7 @@ def single_verdict(res: dict) -> tuple[bool, str] | None:
     """For a full-setting CIFAR-10 single-layer result: whether the learned layer reaches 63.0 %
     and 2.5 points over the fully connected one (means over seeds), and the verdict in words;
     None for any other result."""
-    if not (res["experiment"] == "single" and res["dataset"] == "cifar10" and not res["quick"]):
+    if not (res.get("experiment") == "single" and res["dataset"] == "cifar10" and not res["quick"]):
         return None
     acc = {m: statistics.mean(r["test_accuracy"] for r in res["rows"] if r["method"] == m)
            for m in ("learned", "fully connected")}
@@ -613,7 +615,7 @@ def targets_section(results: list[dict]) -> list[str]:
     titles = {"single": "Single layer", "density": "Density sweep"}
     for kind, judge in (("single", single_verdict), ("density", density_verdict)):
         for res in results:
-            verdict = judge(res) if res.get("experiment") == kind else None
+            verdict = judge(res)
             if verdict is not None:
                 lines.append(f"| {TARGETS[kind]} | {titles[kind]} — {res['dataset']}{_label(res)} "
                              f"| {verdict[1]} |")

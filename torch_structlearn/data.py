@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import Tensor
 
+from ._checks import finite_examples
+
 __all__ = ["batches", "first_batch", "flatten_examples", "MappedLoader", "require_reiterable"]
 
 
@@ -66,7 +68,7 @@ def batches(loader: Iterable, *, key: str = "x", device=None, dtype=torch.float3
     """Yield each batch of ``loader`` as a ``(N, d)`` tensor (images are flattened).
 
     Raises ``TypeError`` for batches that are not tensors/tuples/dicts, ``ValueError`` for
-    NaN/Inf (naming the batch index), a feature size that changes, or an empty loader.
+    NaN/Inf (naming the batch index and the example), a feature size that changes, or an empty loader.
     """
     features = None
     n = 0
@@ -79,8 +81,8 @@ def batches(loader: Iterable, *, key: str = "x", device=None, dtype=torch.float3
             raise ValueError(
                 f"batch {i}: feature size changed from {features} to {x.shape[1]}"
             )
-        if check_finite and not bool(torch.isfinite(x).all()):
-            raise ValueError(f"batch {i}: contains NaN or Inf")
+        if check_finite:
+            finite_examples(f"batch {i}:", x)
         if x.shape[0] == 0:
             continue
         n += 1
