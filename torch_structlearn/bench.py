@@ -34,8 +34,9 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from . import StructLearnedLinear  # noqa: E402
+from ._files import write_atomic as _write_atomic  # noqa: E402
+from ._files import write_json as _write_json  # noqa: E402
 from .cli import _density, _nonnegative, _positive  # noqa: E402
-from .io import _write_atomic, _write_json  # noqa: E402
 from .ops import BACKENDS, auto, available_backends  # noqa: E402
 
 CPU_SHAPES = [(256, 3072, 4096), (4096, 768, 3072)]  # (batch, in, out)

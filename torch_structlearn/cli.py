@@ -26,9 +26,9 @@ def _learn(args) -> int:
     from torch.utils.data import DataLoader, TensorDataset
 
     from . import save
+    from ._files import write_json as _write_json
     from .classifier import StructLearnedClassifier
     from .datasets import load_dataset
-    from .io import _write_json
     from .stack import StructLearnedStack
     from .train import accuracy, fit_classifier
     from .viz import save_receptive_fields
@@ -151,8 +151,8 @@ def _convert(args) -> int:
     from torch.utils.data import DataLoader, TensorDataset
 
     from . import convert, save
+    from ._files import write_atomic as _write_atomic
     from .datasets import load_dataset
-    from .io import _write_atomic
 
     out = Path(args.out)
     if out.is_dir():  # checked now, not after the conversion

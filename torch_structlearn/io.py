@@ -30,7 +30,6 @@ import math
 import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from torch import nn
 
 from ._checks import block as check_block
 from ._checks import positive_ints
+from ._files import write_atomic as _write_atomic
 from .connectivity import Connectivity, validate_csr
 from .layers import StructLearnedLinear
 from .pooling import GroupPool
@@ -104,36 +104,6 @@ def _digest(header: str, tensors: dict[str, torch.Tensor]) -> str:
         h.update(key.encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder: give a file path such as "
-                                f"{path / 'structure.safetensors'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file owner-only (0600); give it the mode open() would have given
-        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path: str | os.PathLike, obj: Any, *, indent: int = 1, **dumps_kw) -> None:
-    """Write ``obj`` as JSON text with a final newline, atomically (``dumps_kw``: json.dumps')."""
-    _write_atomic(Path(path), (json.dumps(obj, indent=indent, **dumps_kw) + "\n").encode())
 
 
 def _serialize(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> bytes:

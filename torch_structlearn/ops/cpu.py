@@ -1,18 +1,28 @@
 """``cpu`` backend: fused CSR kernels for row-major activations (``cpu_kernel.cpp``).
 
 torch's CSR product (MKL) wants the batch as columns, so the ``csr`` backend transposes every
-activation chunk in and out; at batch 4096 those copies cost as much as the products (see
-BENCHMARKS.md). The kernels in ``cpu_kernel.cpp`` transpose tiles of 32 batch rows in cache
-and compute all three products — forward, input gradient, values gradient — on them; the input
-gradient scatters through ``W``'s rows, so this backend needs no transposed structure.
+activation chunk in and out. The kernels in ``cpu_kernel.cpp`` transpose tiles of batch rows in
+cache and compute all three products — forward, input gradient, values gradient — on them; the
+input gradient scatters through ``W``'s rows, so this backend needs no transposed structure.
 
-The C++ source is compiled at first use with the system's C++ compiler (``$CXX``, else
-``g++``; ``-O3 -march=native -fopenmp``) into a cache directory (``$STRUCTLEARN_CACHE``, else
-``~/.cache/torch_structlearn``), keyed by the source, flags, compiler and CPU, and written
-atomically; later processes load the cached library in milliseconds. Without a compiler the
-backend is unavailable (``available()`` is False, ``error()`` says why) and ``auto`` uses
-``csr`` at ``csr``'s own measured crossover. float32 and float64 are computed natively;
-bf16/fp16 in float32 (as ``csr`` does).
+**Builds per instruction set.** The C++ source is compiled at first use with the system's C++
+compiler (``$CXX``, else ``g++``) for one *variant*, chosen by ``$STRUCTLEARN_CPU_ISA``:
+
+* ``native`` (default): ``-march=native``, i.e. this CPU's widest vectors (AVX-512, AVX2,
+  NEON, ...); if the compiler refuses ``-march=native``, its default target;
+* ``avx512`` (``-march=x86-64-v4``), ``avx2`` (``-march=x86-64-v3``: AVX2 + FMA — what most
+  x86 laptops and cloud VMs have): to build and measure one instruction set on a CPU that has
+  more (``STRUCTLEARN_CPU_ISA=avx2`` on an AVX-512 machine measures the AVX2 build); refused
+  on a CPU that lacks it;
+* ``generic``: the architecture's baseline (SSE2 on x86-64, NEON on aarch64).
+
+The vector width, tile height and register blocking follow the target at compile time (see
+``cpu_kernel.cpp``); :func:`info` says what the loaded build is. Libraries are kept in
+:func:`~torch_structlearn._files.cache_dir`, keyed by the source, flags, compiler, CPU and
+torch version, written atomically under a lock (processes starting together compile once);
+later processes load the cached library in milliseconds. Without a compiler the backend is
+unavailable (``available()`` is False, ``error()`` says why) and ``auto`` does without it.
+float32 and float64 are computed natively; bf16/fp16 in float32 (as ``csr`` does).
 
 Block layers (``values (nblocks, bo, bi)``, block-level ``crow``/``col``) run on the same tiles
 with register-blocked dense products per block (any block shape).
@@ -35,26 +45,40 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .._files import cache_dir, file_lock, write_atomic
+from ..connectivity import validate_csr
 from .csr import _compute_dtype
+
+__all__ = ["VARIANTS", "Kernels", "available", "build", "compiler", "cpu_flags", "error", "info",
+           "variant"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
+COMMON_FLAGS = ["-O3", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+_ARM64 = platform.machine().lower() in ("aarch64", "arm64")
+# variant -> the target flags to try, in order (the first that compiles wins)
+VARIANTS: dict[str, list[list[str]]] = {
+    "native": [["-march=native"], []],
+    "avx512": [["-march=x86-64-v4", "-mtune=native"]],
+    "avx2": [["-march=x86-64-v3", "-mtune=native"]],
+    "generic": [["-march=x86-64"] if _X86 else ["-march=armv8-a"] if _ARM64 else []],
+}
+# what the CPU must have to run a variant (Linux /proc/cpuinfo flag names)
+REQUIRES = {"avx512": {"avx512f", "avx2", "fma"}, "avx2": {"avx2", "fma"}}
 _NAMES = {(torch.float32, torch.int32): "f32_i32", (torch.float32, torch.int64): "f32_i64",
           (torch.float64, torch.int32): "f64_i32", (torch.float64, torch.int64): "f64_i64"}
 
-_lib: ctypes.CDLL | None = None
-_error: str | None = None
-_tried = False
-_ok = False  # a plain bool, so that torch.compile traces ``available()`` without ctypes
 
-
-def cache_dir() -> Path:
-    """Where compiled kernels are kept: ``$STRUCTLEARN_CACHE`` or ``~/.cache/torch_structlearn``."""
-    env = os.environ.get("STRUCTLEARN_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch_structlearn"
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def _cpu_id() -> str:
@@ -66,61 +90,167 @@ def _cpu_id() -> str:
         return platform.processor() or platform.machine()
 
 
-def _compile(cxx: str) -> Path:
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
-    tag = hashlib.sha256("\0".join(
-        [SOURCE.read_text(), " ".join(FLAGS), version, _cpu_id(), torch.__version__]).encode()
-    ).hexdigest()[:16]
-    target = cache_dir() / f"cpu_kernel-{tag}.so"
-    digest = target.with_suffix(".sha256")  # written after the library: a check of it
-    if target.exists() and digest.exists() and digest.read_text() == _sha256(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("compiling %s with %s (first use; a few seconds) into %s", SOURCE.name, cxx, target)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        proc = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
-        if proc.returncode:
-            raise RuntimeError(f"{cxx} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-        os.replace(tmp, target)  # atomic: a concurrent process sees no half-written library
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    from ..io import _write_atomic  # not at import: io imports the layers, which import ops
+def compiler() -> str:
+    """The C++ compiler the kernels are built with: ``$CXX``, else ``g++``."""
+    return os.environ.get("CXX") or "g++"
 
-    _write_atomic(digest, _sha256(target).encode())
-    return target
+
+def variant() -> str:
+    """The variant this process uses: ``$STRUCTLEARN_CPU_ISA``, default ``native``."""
+    return os.environ.get("STRUCTLEARN_CPU_ISA", "").strip() or "native"
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def compiler() -> str:
-    """The C++ compiler the kernels are built with: ``$CXX``, else ``g++``."""
-    return os.environ.get("CXX") or "g++"
+def _compile(cxx: str, flags: list[str]) -> Path:
+    """The library for ``flags``, compiled into the cache unless a checked copy is there."""
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
+    tag = hashlib.sha256("\0".join(
+        [SOURCE.read_text(), " ".join(flags), version, _cpu_id(), torch.__version__]).encode()
+    ).hexdigest()[:16]
+    target = cache_dir() / f"cpu_kernel-{tag}.so"
+    digest = target.with_suffix(".sha256")  # written after the library: a check of it
+
+    def cached() -> bool:
+        return target.exists() and digest.exists() and digest.read_text() == _sha256(target)
+
+    if cached():
+        return target
+    with file_lock(target.with_suffix(".lock")):  # one process compiles, the others wait
+        if cached():
+            return target
+        log.info("compiling %s with %s %s (first use; a few seconds) into %s", SOURCE.name, cxx,
+                 " ".join(flags), target)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            proc = subprocess.run([cxx, *flags, str(SOURCE), "-o", tmp], capture_output=True,
+                                  text=True)
+            if proc.returncode:
+                raise RuntimeError(f"{cxx} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+            os.replace(tmp, target)  # atomic: a concurrent reader sees no half-written library
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        write_atomic(digest, _sha256(target).encode())
+    return target
+
+
+class Kernels:
+    """One loaded build of ``cpu_kernel.cpp``: :meth:`forward` and :meth:`backward` on tensors.
+
+    Attributes: ``variant`` (as asked), ``isa`` (what the build targets: ``avx512``, ``avx2``,
+    ``sse2``, ``neon``, ...), ``vector_bytes``, ``tile_rows`` (the largest tile), ``flags``,
+    ``path`` (the library).
+    """
+
+    def __init__(self, path: Path, variant: str, flags: list[str]):
+        lib = ctypes.CDLL(str(path))
+        p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        for name in _NAMES.values():
+            fwd, bwd = getattr(lib, f"{name}_forward"), getattr(lib, f"{name}_backward")
+            fwd.argtypes = [p, i64, i64, p, p, p, i64, p, i64, i64, i64, p, c_int]
+            bwd.argtypes = [p, p, i64, i64, i64, p, p, p, i64, i64, i64, p, p, p, c_int]
+            fwd.restype = bwd.restype = c_int
+        lib.structlearn_isa.restype = ctypes.c_char_p
+        self._lib, self.path, self.variant, self.flags = lib, path, variant, flags
+        self.isa = lib.structlearn_isa().decode()
+        self.vector_bytes = int(lib.structlearn_vector_bytes())
+        self.tile_rows = int(lib.structlearn_tile_rows())
+
+    def __repr__(self) -> str:
+        return (f"Kernels(variant={self.variant!r}, isa={self.isa!r}, "
+                f"vector_bytes={self.vector_bytes}, tile_rows={self.tile_rows})")
+
+    def forward(self, x: Tensor, values: Tensor, crow: Tensor, col: Tensor,
+                bias: Tensor | None = None) -> Tensor:
+        """``y (N, out) = x (N, in) Wᵀ + bias``."""
+        dt, name, v, crow, col = _prepare(x, values, crow, col)
+        xc = x.to(dt).contiguous()
+        bo, bi = _block(v)
+        n, out = xc.shape[0], (crow.numel() - 1) * bo
+        b = _bias(bias, out, dt)
+        y = xc.new_empty(n, out)
+        if n and out:
+            _ok_or_raise(getattr(self._lib, f"{name}_forward")(
+                _ptr(xc), n, xc.shape[1], _ptr(v), _ptr(crow), _ptr(col), col.numel(), _ptr(b),
+                out, bo, bi, _ptr(y), torch.get_num_threads()), crow, col, (out // bo, xc.shape[1] // bi))
+        else:
+            y.zero_()
+        return y.to(x.dtype)
+
+    def backward(self, gy: Tensor, x: Tensor, values: Tensor, crow: Tensor, col: Tensor,
+                 need_input: bool, need_values: bool, need_bias: bool = False,
+                 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """``(gx (N, in), gv (values' shape), gb (out,))`` for ``gy (N, out)``; None where
+        not needed."""
+        dt, name, v, crow, col = _prepare(x, values, crow, col)
+        bo, bi = _block(v)
+        n, in_features = x.shape
+        out = (crow.numel() - 1) * bo
+        if tuple(gy.shape) != (n, out):
+            raise ValueError(f"gy must have shape (N, out_features) = ({n}, {out}), got "
+                             f"{tuple(gy.shape)}")
+        xc, gyc = x.to(dt).contiguous(), gy.to(dt).contiguous()
+        gx = xc.new_empty(n, in_features) if need_input else None  # the kernel writes all of it
+        gv = v.new_empty(v.shape) if need_values else None
+        gb = xc.new_empty(out) if need_bias else None
+        if n and out and (need_input or need_values or need_bias):
+            _ok_or_raise(getattr(self._lib, f"{name}_backward")(
+                _ptr(gyc), _ptr(xc), n, in_features, out, _ptr(v), _ptr(crow), _ptr(col),
+                col.numel(), bo, bi, _ptr(gx), _ptr(gv), _ptr(gb), torch.get_num_threads()),
+                crow, col, (out // bo, in_features // bi))
+        else:  # nothing flows: zero gradients
+            for t in (gx, gv, gb):
+                if t is not None:
+                    t.zero_()
+        return tuple(None if t is None else t.to(x.dtype) for t in (gx, gv, gb))
+
+
+def build(name: str = "native", extra_flags: tuple[str, ...] = ()) -> Kernels:
+    """Compile (or take from the cache) and load the kernels of variant ``name`` (one of
+    :data:`VARIANTS`), with ``extra_flags`` appended (tests pass ``-DSL_VBYTES=64`` to run the
+    AVX-512 code shape on an AVX2 CPU). ``ValueError`` for an unknown variant or one this CPU
+    cannot run; ``RuntimeError`` when the compiler fails or is missing."""
+    if name not in VARIANTS:
+        raise ValueError(f"STRUCTLEARN_CPU_ISA / variant must be one of {sorted(VARIANTS)}, "
+                         f"got {name!r}")
+    missing = REQUIRES.get(name, set()) - cpu_flags()
+    if missing and _X86:
+        raise ValueError(f"variant {name!r} needs CPU features this CPU lacks: "
+                         f"{', '.join(sorted(missing))}")
+    if name in REQUIRES and not _X86:
+        raise ValueError(f"variant {name!r} is for x86-64 CPUs; this is {platform.machine()}")
+    cxx = compiler()
+    if shutil.which(cxx) is None:
+        raise RuntimeError(f"no C++ compiler: {cxx!r} is not on PATH (set $CXX)")
+    failure: Exception | None = None
+    for target in VARIANTS[name]:
+        flags = [*COMMON_FLAGS, *target, *extra_flags]
+        try:
+            return Kernels(_compile(cxx, flags), name, flags)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            failure = e
+    raise RuntimeError(f"could not build {SOURCE.name}: {failure}")
+
+
+_kernels: Kernels | None = None
+_error: str | None = None
+_tried = False
+_ok = False  # a plain bool, so that torch.compile traces ``available()`` without ctypes
 
 
 def _load() -> None:
-    global _lib, _error, _tried, _ok
+    global _kernels, _error, _tried, _ok
     _tried = True
-    cxx = compiler()
-    if shutil.which(cxx) is None:
-        _error = f"no C++ compiler: {cxx!r} is not on PATH (set $CXX)"
-        return
     try:
-        lib = ctypes.CDLL(str(_compile(cxx)))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        _error = f"could not build {SOURCE.name}: {e}"
+        _kernels = build(variant())
+    except (ValueError, RuntimeError) as e:
+        _error = str(e)
         return
-    p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    for name in _NAMES.values():
-        fwd, bwd = getattr(lib, f"{name}_forward"), getattr(lib, f"{name}_backward")
-        fwd.argtypes = [p, i64, i64, p, p, p, i64, i64, i64, p, c_int]
-        bwd.argtypes = [p, p, i64, i64, i64, p, p, p, i64, i64, p, p, c_int]
-        fwd.restype = bwd.restype = c_int
-    _lib, _ok = lib, True
+    _ok = True
 
 
 def available() -> bool:
@@ -136,29 +266,46 @@ def error() -> str | None:
     return _error
 
 
-def _ok_or_raise(rc: int) -> None:
-    if rc:
+def info() -> dict:
+    """What the loaded build is: ``{"variant", "isa", "vector_bytes", "tile_rows", "flags"}``,
+    or ``{"variant", "error"}`` when it is unavailable."""
+    if not available():
+        return {"variant": variant(), "error": _error}
+    k = _kernels
+    return {"variant": k.variant, "isa": k.isa, "vector_bytes": k.vector_bytes,
+            "tile_rows": k.tile_rows, "flags": " ".join(k.flags)}
+
+
+def _ok_or_raise(rc: int, crow: Tensor, col: Tensor, shape: tuple[int, int]) -> None:
+    """Turn a kernel's return code into an exception; 2 (a malformed structure, found by the
+    kernel's own check before any work) is diagnosed by ``validate_csr`` into a message that
+    names the broken invariant. ``shape``: the structure's (rows, columns), in blocks for a
+    block layer."""
+    if rc == 1:
         raise MemoryError("backend='cpu': the kernel could not allocate its workspace "
-                          "(tiles of 32 rows per thread)")
+                          "(one panel of the input per thread)")
+    if rc == 2:
+        try:
+            validate_csr(crow, col, shape)
+        except ValueError as e:
+            raise ValueError(f"backend='cpu': malformed structure: {e}") from None
+        raise ValueError("backend='cpu': malformed structure: crow must start at 0, never "
+                         "decrease and end at len(col), and every col must lie in "
+                         f"[0, {shape[1]})")
+    if rc:
+        raise RuntimeError(f"backend='cpu': the kernel returned {rc}")
+
+
+def _bias(bias: Tensor | None, out: int, dt: torch.dtype) -> Tensor | None:
+    if bias is None:
+        return None
+    if bias.shape != (out,):
+        raise ValueError(f"bias must have shape (out_features,) = ({out},), got {tuple(bias.shape)}")
+    return bias.to(dt).contiguous()
 
 
 def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
-
-
-def _check_structure(crow: Tensor, col: Tensor, in_features: int) -> None:
-    """The kernels index memory with ``crow`` and ``col`` unchecked: a malformed structure
-    must be a ``ValueError`` here, not a crash there (O(nnz) per call, ~µs). For a block layer
-    ``in_features`` counts block columns."""
-    nnz = col.numel()
-    if crow.numel() < 1 or int(crow[0]) != 0 or int(crow[-1]) != nnz:
-        raise ValueError(f"crow must start at 0 and end at len(col) = {nnz}, got "
-                         f"{crow[:1].tolist()} … {crow[-1:].tolist()}")
-    if crow.numel() > 1 and bool((crow[1:] < crow[:-1]).any()):
-        raise ValueError("crow must be non-decreasing")
-    if nnz and (int(col.min()) < 0 or int(col.max()) >= in_features):
-        raise ValueError(f"col must lie in [0, in_features = {in_features}), got "
-                         f"[{int(col.min())}, {int(col.max())}]")
 
 
 def _block(values: Tensor) -> tuple[int, int]:
@@ -166,41 +313,44 @@ def _block(values: Tensor) -> tuple[int, int]:
 
 
 def _prepare(x: Tensor, values: Tensor, crow: Tensor, col: Tensor):
+    """Check what the kernels cannot (dtypes, ranks, sizes: O(1)); the kernels check the
+    structure's content themselves, in one pass."""
     if not available():
         raise RuntimeError(f"backend='cpu' is unavailable: {_error}")
-    _check_structure(crow, col, x.shape[1] // _block(values)[1])
+    if crow.dtype != col.dtype or crow.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"crow and col must share an integer dtype (int32 or int64), got "
+                        f"{crow.dtype} and {col.dtype}")
+    if crow.dim() != 1 or col.dim() != 1 or crow.numel() < 1:
+        raise ValueError(f"crow and col must be 1-D (crow non-empty), got shapes "
+                         f"{tuple(crow.shape)} and {tuple(col.shape)}")
+    if x.dim() != 2 or values.dim() not in (1, 3) or values.shape[0] != col.numel():
+        raise ValueError(f"x must be (N, in) and values (len(col) = {col.numel()},) or "
+                         f"(len(col), bo, bi), got {tuple(x.shape)} and {tuple(values.shape)}")
+    bo, bi = _block(values)
+    if x.shape[1] % bi:
+        raise ValueError(f"in_features = {x.shape[1]} is not a multiple of the block width {bi}")
     dt = _compute_dtype(x)  # bf16/fp16 in float32, as for csr
-    name = _NAMES[(dt, crow.dtype)]
-    return dt, name, values.to(dt).contiguous(), crow.contiguous(), col.contiguous()
+    return dt, _NAMES[(dt, crow.dtype)], values.to(dt).contiguous(), crow.contiguous(), col.contiguous()
 
 
-def forward(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t=None) -> Tensor:
-    dt, name, v, crow, col = _prepare(x, values, crow, col)
-    xc = x.to(dt).contiguous()
-    bo, bi = _block(v)
-    n, out = xc.shape[0], (crow.numel() - 1) * bo
-    y = xc.new_empty(n, out)
-    if n and out:
-        _ok_or_raise(getattr(_lib, f"{name}_forward")(
-            _ptr(xc), n, xc.shape[1], _ptr(v), _ptr(crow), _ptr(col), out, bo, bi, _ptr(y),
-            torch.get_num_threads()))
-    return y.to(x.dtype)
+def kernels() -> Kernels:
+    """The loaded build this process uses (``RuntimeError`` when unavailable)."""
+    if not available():
+        raise RuntimeError(f"backend='cpu' is unavailable: {_error}")
+    return _kernels
+
+
+# The backend interface of ops/sparse_linear.py (``t``: the transposed structure, unused here).
+# This backend adds the bias in its forward and sums the bias gradient in its backward.
+FUSES_BIAS = True
+
+
+def forward(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t=None,
+            bias: Tensor | None = None) -> Tensor:
+    return kernels().forward(x, values, crow, col, bias)
 
 
 def backward(gy: Tensor, x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t,
-             need_input: bool, need_values: bool) -> tuple[Tensor | None, Tensor | None]:
-    dt, name, v, crow, col = _prepare(x, values, crow, col)
-    xc, gyc = x.to(dt).contiguous(), gy.to(dt).contiguous()
-    bo, bi = _block(v)
-    n, in_features = xc.shape
-    out = (crow.numel() - 1) * bo
-    gx = xc.new_empty(n, in_features) if need_input else None  # the kernel writes all of it
-    gv = v.new_empty(v.shape) if need_values else None
-    if n and out and (need_input or need_values):
-        _ok_or_raise(getattr(_lib, f"{name}_backward")(
-            _ptr(gyc), _ptr(xc), n, in_features, out, _ptr(v), _ptr(crow), _ptr(col), bo, bi,
-            _ptr(gx), _ptr(gv), torch.get_num_threads()))
-    else:  # nothing flows: zero gradients
-        gx = gx.zero_() if need_input else None
-        gv = gv.zero_() if need_values else None
-    return (gx.to(x.dtype) if need_input else None), (gv.to(x.dtype) if need_values else None)
+             need_input: bool, need_values: bool, need_bias: bool = False,
+             ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    return kernels().backward(gy, x, values, crow, col, need_input, need_values, need_bias)

@@ -1,39 +1,122 @@
-// The ``cpu`` backend's kernels: y = x Wᵀ and its two backward products for a CSR weight W,
+// The ``cpu`` backend's kernels: y = x Wᵀ + b and its backward products for a CSR weight W,
 // on row-major (batch, features) activations, fused with the transposes they need.
 //
-// Compiled at first use by ops/cpu.py (g++ -O3 -march=native -fopenmp) and called through
+// Compiled at first use by ops/cpu.py (g++ -O3 -march=<target> -fopenmp) and called through
 // ctypes; OpenMP resolves to the libgomp torch already loaded, so threads are torch's.
 //
-// Layout: the batch is cut into tiles of T rows. A tile of x (T, in) is transposed into a
-// thread-local (in, T) buffer, so each nonzero W[j, c] becomes one T-wide FMA on the row
-// xT[c] — vectorised over the batch — and the transposes happen in cache, once per tile:
-//   forward      yT[j]   = Σ_p v[p] · xT[col[p]]              (p over row j of W)
+// Portable across instruction sets. The vector type is the target's native register width,
+// chosen at compile time: 64 bytes with AVX-512, 32 with AVX/AVX2, 16 otherwise (SSE2, ARM
+// NEON, or scalars where the compiler has no vectors); so are the register tile and how many
+// accumulators a step keeps (below). Nothing here is x86-specific: GCC/Clang vector extensions
+// lower to whatever the target has. (A vector wider than the registers — as the first
+// version's 64-byte vectors were on AVX2 — is split by GCC through the stack, which made the
+// AVX2 build 4-10x slower than the AVX-512 one.)
+//
+// Layout. The batch is cut into panels of P rows. A panel of x (P, in) is transposed into a
+// thread-local (in, P) buffer, so each nonzero W[j, c] becomes P-wide FMAs on the row xT[c] —
+// vectorised over the batch, in register tiles of TV = NV vectors — and the transposes happen
+// in cache, once per panel:
+//   forward      yT[j]   = b[j] + Σ_p v[p] · xT[col[p]]       (p over row j of W)
 //   input grad   gxT[c] += v[p] · gyT[j]                       (scatter; no transposed W needed)
-//   values grad  gv[p]  += Σ_t gyT[j][t] · xT[col[p]][t]      (sampled product, per tile)
-// Tiles are spread over threads; with fewer tiles than threads (small batches) the rows j of
-// W are spread instead. Partial tiles are zero-padded, so padded rows contribute nothing.
+//   values grad  gv[p]  += Σ_t gyT[j][t] · xT[col[p]][t]      (sampled product, per panel)
+//   bias grad    gb[j]  += Σ_t gyT[j][t]
+// gy is transposed 16 outputs at a time (into L1) as the rows of W are walked, so only the
+// (in, P) panels are read at random. P is the largest multiple of TV whose panels (xT, and gxT
+// in the backward) fill half of this CPU's L2: the index and value streams and the horizontal
+// sums of the values gradient are then paid once per P rows instead of once per TV rows.
+// A batch smaller than the register tile runs on the smallest one (NV = 1, 2, 4, ...) that
+// holds it; an unstructured forward of one or two rows (inference) skips the transpose and
+// gathers x directly. Panels are spread over threads; with fewer panels than threads (small
+// batches) the rows j of W are spread instead. Partial panels are zero-padded, so padded rows
+// contribute nothing.
 //
 // Block layers (BSR: crow / col index block rows / columns, v holds each (bo, bi) block
-// row-major) run on the same tiles; each block is a small dense product, register-blocked so
-// that one load of x or gy serves several FMAs and no index is read per weight:
+// row-major) run on panels of one register tile; each block is a small dense product,
+// register-blocked so that one load of x or gy serves several FMAs and no index is read per
+// weight:
 //   forward      yT[jb·bo + o]       = Σ_p Σ_i v[p][o][i] · xT[col[p]·bi + i]    (R rows at once)
 //   input grad   gxT[col[p]·bi + i] += Σ_o v[p][o][i] · gyT[jb·bo + o]         (R columns at once)
 //   values grad  gv[p][o][i]        += Σ_t gyT[jb·bo + o][t] · x[t][col[p]·bi + i]
-// The values gradient is a sum of outer products over the tile's rows, vectorised over i on the
-// row-major x (a dot product per weight would need a horizontal sum per weight and tile).
+// The values gradient is a sum of outer products over the panel's rows, vectorised over i on
+// the row-major x (a dot product per weight would need a horizontal sum per weight and panel).
 // Shapes: x (n, in), v (nnz) or (nblocks, bo, bi), crow (out / bo + 1), col (nnz or nblocks),
-// y / gy (n, out), gx (n, in); an unstructured layer is bo = bi = 1.
+// b / gb (out), y / gy (n, out), gx (n, in); an unstructured layer is bo = bi = 1.
+//
+// Every entry point first checks the structure it is given — crow starts at 0, never
+// decreases and ends at len(col); every col lies in [0, in / bi) — in one pass, and returns 2
+// instead of reading out of bounds; 1 means a workspace could not be allocated.
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
+
 #include <omp.h>
+
+// ---------------------------------------------------------------- the target, at compile time
+#if !defined(SL_VBYTES)
+#if defined(__AVX512F__)
+#define SL_VBYTES 64
+#elif defined(__AVX__)
+#define SL_VBYTES 32
+#else
+#define SL_VBYTES 16
+#endif
+#endif
+#if defined(__AVX512F__)
+#define SL_ISA "avx512"
+#elif defined(__AVX2__) && defined(__FMA__)
+#define SL_ISA "avx2"
+#elif defined(__AVX__)
+#define SL_ISA "avx"
+#elif defined(__ARM_NEON) || defined(__ARM_NEON__)
+#define SL_ISA "neon"
+#elif defined(__SSE2__)
+#define SL_ISA "sse2"
+#else
+#define SL_ISA "scalar"
+#endif
+// The register tile, in batch rows: 32 rows of float32 are 2 AVX-512, 4 AVX2 or 8 128-bit
+// registers per accumulator row; a 128-bit target (16 SSE or 32 NEON registers) stops at 16.
+#if !defined(SL_TILE)
+#if SL_VBYTES >= 32
+#define SL_TILE 32
+#else
+#define SL_TILE 16
+#endif
+#endif
+
+// The share of L2 the panels read at random may fill.
+#if !defined(SL_PANEL_L2_PERCENT)
+#define SL_PANEL_L2_PERCENT 50
+#endif
 
 namespace {
 
-constexpr int64_t T = 32;  // batch rows per tile
-constexpr int64_t J = 16;  // outputs written back per step (one 64-byte line of a float row)
+constexpr int64_t TMAX = SL_TILE;  // batch rows per register tile, at most
+constexpr int64_t J = 16;          // outputs per step (one 64-byte line of floats)
+constexpr int64_t PMAX = 256;      // batch rows per panel, at most
+
+template <class F>
+struct Vec {
+    typedef F V __attribute__((vector_size(SL_VBYTES)));                      // aligned
+    typedef F U __attribute__((vector_size(SL_VBYTES), aligned(sizeof(F))));  // unaligned
+    static constexpr int L = SL_VBYTES / sizeof(F);                            // lanes
+    static constexpr int NVMAX = TMAX / L > 0 ? TMAX / L : 1;  // vectors per register tile
+};
+
+// Register blocking of the block kernels: rows (columns) per step, so that R accumulator rows
+// of NV registers stay within the register file.
+template <int NV>
+constexpr int block_rows() { return NV >= 8 ? 1 : NV >= 4 ? 2 : 4; }
+
+// Nonzeros per step of the unstructured forward: enough independent accumulator rows to
+// cover the FMA latency (two FMA pipes, four cycles), within the register file.
+template <int NV>
+constexpr int unroll() { return NV >= 8 ? 1 : NV >= 4 ? 2 : 4; }
 
 template <class F>
 F* alloc(int64_t count) {  // 64-byte aligned; nullptr when out of memory
@@ -41,119 +124,284 @@ F* alloc(int64_t count) {  // 64-byte aligned; nullptr when out of memory
     return static_cast<F*>(std::aligned_alloc(64, bytes));
 }
 
-// dst (k, T) = rows b0 .. b0 + T of src (n, k), transposed; rows past n are zero.
+int64_t l2_bytes() {  // this CPU's L2 per core, 512 KiB where the system does not say
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    static const long size = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (size > 0) return size;
+#endif
+    return 512 * 1024;
+}
+
+// Batch rows per panel: a multiple of the register tile TV, such that `arrays` panels of
+// (in, P) fill about SL_PANEL_L2_PERCENT % of L2, no more than a thread's share of the batch and PMAX.
 template <class F>
-void load_tile(const F* src, int64_t n, int64_t k, int64_t b0, F* dst) {
-    const int64_t rows = std::min(T, n - b0);
-    if (rows < T) std::memset(dst, 0, sizeof(F) * k * T);
-    for (int64_t i0 = 0; i0 < k; i0 += J) {
-        const int64_t i1 = std::min(k, i0 + J);
-        for (int64_t t = 0; t < rows; ++t) {
-            const F* s = src + (b0 + t) * k;
-            for (int64_t i = i0; i < i1; ++i) dst[i * T + t] = s[i];
-        }
+int64_t panel_rows(int64_t TV, int64_t n, int64_t in, int arrays, int threads) {
+    const int64_t budget = l2_bytes() * SL_PANEL_L2_PERCENT / 100;
+    const int64_t fit = budget / std::max<int64_t>(1, in * (int64_t)sizeof(F) * arrays);
+    const int64_t share = (n + threads - 1) / threads;
+    const int64_t most = std::min({fit, share, PMAX});
+    int64_t p = TV;
+    while (p * 2 <= most && p * 2 <= 8 * TV) p *= 2;
+    return p;
+}
+
+// Σ of the lanes of the B bytes at p, by halving (lane-by-lane extraction is several times
+// slower).
+template <class F, int B>
+inline F hsum_bytes(const F* p) {
+    if constexpr (B <= (int)sizeof(F)) {
+        return p[0];
+    } else if constexpr (B <= 2 * (int)sizeof(F)) {
+        return p[0] + p[1];
+    } else {
+        typedef F H __attribute__((vector_size(B / 2)));
+        H a, b;
+        std::memcpy(&a, p, B / 2);
+        std::memcpy(&b, p + B / 2 / sizeof(F), B / 2);
+        a += b;
+        alignas(64) F h[B / 2 / sizeof(F)];
+        std::memcpy(h, &a, B / 2);
+        return hsum_bytes<F, B / 2>(h);
     }
 }
 
-// rows b0 .. b0 + T of dst (n, k), columns i0 .. i1, from src ((i1 - i0), T) holding them
+template <class F>
+inline F hsum(typename Vec<F>::V s) {
+    alignas(64) F lanes[Vec<F>::L];
+    std::memcpy(lanes, &s, sizeof(s));
+    return hsum_bytes<F, SL_VBYTES>(lanes);
+}
+
+// Σ_t row[t] over a (T,) row, T a multiple of the vector width.
+template <class F>
+inline F row_sum(const F* row, int64_t T) {
+    using V = typename Vec<F>::V;
+    V s{};
+    for (int64_t t = 0; t < T; t += Vec<F>::L) s += *reinterpret_cast<const V*>(row + t);
+    return hsum<F>(s);
+}
+
+// ---------------------------------------------------------------- tile transposes
+// Whole L x L blocks are transposed in registers: log2(L) rounds of interleaving rows i and
+// i + L/2 (a perfect shuffle moves one bit of the row index into the column index per round).
+// Where the compiler has no __builtin_shufflevector (GCC < 12), element by element.
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define SL_SHUFFLE 1
+template <class V, int L, size_t... Is>
+inline V zip_lo(V a, V b, std::index_sequence<Is...>) {
+    return __builtin_shufflevector(a, b, (Is % 2 ? L + Is / 2 : Is / 2)...);
+}
+template <class V, int L, size_t... Is>
+inline V zip_hi(V a, V b, std::index_sequence<Is...>) {
+    return __builtin_shufflevector(a, b, (Is % 2 ? L + L / 2 + Is / 2 : L / 2 + Is / 2)...);
+}
+#endif
+
+// d[b · ds + a] = s[a · ss + b] for a, b < L: one L x L block (any alignment).
+template <class F>
+inline void transpose_block(const F* s, int64_t ss, F* d, int64_t ds) {
+    constexpr int L = Vec<F>::L;
+#if defined(SL_SHUFFLE)
+    using U = typename Vec<F>::U;
+    using Idx = std::make_index_sequence<L>;
+    U r[L];
+#pragma GCC unroll 16
+    for (int a = 0; a < L; ++a) r[a] = *reinterpret_cast<const U*>(s + a * ss);
+#pragma GCC unroll 4
+    for (int round = 1; round < L; round *= 2) {
+        U t[L];
+#pragma GCC unroll 16
+        for (int i = 0; i < L / 2; ++i) {
+            t[2 * i] = zip_lo<U, L>(r[i], r[i + L / 2], Idx{});
+            t[2 * i + 1] = zip_hi<U, L>(r[i], r[i + L / 2], Idx{});
+        }
+#pragma GCC unroll 16
+        for (int i = 0; i < L; ++i) r[i] = t[i];
+    }
+#pragma GCC unroll 16
+    for (int b = 0; b < L; ++b) *reinterpret_cast<U*>(d + b * ds) = r[b];
+#else
+    for (int a = 0; a < L; ++a)
+        for (int b = 0; b < L; ++b) d[b * ds + a] = s[a * ss + b];
+#endif
+}
+
+// dst (i1 - i0, T) = columns i0 .. i1 of rows b0 .. b0 + T of src (n, k), transposed; rows
+// past n are zero.
+template <class F>
+void load_tile(const F* src, int64_t n, int64_t k, int64_t b0, int64_t T, int64_t i0, int64_t i1,
+               F* dst) {
+    constexpr int64_t L = Vec<F>::L;
+    const int64_t rows = std::min(T, n - b0), full = rows / L * L, m = (i1 - i0) / L * L;
+    if (rows < T) std::memset(dst, 0, sizeof(F) * (i1 - i0) * T);
+    for (int64_t t = 0; t < full; t += L)  // whole blocks of L rows and L columns
+        for (int64_t i = 0; i < m; i += L)
+            transpose_block<F>(src + (b0 + t) * k + i0 + i, k, dst + i * T + t, T);
+    for (int64_t t = 0; t < rows; ++t) {  // the rest: last columns, last rows
+        const F* s = src + (b0 + t) * k;
+        for (int64_t i = t < full ? i0 + m : i0; i < i1; ++i) dst[(i - i0) * T + t] = s[i];
+    }
+}
+
+// Rows b0 .. b0 + T of dst (n, k), columns i0 .. i1, from src ((i1 - i0), T) holding them
 // transposed.
 template <class F>
-void store_tile(const F* src, int64_t n, int64_t k, int64_t b0, int64_t i0, int64_t i1, F* dst) {
-    const int64_t rows = std::min(T, n - b0);
+void store_tile(const F* src, int64_t n, int64_t k, int64_t b0, int64_t T, int64_t i0,
+                int64_t i1, F* dst) {
+    constexpr int64_t L = Vec<F>::L;
+    const int64_t rows = std::min(T, n - b0), full = rows / L * L, m = (i1 - i0) / L * L;
+    for (int64_t t = 0; t < full; t += L)
+        for (int64_t i = 0; i < m; i += L)
+            transpose_block<F>(src + i * T + t, T, dst + (b0 + t) * k + i0 + i, k);
     for (int64_t t = 0; t < rows; ++t) {
         F* d = dst + (b0 + t) * k;
-        for (int64_t i = i0; i < i1; ++i) d[i] = src[(i - i0) * T + t];
+        for (int64_t i = t < full ? i0 + m : i0; i < i1; ++i) d[i] = src[(i - i0) * T + t];
     }
 }
 
-// T values of F as whole vectors (GCC/Clang vector extensions: AVX-512, or pairs of AVX2
-// registers, as -march allows), so the compiler keeps accumulators in registers.
-template <class F>
-struct Lanes {
-    typedef F V __attribute__((vector_size(64)));
-    static constexpr int N = T * sizeof(F) / 64;
-};
-
-// Σ of a vector's lanes, by halving (the compiler's per-lane extraction is several times slower).
-template <class F>
-inline F hsum(typename Lanes<F>::V s) {
-    typedef F V32 __attribute__((vector_size(32)));
-    typedef F V16 __attribute__((vector_size(16)));
-    V32 a, b;
-    std::memcpy(&a, &s, 32);
-    std::memcpy(&b, reinterpret_cast<const char*>(&s) + 32, 32);
-    a += b;
-    V16 c, d;
-    std::memcpy(&c, &a, 16);
-    std::memcpy(&d, reinterpret_cast<const char*>(&a) + 16, 16);
-    c += d;
-    F r = 0;
-    for (int l = 0; l < int(16 / sizeof(F)); ++l) r += c[l];
-    return r;
+// 0 when (crow, col) is a valid structure of `rows` rows over `cols` columns with nnz entries
+// (the length of col), else 2.
+template <class I>
+int check_structure(const I* crow, const I* col, int64_t rows, int64_t cols, int64_t nnz,
+                    int threads) {
+    if (crow[0] != 0 || (int64_t)crow[rows] != nnz) return 2;
+    for (int64_t r = 0; r < rows; ++r)
+        if (crow[r + 1] < crow[r]) return 2;
+    I lo = 0, hi = 0;
+#pragma omp parallel for num_threads(threads) reduction(min : lo) reduction(max : hi) \
+    schedule(static) if (nnz > (1 << 16))
+    for (int64_t p = 0; p < nnz; ++p) {
+        lo = std::min(lo, col[p]);
+        hi = std::max(hi, col[p]);
+    }
+    return (lo < 0 || (nnz && (int64_t)hi >= cols)) ? 2 : 0;
 }
 
-// yT rows j0 .. j1 of one tile, written straight to y.
-template <class F, class I>
-void forward_rows(const F* xT, const F* v, const I* crow, const I* col, int64_t j0, int64_t j1,
-                  int64_t n, int64_t out, int64_t b0, F* y) {
-    using V = typename Lanes<F>::V;
-    constexpr int NV = Lanes<F>::N;
-    alignas(64) F buf[J * T];
+// ------------------------------------------------------------------ unstructured layers
+
+// dst (TV) = Σ_p v[p] · xT[col[p] · P] over p in [p0, p1): one unit's outputs for one register
+// tile (xT points at the tile's first row in the panel).
+template <class F, class I, int NV>
+inline void unit_forward(const F* xT, int64_t P, const F* v, const I* col, int64_t p0,
+                         int64_t p1, F* dst) {
+    using V = typename Vec<F>::V;
+    constexpr int U = unroll<NV>();
+    V acc[U][NV] = {};
+    int64_t p = p0;
+    for (; p + U <= p1; p += U) {
+#pragma GCC unroll 4
+        for (int u = 0; u < U; ++u) {
+            const V w = V{} + v[p + u];
+            const V* xr = reinterpret_cast<const V*>(xT + (int64_t)col[p + u] * P);
+#pragma GCC unroll 8
+            for (int k = 0; k < NV; ++k) acc[u][k] += w * xr[k];
+        }
+    }
+    for (; p < p1; ++p) {
+        const V w = V{} + v[p];
+        const V* xr = reinterpret_cast<const V*>(xT + (int64_t)col[p] * P);
+#pragma GCC unroll 8
+        for (int k = 0; k < NV; ++k) acc[0][k] += w * xr[k];
+    }
+#pragma GCC unroll 4
+    for (int u = 1; u < U; ++u)
+#pragma GCC unroll 8
+        for (int k = 0; k < NV; ++k) acc[0][k] += acc[u][k];
+    std::memcpy(dst, acc[0], sizeof(acc[0]));
+}
+
+// y rows b0 .. b0 + P, columns j0 .. j1, from the panel xT (in, P); buf: (J, P) scratch.
+template <class F, class I, int NV>
+void forward_rows(const F* xT, int64_t P, const F* v, const I* crow, const I* col, const F* bias,
+                  int64_t j0, int64_t j1, int64_t n, int64_t out, int64_t b0, F* buf, F* y) {
+    using V = typename Vec<F>::V;
+    constexpr int64_t TV = NV * Vec<F>::L;
     for (int64_t c0 = j0; c0 < j1; c0 += J) {
         const int64_t c1 = std::min(j1, c0 + J);
         for (int64_t j = c0; j < c1; ++j) {
-            V acc[NV] = {};
-            for (I p = crow[j]; p < crow[j + 1]; ++p) {
-                const V w = V{} + v[p];
-                const V* xr = reinterpret_cast<const V*>(xT + (int64_t)col[p] * T);
-#pragma GCC unroll 8
-                for (int k = 0; k < NV; ++k) acc[k] += w * xr[k];
+            F* row = buf + (j - c0) * P;
+            for (int64_t s = 0; s < P; s += TV)
+                unit_forward<F, I, NV>(xT + s, P, v, col, crow[j], crow[j + 1], row + s);
+            if (bias) {
+                const V b = V{} + bias[j];
+                for (int64_t t = 0; t < P; t += Vec<F>::L) *reinterpret_cast<V*>(row + t) += b;
             }
-            std::memcpy(buf + (j - c0) * T, acc, sizeof(acc));
         }
-        store_tile(buf, n, out, b0, c0, c1, y);
+        store_tile(buf, n, out, b0, P, c0, c1, y);
     }
 }
 
-// gxT (when given) and gv (when given) for W's rows j0 .. j1 and one tile.
-template <class F, class I>
-void backward_rows(const F* gyT, const F* xT, const F* v, const I* crow, const I* col,
-                   int64_t j0, int64_t j1, F* gxT, F* gv) {
-    using V = typename Lanes<F>::V;
-    constexpr int NV = Lanes<F>::N;
+// For W's rows j0 .. j1 and the panel of rows b0 .. b0 + P: gxT (in, P) += the input gradient,
+// gv += the values gradient, gb += the bias gradient (each when given); xT: the panel of x
+// (in, P), needed for gv; g: (J, P) scratch for gy's transposed columns.
+template <class F, class I, int NV, int S>
+void backward_rows(const F* gy, int64_t n, int64_t out, int64_t b0, const F* __restrict__ xT,
+                   const F* v, const I* crow, const I* col, int64_t j0, int64_t j1, F* g,
+                   F* __restrict__ gxT, F* __restrict__ gv, F* gb) {
+    using V = typename Vec<F>::V;
+    constexpr int64_t TV = NV * Vec<F>::L, P = S * TV;
+    for (int64_t c0 = j0; c0 < j1; c0 += J) {
+        const int64_t c1 = std::min(j1, c0 + J);
+        load_tile(gy, n, out, b0, P, c0, c1, g);
+        for (int64_t j = c0; j < c1; ++j) {
+            V gj[S][NV];  // gy's column j for the panel, in registers where they hold it
+            std::memcpy(gj, g + (j - c0) * P, sizeof(gj));
+            if (gb) gb[j] += row_sum(g + (j - c0) * P, P);
+            for (int64_t p = crow[j]; p < crow[j + 1]; ++p) {
+                const int64_t c = (int64_t)col[p] * P;
+                if (gxT) {
+                    const V w = V{} + v[p];
+                    V* r = reinterpret_cast<V*>(gxT + c);
+#pragma GCC unroll 8
+                    for (int s = 0; s < S; ++s)
+#pragma GCC unroll 8
+                        for (int k = 0; k < NV; ++k) r[s * NV + k] += w * gj[s][k];
+                }
+                if (gv) {
+                    const V* xr = reinterpret_cast<const V*>(xT + c);
+                    V acc[NV] = {};
+#pragma GCC unroll 8
+                    for (int s = 0; s < S; ++s)
+#pragma GCC unroll 8
+                        for (int k = 0; k < NV; ++k) acc[k] += gj[s][k] * xr[s * NV + k];
+#pragma GCC unroll 8
+                    for (int k = 1; k < NV; ++k) acc[0] += acc[k];
+                    gv[p] += hsum<F>(acc[0]);
+                }
+            }
+        }
+    }
+}
+
+// y (NB, out) columns j0 .. j1 for a batch of NB <= 2 rows, gathering x (no transpose): the
+// inference case, where a tile would be mostly padding.
+template <class F, class I, int NB>
+void gather_forward(const F* x, int64_t in, const F* v, const I* crow, const I* col,
+                    const F* bias, int64_t out, int64_t j0, int64_t j1, F* y) {
     for (int64_t j = j0; j < j1; ++j) {
-        const V* g = reinterpret_cast<const V*>(gyT + j * T);
-        V gj[NV];
-#pragma GCC unroll 8
-        for (int k = 0; k < NV; ++k) gj[k] = g[k];
-        for (I p = crow[j]; p < crow[j + 1]; ++p) {
-            const int64_t c = (int64_t)col[p] * T;
-            if (gxT) {
-                const V w = V{} + v[p];
-                V* r = reinterpret_cast<V*>(gxT + c);
-#pragma GCC unroll 8
-                for (int k = 0; k < NV; ++k) r[k] += w * gj[k];
-            }
-            if (gv) {
-                const V* xr = reinterpret_cast<const V*>(xT + c);
-                V s = gj[0] * xr[0];
-#pragma GCC unroll 8
-                for (int k = 1; k < NV; ++k) s += gj[k] * xr[k];
-                gv[p] += hsum<F>(s);
-            }
-        }
+        F a[NB][4] = {};
+        int64_t p = crow[j];
+        const int64_t p1 = crow[j + 1];
+        for (; p + 4 <= p1; p += 4)
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; ++u)
+#pragma GCC unroll 2
+                for (int b = 0; b < NB; ++b) a[b][u] += v[p + u] * x[b * in + col[p + u]];
+        for (; p < p1; ++p)
+            for (int b = 0; b < NB; ++b) a[b][0] += v[p] * x[b * in + col[p]];
+        for (int b = 0; b < NB; ++b)
+            y[b * out + j] = (a[b][0] + a[b][1]) + (a[b][2] + a[b][3]) + (bias ? bias[j] : F(0));
     }
 }
 
-constexpr int R = 4;  // block rows (forward, values grad) or columns (input grad) per step
+// ------------------------------------------------------------------ block layers
+// (panels of one register tile: T = TV = NV · L rows)
 
 // acc[r] += w[r · stride] · (the T-wide row at src), r < RR: one load of the row serves RR FMAs
 // (the register-blocked step of both block products).
-template <class F, int RR>
-inline void fma_rows(typename Lanes<F>::V (&acc)[RR][Lanes<F>::N], const F* src, const F* w,
-                     int64_t stride) {
-    using V = typename Lanes<F>::V;
-    constexpr int NV = Lanes<F>::N;
+template <class F, int NV, int RR>
+inline void fma_rows(typename Vec<F>::V (&acc)[RR][NV], const F* src, const F* w, int64_t stride) {
+    using V = typename Vec<F>::V;
     const V* row = reinterpret_cast<const V*>(src);
     V s[NV];
 #pragma GCC unroll 8
@@ -167,46 +415,56 @@ inline void fma_rows(typename Lanes<F>::V (&acc)[RR][Lanes<F>::N], const F* src,
 }
 
 // Rows o0 .. o0 + RR of block row jb into buf (RR, T) rows, for one tile.
-template <class F, class I, int RR>
+template <class F, class I, int NV, int RR>
 inline void block_forward_step(const F* xT, const F* v, const I* crow, const I* col, int64_t bo,
                                int64_t bi, int64_t jb, int64_t o0, F* buf) {
-    using V = typename Lanes<F>::V;
-    constexpr int NV = Lanes<F>::N;
+    using V = typename Vec<F>::V;
+    constexpr int64_t T = NV * Vec<F>::L;
     V acc[RR][NV] = {};
-    for (I p = crow[jb]; p < crow[jb + 1]; ++p) {
-        const F* w = v + (int64_t)p * bo * bi + o0 * bi;
+    for (int64_t p = crow[jb]; p < crow[jb + 1]; ++p) {
+        const F* w = v + p * bo * bi + o0 * bi;
         const F* xb = xT + (int64_t)col[p] * bi * T;
-        for (int64_t i = 0; i < bi; ++i) fma_rows<F, RR>(acc, xb + i * T, w + i, bi);
+        for (int64_t i = 0; i < bi; ++i) fma_rows<F, NV, RR>(acc, xb + i * T, w + i, bi);
     }
     std::memcpy(buf, acc, sizeof(acc));
 }
 
-// yT rows of block rows jb0 .. jb1 of one tile, written straight to y.
-template <class F, class I>
-void block_forward_rows(const F* xT, const F* v, const I* crow, const I* col, int64_t bo,
-                        int64_t bi, int64_t jb0, int64_t jb1, int64_t n, int64_t out, int64_t b0,
-                        F* y) {
-    alignas(64) F buf[J * T];
+// y rows b0 .. b0 + T of block rows jb0 .. jb1, from the tile xT (in, T); buf: (J, T) scratch.
+template <class F, class I, int NV>
+void block_forward_rows(const F* xT, const F* v, const I* crow, const I* col, const F* bias,
+                        int64_t bo, int64_t bi, int64_t jb0, int64_t jb1, int64_t n, int64_t out,
+                        int64_t b0, F* buf, F* y) {
+    using V = typename Vec<F>::V;
+    constexpr int64_t T = NV * Vec<F>::L;
+    constexpr int R = block_rows<NV>();
     for (int64_t jb = jb0; jb < jb1; ++jb) {
         for (int64_t c0 = 0; c0 < bo; c0 += J) {
             const int64_t c1 = std::min(bo, c0 + J);
             int64_t o = c0;
             for (; o + R <= c1; o += R)
-                block_forward_step<F, I, R>(xT, v, crow, col, bo, bi, jb, o, buf + (o - c0) * T);
+                block_forward_step<F, I, NV, R>(xT, v, crow, col, bo, bi, jb, o, buf + (o - c0) * T);
             for (; o < c1; ++o)
-                block_forward_step<F, I, 1>(xT, v, crow, col, bo, bi, jb, o, buf + (o - c0) * T);
-            store_tile(buf, n, out, b0, jb * bo + c0, jb * bo + c1, y);
+                block_forward_step<F, I, NV, 1>(xT, v, crow, col, bo, bi, jb, o, buf + (o - c0) * T);
+            if (bias)
+                for (o = c0; o < c1; ++o) {
+                    const V b = V{} + bias[jb * bo + o];
+#pragma GCC unroll 8
+                    for (int k = 0; k < NV; ++k)
+                        reinterpret_cast<V*>(buf + (o - c0) * T)[k] += b;
+                }
+            store_tile(buf, n, out, b0, T, jb * bo + c0, jb * bo + c1, y);
         }
     }
 }
 
-// gxT rows col[p]·bi + i0 .. + RR += Σ_o v[p][o][i] · gyT[jb·bo + o], for one block p.
-template <class F, int RR>
+// gxT rows col[p]·bi + i0 .. + RR += Σ_o v[p][o][i] · gyT[o], for one block p (gyT: its block
+// row's rows of gy, transposed).
+template <class F, int NV, int RR>
 inline void block_input_step(const F* gyT, const F* w, int64_t bo, int64_t bi, int64_t i0, F* gx) {
-    using V = typename Lanes<F>::V;
-    constexpr int NV = Lanes<F>::N;
+    using V = typename Vec<F>::V;
+    constexpr int64_t T = NV * Vec<F>::L;
     V acc[RR][NV] = {};
-    for (int64_t o = 0; o < bo; ++o) fma_rows<F, RR>(acc, gyT + o * T, w + o * bi + i0, 1);
+    for (int64_t o = 0; o < bo; ++o) fma_rows<F, NV, RR>(acc, gyT + o * T, w + o * bi + i0, 1);
 #pragma GCC unroll 8
     for (int r = 0; r < RR; ++r) {
         V* d = reinterpret_cast<V*>(gx + (i0 + r) * T);
@@ -215,14 +473,14 @@ inline void block_input_step(const F* gyT, const F* w, int64_t bo, int64_t bi, i
     }
 }
 
-// gv[p] rows o0 .. o0 + RR += Σ_t gyT[jb·bo + o][t] · x[t][col[p]·bi + i], for one block p:
-// x rows are read in place (row-major), vectors along i; a tail of bi not filling a vector is
-// done in scalars.
-template <class F, int RR>
+// gv[p] rows o0 .. o0 + RR += Σ_t gyT[o][t] · x[t][col[p]·bi + i], for one block p: x rows
+// are read in place (row-major), vectors along i, two at a time; a tail of bi not filling two
+// vectors is done in scalars.
+template <class F, int64_t T, int RR>
 inline void block_values_step(const F* gyT, const F* xc, int64_t in, int64_t rows, int64_t bi,
                               int64_t o0, F* g) {
-    typedef F U __attribute__((vector_size(64), aligned(sizeof(F))));  // unaligned loads/stores
-    constexpr int64_t L = 64 / sizeof(F);
+    using U = typename Vec<F>::U;
+    constexpr int64_t L = Vec<F>::L;
     int64_t i0 = 0;
     for (; i0 + 2 * L <= bi; i0 += 2 * L) {
         U acc[RR][2] = {};
@@ -250,150 +508,178 @@ inline void block_values_step(const F* gyT, const F* xc, int64_t in, int64_t row
         }
 }
 
-// gxT (when given) and gv (when given) for block rows jb0 .. jb1 and one tile; xt: the tile's
-// first row of x (row-major), rows: its rows.
-template <class F, class I>
-void block_backward_rows(const F* gyT, const F* xt, int64_t in, int64_t rows, const F* v,
-                         const I* crow, const I* col, int64_t bo, int64_t bi, int64_t jb0,
-                         int64_t jb1, F* gxT, F* gv) {
+// gxT, gv, gb (each when given) for block rows jb0 .. jb1 and the tile of rows b0 .. b0 + T;
+// x is read in place (row-major); g: (bo, T) scratch for gy's transposed block row.
+template <class F, class I, int NV>
+void block_backward_rows(const F* gy, const F* x, int64_t n, int64_t in, int64_t out, int64_t b0,
+                         const F* v, const I* crow, const I* col, int64_t bo, int64_t bi,
+                         int64_t jb0, int64_t jb1, F* g, F* gxT, F* gv, F* gb) {
+    constexpr int64_t T = NV * Vec<F>::L;
+    constexpr int R = block_rows<NV>();
+    constexpr int RV = 4;  // values-gradient rows per step: 2 x RV vector accumulators
+    const int64_t rows = std::min(T, n - b0);
+    const F* xt = x + b0 * in;
     for (int64_t jb = jb0; jb < jb1; ++jb) {
-        const F* g = gyT + jb * bo * T;
-        for (I p = crow[jb]; p < crow[jb + 1]; ++p) {
-            const int64_t c = (int64_t)col[p] * bi, base = (int64_t)p * bo * bi;
+        load_tile(gy, n, out, b0, T, jb * bo, (jb + 1) * bo, g);
+        if (gb)
+            for (int64_t o = 0; o < bo; ++o) gb[jb * bo + o] += row_sum(g + o * T, T);
+        for (int64_t p = crow[jb]; p < crow[jb + 1]; ++p) {
+            const int64_t c = (int64_t)col[p] * bi, base = p * bo * bi;
             if (gxT) {
                 int64_t i = 0;
-                for (; i + R <= bi; i += R) block_input_step<F, R>(g, v + base, bo, bi, i, gxT + c * T);
-                for (; i < bi; ++i) block_input_step<F, 1>(g, v + base, bo, bi, i, gxT + c * T);
+                for (; i + R <= bi; i += R)
+                    block_input_step<F, NV, R>(g, v + base, bo, bi, i, gxT + c * T);
+                for (; i < bi; ++i) block_input_step<F, NV, 1>(g, v + base, bo, bi, i, gxT + c * T);
             }
             if (gv) {
                 int64_t o = 0;
-                for (; o + R <= bo; o += R) block_values_step<F, R>(g, xt + c, in, rows, bi, o, gv + base);
-                for (; o < bo; ++o) block_values_step<F, 1>(g, xt + c, in, rows, bi, o, gv + base);
+                for (; o + RV <= bo; o += RV)
+                    block_values_step<F, T, RV>(g, xt + c, in, rows, bi, o, gv + base);
+                for (; o < bo; ++o) block_values_step<F, T, 1>(g, xt + c, in, rows, bi, o, gv + base);
             }
         }
     }
 }
 
-// Rows r0 .. r1 of the structure (block rows for a block layer) for one tile.
-template <class F, class I>
-void forward_any(const F* xT, const F* v, const I* crow, const I* col, int64_t bo, int64_t bi,
-                 int64_t r0, int64_t r1, int64_t n, int64_t out, int64_t b0, F* y) {
-    if (bo == 1 && bi == 1)
-        forward_rows(xT, v, crow, col, r0, r1, n, out, b0, y);
-    else
-        block_forward_rows(xT, v, crow, col, bo, bi, r0, r1, n, out, b0, y);
-}
-
-// The same for the backward products; xT is only read by unstructured layers' values
-// gradient, x (row-major, tile rows from b0) only by block layers'.
-template <class F, class I>
-void backward_any(const F* gyT, const F* xT, const F* x, int64_t n, int64_t in, int64_t b0,
-                  const F* v, const I* crow, const I* col, int64_t bo, int64_t bi, int64_t r0,
-                  int64_t r1, F* gxT, F* gv) {
-    if (bo == 1 && bi == 1)
-        backward_rows(gyT, xT, v, crow, col, r0, r1, gxT, gv);
-    else
-        block_backward_rows(gyT, x + b0 * in, in, std::min(T, n - b0), v, crow, col, bo, bi, r0,
-                            r1, gxT, gv);
-}
+// ------------------------------------------------------------------ drivers
 
 // Every buffer of a call comes from one allocation made before any work, so running out of
 // memory is reported (return 1) instead of crashing inside a parallel region. Slices are
-// multiples of T * sizeof(F) = 128 bytes, so each stays 64-byte aligned.
-template <class F, class I>
+// multiples of TV · sizeof(F) >= the vector size (and of 64 bytes where that is larger), so
+// each stays aligned for the vector type.
+template <class F, class I, int NV>
 int forward(const F* x, int64_t n, int64_t in, const F* v, const I* crow, const I* col,
-            int64_t out, int64_t bo, int64_t bi, F* y, int threads) {
-    const int64_t tiles = (n + T - 1) / T, rows = out / bo;
-    const bool by_tiles = tiles >= threads;
-    F* ws = alloc<F>(in * T * (by_tiles ? threads : 1));
+            const F* bias, int64_t out, int64_t bo, int64_t bi, F* y, int threads) {
+    constexpr int64_t TV = NV * Vec<F>::L;
+    const bool blocks = bo != 1 || bi != 1;
+    const int64_t P = blocks ? TV : panel_rows<F>(TV, n, in, 1, threads);
+    const int64_t panels = (n + P - 1) / P, rows = out / bo;
+    const bool by_panels = panels >= threads;
+    const int64_t mine = in * P + J * P;  // a panel of x and the output scratch
+    F* ws = alloc<F>(by_panels ? mine * threads : in * P + J * P * threads);
     if (!ws) return 1;
-    if (by_tiles) {
+    auto rows_of = [&](const F* xT, F* buf, int64_t r0, int64_t r1, int64_t b0) {
+        if (blocks)
+            block_forward_rows<F, I, NV>(xT, v, crow, col, bias, bo, bi, r0, r1, n, out, b0, buf, y);
+        else
+            forward_rows<F, I, NV>(xT, P, v, crow, col, bias, r0, r1, n, out, b0, buf, y);
+    };
+    if (by_panels) {
 #pragma omp parallel num_threads(threads)
         {
-            F* xT = ws + in * T * omp_get_thread_num();
+            F* xT = ws + mine * omp_get_thread_num();
 #pragma omp for schedule(static)
-            for (int64_t b = 0; b < tiles; ++b) {
-                load_tile(x, n, in, b * T, xT);
-                forward_any(xT, v, crow, col, bo, bi, 0, rows, n, out, b * T, y);
+            for (int64_t b = 0; b < panels; ++b) {
+                load_tile(x, n, in, b * P, P, 0, in, xT);
+                rows_of(xT, xT + in * P, 0, rows, b * P);
             }
         }
-    } else {  // few tiles: threads split W's rows (block rows)
-        const int64_t step = bo == 1 ? J : 1, steps = (rows + step - 1) / step;
-        for (int64_t b = 0; b < tiles; ++b) {
-            load_tile(x, n, in, b * T, ws);
-#pragma omp parallel for num_threads(threads) schedule(static)
-            for (int64_t s = 0; s < steps; ++s)
-                forward_any(ws, v, crow, col, bo, bi, s * step, std::min(rows, (s + 1) * step), n,
-                            out, b * T, y);
+    } else {  // few panels: threads split W's rows (block rows)
+        const int64_t step = blocks ? 1 : J, steps = (rows + step - 1) / step;
+        for (int64_t b = 0; b < panels; ++b) {
+            load_tile(x, n, in, b * P, P, 0, in, ws);
+#pragma omp parallel num_threads(threads)
+            {
+                F* buf = ws + in * P + J * P * omp_get_thread_num();
+#pragma omp for schedule(static)
+                for (int64_t s = 0; s < steps; ++s)
+                    rows_of(ws, buf, s * step, std::min(rows, (s + 1) * step), b * P);
+            }
         }
     }
     std::free(ws);
     return 0;
 }
 
-template <class F, class I>
+template <class F, class I, int NV>
 int backward(const F* gy, const F* x, int64_t n, int64_t in, int64_t out, const F* v,
-             const I* crow, const I* col, int64_t bo, int64_t bi, F* gx, F* gv, int threads) {
-    const int64_t tiles = (n + T - 1) / T, rows = out / bo, nnz = (int64_t)crow[rows] * bo * bi;
-    const bool by_tiles = tiles >= threads;
-    // per tile: gyT (out, T), xT (in, T) for an unstructured values gradient, gxT (in, T) for
-    // the input's
-    const bool xT_needed = gv && bo == 1 && bi == 1;
-    const int64_t tile = out * T + (xT_needed ? in * T : 0) + (gx ? in * T : 0);
-    // by tiles: one such set per thread, and per-thread values-gradient partials (summed at the
-    // end); few tiles: threads split W's rows and each scatters into its own gxT
-    const bool parts = by_tiles && gv && threads > 1;
-    const int64_t size = by_tiles ? tile * threads + (parts ? nnz * threads : 0)
-                                  : out * T + (xT_needed ? in * T : 0) + (gx ? in * T * threads : 0);
-    F* ws = alloc<F>(size);
+             const I* crow, const I* col, int64_t bo, int64_t bi, F* gx, F* gv, F* gb,
+             int threads) {
+    constexpr int64_t TV = NV * Vec<F>::L;
+    const bool blocks = bo != 1 || bi != 1;
+    const int64_t rows = out / bo, nnz = (int64_t)crow[rows] * bo * bi;
+    // the panels read at random: xT (in, P) for an unstructured values gradient, gxT (in, P)
+    const bool xT_needed = gv && !blocks;
+    const int arrays = (xT_needed ? 1 : 0) + (gx ? 1 : 0);
+    const int64_t P = blocks ? TV : panel_rows<F>(TV, n, in, std::max(arrays, 1), threads);
+        const int64_t panels = (n + P - 1) / P, G = std::max(J, bo) * P;  // G: gy scratch
+    const bool by_panels = panels >= threads;
+    // by panels: per thread its panels, scratch and — with several threads — its own partial
+    // values and bias gradients (summed at the end); few panels: threads split W's rows (so gv
+    // and gb are theirs alone) and each scatters into its own gxT
+    const bool parts = by_panels && threads > 1;
+    const int64_t xsz = xT_needed ? in * P : 0, gxsz = gx ? in * P : 0;
+    constexpr int64_t A = 64 / sizeof(F);  // each thread's share starts on a 64-byte boundary
+    const int64_t mine = (xsz + gxsz + G + (parts ? (gv ? nnz : 0) + (gb ? out : 0) : 0) + A - 1)
+                         / A * A;
+    F* ws = alloc<F>(by_panels ? mine * threads : xsz + (gxsz + G) * threads);
     if (!ws) return 1;
     if (gv) std::memset(gv, 0, sizeof(F) * nnz);
-    if (by_tiles) {
-        F* partial = parts ? ws + tile * threads : nullptr;
-        if (parts) std::memset(partial, 0, sizeof(F) * nnz * threads);
+    if (gb) std::memset(gb, 0, sizeof(F) * out);
+    auto rows_of = [&](const F* xT, F* g, F* gxT, F* gvs, F* gbs, int64_t r0, int64_t r1,
+                       int64_t b0) {
+        if (blocks)
+            block_backward_rows<F, I, NV>(gy, x, n, in, out, b0, v, crow, col, bo, bi, r0, r1, g,
+                                          gxT, gvs, gbs);
+        else
+            switch (P / TV) {
+                case 1: backward_rows<F, I, NV, 1>(gy, n, out, b0, xT, v, crow, col, r0, r1, g, gxT, gvs, gbs); break;
+                case 2: backward_rows<F, I, NV, 2>(gy, n, out, b0, xT, v, crow, col, r0, r1, g, gxT, gvs, gbs); break;
+                case 4: backward_rows<F, I, NV, 4>(gy, n, out, b0, xT, v, crow, col, r0, r1, g, gxT, gvs, gbs); break;
+                default: backward_rows<F, I, NV, 8>(gy, n, out, b0, xT, v, crow, col, r0, r1, g, gxT, gvs, gbs); break;
+            }
+    };
+    if (by_panels) {
 #pragma omp parallel num_threads(threads)
         {
-            const int id = omp_get_thread_num();
-            F* gyT = ws + tile * id;
-            F* xT = xT_needed ? gyT + out * T : nullptr;
-            F* gxT = gx ? gyT + out * T + (xT_needed ? in * T : 0) : nullptr;
-            F* mine = parts ? partial + nnz * id : gv;
+            F* base = ws + mine * omp_get_thread_num();
+            F* xT = xT_needed ? base : nullptr;
+            F* gxT = gx ? base + xsz : nullptr;
+            F* g = base + xsz + gxsz;
+            F* gvs = parts && gv ? g + G : gv;
+            F* gbs = parts && gb ? g + G + (gv ? nnz : 0) : gb;
+            if (parts && gv) std::memset(gvs, 0, sizeof(F) * nnz);
+            if (parts && gb) std::memset(gbs, 0, sizeof(F) * out);
 #pragma omp for schedule(static)
-            for (int64_t b = 0; b < tiles; ++b) {
-                load_tile(gy, n, out, b * T, gyT);
-                if (xT) load_tile(x, n, in, b * T, xT);
-                if (gxT) std::memset(gxT, 0, sizeof(F) * in * T);
-                backward_any(gyT, xT, x, n, in, b * T, v, crow, col, bo, bi, 0, rows, gxT, mine);
-                if (gxT) store_tile(gxT, n, in, b * T, 0, in, gx);
+            for (int64_t b = 0; b < panels; ++b) {
+                if (xT) load_tile(x, n, in, b * P, P, 0, in, xT);
+                if (gxT) std::memset(gxT, 0, sizeof(F) * in * P);
+                rows_of(xT, g, gxT, gvs, gbs, 0, rows, b * P);
+                if (gxT) store_tile(gxT, n, in, b * P, P, 0, in, gx);
             }
             if (parts) {  // the omp for above ended with a barrier: every partial is complete
+                const int64_t total = (gv ? nnz : 0) + (gb ? out : 0);
 #pragma omp for schedule(static)
-                for (int64_t p = 0; p < nnz; ++p) {
+                for (int64_t q = 0; q < total; ++q) {
+                    const int64_t off = xsz + gxsz + G + q;
                     F s = 0;
-                    for (int k = 0; k < threads; ++k) s += partial[nnz * k + p];
-                    gv[p] = s;
+                    for (int k = 0; k < threads; ++k) s += ws[mine * k + off];
+                    if (gv && q < nnz)
+                        gv[q] = s;
+                    else
+                        gb[q - (gv ? nnz : 0)] = s;
                 }
             }
         }
     } else {
-        F* gyT = ws;
-        F* xT = xT_needed ? ws + out * T : nullptr;
-        F* gxTs = gx ? ws + out * T + (xT_needed ? in * T : 0) : nullptr;
-        for (int64_t b = 0; b < tiles; ++b) {
-            load_tile(gy, n, out, b * T, gyT);
-            if (xT) load_tile(x, n, in, b * T, xT);
-            if (gxTs) std::memset(gxTs, 0, sizeof(F) * in * T * threads);
+        F* xT = xT_needed ? ws : nullptr;
+        for (int64_t b = 0; b < panels; ++b) {
+            if (xT) load_tile(x, n, in, b * P, P, 0, in, xT);
 #pragma omp parallel num_threads(threads)
             {
                 const int id = omp_get_thread_num(), k = omp_get_num_threads();
-                const int64_t r0 = rows * id / k, r1 = rows * (id + 1) / k;
-                backward_any(gyT, xT, x, n, in, b * T, v, crow, col, bo, bi, r0, r1,
-                             gxTs ? gxTs + in * T * id : nullptr, gv);
+                F* gxT = gx ? ws + xsz + (gxsz + G) * id : nullptr;
+                F* g = ws + xsz + (gxsz + G) * id + gxsz;
+                if (gxT) std::memset(gxT, 0, sizeof(F) * in * P);
+                rows_of(xT, g, gxT, gv, gb, rows * id / k, rows * (id + 1) / k, b * P);
             }
-            if (gxTs) {
-                for (int k = 1; k < threads; ++k)
-                    for (int64_t i = 0; i < in * T; ++i) gxTs[i] += gxTs[in * T * k + i];
-                store_tile(gxTs, n, in, b * T, 0, in, gx);
+            if (gx) {
+                F* gx0 = ws + xsz;
+                for (int k = 1; k < threads; ++k) {
+                    const F* part = ws + xsz + (gxsz + G) * k;
+                    for (int64_t i = 0; i < in * P; ++i) gx0[i] += part[i];
+                }
+                store_tile(gx0, n, in, b * P, P, 0, in, gx);
             }
         }
     }
@@ -401,19 +687,91 @@ int backward(const F* gy, const F* x, int64_t n, int64_t in, int64_t out, const 
     return 0;
 }
 
+// The register tile for a batch of n rows: the smallest whole number of vectors (1, 2, 4, ...)
+// that holds n, at most NVMAX; `Op<NV>::run(args...)` is called with it.
+template <class F, template <int> class Op, class... A>
+int with_tile(int64_t n, A... args) {
+    constexpr int M = Vec<F>::NVMAX, L = Vec<F>::L;
+    if (n <= L || M == 1) return Op<1>::run(args...);
+    if constexpr (M >= 2)
+        if (n <= 2 * L || M == 2) return Op<2>::run(args...);
+    if constexpr (M >= 4)
+        if (n <= 4 * L || M == 4) return Op<4>::run(args...);
+    if constexpr (M >= 8)
+        if (n <= 8 * L || M == 8) return Op<8>::run(args...);
+    if constexpr (M >= 16) return Op<16>::run(args...);
+    return 0;
+}
+
+template <class F, class I>
+struct Forward {
+    template <int NV>
+    struct Op {
+        template <class... A>
+        static int run(A... a) { return forward<F, I, NV>(a...); }
+    };
+};
+
+template <class F, class I>
+struct Backward {
+    template <int NV>
+    struct Op {
+        template <class... A>
+        static int run(A... a) { return backward<F, I, NV>(a...); }
+    };
+};
+
+template <class F, class I>
+int forward_entry(const F* x, int64_t n, int64_t in, const F* v, const I* crow, const I* col,
+                  int64_t nnz, const F* bias, int64_t out, int64_t bo, int64_t bi, F* y,
+                  int threads) {
+    if (check_structure(crow, col, out / bo, in / bi, nnz, threads)) return 2;
+    if (bo == 1 && bi == 1 && n <= 2) {  // inference on a row or two: gather, no tile
+        const int64_t steps = (out + J - 1) / J;
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t s = 0; s < steps; ++s) {
+            const int64_t j0 = s * J, j1 = std::min(out, j0 + J);
+            if (n == 1)
+                gather_forward<F, I, 1>(x, in, v, crow, col, bias, out, j0, j1, y);
+            else
+                gather_forward<F, I, 2>(x, in, v, crow, col, bias, out, j0, j1, y);
+        }
+        return 0;
+    }
+    return with_tile<F, Forward<F, I>::template Op>(n, x, n, in, v, crow, col, bias, out, bo, bi,
+                                                     y, threads);
+}
+
+template <class F, class I>
+int backward_entry(const F* gy, const F* x, int64_t n, int64_t in, int64_t out, const F* v,
+                   const I* crow, const I* col, int64_t nnz, int64_t bo, int64_t bi, F* gx,
+                   F* gv, F* gb, int threads) {
+    if (check_structure(crow, col, out / bo, in / bi, nnz, threads)) return 2;
+    return with_tile<F, Backward<F, I>::template Op>(n, gy, x, n, in, out, v, crow, col, bo, bi,
+                                                      gx, gv, gb, threads);
+}
+
 }  // namespace
 
-// Exported entry points; each returns 0, or 1 when its workspace could not be allocated.
+// What this build was compiled for: the instruction set, the vector width in bytes and the
+// register tile in rows (the benchmark prints them beside its tables).
+extern "C" const char* structlearn_isa() { return SL_ISA; }
+extern "C" int structlearn_vector_bytes() { return SL_VBYTES; }
+extern "C" int structlearn_tile_rows() { return SL_TILE; }
+
+// Exported entry points; each returns 0, 1 when its workspace could not be allocated, or 2 when
+// the structure is malformed (nothing computed). bias, gx, gv and gb may be null.
 #define STRUCTLEARN_EXPORT(F, I, NAME)                                                          \
     extern "C" int NAME##_forward(const F* x, int64_t n, int64_t in, const F* v,                \
-                                  const I* crow, const I* col, int64_t out, int64_t bo,         \
-                                  int64_t bi, F* y, int th) {                                   \
-        return forward<F, I>(x, n, in, v, crow, col, out, bo, bi, y, th);                       \
+                                  const I* crow, const I* col, int64_t nnz, const F* bias,      \
+                                  int64_t out, int64_t bo, int64_t bi, F* y, int th) {          \
+        return forward_entry<F, I>(x, n, in, v, crow, col, nnz, bias, out, bo, bi, y, th);      \
     }                                                                                           \
     extern "C" int NAME##_backward(const F* gy, const F* x, int64_t n, int64_t in, int64_t out, \
-                                   const F* v, const I* crow, const I* col, int64_t bo,         \
-                                   int64_t bi, F* gx, F* gv, int th) {                          \
-        return backward<F, I>(gy, x, n, in, out, v, crow, col, bo, bi, gx, gv, th);             \
+                                   const F* v, const I* crow, const I* col, int64_t nnz,        \
+                                   int64_t bo, int64_t bi, F* gx, F* gv, F* gb, int th) {       \
+        return backward_entry<F, I>(gy, x, n, in, out, v, crow, col, nnz, bo, bi, gx, gv, gb,   \
+                                    th);                                                        \
     }
 
 STRUCTLEARN_EXPORT(float, int32_t, f32_i32)

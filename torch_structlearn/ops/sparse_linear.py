@@ -89,10 +89,13 @@ def _sparse_linear(
     bias: Tensor | None,
     backend: str,
 ) -> Tensor:
+    impl = _IMPL[backend]
+    fused = getattr(impl, "FUSES_BIAS", False)
     # The inputs were already cast by the wrapper; autocast must not re-cast the inner matmuls.
     with torch.autocast(x.device.type, enabled=False):
-        y = _IMPL[backend].forward(x.contiguous(), values, crow, col, (crow_t, col_t, perm))
-    if bias is not None:
+        t = (crow_t, col_t, perm)
+        y = impl.forward(x.contiguous(), values, crow, col, t, *((bias,) if fused else ()))
+    if bias is not None and not fused:
         y.add_(bias)  # y is this op's fresh output: in place saves a second (N, out) buffer
     return y
 
@@ -115,20 +118,31 @@ def _sparse_linear_backward(
     backend: str,
     need_input: bool,
     need_values: bool,
-) -> tuple[Tensor, Tensor]:
+    need_bias: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    impl = _IMPL[backend]
+    gy, t = gy.contiguous(), (crow_t, col_t, perm)
     with torch.autocast(x.device.type, enabled=False):
-        gx, gv = _IMPL[backend].backward(
-            gy.contiguous(), x.contiguous(), values, crow, col, (crow_t, col_t, perm),
-            need_input, need_values,
-        )
-    return (gx if need_input else x.new_empty(0)), (gv if need_values else values.new_empty(0))
+        if getattr(impl, "FUSES_BIAS", False):
+            gx, gv, gb = impl.backward(gy, x.contiguous(), values, crow, col, t, need_input,
+                                       need_values, need_bias)
+        else:
+            gx = gv = None
+            if need_input or need_values:
+                gx, gv = impl.backward(gy, x.contiguous(), values, crow, col, t, need_input,
+                                       need_values)
+            gb = gy.sum(0) if need_bias else None
+    return ((gx if need_input else x.new_empty(0)), (gv if need_values else values.new_empty(0)),
+            (gb if need_bias else x.new_empty(0)))
 
 
 @_sparse_linear_backward.register_fake
-def _(gy, x, values, crow, col, crow_t, col_t, perm, backend, need_input, need_values):
+def _(gy, x, values, crow, col, crow_t, col_t, perm, backend, need_input, need_values,
+      need_bias=False):
     gx = torch.empty_like(x) if need_input else x.new_empty(0)
     gv = torch.empty_like(values) if need_values else values.new_empty(0)
-    return gx, gv
+    gb = gy.new_empty(gy.shape[1]) if need_bias else x.new_empty(0)
+    return gx, gv, gb
 
 
 def _setup_context(ctx, inputs, output):
@@ -142,14 +156,11 @@ def _backward(ctx, gy):
     need_x, need_v = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     need_b = ctx.needs_input_grad[7]
     gx = gv = gb = None
-    if need_x or need_v:
-        gx, gv = _sparse_linear_backward(
-            gy, x, values, crow, col, crow_t, col_t, perm, ctx.backend, need_x, need_v
+    if need_x or need_v or need_b:
+        gx, gv, gb = _sparse_linear_backward(
+            gy, x, values, crow, col, crow_t, col_t, perm, ctx.backend, need_x, need_v, need_b
         )
-        gx = gx if need_x else None
-        gv = gv if need_v else None
-    if need_b:
-        gb = gy.sum(0)
+        gx, gv, gb = (gx if need_x else None), (gv if need_v else None), (gb if need_b else None)
     return gx, gv, None, None, None, None, None, gb, None
 
 

@@ -1,0 +1,84 @@
+"""File helpers every part of the package shares (a leaf module: it imports nothing of ours).
+
+* :func:`write_atomic` — write bytes to a temporary file beside the target, fsync, rename: a
+  reader (or a crash) never sees a half-written file.
+* :func:`file_lock` — an exclusive lock between processes (``fcntl.flock`` on a lock file), so
+  that several processes starting at once (torchrun ranks) compile a kernel or calibrate
+  ``auto`` once instead of racing.
+* :func:`cache_dir` — where compiled kernels, ``auto``'s calibration and decoded data sets are
+  kept: ``$STRUCTLEARN_CACHE``, else ``$XDG_CACHE_HOME/torch_structlearn``, else
+  ``~/.cache/torch_structlearn``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): locks are no-ops, writes stay atomic
+    fcntl = None
+
+__all__ = ["cache_dir", "file_lock", "write_atomic", "write_json"]
+
+
+def cache_dir() -> Path:
+    """``$STRUCTLEARN_CACHE``, else ``$XDG_CACHE_HOME/torch_structlearn``, else
+    ``~/.cache/torch_structlearn``."""
+    env = os.environ.get("STRUCTLEARN_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch_structlearn"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so
+    that the destination is either the old file or the whole new one."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give a file path such as "
+                                f"{path / 'structure.safetensors'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp makes the file owner-only (0600); give it the mode open() would have given
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int = 1, **dumps_kw) -> None:
+    """Write ``obj`` as JSON text with a final newline, atomically (``dumps_kw``: json.dumps')."""
+    write_atomic(Path(path), (json.dumps(obj, indent=indent, **dumps_kw) + "\n").encode())
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block; other
+    processes asking for it wait. A no-op where ``fcntl`` does not exist."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
