@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
 from torch_structlearn import Connectivity, StructLearnedLinear, convert, hub, save  # noqa: E402
+from torch_structlearn._argtypes import density as _density  # noqa: E402
+from torch_structlearn._argtypes import positive as _positive  # noqa: E402
 from torch_structlearn._files import write_json as _write_json  # noqa: E402
-from torch_structlearn.cli import _density, _positive  # noqa: E402
 from torch_structlearn.convert import _set_module, select_linears  # noqa: E402
 from torch_structlearn.datasets import DATASETS, load_dataset  # noqa: E402
 from torch_structlearn.train import accuracy  # noqa: E402

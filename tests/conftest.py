@@ -15,6 +15,18 @@ settings.register_profile(
 settings.load_profile("default")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _calibration_in_a_temporary_folder(tmp_path_factory):
+    """``auto`` calibrates as it does for users, but into a folder of this test session: the
+    suite neither reads decisions an earlier run cached nor writes into the user's cache."""
+    from torch_structlearn.ops import calibrate
+
+    calibrate.DIRECTORY = tmp_path_factory.mktemp("calibration")
+    calibrate.clear()
+    yield
+    calibrate.DIRECTORY = None
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -77,46 +77,72 @@ def test_bad_arguments_exit_2(argv, tmp_path):
 def test_peak_counts_the_gradients_of_the_step():
     layer = nn.Linear(256, 512)
     x = torch.randn(64, 256)
-    _, fwd_bwd, clear = bench._steps(layer, x)
+    _, fwd_bwd, clear = bench.timing.steps(layer, x)
     fwd_bwd()  # a previous step's gradients exist, as in the timing loop
     grads = (512 * 256 + 512 + 64 * 256) * 4  # weight, bias and input gradients
     # twice: the profiler knows the sizes of blocks allocated under an earlier profile, so a
     # measurement that frees the previous gradients inside the step would subtract them
     for _ in range(2):
-        assert bench._peak_of_step(fwd_bwd, clear, x.device) >= grads
+        assert bench.timing.peak_of_step(fwd_bwd, clear, x.device) >= grads
 
 
 def test_crossover_table_from_json_per_shape(tmp_path, monkeypatch):
     from torch_structlearn.ops import auto
 
+    monkeypatch.setenv("STRUCTLEARN_CALIBRATE", "0")  # choose() below reads the prior
     monkeypatch.setattr(auto, "TABLE_PATH", tmp_path / "crossover.json")
     monkeypatch.setattr(auto, "TABLE", {"cuda": {"bfloat16": 0.2}})
     monkeypatch.setattr(auto, "BY_SHAPE", {})
+    here = auto.table_device(torch.device("cpu"))  # cpu/<this machine's instruction set>
 
-    def row(shape, density, ms, backend="cpu"):
-        return {"device": "cpu", "dtype": "float32", "block": 0, "shape": shape, "backend": backend,
-                "actual_density": density, "forward_backward_ms": ms,
-                "baseline_forward_backward_ms": 10.0}
+    def row(shape, density, ms, backend="cpu", dev=here):
+        return {"device": "cpu", "table_device": dev, "dtype": "float32", "block": 0,
+                "shape": shape, "backend": backend, "actual_density": density,
+                "forward_backward_ms": ms, "baseline_forward_backward_ms": 10.0}
 
     rows = [row([8, 64, 48], 0.1, 2.0), row([8, 64, 48], 0.25, 8.0), row([8, 64, 48], 0.5, 12.0),
             row([512, 64, 48], 0.1, 9.0), row([512, 64, 48], 0.25, 11.0),
             row([8, 64, 48], 0.1, 6.0, "csr"), row([8, 64, 48], 0.25, 12.0, "csr"),  # stand-in
             row([512, 64, 48], 0.1, 1.0, backend="dense"),  # not a sparse kernel: ignored
-            row([512, 64, 48], 0.25, 1.0, backend="torch_sparse")]  # neither
+            row([512, 64, 48], 0.25, 1.0, backend="torch_sparse"),  # neither
+            row([8, 64, 48], 0.5, 1.0, dev="cpu/other")]  # another instruction set: its own entry
     f = tmp_path / "k.json"
-    f.write_text(json.dumps({"rows": rows}))
+    f.write_text(json.dumps({"rows": rows, "machine": {"cpu": "Test CPU", "threads": 2}}))
     assert bench.main(["crossover", str(f)]) == 0
     written = json.loads((tmp_path / "crossover.json").read_text())
-    assert written["by_shape"]["cpu"]["float32"] == {"8x64x48": 0.25, "512x64x48": 0.1}
-    assert written["by_shape"]["cpu"]["float32@csr"] == {"8x64x48": 0.1}
+    assert written["by_shape"][here]["float32"] == {"8x64x48": 0.25, "512x64x48": 0.1}
+    assert written["by_shape"][here]["float32@csr"] == {"8x64x48": 0.1}
     assert written["crossover"] == {"cuda": {"bfloat16": 0.2},
-                                    "cpu": {"float32": 0.1, "float32@csr": 0.1}}
+                                    here: {"float32": 0.1, "float32@csr": 0.1},
+                                    "cpu/other": {"float32": 0.5}}
+    assert written["machines"][here] == {"file": "k.json", "cpu": "Test CPU", "threads": 2}
     assert "bench crossover" in written["generated_by"]
     cpu = torch.device("cpu")
     sparse = auto.sparse_backend(cpu, None)  # 'cpu', or 'csr' without a compiler
     assert auto.choose(cpu, torch.float32, 0.2, None, (16, 64, 48)) == (  # reloaded
         "cpu" if sparse == "cpu" else "dense")  # csr's own entry: 0.1 at that shape
     assert auto.choose(cpu, torch.float32, 0.2, None, (1024, 64, 48)) == "dense"
+
+
+def test_crossover_needs_the_instruction_set_of_an_old_file(tmp_path, monkeypatch):
+    """Files written before results were kept per instruction set say nothing about theirs:
+    `crossover` refuses them unless told (--isa), and files on CUDA need no ISA."""
+    from torch_structlearn.ops import auto
+
+    monkeypatch.setattr(auto, "TABLE_PATH", tmp_path / "crossover.json")
+    monkeypatch.setattr(auto, "TABLE", {})
+    monkeypatch.setattr(auto, "BY_SHAPE", {})
+    old = {"device": "cpu", "dtype": "float32", "block": 0, "shape": [8, 64, 48],
+           "backend": "cpu", "actual_density": 0.1, "forward_backward_ms": 1.0,
+           "baseline_forward_backward_ms": 10.0}
+    f = tmp_path / "old.json"
+    f.write_text(json.dumps({"rows": [old]}))
+    with pytest.raises(SystemExit) as e:
+        bench.main(["crossover", str(f)])
+    assert e.value.code == 2
+    assert bench.main(["crossover", str(f), "--isa", "avx512"]) == 0
+    assert json.loads((tmp_path / "crossover.json").read_text())["crossover"] == {
+        "cpu/avx512": {"float32": 0.1}}
 
 
 def test_crossover_rejects_a_non_benchmark_file(tmp_path):

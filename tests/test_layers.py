@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from torch_structlearn import Connectivity, StructLearnedLinear
-from torch_structlearn.ops import available_backends
+from torch_structlearn.ops import available_backends, resolve_backend
 
 from .conftest import devices
 
@@ -188,17 +188,18 @@ def test_backend_caches_and_switching(backend):
     torch.testing.assert_close(layer(x), ref)
     for other in ["csr", "dense", "auto", *(["cpu"] if "cpu" in available_backends() else [])]:
         layer.backend = other
-        uses_dense = layer.dense_index.numel() > 0
-        uses_csr = layer.perm_t.numel() > 0
-        assert uses_dense or uses_csr or other == "cpu"
-        if other == "cpu":  # the fused kernels need neither cache
-            assert not uses_dense and not uses_csr
-        if other == "dense":
-            assert uses_dense and not uses_csr
-        if other == "csr":
-            assert uses_csr and not uses_dense
         torch.testing.assert_close(layer(x), ref)
         layer(x).sum().backward()
+        # what ran ('auto': the backend it picked, whose caches it built on first use)
+        ran = resolve_backend(x, layer.values, layer.crow_indices, layer.col_indices, other)
+        uses_dense = layer.dense_index.numel() > 0
+        uses_csr = layer.perm_t.numel() > 0
+        if ran == "cpu":  # the fused kernels need neither cache
+            assert not uses_dense and not uses_csr
+        if ran == "dense":
+            assert uses_dense and not uses_csr
+        if ran == "csr":
+            assert uses_csr and not uses_dense
 
 
 def test_empty_cache_is_recomputed_for_an_empty_layer():

@@ -293,44 +293,56 @@ def _fused_kernel(monkeypatch, present: bool) -> str:
 
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["fused", "no-compiler"])
-def test_auto_chooses_by_crossover_and_nearest_shape(monkeypatch, kernel):
+def test_auto_prior_chooses_by_crossover_and_nearest_shape(monkeypatch, kernel):
     from torch_structlearn.ops import auto
 
     sparse = _fused_kernel(monkeypatch, kernel)
+    cpu = torch.device("cpu")
+    dev = auto.table_device(cpu)  # "cpu/<isa>": a crossover holds for one instruction set
     # 'float32' was measured for the cpu kernels, 'float32@csr' for csr standing in for them
     # (block layers too: 'float32/b32x32' for the cpu kernels, '…@csr' for the stand-in)
-    monkeypatch.setattr(auto, "TABLE", {"cpu": {"float32": 0.05, "float32@csr": 0.02,
-                                                "float32/b32x32": 0.08, "float32/b32x32@csr": 0.04}})
-    monkeypatch.setattr(auto, "BY_SHAPE", {"cpu": {
+    monkeypatch.setattr(auto, "TABLE", {dev: {"float32": 0.05, "float32@csr": 0.02,
+                                              "float32/b32x32": 0.08, "float32/b32x32@csr": 0.04},
+                                        "cpu/other-isa": {"float32": 0.9}})
+    monkeypatch.setattr(auto, "BY_SHAPE", {dev: {
         "float32/b32x32": {"256x3072x4096": 0.105, "4096x768x3072": 0.08},
         "float32/b32x32@csr": {"256x3072x4096": 0.06, "4096x768x3072": 0.04}}})
-    cpu = torch.device("cpu")
     limit = 0.05 if kernel else 0.02  # each kernel at its own measured crossover
-    assert auto.choose(cpu, torch.float32, limit) == sparse
-    assert auto.choose(cpu, torch.float32, limit + 0.01) == "dense"
-    assert auto.choose(cpu, torch.bfloat16, limit) == sparse  # CPU low precision: float32 entry
-    assert auto.choose(cpu, torch.float64, 0.01) == "dense"  # nothing measured
+    assert auto.prior(cpu, torch.float32, limit) == sparse
+    assert auto.prior(cpu, torch.float32, limit + 0.01) == "dense"
+    assert auto.prior(cpu, torch.bfloat16, limit) == sparse  # CPU low precision: float32 entry
+    assert auto.prior(cpu, torch.float64, 0.01) == "dense"  # nothing measured
     b = (32, 32)
     big = 0.105 if kernel else 0.06  # the batch-256 shape's block crossover of the kernel that runs
-    assert auto.choose(cpu, torch.float32, big, b) == "dense"  # no shape: the smallest
-    assert auto.choose(cpu, torch.float32, big, b, (200, 3072, 4096)) == sparse
-    assert auto.choose(cpu, torch.float32, big, b, (8192, 768, 3072)) == "dense"
-    assert auto.choose(cpu, torch.float32, big + 0.005, b, (256, 3072, 4096)) == "dense"
+    assert auto.prior(cpu, torch.float32, big, b) == "dense"  # no shape: the smallest
+    assert auto.prior(cpu, torch.float32, big, b, (200, 3072, 4096)) == sparse
+    assert auto.prior(cpu, torch.float32, big, b, (8192, 768, 3072)) == "dense"
+    assert auto.prior(cpu, torch.float32, big + 0.005, b, (256, 3072, 4096)) == "dense"
     assert sorted(auto.limits(cpu, torch.float32, b)) == ([0.08, 0.08, 0.105] if kernel
                                                           else [0.04, 0.04, 0.06])
     assert auto.limits(cpu, torch.float64) == []
-    monkeypatch.setattr(auto, "TABLE", {"cpu": {"float32": 0.05}})  # csr never measured:
-    assert auto.choose(cpu, torch.float32, 0.01) == ("cpu" if kernel else "dense")  # no evidence
+    monkeypatch.setattr(auto, "TABLE", {dev: {"float32": 0.05}})  # csr never measured:
+    assert auto.prior(cpu, torch.float32, 0.01) == ("cpu" if kernel else "dense")  # no evidence
+    # another instruction set's entry never applies here
+    monkeypatch.setattr(auto, "TABLE", {"cpu/other-isa": {"float32": 0.9, "float32@csr": 0.9}})
+    assert auto.prior(cpu, torch.float32, 0.01) == "dense"
+    # calibration off: choose() is the prior, whatever it is given to measure
+    monkeypatch.setenv("STRUCTLEARN_CALIBRATE", "0")
+    assert auto.choose(cpu, torch.float32, 0.01, None, (8, 64, 48), candidates=["cpu", "dense"],
+                       make_runs=lambda names: pytest.fail("measured with calibration off")) == "dense"
 
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["fused", "no-compiler"])
 def test_auto_layer_caches_what_every_shape_may_need(monkeypatch, kernel):
+    """Calibration off: a layer caches up front what the prior may pick at any shape."""
     from torch_structlearn.ops import auto
 
+    monkeypatch.setenv("STRUCTLEARN_CALIBRATE", "0")
     sparse = _fused_kernel(monkeypatch, kernel)
     k = "float32" if kernel else "float32@csr"  # the entry of the kernel that runs
-    monkeypatch.setattr(auto, "TABLE", {"cpu": {k: 0.05}})
-    monkeypatch.setattr(auto, "BY_SHAPE", {"cpu": {k: {"8x64x48": 0.3, "512x64x48": 0.05}}})
+    dev = auto.table_device(torch.device("cpu"))
+    monkeypatch.setattr(auto, "TABLE", {dev: {k: 0.05}})
+    monkeypatch.setattr(auto, "BY_SHAPE", {dev: {k: {"8x64x48": 0.3, "512x64x48": 0.05}}})
     torch.manual_seed(0)
     layer = StructLearnedLinear(64, 48, density=0.2)  # sparse at batch 8, dense at batch 512
     transposed = layer.nnz if sparse == "csr" else 0  # the fused kernel needs no transpose
@@ -338,8 +350,8 @@ def test_auto_layer_caches_what_every_shape_may_need(monkeypatch, kernel):
     w = torch.zeros(48, 64)
     w[layer.connectivity.row_indices(), layer.connectivity.col_indices.long()] = layer.csr_values().detach()
     picked = []
-    choose = auto.choose
-    monkeypatch.setattr(auto, "choose", lambda *a: picked.append(choose(*a)) or picked[-1])
+    prior = auto.prior
+    monkeypatch.setattr(auto, "prior", lambda *a: picked.append(prior(*a)) or picked[-1])
     for batch in (8, 512):
         x = torch.randn(batch, 64)
         torch.testing.assert_close(layer(x), x @ w.T + layer.bias, rtol=1e-5, atol=1e-5)

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import sys
 import time
 from pathlib import Path
+
+from ._argtypes import density, fraction, nonnegative, positive
 
 
 def _learn(args) -> int:
@@ -184,34 +185,6 @@ def _convert(args) -> int:
     return 0
 
 
-def _positive(kind):
-    """An argparse type: a finite ``kind`` (int or float) > 0."""
-    def parse(s: str):
-        v = kind(s)
-        if not (math.isfinite(v) and v > 0):
-            raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
-        return v
-
-    parse.__name__ = f"positive {kind.__name__}"  # what argparse names in 'invalid ... value'
-    return parse
-
-
-def _density(s: str) -> float:
-    """An argparse type: a connection density in (0, 1]."""
-    v = float(s)
-    if not 0 < v <= 1:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"density must be in (0, 1], got {s}")
-    return v
-
-
-def _nonnegative(text: str) -> float:
-    """An argparse type: a finite float >= 0."""
-    v = float(text)
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return v
-
-
 def _shape(s: str) -> tuple[int, int, int]:
     """An argparse type: an image shape written ``C,H,W`` (positive ints)."""
     from ._checks import image_shape
@@ -222,16 +195,16 @@ def _shape(s: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(f"must be C,H,W positive integers, got {s!r}") from e
 
 
-def _fraction(s: str) -> float:
-    from ._checks import fraction
-
-    try:
-        return fraction("value", float(s))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {s}") from e
-
-
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own parser (and --help): everything after 'bench' is its
+        from .bench import main as bench_main
+
+        try:
+            return bench_main(argv[1:])
+        except (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError) as e:
+            print(f"structlearn bench: error: {e}", file=sys.stderr)
+            return 2
     import torch
 
     from .datasets import DATASETS
@@ -247,25 +220,25 @@ def main(argv: list[str] | None = None) -> int:
                                     "labels, and compare with random and dense structures.")
     lr.add_argument("--dataset", choices=DATASETS, default="digits")
     lr.add_argument("--data-root", default=None, help="data folder (default $STRUCTLEARN_DATA)")
-    lr.add_argument("--density", type=_density, default=0.25)
-    lr.add_argument("--width", type=_positive(int), default=128)
-    lr.add_argument("--max-depth", type=_positive(int), default=2)
-    lr.add_argument("--group-size", type=_positive(int), default=2)
+    lr.add_argument("--density", type=density, default=0.25)
+    lr.add_argument("--width", type=positive(int), default=128)
+    lr.add_argument("--max-depth", type=positive(int), default=2)
+    lr.add_argument("--group-size", type=positive(int), default=2)
     lr.add_argument("--min-gain", type=float, default=0.01)
-    lr.add_argument("--eps", type=_positive(float), default=0.1, help="ZCA regulariser")
-    lr.add_argument("--whitening-kernel", type=_positive(int), default=None, metavar="K",
+    lr.add_argument("--eps", type=positive(float), default=0.1, help="ZCA regulariser")
+    lr.add_argument("--whitening-kernel", type=positive(int), default=None, metavar="K",
                     help="whiten with a KxK convolution fitted to the full ZCA (odd K; small "
                          "files for large images) instead of the d x d matrix")
-    lr.add_argument("--dict-epochs", type=_positive(int), default=5)
-    lr.add_argument("--active-fraction", type=_fraction, default=0.05,
+    lr.add_argument("--dict-epochs", type=positive(int), default=5)
+    lr.add_argument("--active-fraction", type=fraction, default=0.05,
                     help="codes active at the start of dictionary learning (sets lam1)")
-    lr.add_argument("--epochs", type=_positive(int), default=40, help="supervised epochs")
-    lr.add_argument("--lr", type=_positive(float), default=3e-3)
-    lr.add_argument("--weight-decay", type=_nonnegative, default=0.0, help="Adam's L2 penalty")
+    lr.add_argument("--epochs", type=positive(int), default=40, help="supervised epochs")
+    lr.add_argument("--lr", type=positive(float), default=3e-3)
+    lr.add_argument("--weight-decay", type=nonnegative, default=0.0, help="Adam's L2 penalty")
     lr.add_argument("--flip", action="store_true",
                     help="mirror a random half of every training batch left-right")
-    lr.add_argument("--batch-size", type=_positive(int), default=256)
-    lr.add_argument("--limit", type=_positive(int), default=None, help="use a fixed random subset of N training images")
+    lr.add_argument("--batch-size", type=positive(int), default=256)
+    lr.add_argument("--limit", type=positive(int), default=None, help="use a fixed random subset of N training images")
     lr.add_argument("--seed", type=int, default=0)
     lr.add_argument("--out", default="runs/demo")
     lr.add_argument("--quiet", action="store_true")
@@ -286,19 +259,18 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("model", help="timm model name, e.g. vit_tiny_patch16_224")
     cv.add_argument("--dataset", choices=DATASETS, default="digits")
     cv.add_argument("--data-root", default=None)
-    cv.add_argument("--density", type=_density, default=0.1)
+    cv.add_argument("--density", type=density, default=0.1)
     cv.add_argument("--include", default=None, help="glob on module names, e.g. 'blocks.*.mlp.fc*'")
     cv.add_argument("--exclude", default=None)
     cv.add_argument("--init", choices=["keep", "dictionary", "random"], default="keep")
     cv.add_argument("--checkpoint", default=None, help="a state_dict file for the timm model")
-    cv.add_argument("--limit", type=_positive(int), default=512, help="training images used")
-    cv.add_argument("--batches", type=_positive(int), default=None)
-    cv.add_argument("--batch-size", type=_positive(int), default=32)
+    cv.add_argument("--limit", type=positive(int), default=512, help="training images used")
+    cv.add_argument("--batches", type=positive(int), default=None)
+    cv.add_argument("--batch-size", type=positive(int), default=32)
     cv.add_argument("--out", default="runs/convert/structures.safetensors")
     cv.add_argument("--quiet", action="store_true")
-    b = sub.add_parser("bench", help="run the benchmarks (see python -m torch_structlearn.bench -h)",
-                       add_help=False)
-    b.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("bench", help="run the benchmarks and auto's calibration (structlearn bench "
+                                 "--help)", add_help=False)
     args = p.parse_args(argv)
     try:
         if args.command == "learn":
@@ -307,11 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             return _inspect(args)
         if args.command == "hub":
             return _hub_list(args)
-        if args.command == "convert":
-            return _convert(args)
-        from .bench import main as bench_main
-
-        return bench_main(args.rest)
+        return _convert(args)
     except (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError) as e:
         print(f"structlearn {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -18,9 +18,9 @@ from ._checks import block as check_block
 from ._checks import choice, float_dtype, positive_int
 from .connectivity import Connectivity, bsr_to_csr, csr_transpose, row_of_entries, validate_csr
 from .data import first_batch
-from .ops import auto, check_backend, sparse_linear
-from .ops.dense import dense_weight, flat_index
-from .ops.sparse_linear import NEEDS_TRANSPOSE, check_block_backend
+from .ops import auto, calibrate, check_backend, sparse_linear
+from .ops.dense import DenseWeight, dense_weight, flat_index
+from .ops.sparse_linear import NEEDS_TRANSPOSE, check_block_backend, resolve_backend
 
 __all__ = ["StructLearnedLinear"]
 
@@ -128,26 +128,49 @@ class StructLearnedLinear(nn.Module):
         ``.to()`` but are not saved): the flat scatter index for ``dense``, and in training mode
         the transposed structure the input gradient of ``csr``, ``torch_sparse`` and ``triton``
         reads (``eval()`` drops it: an unstructured layer then holds 2ρ of the dense bytes
-        instead of 4ρ; ``cpu`` never needs it). Empty when
-        not needed; the kernel computes a missing one on the fly (e.g. a backward in eval mode,
-        or after ``.to()`` onto a device where ``auto`` differs)."""
-        crow, col = self.crow_indices, self.col_indices
+        instead of 4ρ; ``cpu`` never needs it). Empty when not needed; the kernel computes a
+        missing one on the fly (e.g. a backward in eval mode, or inside a ``torch.compile``
+        trace of a layer that never ran eagerly). The dense backend's weight
+        (:class:`~torch_structlearn.ops.dense.DenseWeight`) is dropped too, rebuilt on use."""
+        col = self.col_indices
         backends = {self._backend}
-        if self._backend == "auto":  # what auto may pick on the current device, at any shape
-            backends = auto.reachable(col.device, self.values.dtype, self.density, self.block)
+        if self._backend == "auto":
+            # calibrating: built when a call first picks a backend that needs them (eager);
+            # else what the prior may pick on the current device, at any shape
+            calibrating = calibrate.enabled()
+            backends = set() if calibrating else auto.reachable(
+                col.device, self.values.dtype, self.density, self.block)
         empty = col.new_empty(0)
-        if self.training and backends & NEEDS_TRANSPOSE:
+        self.register_buffer("crow_t", empty, persistent=False)
+        self.register_buffer("col_t", empty, persistent=False)
+        self.register_buffer("perm_t", empty, persistent=False)
+        self.register_buffer("dense_index", empty.long(), persistent=False)
+        self._dense = DenseWeight()
+        for backend in backends:
+            self._ensure_caches(backend)
+
+    def _ensure_caches(self, backend: str) -> None:
+        """Build what ``backend`` reads, if missing: in training mode the transposed structure
+        (``csr``, ``torch_sparse``, ``triton``), and the dense backend's scatter index."""
+        crow, col = self.crow_indices, self.col_indices
+        if not torch.is_inference_mode_enabled():  # built under inference_mode: unusable here
+            for name in ("crow_t", "col_t", "perm_t", "dense_index"):
+                if getattr(self, name).is_inference():
+                    self.register_buffer(name, getattr(self, name).new_empty(0), persistent=False)
+        if backend in NEEDS_TRANSPOSE and self.training and self.crow_t.numel() == 0:
             n_cols = self.in_features // (self.block[1] if self.block else 1)
             crow_t, col_t, perm = csr_transpose(crow, col, n_cols)
-            perm = perm.to(col_t.dtype)
-        else:
-            crow_t, col_t, perm = empty, empty, empty
-        dense = "dense" in backends and self.block is None
-        index = flat_index(crow, col, self.in_features) if dense else empty.long()
-        self.register_buffer("crow_t", crow_t, persistent=False)
-        self.register_buffer("col_t", col_t, persistent=False)
-        self.register_buffer("perm_t", perm, persistent=False)
-        self.register_buffer("dense_index", index, persistent=False)
+            self.register_buffer("crow_t", crow_t, persistent=False)
+            self.register_buffer("col_t", col_t, persistent=False)
+            self.register_buffer("perm_t", perm.to(col_t.dtype), persistent=False)
+        if backend == "dense" and self.block is None and self.dense_index.numel() != col.numel():
+            self.register_buffer("dense_index", flat_index(crow, col, self.in_features),
+                                 persistent=False)
+
+    def _apply(self, fn, *args, **kwargs):
+        if getattr(self, "_dense", None) is not None:
+            self._dense.clear()  # rebuilt where the layer goes (.to(), .half(), ...)
+        return super()._apply(fn, *args, **kwargs)
 
     def train(self, mode: bool = True) -> StructLearnedLinear:
         """Like ``nn.Module.train``; also builds (training) or drops (eval) the cached
@@ -314,15 +337,20 @@ class StructLearnedLinear(nn.Module):
             raise ValueError(
                 f"expected input of shape (*, {self.in_features}), got {tuple(x.shape)}"
             )
+        backend = resolve_backend(x, self.values, self.crow_indices, self.col_indices,
+                                  self._backend)
+        if not torch.compiler.is_compiling():
+            self._ensure_caches(backend)
         return sparse_linear(
             x,
             self.values,
             self.crow_indices,
             self.col_indices,
             self.bias,
-            backend=self._backend,
+            backend=backend,
             transpose=(self.crow_t, self.col_t, self.perm_t),
             dense_index=self.dense_index,
+            dense_cache=self._dense if backend == "dense" else None,
         )
 
     def dense_weight(self) -> Tensor:

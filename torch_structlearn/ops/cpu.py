@@ -49,8 +49,9 @@ from .._files import cache_dir, file_lock, write_atomic
 from ..connectivity import validate_csr
 from .csr import _compute_dtype
 
-__all__ = ["VARIANTS", "Kernels", "available", "build", "compiler", "cpu_flags", "error", "info",
-           "variant"]
+__all__ = ["VARIANTS", "Kernels", "available", "build", "compiler", "cpu_flags", "cpu_isa", "cpu_model",
+           "error", "isa_flags",
+           "info", "variant"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
@@ -79,6 +80,34 @@ def cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+def isa_flags() -> list[str]:
+    """The CPU's vector-ISA flags that matter here (what benchmark tables print)."""
+    return sorted(cpu_flags() & {"avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
+                                 "avx512_bf16", "amx_tile", "asimd", "sve", "sse2"})
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_isa() -> str:
+    """The instruction set the ``cpu`` kernels run with (``avx512``, ``avx2``, ``sse2``,
+    ``neon``, ...); where they did not build, the CPU's own."""
+    if available():
+        return _kernels.isa
+    flags = cpu_flags()
+    if _X86:
+        return "avx512" if "avx512f" in flags else "avx2" if {"avx2", "fma"} <= flags else "sse2"
+    return "neon" if _ARM64 else platform.machine().lower() or "unknown"
 
 
 def _cpu_id() -> str:
@@ -154,6 +183,9 @@ class Kernels:
             fwd.argtypes = [p, i64, i64, p, p, p, i64, p, i64, i64, i64, p, c_int]
             bwd.argtypes = [p, p, i64, i64, i64, p, p, p, i64, i64, i64, p, p, p, c_int]
             fwd.restype = bwd.restype = c_int
+            for move in (getattr(lib, f"{name}_scatter"), getattr(lib, f"{name}_gather")):
+                move.argtypes = [p, p, p, i64, i64, i64, p, c_int]
+                move.restype = c_int
         lib.structlearn_isa.restype = ctypes.c_char_p
         self._lib, self.path, self.variant, self.flags = lib, path, variant, flags
         self.isa = lib.structlearn_isa().decode()
@@ -180,6 +212,34 @@ class Kernels:
         else:
             y.zero_()
         return y.to(x.dtype)
+
+    def scatter(self, values: Tensor, crow: Tensor, col: Tensor, weight: Tensor) -> None:
+        """``weight[row, col[p]] = values[p]`` for every nonzero, in place; ``weight (out, in)``
+        contiguous, of values' dtype (float32/64); other entries untouched."""
+        self._move("scatter", values, crow, col, weight)
+
+    def gather(self, weight: Tensor, crow: Tensor, col: Tensor, values: Tensor) -> None:
+        """``values[p] = weight[row, col[p]]`` for every nonzero, in place."""
+        self._move("gather", values, crow, col, weight)
+
+    def _move(self, what: str, values: Tensor, crow: Tensor, col: Tensor, weight: Tensor) -> None:
+        if crow.dtype != col.dtype or crow.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"crow and col must share an integer dtype, got {crow.dtype} and "
+                            f"{col.dtype}")
+        if (values.dtype != weight.dtype or values.dtype not in (torch.float32, torch.float64)
+                or not (values.is_contiguous() and weight.is_contiguous())
+                or values.shape != col.shape or weight.dim() != 2
+                or crow.numel() != weight.shape[0] + 1):
+            raise ValueError(f"{what}: values ({tuple(values.shape)}, {values.dtype}) and weight "
+                             f"({tuple(weight.shape)}, {weight.dtype}) do not fit the structure")
+        name = _NAMES[(values.dtype, crow.dtype)]
+        crow, col = crow.contiguous(), col.contiguous()
+        out, in_features = weight.shape
+        _ok_or_raise(getattr(self._lib, f"{name}_{what}")(
+            _ptr(values) if what == "scatter" else _ptr(weight), _ptr(crow), _ptr(col),
+            col.numel(), out, in_features,
+            _ptr(weight) if what == "scatter" else _ptr(values), torch.get_num_threads()),
+            crow, col, (out, in_features))
 
     def backward(self, gy: Tensor, x: Tensor, values: Tensor, crow: Tensor, col: Tensor,
                  need_input: bool, need_values: bool, need_bias: bool = False,

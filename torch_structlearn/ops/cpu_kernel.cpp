@@ -541,6 +541,31 @@ void block_backward_rows(const F* gy, const F* x, int64_t n, int64_t in, int64_t
     }
 }
 
+// ------------------------------------------------------------------ the dense backend's moves
+// Between a CSR weight and its dense (out, in) copy, rows spread over threads (the dense
+// backend keeps the copy and rewrites its nonzeros every call; its values gradient is read off
+// the dense gyᵀ x). Off-structure entries of w are never touched.
+
+template <class F, class I>
+int scatter_entry(const F* v, const I* crow, const I* col, int64_t nnz, int64_t out,
+                  int64_t in, F* w, int threads) {
+    if (check_structure(crow, col, out, in, nnz, threads)) return 2;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t j = 0; j < out; ++j)
+        for (int64_t p = crow[j]; p < crow[j + 1]; ++p) w[j * in + col[p]] = v[p];
+    return 0;
+}
+
+template <class F, class I>
+int gather_entry(const F* w, const I* crow, const I* col, int64_t nnz, int64_t out, int64_t in,
+                 F* v, int threads) {
+    if (check_structure(crow, col, out, in, nnz, threads)) return 2;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t j = 0; j < out; ++j)
+        for (int64_t p = crow[j]; p < crow[j + 1]; ++p) v[p] = w[j * in + col[p]];
+    return 0;
+}
+
 // ------------------------------------------------------------------ drivers
 
 // Every buffer of a call comes from one allocation made before any work, so running out of
@@ -774,6 +799,20 @@ extern "C" int structlearn_tile_rows() { return SL_TILE; }
                                     th);                                                        \
     }
 
+#define STRUCTLEARN_EXPORT_MOVES(F, I, NAME)                                                    \
+    extern "C" int NAME##_scatter(const F* v, const I* crow, const I* col, int64_t nnz,         \
+                                  int64_t out, int64_t in, F* w, int th) {                      \
+        return scatter_entry<F, I>(v, crow, col, nnz, out, in, w, th);                          \
+    }                                                                                           \
+    extern "C" int NAME##_gather(const F* w, const I* crow, const I* col, int64_t nnz,          \
+                                 int64_t out, int64_t in, F* v, int th) {                       \
+        return gather_entry<F, I>(w, crow, col, nnz, out, in, v, th);                           \
+    }
+
+STRUCTLEARN_EXPORT_MOVES(float, int32_t, f32_i32)
+STRUCTLEARN_EXPORT_MOVES(float, int64_t, f32_i64)
+STRUCTLEARN_EXPORT_MOVES(double, int32_t, f64_i32)
+STRUCTLEARN_EXPORT_MOVES(double, int64_t, f64_i64)
 STRUCTLEARN_EXPORT(float, int32_t, f32_i32)
 STRUCTLEARN_EXPORT(float, int64_t, f32_i64)
 STRUCTLEARN_EXPORT(double, int32_t, f64_i32)

@@ -1,19 +1,37 @@
-"""``dense`` backend: scatter the values into a dense weight and call ``F.linear``.
+"""``dense`` backend: the masked dense weight and ``F.linear``.
 
-Plain differentiable torch ops (no custom op needed): autograd keeps the dense weight from the
-forward pass for the input gradient, and the values gradient is the dense ``gyᵀ x`` gathered at
-the nonzeros (the backward of ``scatter``). It is the fast path at high density, where the cost
-over ``nn.Linear`` is one scatter and one gather of ``out * in`` elements per step.
+Two paths compute the same thing:
+
+* **functional** (any caller, ``torch.compile`` traces, block layers, autocast): scatter the
+  values into fresh zeros and call ``F.linear`` in plain differentiable torch ops; autograd
+  keeps the dense weight for the input gradient, and the values gradient is the dense
+  ``gyᵀ x`` gathered at the nonzeros (the backward of ``scatter``).
+* **kept** (a ``StructLearnedLinear`` in eager mode, :class:`DenseWeight`): the layer keeps
+  its dense weight between calls and rewrites only the nonzeros each call, so a step costs no
+  ``out * in`` zero fill and no fresh allocation (whose page faults cost as much as the fill);
+  the backward computes ``gyᵀ x`` into a scratch reused across steps and gathers the values
+  gradient from it. The moves between CSR and dense run in the ``cpu`` kernels where they are
+  built (rows over threads, int32 columns), else as ``index_copy_`` / ``index_select``.
+  The kept weight costs what ``nn.Linear``'s weight costs (``out * in`` elements); ``auto``
+  picks this backend only where it measured it fastest (high density; BENCHMARKS.md).
+
 Shapes: ``x (*, in)``, ``values (nnz,)``, ``crow (out + 1,)``, ``col (nnz,)``; for block layers
 ``values (nblocks, bo, bi)`` on the BSR structure ``crow (out / bo + 1,)``, ``col (nblocks,)``.
 """
 
 from __future__ import annotations
 
+import threading
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ..connectivity import row_of_entries
+from . import cpu
+
+__all__ = ["DenseWeight", "dense_weight", "flat_index", "linear"]
 
 
 def flat_index(crow: Tensor, col: Tensor, in_features: int) -> Tensor:
@@ -42,7 +60,109 @@ def dense_weight(values: Tensor, crow: Tensor, col: Tensor, in_features: int,
     return w.view(out_features, in_features)
 
 
+def _fast(t: Tensor) -> bool:
+    """Whether the ``cpu`` kernels can move ``t``'s entries (CPU, float32/64, built)."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and cpu.available()
+
+
+def _scatter(values: Tensor, crow: Tensor, col: Tensor, index: Tensor, w: Tensor) -> None:
+    """``w[row, col] = values`` at every nonzero (``index``: their :func:`flat_index`)."""
+    if _fast(w):
+        cpu.kernels().scatter(values.contiguous(), crow, col, w)
+    else:
+        w.view(-1).index_copy_(0, index, values)
+
+
+def _gather(w: Tensor, crow: Tensor, col: Tensor, index: Tensor) -> Tensor:
+    """``(nnz,)`` the entries of ``w (out, in)`` at the nonzeros."""
+    if _fast(w):
+        v = w.new_empty(col.numel())
+        cpu.kernels().gather(w, crow, col, v)
+        return v
+    return w.view(-1).index_select(0, index)
+
+
+class DenseWeight:
+    """A layer's kept dense weight: ``(out, in)`` zeros allocated once, then the nonzeros
+    rewritten from ``values`` on every call. Never skipped on a version check: some writers
+    keep a tensor's version counter (FSDP2's all-gather, ``param.data.copy_``), and a skipped
+    rewrite would then leave the copy silently stale."""
+
+    def __init__(self) -> None:
+        self.weight: Tensor | None = None
+
+    def clear(self) -> None:
+        """Drop the weight (memory back; the next call rebuilds it)."""
+        self.weight = None
+
+    def get(self, values: Tensor, crow: Tensor, col: Tensor, in_features: int,
+            index: Tensor) -> Tensor:
+        """The dense ``(out, in)`` weight holding ``values (nnz,)`` (``index``: their
+        :func:`flat_index`)."""
+        shape = (crow.numel() - 1, in_features)
+        w = self.weight
+        stale = w is not None and w.is_inference() and not torch.is_inference_mode_enabled()
+        if (w is None or stale or w.shape != shape or w.dtype != values.dtype
+                or w.device != values.device):
+            w = self.weight = values.new_zeros(shape)
+        with torch.no_grad():
+            _scatter(values.detach(), crow, col, index, w)
+        return w
+
+
+_scratch = threading.local()  # per thread: {(shape, dtype, device): (out, in) tensor}
+
+
+def _grad_scratch(like: Tensor) -> Tensor:
+    """An ``(out, in)`` buffer for ``gyᵀ x``, reused by every backward of this shape on this
+    thread (autograd runs one backward at a time per thread)."""
+    pool = getattr(_scratch, "pool", None)
+    if pool is None:
+        pool = _scratch.pool = {}
+    k = (tuple(like.shape), like.dtype, like.device)
+    buf = pool.get(k)
+    if buf is None:
+        buf = pool[k] = torch.empty_like(like)
+    return buf
+
+
+class _KeptDense(torch.autograd.Function):
+    """``F.linear(x, weight, bias)`` with the layer's kept dense copy of ``values``; the
+    gradient reaches ``values`` at the nonzeros. The weight is held by reference, not saved for
+    backward: the layer rewrites it every call (with the same values within a step), and a
+    version check would refuse a layer used twice in one graph."""
+
+    @staticmethod
+    def forward(ctx, x, values, weight, crow, col, index, bias):
+        ctx.save_for_backward(x, crow, col, index)
+        ctx.weight = weight
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        x, crow, col, index = ctx.saved_tensors
+        need_x, need_v, *_, need_b = ctx.needs_input_grad
+        gy2 = gy.reshape(-1, gy.shape[-1])
+        gx = (gy @ ctx.weight) if need_x else None
+        gv = gb = None
+        if need_v:
+            gw = _grad_scratch(ctx.weight)
+            torch.mm(gy2.T, x.reshape(-1, x.shape[-1]), out=gw)
+            gv = _gather(gw, crow, col, index)
+        if need_b:
+            gb = gy2.sum(0)
+        return gx, gv, None, None, None, None, gb
+
+
 def linear(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, bias: Tensor | None,
-           index: Tensor | None = None) -> Tensor:
-    """``(*, in) -> (*, out)``: ``F.linear`` with the masked dense weight."""
-    return F.linear(x, dense_weight(values, crow, col, x.shape[-1], index), bias)
+           index: Tensor | None = None, cache: DenseWeight | None = None) -> Tensor:
+    """``(*, in) -> (*, out)``: ``F.linear`` with the masked dense weight; kept in ``cache``
+    between calls (eager, unstructured, same dtype as ``x``)."""
+    if (cache is None or values.dim() != 1 or values.dtype != x.dtype
+            or torch.compiler.is_compiling()):
+        return F.linear(x, dense_weight(values, crow, col, x.shape[-1], index), bias)
+    if index is None or index.numel() != col.numel():
+        index = flat_index(crow, col, x.shape[-1])
+    w = cache.get(values, crow, col, x.shape[-1], index)
+    return _KeptDense.apply(x, values, w, crow, col, index, bias)

@@ -24,7 +24,7 @@ from ..connectivity import csr_transpose
 from . import auto, cpu, csr, dense, triton_bsr
 from . import torch_sparse as torch_sparse_backend
 
-__all__ = ["sparse_linear", "BACKENDS", "available_backends", "check_backend"]
+__all__ = ["sparse_linear", "resolve_backend", "BACKENDS", "available_backends", "check_backend"]
 
 _IMPL = {"csr": csr, "cpu": cpu, "torch_sparse": torch_sparse_backend, "triton": triton_bsr}
 BACKENDS = ("auto", "cpu", "csr", "dense", "torch_sparse", "triton")
@@ -196,6 +196,70 @@ def _check(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, bias: Tensor | 
         raise TypeError(f"crow and col must share an integer dtype, got {crow.dtype} and {col.dtype}")
 
 
+def _shape_of(x: Tensor, values: Tensor, crow: Tensor):
+    """``(in_features, out_features, block, density, (batch, in, out) or None)`` of a call."""
+    in_features, out_features = x.shape[-1], _out_features(values, crow)
+    block = tuple(values.shape[1:]) if values.dim() == 3 else None
+    density = values.numel() / max(1, in_features * out_features)
+    batch = x.numel() // max(1, in_features)
+    shape = (batch, in_features, out_features) if isinstance(batch, int) else None  # not SymInt
+    return in_features, out_features, block, density, shape
+
+
+def resolve_backend(x: Tensor, values: Tensor, crow: Tensor, col: Tensor,
+                    backend: str = "auto") -> str:
+    """The backend a call of :func:`sparse_linear` with these arguments runs: ``backend``
+    itself, or what ``'auto'`` picks — the fastest measured on this machine for such a call
+    (training when a gradient will flow, else inference; see
+    :mod:`~torch_structlearn.ops.calibrate`), or the shipped prior."""
+    if backend != "auto":
+        return backend
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+    else:
+        dtype = x.dtype
+    _, _, block, density, shape = _shape_of(x, values, crow)
+    training = torch.is_grad_enabled() and (x.requires_grad or values.requires_grad)
+    candidates = [b for b in available_backends(block, x.device) if b != "auto"]
+
+    def runs(names: list[str]) -> dict:
+        return _calibration_runs(shape, values.detach().to(dtype), crow, col, training, names)
+
+    return auto.choose(x.device, dtype, density, block, shape, training=training,
+                       candidates=candidates, make_runs=runs)
+
+
+def _calibration_runs(shape: tuple[int, int, int], values: Tensor, crow: Tensor, col: Tensor,
+                      training: bool, names: list[str]) -> dict:
+    """One call of each backend in ``names`` on this structure and random inputs of
+    ``shape = (batch, in, out)``, made as a layer makes it: its caches built beforehand, the
+    dense backend's weight kept between calls."""
+    g = torch.Generator().manual_seed(0)
+    batch, in_features, out_features = shape
+    dev, dt = values.device, values.dtype
+    x = torch.randn(batch, in_features, generator=g).to(dev, dt).requires_grad_(training)
+    v = values.detach().clone().requires_grad_(training)
+    gy = torch.randn(batch, out_features, generator=g).to(dev, dt)
+    block = tuple(values.shape[1:]) if values.dim() == 3 else None
+    n_cols = in_features // (block[1] if block else 1)
+    runs = {}
+    for name in names:
+        transpose = csr_transpose(crow, col, n_cols) if name in NEEDS_TRANSPOSE and training else None
+        index = dense.flat_index(crow, col, in_features) if name == "dense" and not block else None
+        cache = dense.DenseWeight() if index is not None else None
+
+        def run(name=name, transpose=transpose, index=index, cache=cache):
+            with torch.set_grad_enabled(training):
+                y = sparse_linear(x, v, crow, col, backend=name, transpose=transpose,
+                                  dense_index=index, dense_cache=cache)
+                if training:
+                    x.grad = v.grad = None
+                    y.backward(gy)
+
+        runs[name] = run
+    return runs
+
+
 def sparse_linear(
     x: Tensor,
     values: Tensor,
@@ -206,6 +270,7 @@ def sparse_linear(
     backend: str = "auto",
     transpose: tuple[Tensor, Tensor, Tensor] | None = None,
     dense_index: Tensor | None = None,
+    dense_cache: dense.DenseWeight | None = None,
 ) -> Tensor:
     """``y = x Wᵀ + b`` where ``W`` is the ``(out, in)`` CSR matrix ``(crow, col, values)``,
     or the BSR matrix of ``(bo, bi)`` blocks when ``values`` is 3-D.
@@ -217,13 +282,16 @@ def sparse_linear(
             pointers for blocks); col: ``(nnz,)`` column indices or ``(nblocks,)`` block
             columns (int32/int64).
         bias: optional ``(out_features,)``.
-        backend: ``'auto'``, ``'cpu'`` (CPU), ``'csr'``, ``'dense'``,
-            ``'torch_sparse'`` (unstructured only) or ``'triton'`` (blocks on CUDA).
+        backend: ``'auto'`` (the fastest measured here: :func:`resolve_backend`), ``'cpu'``
+            (CPU), ``'csr'``, ``'dense'``, ``'torch_sparse'`` (unstructured only) or
+            ``'triton'`` (blocks on CUDA).
         transpose: the cached ``csr_transpose(crow, col, in_features / bi)`` for the input
             gradient of the backends in ``NEEDS_TRANSPOSE``; computed when omitted (or empty)
             and a gradient may be needed.
         dense_index: the cached ``ops.dense.flat_index(crow, col, in_features)`` for the dense
             backend; computed when omitted (or empty).
+        dense_cache: a :class:`~torch_structlearn.ops.dense.DenseWeight` the dense backend
+            keeps its weight in between calls (what a layer passes).
     Returns:
         ``(*, out_features)``. Under autocast, inputs are cast to the autocast dtype (like
         ``nn.Linear``).
@@ -235,16 +303,11 @@ def sparse_linear(
         x, values = x.to(dt), values.to(dt)
         bias = bias.to(dt) if bias is not None else None
     _check(x, values, crow, col, bias)
-    in_features, out_features = x.shape[-1], _out_features(values, crow)
-    block = tuple(values.shape[1:]) if values.dim() == 3 else None
+    in_features, out_features, block, _, _ = _shape_of(x, values, crow)
     check_block_backend(backend, block, x.device)
-    if backend == "auto":
-        density = values.numel() / max(1, in_features * out_features)
-        batch = x.numel() // max(1, in_features)
-        shape = (batch, in_features, out_features) if isinstance(batch, int) else None  # not SymInt
-        backend = auto.choose(x.device, x.dtype, density, block, shape)
+    backend = resolve_backend(x, values, crow, col, backend)
     if backend == "dense":
-        return dense.linear(x, values, crow, col, bias, dense_index)
+        return dense.linear(x, values, crow, col, bias, dense_index, dense_cache)
     n_cols = in_features // block[1] if block else in_features
     if transpose is None or transpose[0].numel() != n_cols + 1:  # missing / empty cache
         # only the input gradient reads the transpose: none for inference (no_grad, eval)

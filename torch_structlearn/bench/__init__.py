@@ -1,0 +1,201 @@
+"""Benchmarks and ``auto``'s calibration: ``structlearn bench WHAT`` (or
+``python -m torch_structlearn.bench WHAT``).
+
+* ``kernels`` (default): every backend, ``auto`` and (``--peers``) other libraries' sparse
+  layers against ``nn.Linear``, forward and forward+backward, with peak memory
+  (:mod:`.kernels`).
+* ``infer``: forward only in ``eval()`` under ``torch.inference_mode()``, batch 1 / 16 / 256.
+* ``calibrate``: measure and print ``auto``'s decisions for a grid of calls on this machine.
+* ``mlp``: one training epoch of a sparse MLP, or of a hub entry's model (:mod:`.mlp`).
+* ``coding``: dictionary learning against scikit-learn (:mod:`.coding`).
+* ``crossover``: rewrite ``auto``'s shipped prior from ``kernels`` JSON files.
+
+Each prints a table, writes JSON (``--json``) and can rewrite its section of BENCHMARKS.md
+(``--markdown BENCHMARKS.md``); every table names the machine, its CPU flags and the ``cpu``
+kernels' build, since a CPU speed holds for one instruction set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .. import hub
+from .._argtypes import density, nonnegative, positive
+from .._files import write_atomic, write_json
+from ..ops import BACKENDS, auto, calibrate
+from . import kernels
+from .coding import coding_markdown, run_coding
+from .mlp import mlp_markdown, run_mlp
+from .timing import command, machine
+
+__all__ = ["machine", "main", "update_markdown"]
+
+
+def update_markdown(path: Path, key: str, body: str) -> None:
+    """Replace the block between ``<!-- bench:key -->`` and ``<!-- /bench:key -->``."""
+    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{start}\n{body}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    write_atomic(path, text.encode())
+
+
+def _shape(s: str) -> tuple[int, int, int]:
+    try:
+        b, i, o = (int(v) for v in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must be 'batch,in,out', got {s!r}") from None
+    if min(b, i, o) < 1:
+        raise argparse.ArgumentTypeError(f"shape must be three positive ints 'batch,in,out', got {s!r}")
+    return b, i, o
+
+
+def _grid_options(q: argparse.ArgumentParser, json_default: str, repeats: int) -> None:
+    q.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    q.add_argument("--shapes", type=_shape, nargs="+", default=None, metavar="B,IN,OUT",
+                   help="default: the grid of the device")
+    q.add_argument("--densities", type=density, nargs="+", default=None)
+    q.add_argument("--repeats", type=positive(int), default=repeats)
+    q.add_argument("--json", type=Path, default=Path(json_default))
+    q.add_argument("--markdown", type=Path, default=None, help="update this BENCHMARKS.md")
+    q.add_argument("--tag", default="", help="suffix of the BENCHMARKS.md section key")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="structlearn bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    sub = p.add_subparsers(dest="what")
+    k = sub.add_parser("kernels", help="every backend and auto vs nn.Linear (default)")
+    for q in (p, k):  # `bench` alone runs kernels
+        _grid_options(q, "runs/bench/kernels.json", 5)
+        q.add_argument("--blocks", type=int, nargs="+", default=None,
+                       help="block sizes b (b x b blocks); 0 = unstructured (default: 0 32 on "
+                            "cpu, 0 16 32 64 on cuda)")
+        q.add_argument("--write-crossover", action="store_true",
+                       help="rewrite the prior that backend='auto' ships with")
+        q.add_argument("--backends", nargs="+", default=None,
+                       help="only these backends (default: every available one, then auto)")
+        q.add_argument("--peers", action="store_true",
+                       help="also time torch's CSR with autograd and SparseProp (if installed)")
+    inf = sub.add_parser("infer", help="forward only, eval + inference_mode, batch 1/16/256")
+    _grid_options(inf, "runs/bench/infer.json", 20)
+    inf.add_argument("--backends", nargs="+", default=None)
+    inf.add_argument("--peers", action="store_true")
+    cal = sub.add_parser("calibrate", help="measure and print auto's decisions on this machine")
+    _grid_options(cal, "runs/bench/calibrate.json", calibrate.REPEATS)
+    cal.add_argument("--blocks", type=int, nargs="+", default=[0])
+    cal.add_argument("--modes", nargs="+", choices=("train", "infer"), default=["train", "infer"])
+    cal.add_argument("--keep", action="store_true",
+                     help="reuse decisions already cached instead of measuring them again")
+    mp = sub.add_parser("mlp", help="one training epoch of a sparse MLP vs nn.Linear")
+    mp.add_argument("--device", default="cpu")
+    mp.add_argument("--sizes", type=positive(int), nargs="+", default=[3072, 4096, 4096, 10])
+    mp.add_argument("--densities", type=density, nargs="+", default=[0.01, 0.05, 0.10, 0.25])
+    mp.add_argument("--blocks", type=int, nargs="+", default=[0, 32])
+    mp.add_argument("--backend", default="auto", choices=BACKENDS,
+                    help="backend of the sparse layers (default auto)")
+    mp.add_argument("--n", type=positive(int), default=10240, help="samples in the epoch")
+    mp.add_argument("--batch-size", type=positive(int), default=256)
+    mp.add_argument("--hub", default=None, metavar="NAME",
+                    help="time this hub entry's model against itself with nn.Linear layers "
+                         "instead of the MLP (--sizes, --densities, --blocks unused)")
+    mp.add_argument("--json", type=Path, default=Path("runs/bench/mlp.json"))
+    mp.add_argument("--markdown", type=Path, default=None, help="update this BENCHMARKS.md")
+    x = sub.add_parser("crossover", help="rewrite auto's shipped prior from kernels JSON files")
+    x.add_argument("files", type=Path, nargs="+",
+                   help="JSON written by `bench kernels`; later files win for the same entry")
+    x.add_argument("--isa", default=None,
+                   help="instruction set (avx2, avx512, ...) of files written before results "
+                        "were kept per instruction set")
+    c = sub.add_parser("coding", help="dictionary learning vs scikit-learn on MNIST")
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--n", type=positive(int), default=20000, help="MNIST training images")
+    c.add_argument("--atoms", type=positive(int), default=256)
+    c.add_argument("--lam", type=nonnegative, default=0.1)
+    c.add_argument("--passes", type=positive(int), default=3)
+    c.add_argument("--batch-size", type=positive(int), default=256)
+    c.add_argument("--data-root", default=None)
+    c.add_argument("--skip-sklearn", action="store_true", help="time ours only (e.g. on a GPU)")
+    c.add_argument("--json", type=Path, default=Path("runs/bench/coding.json"))
+    c.add_argument("--markdown", type=Path, default=None, help="update this BENCHMARKS.md")
+    return p
+
+
+def _crossover(p, args) -> int:
+    table, by_shape = auto.TABLE, auto.BY_SHAPE
+    sources = dict(auto.load_sources())
+    for f in args.files:
+        try:
+            rows, mach = kernels.read_rows(f, args.isa)
+        except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
+            p.error(f"{f}: not a `bench kernels` JSON file ({e})")
+        except ValueError as e:
+            p.error(str(e))
+        table, by_shape = kernels.update_tables(rows, table, by_shape)
+        for dev in {r["table_device"] for r in rows}:
+            sources[dev] = {"file": f.name, **{k: mach[k] for k in ("cpu", "threads", "torch")
+                                                if k in mach}}
+    kernels.write_tables(table, by_shape, command(args), sources)
+    print(json.dumps({"crossover": table, "by_shape": by_shape}, indent=1))
+    print(f"wrote {auto.TABLE_PATH}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = p.parse_args(argv)
+    args.argv = argv
+    if getattr(args, "device", "cpu").startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: CUDA is not available on this machine")
+    if args.what == "crossover":
+        return _crossover(p, args)
+    gpu = getattr(args, "device", "cpu").startswith("cuda")
+    if args.what == "coding":
+        result, key, md = run_coding(args), f"coding-lam{args.lam:g}", coding_markdown
+    elif args.what == "mlp":
+        if len(args.sizes) < 3:
+            p.error(f"--sizes needs at least 3 sizes (in, hidden..., out), got {args.sizes}")
+        if args.hub is not None and args.hub not in hub.list():
+            p.error(f"--hub {args.hub!r}: no such entry; available: {hub.list()}")
+        result, md = run_mlp(args), mlp_markdown
+        key = ("mlp" if args.hub is None else f"epoch-{args.hub}") + (
+            "" if args.backend == "auto" else f"-{args.backend}")
+    elif args.what == "infer":
+        args.shapes = args.shapes or kernels.INFER_SHAPES
+        args.densities = args.densities or kernels.DENSITIES
+        result, md = kernels.run_infer(args), kernels.infer_markdown
+        key = "infer" + (f"-{args.tag}" if args.tag else "")
+    elif args.what == "calibrate":
+        args.shapes = args.shapes or (kernels.GPU_SHAPES if gpu else
+                                      kernels.CPU_SHAPES + kernels.INFER_SHAPES)
+        args.densities = args.densities or (kernels.GPU_DENSITIES if gpu else kernels.DENSITIES)
+        if any(b < 0 for b in args.blocks):
+            p.error(f"--blocks must be >= 0, got {args.blocks}")
+        result, md = kernels.run_calibrate(args), kernels.calibrate_markdown
+        key = "calibrate" + (f"-{args.tag}" if args.tag else "")
+    else:
+        args.shapes = args.shapes or (kernels.GPU_SHAPES if gpu else kernels.CPU_SHAPES)
+        args.densities = args.densities or (kernels.GPU_DENSITIES if gpu else kernels.DENSITIES)
+        args.blocks = args.blocks if args.blocks is not None else ([0, 16, 32, 64] if gpu else [0, 32])
+        if any(b < 0 for b in args.blocks):
+            p.error(f"--blocks must be >= 0, got {args.blocks}")
+        result, md = kernels.run_kernels(args), kernels.markdown
+        key = "kernels" + (f"-{args.tag}" if args.tag else "")
+    key = f"{key}-{torch.device(args.device).type}"
+    write_json(args.json, result)
+    print(f"wrote {args.json}")
+    if args.markdown:
+        update_markdown(args.markdown, key, md(result))
+        print(f"updated {args.markdown}")
+    return 0

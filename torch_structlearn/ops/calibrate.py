@@ -1,0 +1,225 @@
+"""``auto``'s calibration: time the backends on this machine, keep the fastest, remember it.
+
+The first time ``backend='auto'`` meets a kind of call — device, dtype, block shape, the
+``(batch, in, out)`` shape and the density (both bucketed on a log scale), training
+(forward + backward) or inference (forward only) — every backend usable for it (``dense``,
+``cpu``, ``csr``, ``torch_sparse`` when installed, ``triton`` for CUDA block layers) runs the
+call's own structure on random inputs of its shape: one warm-up, then ``REPEATS`` rounds in
+turn, the median kept. The fastest wins. As with ``torch.backends.cudnn.benchmark`` or FFTW's
+wisdom, the decision is kept in memory and in a JSON file under
+:func:`~torch_structlearn._files.cache_dir` (``auto/<machine>.json``) whose name is a digest of
+the machine — CPU model and instruction set, thread count, torch version, the ``cpu`` kernels'
+build, the GPU — so a decision is never reused on another machine or configuration.
+
+The file is written atomically under a lock: processes starting together (torchrun ranks)
+calibrate a key once — the first takes the lock and measures while the others wait (and so do
+not disturb its timing), then read its decision. A file that cannot be read is a warning and
+is recalibrated. ``STRUCTLEARN_CALIBRATE=0`` turns calibration off (``auto`` then uses the
+shipped table, :mod:`~torch_structlearn.ops.auto`), as does tracing under ``torch.compile``:
+a trace uses decisions already made eagerly in this process and the shipped table otherwise,
+so run one eager step before compiling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import statistics
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .._files import cache_dir, file_lock, write_json
+from . import cpu
+
+__all__ = ["REPEATS", "bucket", "cache_file", "clear", "decide", "enabled", "entry",
+           "fingerprint", "forget", "measure_ms", "recall"]
+
+FORMAT = "torch_structlearn-auto-calibration"
+REPEATS = 3  # timed rounds per backend after one warm-up (the median is kept)
+
+DIRECTORY: Path | None = None  # where decision files go; None: cache_dir() / "auto"
+
+_lock = threading.Lock()
+_decisions: dict[str, dict] = {}  # this process's decisions, by key
+_loaded: Path | None = None  # the file _decisions was read from
+
+
+def enabled() -> bool:
+    """Whether ``auto`` calibrates (``$STRUCTLEARN_CALIBRATE`` is not ``0``)."""
+    return os.environ.get("STRUCTLEARN_CALIBRATE", "1").strip().lower() not in ("0", "false",
+                                                                                "off", "no")
+
+
+def fingerprint(device: torch.device) -> dict:
+    """What a decision depends on besides the call: the machine and the software."""
+    info = {"cpu": cpu.cpu_model(), "isa": cpu.isa_flags(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "kernels": cpu.info(),
+            "torch_sparse": importlib.util.find_spec("torch_sparse") is not None}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def cache_file(device: torch.device) -> Path:
+    """The decisions file for this machine and configuration."""
+    digest = hashlib.sha256(json.dumps(fingerprint(device), sort_keys=True).encode()).hexdigest()
+    return (DIRECTORY or cache_dir() / "auto") / f"{device.type}-{digest[:16]}.json"
+
+
+def _log_bucket(v: float, steps: int) -> int:
+    return round(steps * math.log2(max(v, 1e-12)))
+
+
+def bucket(device: torch.device, dtype: torch.dtype, block: tuple[int, int] | None,
+           shape: tuple[int, int, int], density: float, training: bool) -> str:
+    """The key of a call: batch in powers of 2, in / out features and density in powers of
+    √2, so nearby calls share a decision."""
+    b, i, o = shape
+    blk = f"b{block[0]}x{block[1]}" if block else "-"
+    return (f"{device.type}|{str(dtype).removeprefix('torch.')}|{blk}|n{_log_bucket(b, 1)}"
+            f"|i{_log_bucket(i, 2)}|o{_log_bucket(o, 2)}|d{_log_bucket(density, 2)}"
+            f"|{'train' if training else 'infer'}")
+
+
+def _read(path: Path) -> dict[str, dict]:
+    """The decisions in ``path`` ({} when there is none); an unreadable file is a warning."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not (isinstance(data, dict) and data.get("format") == FORMAT
+                and isinstance(data.get("decisions"), dict)):
+            raise ValueError("not a calibration file of this version")
+        return {k: v for k, v in data["decisions"].items()
+                if isinstance(v, dict) and isinstance(v.get("backend"), str)}
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        warnings.warn(f"ignoring the unreadable calibration cache {path} ({e}): backend='auto' "
+                      f"measures again and rewrites it", stacklevel=4)
+        return {}
+
+
+def _ensure_loaded(device: torch.device) -> Path:
+    global _loaded
+    path = cache_file(device)
+    if _loaded != path:
+        _decisions.update(_read(path))
+        _loaded = path
+    return path
+
+
+def clear(memory_only: bool = True) -> None:
+    """Forget this process's decisions (and, with ``memory_only=False``, delete the files)."""
+    global _loaded
+    with _lock:
+        _decisions.clear()
+        _loaded = None
+        if not memory_only:
+            for f in (DIRECTORY or cache_dir() / "auto").glob("*.json"):
+                f.unlink(missing_ok=True)
+
+
+def measure_ms(run: Callable[[], None], device: torch.device, repeats: int) -> list[float]:
+    """Wall times of ``repeats`` calls of ``run`` in milliseconds (synchronising CUDA). Tests
+    replace it to inject times."""
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def recall(device: torch.device, dtype: torch.dtype, block: tuple[int, int] | None,
+           shape: tuple[int, int, int], density: float, training: bool) -> str | None:
+    """The decision this process already holds for such a call, or None (no file I/O, no
+    measurement: what a ``torch.compile`` trace may use)."""
+    hit = _decisions.get(bucket(device, dtype, block, shape, density, training))
+    return None if hit is None else hit["backend"]
+
+
+def entry(device: torch.device, dtype: torch.dtype, block: tuple[int, int] | None,
+          shape: tuple[int, int, int], density: float, training: bool) -> dict | None:
+    """The whole decision held for such a call (``backend``, ``ms`` per backend, the shape and
+    density measured, when), or None."""
+    return _decisions.get(bucket(device, dtype, block, shape, density, training))
+
+
+def forget(device: torch.device, dtype: torch.dtype, block: tuple[int, int] | None,
+           shape: tuple[int, int, int], density: float, training: bool) -> None:
+    """Drop the decision for such a call, here and in the cache file (the next call measures)."""
+    key = bucket(device, dtype, block, shape, density, training)
+    with _lock:
+        path = _ensure_loaded(device)
+        _decisions.pop(key, None)
+        with file_lock(path.with_suffix(".lock")):
+            on_disk = _read(path)
+            if on_disk.pop(key, None) is not None:
+                _write(path, device, on_disk)
+
+
+def _write(path: Path, device: torch.device, decisions: dict) -> None:
+    write_json(path, {"format": FORMAT, "version": 1, "machine": fingerprint(device),
+                      "decisions": dict(sorted(decisions.items()))})
+
+
+def decide(device: torch.device, dtype: torch.dtype, block: tuple[int, int] | None,
+           shape: tuple[int, int, int], density: float, training: bool, candidates: list[str],
+           make_runs: Callable[[list[str]], dict[str, Callable[[], None]]]) -> str:
+    """The fastest of ``candidates`` for this kind of call: from memory, the cache file, or a
+    measurement (then stored) of the runs ``make_runs(candidates)`` returns — one call of each
+    backend, by name, on the call's structure."""
+    key = bucket(device, dtype, block, shape, density, training)
+
+    def known() -> str | None:
+        hit = _decisions.get(key)
+        return hit["backend"] if hit is not None and hit["backend"] in candidates else None
+
+    with _lock:
+        path = _ensure_loaded(device)
+        if known():
+            return known()
+        with file_lock(path.with_suffix(".lock")):
+            _decisions.update(_read(path))  # another process may have measured it meanwhile
+            if known():
+                return known()
+            entry = _measure(make_runs(candidates), device)
+            entry.update(shape=list(shape), density=round(density, 6))
+            _decisions[key] = entry
+            on_disk = _read(path)
+            on_disk[key] = entry
+            _write(path, device, on_disk)
+    return entry["backend"]
+
+
+def _measure(runs: dict[str, Callable[[], None]], device: torch.device) -> dict:
+    """``{"backend": the fastest, "ms": {backend: median ms}, "measured": UTC time}``: one
+    untimed warm-up call each (first calls pay one-time costs: lazy imports, allocations,
+    thread pools), then ``REPEATS`` timed rounds in turn, so a slow moment hits every backend
+    alike. A backend 3x slower than the best in the first round cannot win and is not timed
+    further (its first round's time is kept)."""
+    for run in runs.values():
+        run()
+    first = {name: measure_ms(run, device, 1)[0] for name, run in runs.items()}
+    best = min(first.values())
+    timed = {n: r for n, r in runs.items() if first[n] <= 3 * best or n == "dense"}
+    times = {n: [first[n]] for n in runs}
+    for _ in range(REPEATS - 1):
+        for name, run in timed.items():
+            times[name].extend(measure_ms(run, device, 1))
+    ms = {n: statistics.median(t) for n, t in times.items()}
+    winner = min(timed, key=lambda n: ms[n])
+    return {"backend": winner, "ms": {n: round(t, 4) for n, t in sorted(ms.items())},
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
