@@ -192,7 +192,8 @@ def test_backend_caches_and_switching(backend):
         layer(x).sum().backward()
         # what ran ('auto': the backend it picked, whose caches it built on first use)
         ran = resolve_backend(x, layer.values, layer.crow_indices, layer.col_indices, other)
-        uses_dense = layer.dense_index.numel() > 0
+        # dense: its kept weight, and the flat index where the cpu kernels cannot do the moves
+        uses_dense = layer.dense_index.numel() > 0 or layer._dense.weight is not None
         uses_csr = layer.perm_t.numel() > 0
         if ran == "cpu":  # the fused kernels need neither cache
             assert not uses_dense and not uses_csr

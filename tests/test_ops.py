@@ -328,7 +328,7 @@ def test_auto_prior_chooses_by_crossover_and_nearest_shape(monkeypatch, kernel):
     assert auto.prior(cpu, torch.float32, 0.01) == "dense"
     # calibration off: choose() is the prior, whatever it is given to measure
     monkeypatch.setenv("STRUCTLEARN_CALIBRATE", "0")
-    assert auto.choose(cpu, torch.float32, 0.01, None, (8, 64, 48), candidates=["cpu", "dense"],
+    assert auto.choose(cpu, torch.float32, 0.01, None, (8, 64, 48), candidates=lambda: ["cpu", "dense"],
                        make_runs=lambda names: pytest.fail("measured with calibration off")) == "dense"
 
 

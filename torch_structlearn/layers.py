@@ -19,7 +19,7 @@ from ._checks import choice, float_dtype, positive_int
 from .connectivity import Connectivity, bsr_to_csr, csr_transpose, row_of_entries, validate_csr
 from .data import first_batch
 from .ops import auto, calibrate, check_backend, sparse_linear
-from .ops.dense import DenseWeight, dense_weight, flat_index
+from .ops.dense import DenseWeight, dense_weight, flat_index, needs_index
 from .ops.sparse_linear import NEEDS_TRANSPOSE, check_block_backend, resolve_backend
 
 __all__ = ["StructLearnedLinear"]
@@ -146,12 +146,17 @@ class StructLearnedLinear(nn.Module):
         self.register_buffer("perm_t", empty, persistent=False)
         self.register_buffer("dense_index", empty.long(), persistent=False)
         self._dense = DenseWeight()
+        self._caches_for = None
         for backend in backends:
             self._ensure_caches(backend)
 
     def _ensure_caches(self, backend: str) -> None:
         """Build what ``backend`` reads, if missing: in training mode the transposed structure
         (``csr``, ``torch_sparse``, ``triton``), and the dense backend's scatter index."""
+        state = (backend, self.training, torch.is_inference_mode_enabled())
+        if state == self._caches_for:  # as on the last call: nothing to build
+            return
+        self._caches_for = state
         crow, col = self.crow_indices, self.col_indices
         if not torch.is_inference_mode_enabled():  # built under inference_mode: unusable here
             for name in ("crow_t", "col_t", "perm_t", "dense_index"):
@@ -163,13 +168,22 @@ class StructLearnedLinear(nn.Module):
             self.register_buffer("crow_t", crow_t, persistent=False)
             self.register_buffer("col_t", col_t, persistent=False)
             self.register_buffer("perm_t", perm.to(col_t.dtype), persistent=False)
-        if backend == "dense" and self.block is None and self.dense_index.numel() != col.numel():
+        # the flat index: read by the functional dense path (torch.compile traces, which use
+        # the prior's caches) and by the kept weight where the cpu kernels do not move entries
+        if (backend == "dense" and self.block is None and self.dense_index.numel() != col.numel()
+                and (needs_index(self.values) or not calibrate.enabled())):
             self.register_buffer("dense_index", flat_index(crow, col, self.in_features),
                                  persistent=False)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_dense", DenseWeight())  # a layer pickled by an older version
+        self.__dict__.setdefault("_caches_for", None)
 
     def _apply(self, fn, *args, **kwargs):
         if getattr(self, "_dense", None) is not None:
             self._dense.clear()  # rebuilt where the layer goes (.to(), .half(), ...)
+            self._caches_for = None
         return super()._apply(fn, *args, **kwargs)
 
     def train(self, mode: bool = True) -> StructLearnedLinear:

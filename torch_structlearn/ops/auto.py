@@ -171,17 +171,17 @@ def prior(device: torch.device, dtype: torch.dtype, density: float,
 
 def choose(device: torch.device, dtype: torch.dtype, density: float,
            block: tuple[int, int] | None = None, shape: tuple[int, int, int] | None = None, *,
-           training: bool = True, candidates: list[str] | None = None,
+           training: bool = True, candidates: Callable[[], list[str]] | None = None,
            make_runs: Callable[[list[str]], dict[str, Callable[[], None]]] | None = None) -> str:
-    """The backend ``auto`` uses: calibrated among ``candidates`` (timing ``make_runs``; see
+    """The backend ``auto`` uses: calibrated among ``candidates()`` (timing ``make_runs``; see
     :func:`~torch_structlearn.ops.calibrate.decide`) when calibration is on and the call's
     shape is known; inside a ``torch.compile`` trace the decision this process made eagerly for
     such a call, if any; else the shipped :func:`prior`."""
-    if shape is not None and candidates and calibrate.enabled():
+    if shape is not None and candidates is not None and calibrate.enabled():
         if not torch.compiler.is_compiling() and make_runs is not None:
             return calibrate.decide(device, dtype, block, shape, density, training, candidates,
                                     make_runs)
         made = calibrate.recall(device, dtype, block, shape, density, training)  # in a trace
-        if made in candidates:
+        if made is not None:
             return made
     return prior(device, dtype, density, block, shape)

@@ -22,6 +22,7 @@ so run one eager step before compiling.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -49,6 +50,7 @@ DIRECTORY: Path | None = None  # where decision files go; None: cache_dir() / "a
 
 _lock = threading.Lock()
 _decisions: dict[str, dict] = {}  # this process's decisions, by key
+_calls: dict[tuple, str] = {}  # the backend of every exact call seen (the fast path)
 _loaded: Path | None = None  # the file _decisions was read from
 
 
@@ -71,8 +73,15 @@ def fingerprint(device: torch.device) -> dict:
 
 def cache_file(device: torch.device) -> Path:
     """The decisions file for this machine and configuration."""
+    return _cache_file(device, torch.get_num_threads(), DIRECTORY or cache_dir() / "auto")
+
+
+@functools.lru_cache(maxsize=64)
+def _cache_file(device: torch.device, threads: int, folder: Path) -> Path:
+    # what varies within a process (threads, folder) is in the arguments; the rest of the
+    # fingerprint (CPU, kernels' build, versions) is fixed once the kernels are loaded
     digest = hashlib.sha256(json.dumps(fingerprint(device), sort_keys=True).encode()).hexdigest()
-    return (DIRECTORY or cache_dir() / "auto") / f"{device.type}-{digest[:16]}.json"
+    return folder / f"{device.type}-{digest[:16]}.json"
 
 
 def _log_bucket(v: float, steps: int) -> int:
@@ -108,9 +117,13 @@ def _read(path: Path) -> dict[str, dict]:
 
 
 def _ensure_loaded(device: torch.device) -> Path:
+    """Hold the decisions of this configuration's file (another thread count or folder is
+    another file: its decisions replace the ones held)."""
     global _loaded
     path = cache_file(device)
     if _loaded != path:
+        _decisions.clear()
+        _calls.clear()
         _decisions.update(_read(path))
         _loaded = path
     return path
@@ -121,6 +134,7 @@ def clear(memory_only: bool = True) -> None:
     global _loaded
     with _lock:
         _decisions.clear()
+        _calls.clear()
         _loaded = None
         if not memory_only:
             for f in (DIRECTORY or cache_dir() / "auto").glob("*.json"):
@@ -164,6 +178,7 @@ def forget(device: torch.device, dtype: torch.dtype, block: tuple[int, int] | No
     with _lock:
         path = _ensure_loaded(device)
         _decisions.pop(key, None)
+        _calls.clear()
         with file_lock(path.with_suffix(".lock")):
             on_disk = _read(path)
             if on_disk.pop(key, None) is not None:
@@ -176,31 +191,47 @@ def _write(path: Path, device: torch.device, decisions: dict) -> None:
 
 
 def decide(device: torch.device, dtype: torch.dtype, block: tuple[int, int] | None,
-           shape: tuple[int, int, int], density: float, training: bool, candidates: list[str],
+           shape: tuple[int, int, int], density: float, training: bool,
+           candidates: Callable[[], list[str]],
            make_runs: Callable[[list[str]], dict[str, Callable[[], None]]]) -> str:
-    """The fastest of ``candidates`` for this kind of call: from memory, the cache file, or a
-    measurement (then stored) of the runs ``make_runs(candidates)`` returns — one call of each
-    backend, by name, on the call's structure."""
+    """The fastest of the backends ``candidates()`` lists for this kind of call: from memory,
+    the cache file, or a measurement (then stored) of the runs ``make_runs(names)`` returns —
+    one call of each backend, by name, on the call's structure. A decision made in this
+    process is returned at once (a dict lookup: this runs on every call of ``auto``)."""
+    call = (device, dtype, block, shape, density, training, torch.get_num_threads(), DIRECTORY,
+            os.environ.get("STRUCTLEARN_CACHE"), os.environ.get("XDG_CACHE_HOME"))
+    made = _calls.get(call)  # this exact call before: a tuple lookup, nothing else
+    if made is not None:
+        return made
+    if len(_calls) > 100_000:  # many distinct shapes (say, variable lengths): start afresh
+        _calls.clear()
     key = bucket(device, dtype, block, shape, density, training)
-
-    def known() -> str | None:
-        hit = _decisions.get(key)
-        return hit["backend"] if hit is not None and hit["backend"] in candidates else None
-
+    path = cache_file(device)
+    hit = _decisions.get(key)
+    if hit is not None and _loaded == path:
+        _calls[call] = hit["backend"]
+        return hit["backend"]
     with _lock:
-        path = _ensure_loaded(device)
+        _ensure_loaded(device)
+        names = candidates()
+
+        def known() -> str | None:  # read from a file: kept if its backend is usable here
+            hit = _decisions.get(key)
+            return hit["backend"] if hit is not None and hit["backend"] in names else None
+
         if known():
             return known()
         with file_lock(path.with_suffix(".lock")):
             _decisions.update(_read(path))  # another process may have measured it meanwhile
             if known():
                 return known()
-            entry = _measure(make_runs(candidates), device)
+            entry = _measure(make_runs(names), device)
             entry.update(shape=list(shape), density=round(density, 6))
             _decisions[key] = entry
             on_disk = _read(path)
             on_disk[key] = entry
             _write(path, device, on_disk)
+    _calls[call] = entry["backend"]
     return entry["backend"]
 
 

@@ -33,6 +33,7 @@ Shapes: ``x (N, in)``, ``values (nnz,)`` or ``(nblocks, bo, bi)``, ``crow (out /
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -71,15 +72,16 @@ _NAMES = {(torch.float32, torch.int32): "f32_i32", (torch.float32, torch.int64):
           (torch.float64, torch.int32): "f64_i32", (torch.float64, torch.int64): "f64_i64"}
 
 
-def cpu_flags() -> set[str]:
+@functools.cache
+def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
+                return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 def isa_flags() -> list[str]:
@@ -88,6 +90,7 @@ def isa_flags() -> list[str]:
                                  "avx512_bf16", "amx_tile", "asimd", "sve", "sse2"})
 
 
+@functools.cache
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
     try:

@@ -21,9 +21,10 @@
 //   values grad  gv[p]  += Σ_t gyT[j][t] · xT[col[p]][t]      (sampled product, per panel)
 //   bias grad    gb[j]  += Σ_t gyT[j][t]
 // gy is transposed 16 outputs at a time (into L1) as the rows of W are walked, so only the
-// (in, P) panels are read at random. P is the largest multiple of TV whose panels (xT, and gxT
-// in the backward) fill half of this CPU's L2: the index and value streams and the horizontal
-// sums of the values gradient are then paid once per P rows instead of once per TV rows.
+// (in, P) panels are read at random. P is the largest power-of-2 multiple of TV whose panels
+// (xT; xT and gxT in the backward) fit a share of this CPU's L2 (below): the index and value
+// streams, the sweeps over the values-gradient partials and the horizontal sums of the values
+// gradient are then paid once per P rows instead of once per TV rows.
 // A batch smaller than the register tile runs on the smallest one (NV = 1, 2, 4, ...) that
 // holds it; an unstructured forward of one or two rows (inference) skips the transpose and
 // gathers x directly. Panels are spread over threads; with fewer panels than threads (small
@@ -89,9 +90,16 @@
 #endif
 #endif
 
-// The share of L2 the panels read at random may fill.
-#if !defined(SL_PANEL_L2_PERCENT)
-#define SL_PANEL_L2_PERCENT 50
+// The share of L2 the panels read at random may fill: half in the forward (its one panel, xT);
+// in the backward 1.5x (xT and gxT), since a bigger panel also means fewer sweeps over the
+// per-thread values-gradient partials — measured on the 2-core AVX2 CPU, batch 4096,
+// 768 -> 3072: 5 % backward 87 ms (50 %) against 72-76 ms (100-250 %), 10 % 114 against
+// 88-93 ms; the forward, 53 ms at 50 % against 62 ms at 150 % (BENCHMARKS.md).
+#if !defined(SL_FWD_PANEL_L2_PERCENT)
+#define SL_FWD_PANEL_L2_PERCENT 50
+#endif
+#if !defined(SL_BWD_PANEL_L2_PERCENT)
+#define SL_BWD_PANEL_L2_PERCENT 150
 #endif
 
 namespace {
@@ -132,11 +140,12 @@ int64_t l2_bytes() {  // this CPU's L2 per core, 512 KiB where the system does n
     return 512 * 1024;
 }
 
-// Batch rows per panel: a multiple of the register tile TV, such that `arrays` panels of
-// (in, P) fill about SL_PANEL_L2_PERCENT % of L2, no more than a thread's share of the batch and PMAX.
+// Batch rows per panel: a power-of-2 multiple of the register tile TV, such that `arrays`
+// panels of (in, P) fill about `percent` % of L2, no more than a thread's share of the batch,
+// PMAX or 8 TV.
 template <class F>
-int64_t panel_rows(int64_t TV, int64_t n, int64_t in, int arrays, int threads) {
-    const int64_t budget = l2_bytes() * SL_PANEL_L2_PERCENT / 100;
+int64_t panel_rows(int64_t TV, int64_t n, int64_t in, int arrays, int threads, int percent) {
+    const int64_t budget = l2_bytes() * percent / 100;
     const int64_t fit = budget / std::max<int64_t>(1, in * (int64_t)sizeof(F) * arrays);
     const int64_t share = (n + threads - 1) / threads;
     const int64_t most = std::min({fit, share, PMAX});
@@ -199,7 +208,8 @@ inline V zip_hi(V a, V b, std::index_sequence<Is...>) {
 
 // d[b · ds + a] = s[a · ss + b] for a, b < L: one L x L block (any alignment).
 template <class F>
-inline void transpose_block(const F* s, int64_t ss, F* d, int64_t ds) {
+__attribute__((always_inline)) inline void transpose_block(const F* s, int64_t ss, F* d,
+                                                           int64_t ds) {
     constexpr int L = Vec<F>::L;
 #if defined(SL_SHUFFLE)
     using U = typename Vec<F>::U;
@@ -262,11 +272,17 @@ void store_tile(const F* src, int64_t n, int64_t k, int64_t b0, int64_t T, int64
 // 0 when (crow, col) is a valid structure of `rows` rows over `cols` columns with nnz entries
 // (the length of col), else 2.
 template <class I>
-int check_structure(const I* crow, const I* col, int64_t rows, int64_t cols, int64_t nnz,
-                    int threads) {
+int check_rows(const I* crow, int64_t rows, int64_t nnz) {  // crow alone
     if (crow[0] != 0 || (int64_t)crow[rows] != nnz) return 2;
     for (int64_t r = 0; r < rows; ++r)
         if (crow[r + 1] < crow[r]) return 2;
+    return 0;
+}
+
+template <class I>
+int check_structure(const I* crow, const I* col, int64_t rows, int64_t cols, int64_t nnz,
+                    int threads) {
+    if (check_rows(crow, rows, nnz)) return 2;
     I lo = 0, hi = 0;
 #pragma omp parallel for num_threads(threads) reduction(min : lo) reduction(max : hi) \
     schedule(static) if (nnz > (1 << 16))
@@ -310,21 +326,25 @@ inline void unit_forward(const F* xT, int64_t P, const F* v, const I* col, int64
     std::memcpy(dst, acc[0], sizeof(acc[0]));
 }
 
-// y rows b0 .. b0 + P, columns j0 .. j1, from the panel xT (in, P); buf: (J, P) scratch.
-template <class F, class I, int NV>
-void forward_rows(const F* xT, int64_t P, const F* v, const I* crow, const I* col, const F* bias,
+// y rows b0 .. b0 + P, columns j0 .. j1, from the panel xT (in, P = S · TV); buf: (J, P)
+// scratch. Each unit's panel row is accumulated in chunks of up to 8 registers, so a panel of
+// several register tiles reads each nonzero's index and value once per chunk, not per tile.
+template <class F, class I, int NV, int S>
+void forward_rows(const F* xT, const F* v, const I* crow, const I* col, const F* bias,
                   int64_t j0, int64_t j1, int64_t n, int64_t out, int64_t b0, F* buf, F* y) {
     using V = typename Vec<F>::V;
-    constexpr int64_t TV = NV * Vec<F>::L;
+    constexpr int L = Vec<F>::L, NP = S * NV, CH = NP >= 8 ? 8 : NP;
+    constexpr int64_t P = NP * L;
     for (int64_t c0 = j0; c0 < j1; c0 += J) {
         const int64_t c1 = std::min(j1, c0 + J);
         for (int64_t j = c0; j < c1; ++j) {
             F* row = buf + (j - c0) * P;
-            for (int64_t s = 0; s < P; s += TV)
-                unit_forward<F, I, NV>(xT + s, P, v, col, crow[j], crow[j + 1], row + s);
+            for (int c = 0; c < NP; c += CH)
+                unit_forward<F, I, CH>(xT + c * L, P, v, col, crow[j], crow[j + 1], row + c * L);
             if (bias) {
                 const V b = V{} + bias[j];
-                for (int64_t t = 0; t < P; t += Vec<F>::L) *reinterpret_cast<V*>(row + t) += b;
+#pragma GCC unroll 8
+                for (int k = 0; k < NP; ++k) reinterpret_cast<V*>(row)[k] += b;
             }
         }
         store_tile(buf, n, out, b0, P, c0, c1, y);
@@ -374,24 +394,46 @@ void backward_rows(const F* gy, int64_t n, int64_t out, int64_t b0, const F* __r
 }
 
 // y (NB, out) columns j0 .. j1 for a batch of NB <= 2 rows, gathering x (no transpose): the
-// inference case, where a tile would be mostly padding.
+// inference case, where a tile would be mostly padding. Vectors run along each row's nonzeros
+// (values loaded whole, x gathered lane by lane, two accumulators), one horizontal sum per
+// output. Measured on the 2-core AVX2 CPU, 4096 x 4096, batch 1: 5 % 0.40 ms, 25 % 2.0 ms,
+// against 0.65 / 3.1 ms for scalar sums (and 1.37 ms at 5 % where GCC vectorised the scalar
+// loop itself: gathers, then a lane-by-lane sum to keep the order). A row's columns are
+// checked before any is read through: returns 1 at a column outside [0, in).
 template <class F, class I, int NB>
-void gather_forward(const F* x, int64_t in, const F* v, const I* crow, const I* col,
-                    const F* bias, int64_t out, int64_t j0, int64_t j1, F* y) {
+__attribute__((noinline))
+int gather_forward(const F* x, int64_t in, const F* v, const I* crow, const I* col,
+                   const F* bias, int64_t out, int64_t j0, int64_t j1, F* y) {
+    using V = typename Vec<F>::V;
+    using U = typename Vec<F>::U;
+    constexpr int L = Vec<F>::L;
     for (int64_t j = j0; j < j1; ++j) {
-        F a[NB][4] = {};
         int64_t p = crow[j];
         const int64_t p1 = crow[j + 1];
-        for (; p + 4 <= p1; p += 4)
-#pragma GCC unroll 4
-            for (int u = 0; u < 4; ++u)
+        uint64_t hi = 0;
+        for (int64_t q = p; q < p1; ++q) hi = std::max(hi, (uint64_t)(int64_t)col[q]);
+        if (p1 > p && hi >= (uint64_t)in) return 1;
+        V acc[NB][2] = {};
+        for (; p + 2 * L <= p1; p += 2 * L) {
 #pragma GCC unroll 2
-                for (int b = 0; b < NB; ++b) a[b][u] += v[p + u] * x[b * in + col[p + u]];
+            for (int h = 0; h < 2; ++h) {
+                const V w = *reinterpret_cast<const U*>(v + p + h * L);
+#pragma GCC unroll 2
+                for (int b = 0; b < NB; ++b) {
+                    V g;
+#pragma GCC unroll 16
+                    for (int u = 0; u < L; ++u) g[u] = x[b * in + col[p + h * L + u]];
+                    acc[b][h] += w * g;
+                }
+            }
+        }
+        F tail[NB] = {};
         for (; p < p1; ++p)
-            for (int b = 0; b < NB; ++b) a[b][0] += v[p] * x[b * in + col[p]];
+            for (int b = 0; b < NB; ++b) tail[b] += v[p] * x[b * in + col[p]];
         for (int b = 0; b < NB; ++b)
-            y[b * out + j] = (a[b][0] + a[b][1]) + (a[b][2] + a[b][3]) + (bias ? bias[j] : F(0));
+            y[b * out + j] = hsum<F>(acc[b][0] + acc[b][1]) + tail[b] + (bias ? bias[j] : F(0));
     }
+    return 0;
 }
 
 // ------------------------------------------------------------------ block layers
@@ -577,7 +619,7 @@ int forward(const F* x, int64_t n, int64_t in, const F* v, const I* crow, const 
             const F* bias, int64_t out, int64_t bo, int64_t bi, F* y, int threads) {
     constexpr int64_t TV = NV * Vec<F>::L;
     const bool blocks = bo != 1 || bi != 1;
-    const int64_t P = blocks ? TV : panel_rows<F>(TV, n, in, 1, threads);
+    const int64_t P = blocks ? TV : panel_rows<F>(TV, n, in, 1, threads, SL_FWD_PANEL_L2_PERCENT);
     const int64_t panels = (n + P - 1) / P, rows = out / bo;
     const bool by_panels = panels >= threads;
     const int64_t mine = in * P + J * P;  // a panel of x and the output scratch
@@ -587,7 +629,12 @@ int forward(const F* x, int64_t n, int64_t in, const F* v, const I* crow, const 
         if (blocks)
             block_forward_rows<F, I, NV>(xT, v, crow, col, bias, bo, bi, r0, r1, n, out, b0, buf, y);
         else
-            forward_rows<F, I, NV>(xT, P, v, crow, col, bias, r0, r1, n, out, b0, buf, y);
+            switch (P / TV) {
+                case 1: forward_rows<F, I, NV, 1>(xT, v, crow, col, bias, r0, r1, n, out, b0, buf, y); break;
+                case 2: forward_rows<F, I, NV, 2>(xT, v, crow, col, bias, r0, r1, n, out, b0, buf, y); break;
+                case 4: forward_rows<F, I, NV, 4>(xT, v, crow, col, bias, r0, r1, n, out, b0, buf, y); break;
+                default: forward_rows<F, I, NV, 8>(xT, v, crow, col, bias, r0, r1, n, out, b0, buf, y); break;
+            }
     };
     if (by_panels) {
 #pragma omp parallel num_threads(threads)
@@ -626,7 +673,8 @@ int backward(const F* gy, const F* x, int64_t n, int64_t in, int64_t out, const 
     // the panels read at random: xT (in, P) for an unstructured values gradient, gxT (in, P)
     const bool xT_needed = gv && !blocks;
     const int arrays = (xT_needed ? 1 : 0) + (gx ? 1 : 0);
-    const int64_t P = blocks ? TV : panel_rows<F>(TV, n, in, std::max(arrays, 1), threads);
+    const int64_t P = blocks ? TV : panel_rows<F>(TV, n, in, std::max(arrays, 1), threads,
+                                                  SL_BWD_PANEL_L2_PERCENT);
         const int64_t panels = (n + P - 1) / P, G = std::max(J, bo) * P;  // G: gy scratch
     const bool by_panels = panels >= threads;
     // by panels: per thread its panels, scratch and — with several threads — its own partial
@@ -746,23 +794,30 @@ struct Backward {
     };
 };
 
+// Below this many multiply-adds a call runs on one thread: waking the others costs more.
+constexpr int64_t SERIAL_WORK = 1 << 17;
+
 template <class F, class I>
 int forward_entry(const F* x, int64_t n, int64_t in, const F* v, const I* crow, const I* col,
                   int64_t nnz, const F* bias, int64_t out, int64_t bo, int64_t bi, F* y,
                   int threads) {
-    if (check_structure(crow, col, out / bo, in / bi, nnz, threads)) return 2;
+    if (n * nnz * bo * bi < SERIAL_WORK) threads = 1;
     if (bo == 1 && bi == 1 && n <= 2) {  // inference on a row or two: gather, no tile
+        // the columns are checked as they are read (one pass over the structure, not two)
+        if (check_rows(crow, out, nnz)) return 2;
         const int64_t steps = (out + J - 1) / J;
-#pragma omp parallel for num_threads(threads) schedule(static)
+        int bad = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(| : bad)
         for (int64_t s = 0; s < steps; ++s) {
             const int64_t j0 = s * J, j1 = std::min(out, j0 + J);
             if (n == 1)
-                gather_forward<F, I, 1>(x, in, v, crow, col, bias, out, j0, j1, y);
+                bad |= gather_forward<F, I, 1>(x, in, v, crow, col, bias, out, j0, j1, y);
             else
-                gather_forward<F, I, 2>(x, in, v, crow, col, bias, out, j0, j1, y);
+                bad |= gather_forward<F, I, 2>(x, in, v, crow, col, bias, out, j0, j1, y);
         }
-        return 0;
+        return bad ? 2 : 0;
     }
+    if (check_structure(crow, col, out / bo, in / bi, nnz, threads)) return 2;
     return with_tile<F, Forward<F, I>::template Op>(n, x, n, in, v, crow, col, bias, out, bo, bi,
                                                      y, threads);
 }
@@ -771,6 +826,7 @@ template <class F, class I>
 int backward_entry(const F* gy, const F* x, int64_t n, int64_t in, int64_t out, const F* v,
                    const I* crow, const I* col, int64_t nnz, int64_t bo, int64_t bi, F* gx,
                    F* gv, F* gb, int threads) {
+    if (n * nnz * bo * bi < SERIAL_WORK) threads = 1;
     if (check_structure(crow, col, out / bo, in / bi, nnz, threads)) return 2;
     return with_tile<F, Backward<F, I>::template Op>(n, gy, x, n, in, out, v, crow, col, bo, bi,
                                                       gx, gv, gb, threads);

@@ -31,7 +31,7 @@ from torch.autograd.function import once_differentiable
 from ..connectivity import row_of_entries
 from . import cpu
 
-__all__ = ["DenseWeight", "dense_weight", "flat_index", "linear"]
+__all__ = ["DenseWeight", "dense_weight", "flat_index", "linear", "needs_index"]
 
 
 def flat_index(crow: Tensor, col: Tensor, in_features: int) -> Tensor:
@@ -65,21 +65,33 @@ def _fast(t: Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and cpu.available()
 
 
-def _scatter(values: Tensor, crow: Tensor, col: Tensor, index: Tensor, w: Tensor) -> None:
-    """``w[row, col] = values`` at every nonzero (``index``: their :func:`flat_index`)."""
+def _index(crow: Tensor, col: Tensor, w: Tensor, index: Tensor | None) -> Tensor:
+    return index if index is not None and index.numel() == col.numel() else flat_index(
+        crow, col, w.shape[1])
+
+
+def _scatter(values: Tensor, crow: Tensor, col: Tensor, index: Tensor | None, w: Tensor) -> None:
+    """``w[row, col] = values`` at every nonzero (``index``: their :func:`flat_index`, needed
+    where the ``cpu`` kernels cannot move them)."""
     if _fast(w):
         cpu.kernels().scatter(values.contiguous(), crow, col, w)
     else:
-        w.view(-1).index_copy_(0, index, values)
+        w.view(-1).index_copy_(0, _index(crow, col, w, index), values)
 
 
-def _gather(w: Tensor, crow: Tensor, col: Tensor, index: Tensor) -> Tensor:
+def _gather(w: Tensor, crow: Tensor, col: Tensor, index: Tensor | None) -> Tensor:
     """``(nnz,)`` the entries of ``w (out, in)`` at the nonzeros."""
     if _fast(w):
         v = w.new_empty(col.numel())
         cpu.kernels().gather(w, crow, col, v)
         return v
-    return w.view(-1).index_select(0, index)
+    return w.view(-1).index_select(0, _index(crow, col, w, index))
+
+
+def needs_index(like: Tensor) -> bool:
+    """Whether the dense backend reads a :func:`flat_index` for a weight like ``like`` (not
+    where the ``cpu`` kernels move the entries)."""
+    return not _fast(like)
 
 
 class DenseWeight:
@@ -96,9 +108,9 @@ class DenseWeight:
         self.weight = None
 
     def get(self, values: Tensor, crow: Tensor, col: Tensor, in_features: int,
-            index: Tensor) -> Tensor:
+            index: Tensor | None = None) -> Tensor:
         """The dense ``(out, in)`` weight holding ``values (nnz,)`` (``index``: their
-        :func:`flat_index`)."""
+        :func:`flat_index`, computed where needed when not given)."""
         shape = (crow.numel() - 1, in_features)
         w = self.weight
         stale = w is not None and w.is_inference() and not torch.is_inference_mode_enabled()
@@ -162,7 +174,7 @@ def linear(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, bias: Tensor | 
     if (cache is None or values.dim() != 1 or values.dtype != x.dtype
             or torch.compiler.is_compiling()):
         return F.linear(x, dense_weight(values, crow, col, x.shape[-1], index), bias)
-    if index is None or index.numel() != col.numel():
-        index = flat_index(crow, col, x.shape[-1])
     w = cache.get(values, crow, col, x.shape[-1], index)
+    if index is None or index.numel() != col.numel():
+        index = col.new_empty(0, dtype=torch.int64)  # (the moves build one where they need it)
     return _KeptDense.apply(x, values, w, crow, col, index, bias)
