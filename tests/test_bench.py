@@ -1,6 +1,7 @@
 """The benchmark CLI on tiny shapes: it runs, writes JSON and its BENCHMARKS.md section, rejects
 bad arguments, and its memory measurement counts the gradients a step allocates."""
 
+import importlib.util
 import json
 
 import pytest
@@ -151,3 +152,82 @@ def test_crossover_rejects_a_non_benchmark_file(tmp_path):
     with pytest.raises(SystemExit) as e:
         bench.main(["crossover", str(bad)])
     assert e.value.code == 2
+
+
+def test_kernels_with_peers_times_them_beside_ours(tmp_path):
+    out = tmp_path / "k.json"
+    assert bench.main(["kernels", "--shapes", "8,32,48", "--densities", "0.25", "--blocks", "0",
+                       "--repeats", "1", "--backends", "dense", "--peers",
+                       "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    backends = {r["backend"] for r in res["rows"]}
+    assert {"nn.Linear", "dense", "peer:torch-csr"} <= backends
+    assert ("peer:sparseprop" in backends) == (importlib.util.find_spec("sparseprop") is not None)
+    assert res["machine"]["cpu_flags"] == sorted(res["machine"]["cpu_flags"])
+    assert res["rows"][0]["table_device"].startswith("cpu/")
+
+
+def test_the_torch_csr_peer_is_the_same_function():
+    """The peer is built from our layer and must compute the same thing (else its row would
+    time another function): forward and gradients against the dense reference."""
+    from torch_structlearn import StructLearnedLinear
+    from torch_structlearn.bench.peers import TorchCSRLinear
+
+    torch.manual_seed(0)
+    layer = StructLearnedLinear(20, 12, density=0.3)
+    peer = TorchCSRLinear(layer)
+    x = torch.randn(5, 20, requires_grad=True)
+    w = layer.dense_weight().detach()
+    y = peer(x)
+    torch.testing.assert_close(y, x @ w.T + layer.bias)
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, w.sum(0).expand(5, 20))
+    g = peer.weight.grad.to_dense()
+    torch.testing.assert_close(g, (torch.ones(5, 12).T @ x.detach()) * (w != 0))
+    with pytest.raises(ValueError, match="unstructured"):
+        TorchCSRLinear(StructLearnedLinear(32, 32, block=(8, 8), density=0.5))
+
+
+def test_infer_times_forward_only_in_eval_and_inference_mode(tmp_path):
+    out, md = tmp_path / "i.json", tmp_path / "B.md"
+    assert bench.main(["infer", "--shapes", "1,32,48", "16,32,48", "--densities", "0.25",
+                       "--repeats", "2", "--backends", "csr", "auto", "--json", str(out),
+                       "--markdown", str(md)]) == 0
+    res = json.loads(out.read_text())
+    assert {(r["shape"][0], r["backend"]) for r in res["rows"]} == {
+        (1, "csr"), (1, "auto"), (16, "csr"), (16, "auto")}
+    autos = [r for r in res["rows"] if r["backend"] == "auto"]
+    assert all(r["auto_picked"] in ("cpu", "csr", "dense", "torch_sparse") for r in autos)
+    assert "<!-- bench:infer-cpu -->" in md.read_text() and "inference_mode" in md.read_text()
+
+
+def test_calibrate_measures_and_prints_the_decisions(tmp_path, monkeypatch, capsys):
+    from torch_structlearn.ops import calibrate
+
+    monkeypatch.setattr(calibrate, "DIRECTORY", tmp_path / "auto")
+    calibrate.clear()
+    out = tmp_path / "c.json"
+    assert bench.main(["calibrate", "--shapes", "4,32,48", "--densities", "0.1", "0.5",
+                       "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert [(r["density"], r["mode"]) for r in res["rows"]] == [
+        (0.1, "train"), (0.1, "infer"), (0.5, "train"), (0.5, "infer")]
+    for r in res["rows"]:  # the pick is the fastest measured, never slower than dense
+        assert r["ms"][r["backend"]] == min(r["ms"].values()) <= r["ms"]["dense"]
+    cached = json.loads(calibrate.cache_file(torch.device("cpu")).read_text())["decisions"]
+    assert len(cached) == 4
+    printed = capsys.readouterr().out
+    assert "picks" in printed and "dense" in printed
+    # --keep reads them back without measuring
+    monkeypatch.setattr(calibrate, "_measure", lambda *a: pytest.fail("measured with --keep"))
+    assert bench.main(["calibrate", "--shapes", "4,32,48", "--densities", "0.1", "0.5",
+                       "--keep", "--json", str(out)]) == 0
+
+
+def test_structlearn_bench_help_exits_0(capsys):
+    from torch_structlearn.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--help"])
+    assert e.value.code == 0
+    assert "calibrate" in capsys.readouterr().out

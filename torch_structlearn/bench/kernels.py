@@ -258,8 +258,8 @@ def run_calibrate(args) -> dict:
                         layer(x)
                     entry = calibrate.entry(device, torch.float32, block, shape, layer.density,
                                             training)
-                    rows.append({"shape": list(shape), "block": b, "density": density,
-                                 "mode": mode, **entry})
+                    rows.append({**entry, "shape": list(shape), "block": b, "density": density,
+                                 "actual_density": layer.density, "mode": mode})
                     ms = "  ".join(f"{k} {v:.2f}" for k, v in entry["ms"].items())
                     print(f"{shape!s:>22} {b or '-':>6} {density:>7.2%} {mode:>6} "
                           f"{entry['backend']:>12}  {ms}", flush=True)

@@ -38,7 +38,7 @@ class TorchCSRLinear(nn.Module):
         conn = layer.connectivity
         w = torch.sparse_csr_tensor(conn.crow_indices.long(), conn.col_indices.long(),
                                     layer.csr_values().detach().clone(),
-                                    (self.out_features, self.in_features))
+                                    (self.out_features, self.in_features), check_invariants=True)
         self.weight = nn.Parameter(w.to(layer.values.device))
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
 

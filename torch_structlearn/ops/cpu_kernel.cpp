@@ -21,10 +21,11 @@
 //   values grad  gv[p]  += Σ_t gyT[j][t] · xT[col[p]][t]      (sampled product, per panel)
 //   bias grad    gb[j]  += Σ_t gyT[j][t]
 // gy is transposed 16 outputs at a time (into L1) as the rows of W are walked, so only the
-// (in, P) panels are read at random. P is the largest power-of-2 multiple of TV whose panels
-// (xT; xT and gxT in the backward) fit a share of this CPU's L2 (below): the index and value
-// streams, the sweeps over the values-gradient partials and the horizontal sums of the values
-// gradient are then paid once per P rows instead of once per TV rows.
+// (in, P) panels are read at random — one at a time: the backward makes one pass for the input
+// gradient (gxT) and one for the values gradient (xT). P is the largest power-of-2 multiple of
+// TV whose panel fills half of this CPU's L2: the index and value streams, the sweeps over the
+// values-gradient partials and the horizontal sums of the values gradient are then paid once
+// per P rows instead of once per TV rows.
 // A batch smaller than the register tile runs on the smallest one (NV = 1, 2, 4, ...) that
 // holds it; an unstructured forward of one or two rows (inference) skips the transpose and
 // gathers x directly. Panels are spread over threads; with fewer panels than threads (small
@@ -90,16 +91,9 @@
 #endif
 #endif
 
-// The share of L2 the panels read at random may fill: half in the forward (its one panel, xT);
-// in the backward 1.5x (xT and gxT), since a bigger panel also means fewer sweeps over the
-// per-thread values-gradient partials — measured on the 2-core AVX2 CPU, batch 4096,
-// 768 -> 3072: 5 % backward 87 ms (50 %) against 72-76 ms (100-250 %), 10 % 114 against
-// 88-93 ms; the forward, 53 ms at 50 % against 62 ms at 150 % (BENCHMARKS.md).
-#if !defined(SL_FWD_PANEL_L2_PERCENT)
-#define SL_FWD_PANEL_L2_PERCENT 50
-#endif
-#if !defined(SL_BWD_PANEL_L2_PERCENT)
-#define SL_BWD_PANEL_L2_PERCENT 150
+// The share of L2 the panel read at random (xT, or gxT) may fill.
+#if !defined(SL_PANEL_L2_PERCENT)
+#define SL_PANEL_L2_PERCENT 50
 #endif
 
 namespace {
@@ -619,7 +613,7 @@ int forward(const F* x, int64_t n, int64_t in, const F* v, const I* crow, const 
             const F* bias, int64_t out, int64_t bo, int64_t bi, F* y, int threads) {
     constexpr int64_t TV = NV * Vec<F>::L;
     const bool blocks = bo != 1 || bi != 1;
-    const int64_t P = blocks ? TV : panel_rows<F>(TV, n, in, 1, threads, SL_FWD_PANEL_L2_PERCENT);
+    const int64_t P = blocks ? TV : panel_rows<F>(TV, n, in, 1, threads, SL_PANEL_L2_PERCENT);
     const int64_t panels = (n + P - 1) / P, rows = out / bo;
     const bool by_panels = panels >= threads;
     const int64_t mine = in * P + J * P;  // a panel of x and the output scratch
@@ -669,12 +663,23 @@ int backward(const F* gy, const F* x, int64_t n, int64_t in, int64_t out, const 
              int threads) {
     constexpr int64_t TV = NV * Vec<F>::L;
     const bool blocks = bo != 1 || bi != 1;
+    if (!blocks && gx && gv) {
+        // Two passes over the panels, the input gradient (and the bias's), then the values
+        // gradient: each pass reads one (in, P) panel at random, so each keeps it in L2 with
+        // panels twice as tall as one pass with both could. Measured on the 2-core AVX2 CPU at
+        // 5 %: batch 256, 3072 -> 4096: 24 / 33 / 34 ms in one pass against 24 / 31 / 32 in
+        // two; batch 4096, 768 -> 3072: 76 / 73 / 70 against 69 / 62 / 65 (three runs).
+        const int rc = backward<F, I, NV>(gy, x, n, in, out, v, crow, col, bo, bi, gx, nullptr,
+                                          gb, threads);
+        return rc ? rc : backward<F, I, NV>(gy, x, n, in, out, v, crow, col, bo, bi, nullptr, gv,
+                                            nullptr, threads);
+    }
     const int64_t rows = out / bo, nnz = (int64_t)crow[rows] * bo * bi;
     // the panels read at random: xT (in, P) for an unstructured values gradient, gxT (in, P)
     const bool xT_needed = gv && !blocks;
     const int arrays = (xT_needed ? 1 : 0) + (gx ? 1 : 0);
     const int64_t P = blocks ? TV : panel_rows<F>(TV, n, in, std::max(arrays, 1), threads,
-                                                  SL_BWD_PANEL_L2_PERCENT);
+                                                  SL_PANEL_L2_PERCENT);
         const int64_t panels = (n + P - 1) / P, G = std::max(J, bo) * P;  // G: gy scratch
     const bool by_panels = panels >= threads;
     // by panels: per thread its panels, scratch and — with several threads — its own partial
