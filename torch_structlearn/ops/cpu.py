@@ -203,7 +203,7 @@ class Kernels:
                 bias: Tensor | None = None) -> Tensor:
         """``y (N, out) = x (N, in) Wᵀ + bias``."""
         dt, name, v, crow, col = _prepare(x, values, crow, col)
-        xc = x.to(dt).contiguous()
+        xc = x if x.dtype == dt and x.is_contiguous() else x.to(dt).contiguous()
         bo, bi = _block(v)
         n, out = xc.shape[0], (crow.numel() - 1) * bo
         b = _bias(bias, out, dt)
@@ -214,7 +214,7 @@ class Kernels:
                 out, bo, bi, _ptr(y), torch.get_num_threads()), crow, col, (out // bo, xc.shape[1] // bi))
         else:
             y.zero_()
-        return y.to(x.dtype)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def scatter(self, values: Tensor, crow: Tensor, col: Tensor, weight: Tensor) -> None:
         """``weight[row, col[p]] = values[p]`` for every nonzero, in place; ``weight (out, in)``
@@ -364,7 +364,7 @@ def _bias(bias: Tensor | None, out: int, dt: torch.dtype) -> Tensor | None:
         return None
     if bias.shape != (out,):
         raise ValueError(f"bias must have shape (out_features,) = ({out},), got {tuple(bias.shape)}")
-    return bias.to(dt).contiguous()
+    return bias if bias.dtype == dt and bias.is_contiguous() else bias.to(dt).contiguous()
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -393,7 +393,8 @@ def _prepare(x: Tensor, values: Tensor, crow: Tensor, col: Tensor):
     if x.shape[1] % bi:
         raise ValueError(f"in_features = {x.shape[1]} is not a multiple of the block width {bi}")
     dt = _compute_dtype(x)  # bf16/fp16 in float32, as for csr
-    return dt, _NAMES[(dt, crow.dtype)], values.to(dt).contiguous(), crow.contiguous(), col.contiguous()
+    v = values if values.dtype == dt and values.is_contiguous() else values.to(dt).contiguous()
+    return dt, _NAMES[(dt, crow.dtype)], v, crow.contiguous(), col.contiguous()
 
 
 def kernels() -> Kernels:

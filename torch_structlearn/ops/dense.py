@@ -2,7 +2,7 @@
 
 Two paths compute the same thing:
 
-* **functional** (any caller, ``torch.compile`` traces, block layers, autocast): scatter the
+* **functional** (any caller, ``torch.compile`` traces, autocast): scatter the
   values into fresh zeros and call ``F.linear`` in plain differentiable torch ops; autograd
   keeps the dense weight for the input gradient, and the values gradient is the dense
   ``gyᵀ x`` gathered at the nonzeros (the backward of ``scatter``).
@@ -11,7 +11,8 @@ Two paths compute the same thing:
   ``out * in`` zero fill and no fresh allocation (whose page faults cost as much as the fill);
   the backward computes ``gyᵀ x`` into a scratch reused across steps and gathers the values
   gradient from it. The moves between CSR and dense run in the ``cpu`` kernels where they are
-  built (rows over threads, int32 columns), else as ``index_copy_`` / ``index_select``.
+  built (rows over threads, int32 columns), else as ``index_copy_`` / ``index_select``; block
+  layers move whole blocks through a ``(rows, cols, bo, bi)`` view.
   The kept weight costs what ``nn.Linear``'s weight costs (``out * in`` elements); ``auto``
   picks this backend only where it measured it fastest (high density; BENCHMARKS.md).
 
@@ -70,17 +71,29 @@ def _index(crow: Tensor, col: Tensor, w: Tensor, index: Tensor | None) -> Tensor
         crow, col, w.shape[1])
 
 
+def _blocks_of(w: Tensor, bo: int, bi: int) -> Tensor:
+    """``w (out, in)`` seen as ``(out / bo, in / bi, bo, bi)`` blocks (a view: writes reach w)."""
+    return w.view(w.shape[0] // bo, bo, w.shape[1] // bi, bi).permute(0, 2, 1, 3)
+
+
 def _scatter(values: Tensor, crow: Tensor, col: Tensor, index: Tensor | None, w: Tensor) -> None:
-    """``w[row, col] = values`` at every nonzero (``index``: their :func:`flat_index`, needed
-    where the ``cpu`` kernels cannot move them)."""
-    if _fast(w):
+    """``w[row, col] = values`` at every nonzero, or every block for ``values (nblocks, bo,
+    bi)`` (``index``: the nonzeros' :func:`flat_index`, needed where the ``cpu`` kernels cannot
+    move them)."""
+    if values.dim() == 3:
+        blocks = _blocks_of(w, *values.shape[1:])
+        blocks.index_put_((row_of_entries(crow, col.numel()), col.long()), values)
+    elif _fast(w):
         cpu.kernels().scatter(values.contiguous(), crow, col, w)
     else:
         w.view(-1).index_copy_(0, _index(crow, col, w, index), values)
 
 
-def _gather(w: Tensor, crow: Tensor, col: Tensor, index: Tensor | None) -> Tensor:
-    """``(nnz,)`` the entries of ``w (out, in)`` at the nonzeros."""
+def _gather(w: Tensor, crow: Tensor, col: Tensor, index: Tensor | None,
+            block: tuple[int, int] | None) -> Tensor:
+    """The entries of ``w (out, in)`` at the nonzeros: ``(nnz,)``, or ``(nblocks, bo, bi)``."""
+    if block is not None:
+        return _blocks_of(w, *block)[row_of_entries(crow, col.numel()), col.long()]
     if _fast(w):
         v = w.new_empty(col.numel())
         cpu.kernels().gather(w, crow, col, v)
@@ -109,9 +122,10 @@ class DenseWeight:
 
     def get(self, values: Tensor, crow: Tensor, col: Tensor, in_features: int,
             index: Tensor | None = None) -> Tensor:
-        """The dense ``(out, in)`` weight holding ``values (nnz,)`` (``index``: their
-        :func:`flat_index`, computed where needed when not given)."""
-        shape = (crow.numel() - 1, in_features)
+        """The dense ``(out, in)`` weight holding ``values``, ``(nnz,)`` or block values
+        ``(nblocks, bo, bi)`` (``index``: the nonzeros' :func:`flat_index`, computed where
+        needed when not given)."""
+        shape = ((crow.numel() - 1) * (values.shape[1] if values.dim() == 3 else 1), in_features)
         w = self.weight
         stale = w is not None and w.is_inference() and not torch.is_inference_mode_enabled()
         if (w is None or stale or w.shape != shape or w.dtype != values.dtype
@@ -148,6 +162,7 @@ class _KeptDense(torch.autograd.Function):
     def forward(ctx, x, values, weight, crow, col, index, bias):
         ctx.save_for_backward(x, crow, col, index)
         ctx.weight = weight
+        ctx.block = tuple(values.shape[1:]) if values.dim() == 3 else None
         return F.linear(x, weight, bias)
 
     @staticmethod
@@ -161,7 +176,7 @@ class _KeptDense(torch.autograd.Function):
         if need_v:
             gw = _grad_scratch(ctx.weight)
             torch.mm(gy2.T, x.reshape(-1, x.shape[-1]), out=gw)
-            gv = _gather(gw, crow, col, index)
+            gv = _gather(gw, crow, col, index, ctx.block)
         if need_b:
             gb = gy2.sum(0)
         return gx, gv, None, None, None, None, gb
@@ -170,9 +185,8 @@ class _KeptDense(torch.autograd.Function):
 def linear(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, bias: Tensor | None,
            index: Tensor | None = None, cache: DenseWeight | None = None) -> Tensor:
     """``(*, in) -> (*, out)``: ``F.linear`` with the masked dense weight; kept in ``cache``
-    between calls (eager, unstructured, same dtype as ``x``)."""
-    if (cache is None or values.dim() != 1 or values.dtype != x.dtype
-            or torch.compiler.is_compiling()):
+    between calls (eager, same dtype as ``x``)."""
+    if cache is None or values.dtype != x.dtype or torch.compiler.is_compiling():
         return F.linear(x, dense_weight(values, crow, col, x.shape[-1], index), bias)
     w = cache.get(values, crow, col, x.shape[-1], index)
     if index is None or index.numel() != col.numel():
