@@ -132,6 +132,18 @@ def test_dense_moves_match_indexing(kernels):
     got = torch.empty_like(values)
     kernels.gather(w, crow, col, got)
     assert torch.equal(got, values)
+    # whole blocks
+    values, crow, col = _problem((12, 40), (4, 8), 0.4, torch.float64, 1)
+    w = torch.full((12, 40), 7.0, dtype=torch.float64)
+    kernels.scatter(values, crow, col, w)
+    expect = _dense(values, crow, col, (12, 40), (4, 8))
+    off = torch.ones(12, 40, dtype=torch.bool)
+    off.view(3, 4, 5, 8).permute(0, 2, 1, 3)[
+        torch.repeat_interleave(torch.arange(3), crow.diff().long()), col.long()] = False
+    assert torch.equal(w[~off], expect[~off]) and bool((w[off] == 7.0).all())
+    got = torch.empty_like(values)
+    kernels.gather(w, crow, col, got)
+    assert torch.equal(got, values)
 
 
 @pytest.mark.parametrize("n", [1, 2, 6, 40])

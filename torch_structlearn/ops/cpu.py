@@ -187,7 +187,7 @@ class Kernels:
             bwd.argtypes = [p, p, i64, i64, i64, p, p, p, i64, i64, i64, p, p, p, c_int]
             fwd.restype = bwd.restype = c_int
             for move in (getattr(lib, f"{name}_scatter"), getattr(lib, f"{name}_gather")):
-                move.argtypes = [p, p, p, i64, i64, i64, p, c_int]
+                move.argtypes = [p, p, p, i64, i64, i64, i64, i64, p, c_int]
                 move.restype = c_int
         lib.structlearn_isa.restype = ctypes.c_char_p
         self._lib, self.path, self.variant, self.flags = lib, path, variant, flags
@@ -217,22 +217,24 @@ class Kernels:
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def scatter(self, values: Tensor, crow: Tensor, col: Tensor, weight: Tensor) -> None:
-        """``weight[row, col[p]] = values[p]`` for every nonzero, in place; ``weight (out, in)``
-        contiguous, of values' dtype (float32/64); other entries untouched."""
+        """``weight[row, col[p]] = values[p]`` for every nonzero — or every ``(bo, bi)`` block
+        for ``values (nblocks, bo, bi)`` — in place; ``weight (out, in)`` contiguous, of
+        values' dtype (float32/64); other entries untouched."""
         self._move("scatter", values, crow, col, weight)
 
     def gather(self, weight: Tensor, crow: Tensor, col: Tensor, values: Tensor) -> None:
-        """``values[p] = weight[row, col[p]]`` for every nonzero, in place."""
+        """``values[p] = weight[row, col[p]]`` for every nonzero (or block), in place."""
         self._move("gather", values, crow, col, weight)
 
     def _move(self, what: str, values: Tensor, crow: Tensor, col: Tensor, weight: Tensor) -> None:
         if crow.dtype != col.dtype or crow.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"crow and col must share an integer dtype, got {crow.dtype} and "
                             f"{col.dtype}")
+        bo, bi = _block(values)
         if (values.dtype != weight.dtype or values.dtype not in (torch.float32, torch.float64)
                 or not (values.is_contiguous() and weight.is_contiguous())
-                or values.shape != col.shape or weight.dim() != 2
-                or crow.numel() != weight.shape[0] + 1):
+                or values.shape[0] != col.numel() or weight.dim() != 2
+                or crow.numel() * bo != weight.shape[0] + bo or weight.shape[1] % bi):
             raise ValueError(f"{what}: values ({tuple(values.shape)}, {values.dtype}) and weight "
                              f"({tuple(weight.shape)}, {weight.dtype}) do not fit the structure")
         name = _NAMES[(values.dtype, crow.dtype)]
@@ -240,9 +242,9 @@ class Kernels:
         out, in_features = weight.shape
         _ok_or_raise(getattr(self._lib, f"{name}_{what}")(
             _ptr(values) if what == "scatter" else _ptr(weight), _ptr(crow), _ptr(col),
-            col.numel(), out, in_features,
+            col.numel(), out, in_features, bo, bi,
             _ptr(weight) if what == "scatter" else _ptr(values), torch.get_num_threads()),
-            crow, col, (out, in_features))
+            crow, col, (out // bo, in_features // bi))
 
     def backward(self, gy: Tensor, x: Tensor, values: Tensor, crow: Tensor, col: Tensor,
                  need_input: bool, need_values: bool, need_bias: bool = False,

@@ -578,27 +578,35 @@ void block_backward_rows(const F* gy, const F* x, int64_t n, int64_t in, int64_t
 }
 
 // ------------------------------------------------------------------ the dense backend's moves
-// Between a CSR weight and its dense (out, in) copy, rows spread over threads (the dense
-// backend keeps the copy and rewrites its nonzeros every call; its values gradient is read off
-// the dense gyᵀ x). Off-structure entries of w are never touched.
+// Between a CSR (or BSR: bo x bi blocks) weight and its dense (out, in) copy, rows spread over
+// threads (the dense backend keeps the copy and rewrites its nonzeros every call; its values
+// gradient is read off the dense gyᵀ x). Off-structure entries of w are never touched.
 
 template <class F, class I>
 int scatter_entry(const F* v, const I* crow, const I* col, int64_t nnz, int64_t out,
-                  int64_t in, F* w, int threads) {
-    if (check_structure(crow, col, out, in, nnz, threads)) return 2;
+                  int64_t in, int64_t bo, int64_t bi, F* w, int threads) {
+    if (check_structure(crow, col, out / bo, in / bi, nnz, threads)) return 2;
+    const int64_t rows = out / bo;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t j = 0; j < out; ++j)
-        for (int64_t p = crow[j]; p < crow[j + 1]; ++p) w[j * in + col[p]] = v[p];
+    for (int64_t j = 0; j < rows; ++j)
+        for (int64_t p = crow[j]; p < crow[j + 1]; ++p)
+            for (int64_t o = 0; o < bo; ++o)  // one row of a block: bi contiguous values
+                std::memcpy(w + (j * bo + o) * in + (int64_t)col[p] * bi, v + (p * bo + o) * bi,
+                            sizeof(F) * bi);
     return 0;
 }
 
 template <class F, class I>
 int gather_entry(const F* w, const I* crow, const I* col, int64_t nnz, int64_t out, int64_t in,
-                 F* v, int threads) {
-    if (check_structure(crow, col, out, in, nnz, threads)) return 2;
+                 int64_t bo, int64_t bi, F* v, int threads) {
+    if (check_structure(crow, col, out / bo, in / bi, nnz, threads)) return 2;
+    const int64_t rows = out / bo;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t j = 0; j < out; ++j)
-        for (int64_t p = crow[j]; p < crow[j + 1]; ++p) v[p] = w[j * in + col[p]];
+    for (int64_t j = 0; j < rows; ++j)
+        for (int64_t p = crow[j]; p < crow[j + 1]; ++p)
+            for (int64_t o = 0; o < bo; ++o)
+                std::memcpy(v + (p * bo + o) * bi, w + (j * bo + o) * in + (int64_t)col[p] * bi,
+                            sizeof(F) * bi);
     return 0;
 }
 
@@ -862,12 +870,14 @@ extern "C" int structlearn_tile_rows() { return SL_TILE; }
 
 #define STRUCTLEARN_EXPORT_MOVES(F, I, NAME)                                                    \
     extern "C" int NAME##_scatter(const F* v, const I* crow, const I* col, int64_t nnz,         \
-                                  int64_t out, int64_t in, F* w, int th) {                      \
-        return scatter_entry<F, I>(v, crow, col, nnz, out, in, w, th);                          \
+                                  int64_t out, int64_t in, int64_t bo, int64_t bi, F* w,        \
+                                  int th) {                                                     \
+        return scatter_entry<F, I>(v, crow, col, nnz, out, in, bo, bi, w, th);                  \
     }                                                                                           \
     extern "C" int NAME##_gather(const F* w, const I* crow, const I* col, int64_t nnz,          \
-                                 int64_t out, int64_t in, F* v, int th) {                       \
-        return gather_entry<F, I>(w, crow, col, nnz, out, in, v, th);                           \
+                                 int64_t out, int64_t in, int64_t bo, int64_t bi, F* v,         \
+                                 int th) {                                                      \
+        return gather_entry<F, I>(w, crow, col, nnz, out, in, bo, bi, v, th);                   \
     }
 
 STRUCTLEARN_EXPORT_MOVES(float, int32_t, f32_i32)

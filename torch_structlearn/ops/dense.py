@@ -11,8 +11,8 @@ Two paths compute the same thing:
   ``out * in`` zero fill and no fresh allocation (whose page faults cost as much as the fill);
   the backward computes ``gyᵀ x`` into a scratch reused across steps and gathers the values
   gradient from it. The moves between CSR and dense run in the ``cpu`` kernels where they are
-  built (rows over threads, int32 columns), else as ``index_copy_`` / ``index_select``; block
-  layers move whole blocks through a ``(rows, cols, bo, bi)`` view.
+  built (rows over threads, int32 columns, a block row at a time for block layers), else as
+  ``index_copy_`` / ``index_select`` (blocks through a ``(rows, cols, bo, bi)`` view).
   The kept weight costs what ``nn.Linear``'s weight costs (``out * in`` elements); ``auto``
   picks this backend only where it measured it fastest (high density; BENCHMARKS.md).
 
@@ -80,11 +80,11 @@ def _scatter(values: Tensor, crow: Tensor, col: Tensor, index: Tensor | None, w:
     """``w[row, col] = values`` at every nonzero, or every block for ``values (nblocks, bo,
     bi)`` (``index``: the nonzeros' :func:`flat_index`, needed where the ``cpu`` kernels cannot
     move them)."""
-    if values.dim() == 3:
+    if _fast(w):
+        cpu.kernels().scatter(values.contiguous(), crow, col, w)
+    elif values.dim() == 3:
         blocks = _blocks_of(w, *values.shape[1:])
         blocks.index_put_((row_of_entries(crow, col.numel()), col.long()), values)
-    elif _fast(w):
-        cpu.kernels().scatter(values.contiguous(), crow, col, w)
     else:
         w.view(-1).index_copy_(0, _index(crow, col, w, index), values)
 
@@ -92,12 +92,12 @@ def _scatter(values: Tensor, crow: Tensor, col: Tensor, index: Tensor | None, w:
 def _gather(w: Tensor, crow: Tensor, col: Tensor, index: Tensor | None,
             block: tuple[int, int] | None) -> Tensor:
     """The entries of ``w (out, in)`` at the nonzeros: ``(nnz,)``, or ``(nblocks, bo, bi)``."""
-    if block is not None:
-        return _blocks_of(w, *block)[row_of_entries(crow, col.numel()), col.long()]
     if _fast(w):
-        v = w.new_empty(col.numel())
+        v = w.new_empty(col.numel(), *(block or ()))
         cpu.kernels().gather(w, crow, col, v)
         return v
+    if block is not None:
+        return _blocks_of(w, *block)[row_of_entries(crow, col.numel()), col.long()]
     return w.view(-1).index_select(0, _index(crow, col, w, index))
 
 
