@@ -180,7 +180,7 @@ WORKER = textwrap.dedent("""
     from torch_structlearn.ops import calibrate
     measured = []
     real = calibrate._measure
-    calibrate._measure = lambda runs, device: measured.append(1) or real(runs, device)
+    calibrate._measure = lambda *a: measured.append(1) or real(*a)
     torch.manual_seed(0)
     layer = StructLearnedLinear(64, 48, density=0.1)
     x = torch.randn(32, 64, requires_grad=True)
@@ -221,3 +221,17 @@ def test_a_real_measurement_never_picks_slower_than_dense(fresh):
             layer(x).sum().backward()
         entry = calibrate.entry(CPU, torch.float32, None, (64, 128, 96), layer.density, True)
         assert entry["ms"][entry["backend"]] <= entry["ms"]["dense"]
+
+
+@pytest.mark.parametrize("ms, want", [
+    ({"dense": 10.0, "cpu": 2.0, "csr": 1.95}, "cpu"),  # within the margin: the prior's pick
+    ({"dense": 10.0, "cpu": 2.0, "csr": 1.5}, "csr"),  # clearly faster: the newcomer
+    ({"dense": 1.0, "cpu": 2.0, "csr": 3.0}, "dense"),  # the prior is not kept when it loses
+])
+def test_the_prior_pick_stays_unless_clearly_beaten(fresh, monkeypatch, ms, want):
+    timed = _fake_times(monkeypatch, ms)
+    got = calibrate.decide(CPU, torch.float32, None, (64, 96, 80), 0.05, True,
+                           lambda: ["dense", "cpu", "csr"], _runs, lambda: "cpu")
+    assert got == want
+    if want != "dense":  # the newcomer and the prior's pick ran more rounds to decide
+        assert timed.count("cpu") == timed.count("csr") == 2 * calibrate.REPEATS

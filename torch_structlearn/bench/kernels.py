@@ -271,9 +271,9 @@ def calibrate_markdown(result: dict) -> str:
     lines = [*header(result, True, "median of "
                      f"{calibrate.REPEATS} rounds per backend after a warm-up"),
              "`auto`'s decisions: every usable backend timed on the call (training: "
-             "forward+backward; inference: forward under no grad), the fastest kept. A backend "
-             "3x slower than the best on its first call is not timed further (its first call's "
-             "time shown).", "",
+             "forward+backward; inference: forward under no grad) after an untimed warm-up, the "
+             "fastest kept. A backend 3x slower than the best in the first timed round is not "
+             "timed further (that round's time shown).", "",
              "| (batch, in, out) | block | density | mode | picks | ms per backend | "
              "dense / pick |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:

@@ -174,13 +174,13 @@ def choose(device: torch.device, dtype: torch.dtype, density: float,
            training: bool = True, candidates: Callable[[], list[str]] | None = None,
            make_runs: Callable[[list[str]], dict[str, Callable[[], None]]] | None = None) -> str:
     """The backend ``auto`` uses: calibrated among ``candidates()`` (timing ``make_runs``; see
-    :func:`~torch_structlearn.ops.calibrate.decide`) when calibration is on and the call's
-    shape is known; inside a ``torch.compile`` trace the decision this process made eagerly for
+    :func:`~torch_structlearn.ops.calibrate.decide`; the prior's pick is kept unless another is
+    measured clearly faster) when calibration is on and the call's shape is known; inside a ``torch.compile`` trace the decision this process made eagerly for
     such a call, if any; else the shipped :func:`prior`."""
     if shape is not None and candidates is not None and calibrate.enabled():
         if not torch.compiler.is_compiling() and make_runs is not None:
             return calibrate.decide(device, dtype, block, shape, density, training, candidates,
-                                    make_runs)
+                                    make_runs, lambda: prior(device, dtype, density, block, shape))
         made = calibrate.recall(device, dtype, block, shape, density, training)  # in a trace
         if made is not None:
             return made
