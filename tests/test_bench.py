@@ -212,8 +212,11 @@ def test_calibrate_measures_and_prints_the_decisions(tmp_path, monkeypatch, caps
     res = json.loads(out.read_text())
     assert [(r["density"], r["mode"]) for r in res["rows"]] == [
         (0.1, "train"), (0.1, "infer"), (0.5, "train"), (0.5, "infer")]
-    for r in res["rows"]:  # the pick is the fastest measured, never slower than dense
-        assert r["ms"][r["backend"]] == min(r["ms"].values()) <= r["ms"]["dense"]
+    for r in res["rows"]:  # the pick is the fastest measured (or the prior's pick within the
+        # margin that overturns it), never slower than dense beyond that margin
+        fastest = min(r["ms"].values())
+        assert r["ms"][r["backend"]] <= fastest * (1 + calibrate.MARGIN)
+        assert r["ms"][r["backend"]] <= r["ms"]["dense"] * (1 + calibrate.MARGIN)
     cached = json.loads(calibrate.cache_file(torch.device("cpu")).read_text())["decisions"]
     assert len(cached) == 4
     printed = capsys.readouterr().out
