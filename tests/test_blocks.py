@@ -145,12 +145,17 @@ def test_cpu_block_layer_keeps_no_transposed_structure():
     """On the ``cpu`` backend (``auto``'s on the CPU) a training-mode block layer caches neither
     the transposed blocks nor a dense index: values plus one int32 column per block."""
     skip_unless_usable("cpu", (32, 32), "cpu")
+    x = torch.randn(8, 256)
     for backend in ("cpu", "auto"):  # auto: the shipped table has a measured block-32 entry
         layer = StructLearnedLinear(256, 128, block=(32, 32), density=0.25, backend=backend).train()
+        layer(x).sum().backward()  # (caches are built by the first call that needs them)
         assert layer.crow_t.numel() == layer.col_t.numel() == layer.perm_t.numel() == 0
         assert layer.dense_index.numel() == 0
         assert layer.col_indices.numel() * 32 * 32 == layer.values.numel()
-    assert StructLearnedLinear(256, 128, block=(32, 32), backend="csr").train().col_t.numel() > 0
+    csr = StructLearnedLinear(256, 128, block=(32, 32), backend="csr").train()
+    assert csr.col_t.numel() == 0  # nothing at construction (nor at load)
+    csr(x).sum().backward()
+    assert csr.col_t.numel() > 0
 
 
 @pytest.mark.parametrize("backend", ["cpu", "csr", "dense", "triton"])

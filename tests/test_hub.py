@@ -133,8 +133,7 @@ def test_card_with_a_bad_timm_model_is_a_clear_error(tmp_path, monkeypatch, card
     tsl.save(tsl.StructLearnedLinear(6, 4, density=0.5), entry / "structure.safetensors")
     (entry / "card.json").write_text(json.dumps(card))
     monkeypatch.setenv("STRUCTLEARN_HUB", str(tmp_path))
-    with pytest.raises(ValueError, match="hub entry 'bad-timm': card.json's timm_model must be a "
-                                         "string and timm_kwargs an object"):
+    with pytest.raises(ValueError, match="hub entry 'bad-timm': timm_(model|kwargs) must be"):
         hub.load("bad-timm")
 
 

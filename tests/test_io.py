@@ -46,7 +46,7 @@ def test_file_is_plain_safetensors_with_documented_keys(tmp_path):
         assert set(f.keys()) == {"layers.0.crow_indices", "layers.0.col_indices",
                                  "layers.0.values", "layers.0.bias"}
         meta = f.metadata()
-    assert meta["format"] == "torch_structlearn" and meta["format_version"] == "1"
+    assert meta["format"] == "torch_structlearn" and meta["format_version"] == "2"
     header = json.loads(meta["header"])
     assert header["class"] == "StructLearnedLinear" and header["user"] == {"k": [1, 2]}
     assert header["layers"][0]["out_features"] == 7
@@ -146,7 +146,8 @@ def test_fuzz_flipped_bytes(tmp_path_factory, saved, flips):
 
 _EDITS = [
     ("format", lambda m, h: m.__setitem__("format", "other")),
-    ("version", lambda m, h: m.__setitem__("format_version", "2")),
+    ("version", lambda m, h: m.__setitem__("format_version", "3")),
+    ("older version", lambda m, h: m.__setitem__("format_version", "1")),  # v1's checksum differs
     ("class", lambda m, h: h.__setitem__("class", "Evil")),
     ("missing layer key", lambda m, h: h["layers"][0].pop("nnz")),
     ("extra header key", lambda m, h: h.__setitem__("x", 1)),
@@ -198,7 +199,8 @@ def test_fuzz_tensor_table_edits(tmp_path_factory, saved, what):
 
 def _tampered(layer, crow, col):
     info = {"in_features": layer.in_features, "out_features": layer.out_features, "nnz": col.numel(),
-            "density": 0.0, "bias": False, "backend": "auto"}
+            "density": col.numel() / (layer.in_features * layer.out_features), "bias": False,
+            "backend": "auto"}
     header = {"class": "StructLearnedLinear", "config": {}, "layers": [info], "user": {}}
     tensors = {"layers.0.crow_indices": crow, "layers.0.col_indices": col,
                "layers.0.values": torch.zeros(col.numel())}

@@ -235,6 +235,8 @@ def test_eval_drops_the_transpose_cache_and_gradients_stay_right(block):
         gx, gw = torch.autograd.grad(y.pow(2).sum(), (xr, layer.values))
         return gx, gw
 
+    assert layer.perm_t.numel() == 0  # built by the first call that needs it, not up front
+    grads()
     held = layer.perm_t
     assert held.numel() == layer.col_indices.numel()
     train_bytes = sum(b.numel() * b.element_size() for b in layer.buffers())
@@ -245,12 +247,15 @@ def test_eval_drops_the_transpose_cache_and_gradients_stay_right(block):
     for got, want in zip(grads(), ref(), strict=True):  # computed on the fly without the cache
         torch.testing.assert_close(got, want)
     layer.train()
+    for got, want in zip(grads(), ref(), strict=True):
+        torch.testing.assert_close(got, want)
     assert torch.equal(layer.perm_t, held)
     same = layer.perm_t
     layer.train()  # no change of mode: the cache is kept as is
     assert layer.perm_t is same
     for got, want in zip(grads(), ref(), strict=True):
         torch.testing.assert_close(got, want)
+    assert layer.perm_t is same
     nn.Sequential(layer).eval()  # through a parent module's eval()
     assert layer.perm_t.numel() == 0
 

@@ -346,6 +346,9 @@ def test_auto_layer_caches_what_every_shape_may_need(monkeypatch, kernel):
     torch.manual_seed(0)
     layer = StructLearnedLinear(64, 48, density=0.2)  # sparse at batch 8, dense at batch 512
     transposed = layer.nnz if sparse == "csr" else 0  # the fused kernel needs no transpose
+    assert layer.col_t.numel() == 0 and layer.dense_index.numel() == 0  # nothing at construction
+    with torch.no_grad():
+        layer(torch.randn(1, 64))  # the first call builds what the prior may need at any shape
     assert layer.col_t.numel() == transposed and layer.dense_index.numel() == layer.nnz
     w = torch.zeros(48, 64)
     w[layer.connectivity.row_indices(), layer.connectivity.col_indices.long()] = layer.csr_values().detach()
@@ -357,6 +360,8 @@ def test_auto_layer_caches_what_every_shape_may_need(monkeypatch, kernel):
         torch.testing.assert_close(layer(x), x @ w.T + layer.bias, rtol=1e-5, atol=1e-5)
     assert picked == [sparse, "dense"]
     sparse_only = StructLearnedLinear(64, 48, density=0.02)
+    with torch.no_grad():
+        sparse_only(torch.randn(1, 64))
     assert (sparse_only.col_t.numel() > 0) == (sparse == "csr")
     assert sparse_only.dense_index.numel() == 0
 

@@ -22,6 +22,8 @@ def seed(name: str, v) -> int:
     or a string would be truncated or fail deep inside ``Generator.manual_seed``."""
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+    if not -(2**63) <= int(v) < 2**64:  # what torch.Generator.manual_seed takes
+        raise ValueError(f"{name} must be in [-2**63, 2**64), got {v}")
     return int(v)
 
 

@@ -43,14 +43,57 @@ def _umask() -> int:
     return mask
 
 
+_TMP_TAG = ".structlearn.tmp"
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary files an earlier write of ``path`` left behind when its process
+    was killed (named ``.{name}.{pid}.{random}.structlearn.tmp``; only those whose process is
+    gone)."""
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*{_TMP_TAG}"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # that process still runs (it may be writing)
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OSError):
+            continue
+        tmp.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters escaped."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so
-    that the destination is either the old file or the whole new one."""
+    that the destination is either the old file or the whole new one.
+
+    A symlink is followed: its target is replaced (the link stays). A destination that exists
+    and is not a regular file (a folder, a FIFO, a device such as ``/dev/null``) is refused with
+    ``IsADirectoryError`` / ``ValueError`` — it is never replaced. The temporary file is named
+    ``.{name}.{pid}.{random}.structlearn.tmp``; one left behind by a killed process is deleted
+    by the next write of the same path."""
+    path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder: give a file path such as "
                                 f"{path / 'structure.safetensors'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} exists and is not a regular file (a FIFO, socket or device); "
+                         "refusing to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=_TMP_TAG,
+                                   dir=path.parent)
+    except OSError as e:  # name the destination asked for, not a temporary file
+        raise type(e)(e.errno, e.strerror, str(path)) from e
     try:
         # mkstemp makes the file owner-only (0600); give it the mode open() would have given
         os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
@@ -59,8 +102,10 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None:
+            raise type(e)(e.errno, e.strerror, str(path)) from e
         raise
 
 

@@ -49,7 +49,13 @@ class StructLearnedClassifier(nn.Module):
         self.head = nn.Linear(body.out_features, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(self.whitening(x)))
+        """``(N, C, H, W)`` images (or ``(N, d)``) → ``(N, num_classes)`` logits. Each part runs
+        in its own dtype (e.g. a ``.half()`` body between a float32 whitening and head): the
+        activations are cast at the two boundaries, in the head's dtype at the end."""
+        h = self.whitening(x)
+        first = next(self.body.parameters(), None)
+        h = self.body(h if first is None else h.to(first.dtype))
+        return self.head(h.to(self.head.weight.dtype))
 
     def extra_repr(self) -> str:
         return f"input_shape={self.input_shape}, num_classes={self.num_classes}"

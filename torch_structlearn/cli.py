@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+import pickle
+import shutil
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from ._argtypes import density, fraction, nonnegative, positive
@@ -39,6 +44,7 @@ def _learn(args) -> int:
     if out.exists() and not out.is_dir():  # checked now, not when the results are written
         raise ValueError(f"--out {out} is a file; give a folder (it receives structure.safetensors, "
                          "receptive_fields.png and results.json)")
+    _writable_folder(out, "--out")
     t_start = time.perf_counter()
     torch.manual_seed(args.seed)
     Xtr, ytr = load_dataset(args.dataset, "train", args.data_root, args.limit)
@@ -89,16 +95,70 @@ def _learn(args) -> int:
     for r in rows:
         print(f"{r['structure']:<10} {r['depth']:>5} {r['density']:>8.3f} {r['parameters']:>8} "
               f"{r['test_accuracy']:>9.2%}")
-    # the learned classifier: whitening → learned stack → trained head
-    out.mkdir(parents=True, exist_ok=True)
-    save(models["learned"], out / "structure.safetensors",
-         metadata={"dataset": args.dataset, "command": " ".join(sys.argv), "results": rows})
-    save_receptive_fields(stack.layers[0][0], image_shape, out / "receptive_fields.png")
-    _write_json(out / "results.json", {"args": vars(args), "report": stack.report, "results": rows,
-                                       "seconds": time.perf_counter() - t_start}, default=str)
+    # the learned classifier: whitening → learned stack → trained head. The three files are
+    # written to a staging folder first, then renamed into place together: an interrupted run
+    # leaves the previous run's results whole, not a new structure beside old results.
+    with _staging(out) as stage:
+        save(models["learned"], stage / "structure.safetensors",
+             metadata={"dataset": args.dataset, "command": " ".join(sys.argv), "results": rows})
+        save_receptive_fields(stack.layers[0][0], image_shape, stage / "receptive_fields.png")
+        _write_json(stage / "results.json", {"args": vars(args), "report": stack.report,
+                                             "results": rows,
+                                             "seconds": time.perf_counter() - t_start}, default=str)
     print(f"\nwrote {out / 'structure.safetensors'}, {out / 'receptive_fields.png'}, "
           f"{out / 'results.json'} ({time.perf_counter() - t_start:.0f} s)")
     return 0
+
+
+def _writable_folder(folder: Path, flag: str) -> None:
+    """``ValueError`` unless files can be created in ``folder`` (or, where it does not exist
+    yet, in its nearest existing parent) — checked before any long work, creating nothing."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{flag} {folder}: {probe} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {folder}: cannot write in {probe} ({e.strerror or e})") from None
+
+
+class _staging:
+    """A staging folder ``out/.incoming-<pid>-*``: files written into it are renamed into
+    ``out`` together when the ``with`` block ends without error; the folder is removed either
+    way (and those of killed earlier runs on entry)."""
+
+    def __init__(self, out: Path):
+        self.out = out
+
+    def __enter__(self) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        for old in self.out.glob(".incoming-*"):
+            pid = old.name.split("-")[1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        self.stage = Path(tempfile.mkdtemp(prefix=f".incoming-{os.getpid()}-", dir=self.out))
+        return self.stage
+
+    def __exit__(self, kind, value, tb) -> None:
+        try:
+            if kind is None:
+                for f in sorted(self.stage.iterdir()):
+                    os.replace(f, self.out / f.name)
+        finally:
+            shutil.rmtree(self.stage, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _inspect(args) -> int:
@@ -127,22 +187,31 @@ def _inspect(args) -> int:
     return 0
 
 
+def _printable(value, width: int = 0) -> str:
+    """``value`` as text with control characters (ANSI escapes included) shown escaped."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+    return text[:width] if width else text
+
+
 def _hub_list(args) -> int:
     from . import hub
 
-    names = hub.list()
-    if not names:
+    entries = hub.scan()
+    if not entries:
         print("no hub entries (folders searched: " + ", ".join(map(str, hub.folders())) + ")")
         return 0
     print(f"{'name':<26} {'dataset':<14} {'depth':>5} {'density':>8} {'test acc':>9}  model")
-    for n in names:
-        c = hub.card(n)
-        acc = c.get("test_accuracy")
-        depth = c.get("depth", "?")
-        print(f"{n:<26} {str(c.get('dataset', '?')):<14} {'-' if depth is None else str(depth):>5} "
-              f"{c.get('density', float('nan')):>8.4f} "
+    for name, c, problem in entries:
+        if problem is not None:
+            print(f"{_printable(name, 60):<26} (invalid: {_printable(problem, 200)})")
+            continue
+        acc, density, depth = c.get("test_accuracy"), c.get("density"), c.get("depth", "?")
+        number = (int, float)
+        print(f"{_printable(name, 60):<26} {_printable(c.get('dataset', '?'), 14):<14} "
+              f"{'-' if depth is None else _printable(depth, 5):>5} "
+              f"{(f'{density:.4f}' if isinstance(density, number) and not isinstance(density, bool) else '?'):>8} "
               f"{(f'{acc:.2%}' if isinstance(acc, float) else '?'):>9}  "
-              f"{c.get('timm_model', 'StructLearnedClassifier')}")
+              f"{_printable(c.get('timm_model', 'StructLearnedClassifier'), 60)}")
     return 0
 
 
@@ -159,11 +228,21 @@ def _convert(args) -> int:
     if out.is_dir():  # checked now, not after the conversion
         raise ValueError(f"--out {out} is a folder; give a file path such as "
                          f"{out / 'structures.safetensors'}")
+    _writable_folder(out.parent, "--out")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise ValueError(f"--checkpoint {args.checkpoint}: not a file")
     X, y = load_dataset(args.dataset, "train", args.data_root, args.limit)
     n_classes = int(y.max()) + 1
     model = timm.create_model(args.model, pretrained=False, num_classes=n_classes)
     if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        try:
+            with warnings.catch_warnings():  # (torch warns about the pickle protocol first)
+                warnings.simplefilter("ignore")
+                state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise ValueError(f"--checkpoint {args.checkpoint}: not a state_dict that "
+                             "torch.load(weights_only=True) accepts (it holds objects or code "
+                             "other than tensors); refused") from None
         model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
     size = model.pretrained_cfg.get("input_size", (3, 224, 224))
     if X.shape[1] != size[0]:
@@ -280,9 +359,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "hub":
             return _hub_list(args)
         return _convert(args)
-    except (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError) as e:
-        print(f"structlearn {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, KeyError, RuntimeError, pickle.UnpicklingError,
+            EOFError) as e:
+        print(f"structlearn {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
+
+
+def _message(e: BaseException) -> str:
+    """One line for an error: an ``OSError`` as 'what: path' (the path given, not a temporary
+    file's)."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return _printable(str(e).replace("\n", " "))
 
 
 if __name__ == "__main__":

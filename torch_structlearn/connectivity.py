@@ -19,10 +19,11 @@ from ._checks import choice
 from ._checks import density as _check_density
 from ._checks import seed as check_seed
 
-__all__ = ["Connectivity", "validate_csr", "csr_transpose", "fan_in_for_density", "row_of_entries",
+__all__ = ["Connectivity", "validate_csr", "check_csr_bounds", "csr_transpose", "fan_in_for_density", "row_of_entries",
            "bsr_to_csr"]
 
 _INT_DTYPES = (torch.int32, torch.int64)
+_MAX_SIZE = 2**31 - 1  # rows and columns of a structure (far beyond any layer)
 
 
 def _as_shape(shape: Sequence[int], name: str = "shape") -> tuple[int, int]:
@@ -30,8 +31,8 @@ def _as_shape(shape: Sequence[int], name: str = "shape") -> tuple[int, int]:
         raise ValueError(f"{name} must be a pair (out_features, in_features), got {shape!r}")
     rows, cols = shape
     for what, v in (("out_features", rows), ("in_features", cols)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"{name}: {what} must be a non-negative int, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _MAX_SIZE:
+            raise ValueError(f"{name}: {what} must be an int in [0, 2**31 - 1], got {v!r}")
     return int(rows), int(cols)
 
 
@@ -94,6 +95,69 @@ def validate_csr(crow_indices: Tensor, col_indices: Tensor, shape: Sequence[int]
                     f"col_indices must be {kind} within each row: row {row} has "
                     f"{int(col[pos - 1])} followed by {int(col[pos])}"
                 )
+
+
+def check_csr_bounds(crow: Tensor, col: Tensor, shape: Sequence[int], what: str = "structure") -> None:
+    """The part of :func:`validate_csr` that keeps a kernel's reads in bounds, cheap enough for
+    every call (O(rows + nnz), vectorised): ``crow`` starts at 0, never decreases and ends at
+    ``len(col)``; every column lies in ``[0, cols)``. ``ValueError`` naming ``what`` and the
+    broken invariant; on CUDA the checks are asynchronous device asserts (no synchronisation;
+    a broken structure stops the stream with a device-side assertion instead of reading out of
+    bounds)."""
+    rows, cols = _as_shape(shape)
+    if crow.dim() != 1 or col.dim() != 1 or crow.numel() != rows + 1:
+        raise ValueError(f"{what}: crow must be 1-D with rows + 1 = {rows + 1} entries and col "
+                         f"1-D, got shapes {tuple(crow.shape)} and {tuple(col.shape)}")
+    nnz = col.numel()
+    if crow.device.type != "cpu":
+        torch._assert_async(crow[0] == 0, f"{what}: crow must start at 0")
+        torch._assert_async(crow[-1] == nnz, f"{what}: crow must end at len(col)")
+        if rows:
+            torch._assert_async((crow.diff() >= 0).all(), f"{what}: crow must not decrease")
+        if nnz:
+            lo, hi = torch.aminmax(col)
+            torch._assert_async((lo >= 0) & (hi < cols), f"{what}: col out of range")
+        return
+    first, last = int(crow[0]), int(crow[-1])
+    if first != 0 or last != nnz:
+        raise ValueError(f"{what}: crow must start at 0 and end at len(col) = {nnz}, got "
+                         f"{first} ... {last}")
+    if rows and bool((crow.diff() < 0).any()):
+        raise ValueError(f"{what}: crow must be non-decreasing (monotone)")
+    if nnz:
+        lo, hi = (int(v) for v in torch.aminmax(col))
+        if lo < 0 or hi >= cols:
+            raise ValueError(f"{what}: columns must lie in [0, {cols}), found "
+                             f"{lo if lo < 0 else hi}")
+
+
+_DENSE_DRAW = 2**24  # uniforms drawn at once by Connectivity.random (64 MiB)
+
+
+def _distinct_draws(rows: int, cols: int, k: int, gen) -> Tensor:
+    """``(rows, k)``: per row, the first ``k`` distinct values of a sequence of iid uniform
+    draws from ``[0, cols)`` — a uniform random ``k``-subset, in O(rows * k) time and memory
+    (for ``k <= cols / 8``, a row rarely needs more than ``k + k/2 + 16`` draws; rows that do
+    are drawn again)."""
+    m = k + k // 2 + 16
+    out = torch.empty(rows, k, dtype=torch.int64)
+    todo = torch.arange(rows)
+    while todo.numel():
+        step = max(1, _DENSE_DRAW // m)
+        missing = []
+        for s in range(0, todo.numel(), step):
+            idx = todo[s : s + step]
+            draws = torch.randint(cols, (idx.numel(), m), generator=gen)
+            sorted_, order = draws.sort(dim=1, stable=True)  # equal values keep draw order
+            first = torch.ones_like(draws, dtype=torch.bool)
+            first[:, 1:] = sorted_[:, 1:] != sorted_[:, :-1]
+            first = torch.zeros_like(first).scatter_(1, order, first)  # back in draw order
+            keep = first & (first.cumsum(1) <= k)
+            ok = keep.sum(1) == k
+            out[idx[ok]] = draws[ok][keep[ok]].view(-1, k)
+            missing.append(idx[~ok])
+        todo = torch.cat(missing)
+    return out
 
 
 def row_of_entries(crow: Tensor, nnz: int | None = None) -> Tensor:
@@ -220,18 +284,21 @@ class Connectivity:
         shape or some block is only partly connected.
         """
         bo, bi = _check_block(block, self._shape)
-        from einops import reduce
-
-        counts = reduce(self.to_mask().to(torch.int32), "(r bo) (c bi) -> r c", "sum", bo=bo, bi=bi)
-        partial = (counts != 0) & (counts != bo * bi)
+        n_cols = self._shape[1] // bi
+        # O(nnz): the block of every entry as one sorted key (entries are row-major)
+        keys = (self.row_indices() // bo) * n_cols + self._col // bi
+        blocks, counts = torch.unique(keys, return_counts=True)
+        partial = counts != bo * bi
         if bool(partial.any()):
-            r, c = (int(v) for v in partial.nonzero()[0])
+            k = int(partial.nonzero()[0])
+            r, c = divmod(int(blocks[k]), n_cols)
             raise ValueError(
                 f"connectivity is not made of whole {bo}x{bi} blocks: block ({r}, {c}) has "
-                f"{int(counts[r, c])} of {bo * bi} connections"
+                f"{int(counts[k])} of {bo * bi} connections"
             )
-        b = Connectivity.from_mask(counts != 0)
-        return b._crow.clone(), b._col.clone()
+        crow = torch.zeros(self._shape[0] // bo + 1, dtype=torch.int64)
+        crow[1:] = torch.bincount(blocks // n_cols, minlength=self._shape[0] // bo).cumsum(0)
+        return crow, blocks % n_cols
 
     def transpose(self) -> Connectivity:
         """The ``(in_features, out_features)`` structure: row = input, columns = units reading it."""
@@ -269,11 +336,20 @@ class Connectivity:
             raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
         if mask.dim() != 2:
             raise ValueError(f"mask must be 2-D (out_features, in_features), got shape {tuple(mask.shape)}")
-        m = mask.detach().to("cpu") != 0
-        rows, cols = m.shape
+        mask = mask.detach()
+        if mask.is_floating_point() or mask.is_complex():
+            if bool(torch.isnan(mask).any()):
+                raise ValueError("mask contains NaN: connected or not is undefined there")
+        rows, cols = _as_shape(tuple(mask.shape), "mask shape")
         crow = torch.zeros(rows + 1, dtype=torch.int64)
-        crow[1:] = m.sum(1).cumsum(0)
-        col = m.nonzero()[:, 1]  # row-major order: sorted within rows
+        step = max(1, _DENSE_DRAW // max(cols, 1))  # row chunks: no (nnz, 2) index of the whole
+        parts = []
+        for r in range(0, rows, step):
+            m = mask[r : r + step].to("cpu") != 0
+            crow[r + 1 : r + 1 + m.shape[0]] = m.sum(1)
+            parts.append(m.nonzero()[:, 1])  # row-major order: sorted within rows
+        crow[1:] = crow[1:].cumsum(0)
+        col = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
         return cls(crow, col, (rows, cols))
 
     @classmethod
@@ -307,10 +383,16 @@ class Connectivity:
         if isinstance(fan_in, bool) or not isinstance(fan_in, int) or not 0 <= fan_in <= cols:
             raise ValueError(f"fan_in must be an int in [0, in_features={cols}], got {fan_in!r}")
         gen = None if seed is None else torch.Generator().manual_seed(check_seed("seed", seed))
-        # argsort of iid uniforms = a uniform random subset per row.
-        keys = torch.rand(rows, cols, generator=gen)
-        picks = keys.topk(fan_in, dim=1).indices if fan_in else torch.empty(rows, 0, dtype=torch.int64)
-        return cls._from_rows(picks, (rows, cols))
+        if not fan_in:
+            return cls._from_rows(torch.empty(rows, 0, dtype=torch.int64), (rows, cols))
+        if rows * cols > _DENSE_DRAW and 8 * fan_in <= cols:  # large and sparse: O(nnz) draws
+            return cls._from_rows(_distinct_draws(rows, cols, fan_in, gen), (rows, cols))
+        # top-k of iid uniforms = a uniform random subset per row (row chunks: bounded memory)
+        step = max(1, _DENSE_DRAW // cols)
+        picks = [torch.rand(min(step, rows - r), cols, generator=gen).topk(fan_in, dim=1).indices
+                 for r in range(0, rows, step)]
+        return cls._from_rows(torch.cat(picks) if picks else torch.empty(0, fan_in, dtype=torch.int64),
+                              (rows, cols))
 
     @classmethod
     def from_scores(

@@ -17,9 +17,25 @@ from torch import nn
 
 from .connectivity import Connectivity
 
-__all__ = ["list", "load", "load_structure", "card", "folders", "check_name"]
+__all__ = ["list", "load", "load_structure", "card", "folders", "check_name", "scan",
+           "HubEntryError"]
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
+_MAX_CARD = 1 << 20  # bytes
+# What a card may pass to ``timm.create_model``: architecture sizes only, each bounded (no
+# paths, checkpoints, pretrained downloads or registry prefixes such as ``hf-hub:``).
+_TIMM_KWARGS: dict[str, tuple[type, float, float]] = {
+    "num_classes": (int, 0, 100_000), "img_size": (int, 1, 4096), "patch_size": (int, 1, 1024),
+    "in_chans": (int, 1, 64), "embed_dim": (int, 1, 16_384), "depth": (int, 1, 256),
+    "num_heads": (int, 1, 256), "mlp_ratio": (float, 0.0, 64.0), "drop_rate": (float, 0.0, 1.0),
+    "drop_path_rate": (float, 0.0, 1.0), "class_token": (bool, 0, 1), "qkv_bias": (bool, 0, 1),
+}
+_TIMM_ARCH = re.compile(r"[a-z0-9_]{1,100}")
+
+
+class HubEntryError(ValueError):
+    """A hub entry that cannot be used: an unreadable or invalid ``card.json``, or a card asking
+    for something the hub does not allow."""
 _REPO_HUB = Path(__file__).resolve().parent.parent / "hub"
 _list = list
 
@@ -42,8 +58,22 @@ def _entries() -> dict[str, Path]:
 
 
 def list() -> _list[str]:  # noqa: A001 — the hub's verb, as in torch.hub.list
-    """Names of the available entries, sorted."""
-    return sorted(_entries())
+    """Names of the available entries (valid names only), sorted."""
+    return sorted(n for n in _entries() if _NAME.fullmatch(n) and ".." not in n)
+
+
+def scan() -> _list[tuple[str, dict | None, str | None]]:
+    """Every entry folder found, sorted by name: ``(name, card, None)`` for a usable entry,
+    ``(name, None, problem)`` for one that is not (a bad name, an unreadable or invalid card).
+    Nothing raises: what ``structlearn hub list`` prints."""
+    out = []
+    for name, entry in sorted(_entries().items()):
+        try:
+            check_name(name)
+            out.append((name, _read_card(entry), None))
+        except ValueError as e:
+            out.append((name, None, str(e)))
+    return out
 
 
 def check_name(name: str) -> str:
@@ -66,13 +96,46 @@ def _entry(name: str) -> Path:
 def _read_card(entry: Path) -> dict:
     path = entry / "card.json"
     try:
+        if not path.is_file() or path.stat().st_size > _MAX_CARD:
+            raise HubEntryError(f"hub entry {entry.name!r}: {path} must be a regular file of at "
+                                f"most {_MAX_CARD} bytes")
         info = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"hub entry {entry.name!r}: {path} is not valid JSON ({e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise HubEntryError(f"hub entry {entry.name!r}: {path} is not valid JSON "
+                            f"({type(e).__name__}: {e})") from None
+    except OSError as e:
+        raise HubEntryError(f"hub entry {entry.name!r}: {path} cannot be read ({e})") from None
     if not isinstance(info, dict):
-        raise ValueError(f"hub entry {entry.name!r}: {path} must hold a JSON object, "
-                         f"got {type(info).__name__}")
+        raise HubEntryError(f"hub entry {entry.name!r}: {path} must hold a JSON object, "
+                            f"got {type(info).__name__}")
     return info
+
+
+def _timm_request(name: str, info: dict) -> tuple[str, dict]:
+    """The card's ``timm_model`` and ``timm_kwargs``, checked: a plain registered timm
+    architecture name (no ``hf-hub:``/``local-dir:`` prefix, no path) and only the
+    architecture arguments of ``_TIMM_KWARGS``, each of its type and within its bounds."""
+    import timm
+
+    arch, kwargs = info["timm_model"], info.get("timm_kwargs", {})
+    if not isinstance(arch, str) or not _TIMM_ARCH.fullmatch(arch) or not timm.is_model(arch):
+        raise HubEntryError(f"hub entry {name!r}: timm_model must be the name of a timm "
+                            f"architecture (timm.list_models()), got {arch!r:.200}")
+    if not isinstance(kwargs, dict):
+        raise HubEntryError(f"hub entry {name!r}: timm_kwargs must be an object, got "
+                            f"{type(kwargs).__name__}")
+    for key, value in kwargs.items():
+        if key not in _TIMM_KWARGS:
+            raise HubEntryError(f"hub entry {name!r}: timm_kwargs may only set "
+                                f"{sorted(_TIMM_KWARGS)}, got {key!r:.100}")
+        typ, lo, hi = _TIMM_KWARGS[key]
+        ok = isinstance(value, bool) if typ is bool else (
+            isinstance(value, (int, float) if typ is float else int)
+            and not isinstance(value, bool) and lo <= value <= hi)
+        if not ok:
+            raise HubEntryError(f"hub entry {name!r}: timm_kwargs[{key!r}] must be "
+                                f"{typ.__name__} in [{lo}, {hi}], got {value!r:.100}")
+    return arch, kwargs
 
 
 def card(name: str) -> dict:
@@ -95,15 +158,16 @@ def load(name: str, *, device=None) -> nn.Module:
     info = _read_card(entry)
     if "timm_model" not in info:
         return load_file(entry / "structure.safetensors", device=device)
-    arch, kwargs = info["timm_model"], info.get("timm_kwargs", {})
-    if not isinstance(arch, str) or not isinstance(kwargs, dict):
-        raise ValueError(f"hub entry {name!r}: card.json's timm_model must be a string and "
-                         f"timm_kwargs an object, got {arch!r} and {kwargs!r}")
+    arch, kwargs = _timm_request(name, info)
     import timm
 
     from .convert import convert_structure
 
-    model = timm.create_model(arch, pretrained=False, **kwargs)
+    try:
+        model = timm.create_model(arch, pretrained=False, **kwargs)
+    except (TypeError, ValueError, KeyError, IndexError, AssertionError, RuntimeError) as e:
+        raise HubEntryError(f"hub entry {name!r}: timm could not build {arch!r} with "
+                            f"{kwargs}: {type(e).__name__}: {e}") from None
     convert_structure(model, entry / "structure.safetensors", weights=False)
     return model.to(device) if device is not None else model
 

@@ -5,7 +5,7 @@ A file holds, per layer ``i``, the tensors ``layers.{i}.crow_indices`` ``(out + 
 ``layers.{i}.bias`` ``(out,)``; and in the safetensors metadata:
 
 * ``format``          ``"torch_structlearn"``
-* ``format_version``  ``"1"``
+* ``format_version``  ``"2"`` (files of version ``"1"`` load too)
 * ``header``          JSON: ``{"class", "config", "layers": [{"in_features", "out_features",
   "nnz", "density", "bias", "backend"}], "user": {...}}`` (a block layer's entry also has
   ``"block": [bo, bi]``; its tensors are still the element CSR, in CSR order); ``class`` is
@@ -13,12 +13,20 @@ A file holds, per layer ``i``, the tensors ``layers.{i}.crow_indices`` ``(out + 
   ``in_features, width, max_depth, group_size, pool, groups, density, min_gain``; with
   ``groups = "learned"`` each layer also has ``layers.{i}.pool_permutation`` ``(width,)`` int64),
   or ``ModuleStructures`` (config ``{"names": [...]}``: the converted layers of a model).
-* ``sha256``          hex digest over ``header`` and every tensor's bytes, in key order, so
-  a flipped byte anywhere is detected.
+* ``sha256``          hex digest over ``header`` and, in key order, every tensor's key,
+  dtype, shape and bytes, so a flipped byte anywhere — a dtype in the safetensors table
+  included — is detected (version 1: keys and bytes only).
 
-:func:`save` writes atomically (temporary file in the same folder, then rename).
-:func:`load` checks the header, keys, dtypes, shapes, checksum and every CSR invariant before
-it builds a module; anything wrong raises :class:`StructureFileError` (a ``ValueError``)
+The bytes of a file depend only on what is saved: metadata and tensors in a fixed order, so
+saving the same module twice gives the same file.
+
+:func:`save` writes atomically (:func:`torch_structlearn._files.write_atomic`: a temporary
+file in the same folder, then a rename; a symlink is followed and its target replaced;
+anything but a regular file at the destination is refused).
+:func:`load` opens only regular files, reads the safetensors table and checks the header,
+keys, dtypes, shapes and sizes before it reads the tensor data, then the checksum and every
+CSR invariant before it builds a module, allocating no more than the file holds plus the
+module it describes; anything wrong raises :class:`StructureFileError` (a ``ValueError``)
 naming the file and the problem.
 """
 
@@ -29,13 +37,12 @@ import json
 import math
 import os
 import re
+import stat
 import struct
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as _st_load
-from safetensors.torch import save as _st_save
 from torch import nn
 
 from ._checks import block as check_block
@@ -43,16 +50,21 @@ from ._checks import positive_ints
 from ._files import write_atomic as _write_atomic
 from .connectivity import Connectivity, validate_csr
 from .layers import StructLearnedLinear
+from .ops import BACKENDS
 from .pooling import GroupPool
 
 __all__ = ["save", "load", "load_structures", "StructureFileError", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "torch_structlearn"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+_READABLE_VERSIONS = ("1", "2")
 _INDEX_DTYPES = {"I32": torch.int32, "I64": torch.int64}
 _VALUE_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+_DTYPES = {**_INDEX_DTYPES, **_VALUE_DTYPES}
+_NAMES = {v: k for k, v in _DTYPES.items()}
 _ITEMSIZE = {"I32": 4, "I64": 8, "F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 _MAX_HEADER = 100 * 1024 * 1024
+_MAX_FEATURES = 2**31 - 1  # a layer's in/out features (int32 indices; far beyond any real layer)
 
 
 class StructureFileError(ValueError):
@@ -97,21 +109,44 @@ _CLASSIFIER_CONFIG = {**_STACK_CONFIG, "num_classes": int, "input_shape": list, 
                       "per_example_mean": bool}
 
 
-def _digest(header: str, tensors: dict[str, torch.Tensor]) -> str:
+def _digest(version: str, header: str, entries: dict[str, tuple[str, list[int], bytes]]) -> str:
+    """The checksum of a file: ``header`` and, in key order, each tensor's key, (version 2:
+    dtype and shape,) bytes. ``entries``: ``{key: (dtype name, shape, raw bytes)}``."""
     h = hashlib.sha256(header.encode())
-    for key in sorted(tensors):
-        t = tensors[key].detach().contiguous().cpu()
+    for key in sorted(entries):
+        dtype, shape, data = entries[key]
         h.update(key.encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if version != "1":
+            h.update(f"|{dtype}|{','.join(map(str, shape))}|".encode())
+        h.update(data)
     return h.hexdigest()
 
 
+def _raw(t: torch.Tensor) -> tuple[str, list[int], bytes]:
+    t = t.detach().contiguous().cpu()
+    if t.dtype not in _NAMES:
+        raise TypeError(f"cannot save a tensor of dtype {t.dtype}")
+    return _NAMES[t.dtype], list(t.shape), t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
 def _serialize(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> bytes:
-    """Bytes of a format-1 file with ``header`` and ``tensors`` (checksum computed here)."""
+    """Bytes of a safetensors file in this format with ``header`` and ``tensors`` (checksum
+    computed here). Reproducible: the same arguments give the same bytes (metadata in a fixed
+    order; tensors by item size, then key, so every tensor is aligned to its item size)."""
     text = json.dumps(header, sort_keys=True)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "header": text,
-            "sha256": _digest(text, tensors)}
-    return _st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
+    entries = {k: _raw(t) for k, t in tensors.items()}
+    table: dict[str, Any] = {"__metadata__": {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "header": text,
+        "sha256": _digest(FORMAT_VERSION, text, entries)}}
+    offset, chunks = 0, []
+    for key in sorted(entries, key=lambda k: (-_ITEMSIZE[entries[k][0]], k)):
+        dtype, shape, data = entries[key]
+        table[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        chunks.append(data)
+    head = json.dumps(table, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the data starts 8-aligned, as safetensors writes it
+    return struct.pack("<Q", len(head)) + head + b"".join(chunks)
 
 
 def save(module: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
@@ -137,6 +172,15 @@ def save(module: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | 
         raise TypeError(f"metadata must be JSON-serialisable: {e}") from None
     tensors: dict[str, torch.Tensor] = {}
     infos = []
+    pools = None
+    if cls in _STACKED:  # pool permutations: all layers' (identity where unset) or none
+        stack = module.body if cls == "StructLearnedClassifier" else module
+        pools = [block[2].permutation for block in stack.layers]
+        if config["groups"] == "learned" or any(p is not None for p in pools):
+            config = {**config, "groups": "learned"}
+            pools = [torch.arange(stack.width) if p is None else p for p in pools]
+        else:
+            pools = None
     for i, layer in enumerate(layers):
         p = f"layers.{i}."
         if layer.block is None:
@@ -149,9 +193,8 @@ def save(module: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | 
         tensors[p + "values"] = layer.csr_values().detach()
         if layer.bias is not None:
             tensors[p + "bias"] = layer.bias
-        stack = module.body if cls == "StructLearnedClassifier" else module
-        if cls in _STACKED and stack.layers[i][2].permutation is not None:
-            tensors[p + "pool_permutation"] = stack.layers[i][2].permutation
+        if pools is not None:
+            tensors[p + "pool_permutation"] = pools[i].long()
         infos.append({
             "in_features": layer.in_features, "out_features": layer.out_features,
             "nnz": layer.nnz, "density": layer.density, "bias": layer.bias is not None,
@@ -174,20 +217,28 @@ def _fail(path, msg: str):
     raise StructureFileError(f"{path}: {msg}")
 
 
-def _read_safetensors_header(path, data: bytes) -> dict[str, Any]:
-    """Parse and check the raw safetensors header (before any tensor is built)."""
-    if len(data) < 8:
-        _fail(path, f"not a safetensors file (only {len(data)} bytes)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n == 0 or n > _MAX_HEADER or 8 + n > len(data):
-        _fail(path, f"not a safetensors file or truncated (header length {n}, file {len(data)} bytes)")
+def _json(path, text: str | bytes, what: str):
     try:
-        raw = json.loads(data[8 : 8 + n].decode("utf-8"))
+        return json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        _fail(path, f"corrupted safetensors header: {e}")
+        _fail(path, f"corrupted {what}: {e}")
+    except RecursionError:
+        _fail(path, f"corrupted {what}: nested too deeply")
+
+
+def _read_safetensors_header(path, head: bytes, size: int) -> tuple[dict[str, Any], int]:
+    """Parse and check the safetensors table of a file of ``size`` bytes from its first bytes
+    ``head`` (the 8-byte length and the table, or fewer). Returns ``(table, offset of the
+    tensor data)``; nothing of the tensor data is needed."""
+    if size < 8 or len(head) < 8:
+        _fail(path, f"not a safetensors file (only {size} bytes)")
+    (n,) = struct.unpack("<Q", head[:8])
+    if n == 0 or n > _MAX_HEADER or 8 + n > size or len(head) < 8 + n:
+        _fail(path, f"not a safetensors file or truncated (header length {n}, file {size} bytes)")
+    raw = _json(path, head[8 : 8 + n], "safetensors header")
     if not isinstance(raw, dict):
         _fail(path, "corrupted safetensors header: not a JSON object")
-    body = len(data) - 8 - n
+    body = size - 8 - n
     spans = []
     for key, info in raw.items():
         if key == "__metadata__":
@@ -195,7 +246,7 @@ def _read_safetensors_header(path, data: bytes) -> dict[str, Any]:
         if not (isinstance(info, dict) and set(info) == {"dtype", "shape", "data_offsets"}):
             _fail(path, f"corrupted entry for tensor {key!r}")
         dt, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
-        if dt not in _ITEMSIZE:
+        if not isinstance(dt, str) or dt not in _ITEMSIZE:
             _fail(path, f"tensor {key!r} has unsupported dtype {dt!r}")
         if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
             _fail(path, f"tensor {key!r} has an invalid shape {shape!r}")
@@ -215,7 +266,7 @@ def _read_safetensors_header(path, data: bytes) -> dict[str, Any]:
         end = b
     if end != body:
         _fail(path, f"file has {body - end} unexpected trailing bytes or is truncated")
-    return raw
+    return raw, 8 + n
 
 
 def _check_entry(path, raw, key: str, dtypes: dict[str, torch.dtype], shape: list[int]) -> str:
@@ -233,20 +284,21 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
         _fail(path, "no torch_structlearn metadata (is this a structure file?)")
     if meta.get("format") != FORMAT:
         _fail(path, f"unknown format {meta.get('format')!r}, expected {FORMAT!r}")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in _READABLE_VERSIONS:
         _fail(path, f"unsupported format version {meta.get('format_version')!r}; "
-                    f"this torch_structlearn reads version {FORMAT_VERSION}")
-    if set(meta) != {"format", "format_version", "header", "sha256"}:
-        _fail(path, f"unexpected metadata keys {sorted(meta)}")
-    try:
-        header = json.loads(meta["header"])
-    except json.JSONDecodeError as e:
-        _fail(path, f"corrupted header JSON: {e}")
+                    f"this torch_structlearn reads versions {', '.join(_READABLE_VERSIONS)}")
+    if set(meta) != {"format", "format_version", "header", "sha256"} or not all(
+            isinstance(v, str) for v in meta.values()):
+        _fail(path, f"the metadata must be exactly the strings format, format_version, header, "
+                    f"sha256; got keys {sorted(map(str, meta))}")
+    header = _json(path, meta["header"], "header JSON")
     if not isinstance(header, dict) or set(header) != {"class", "config", "layers", "user"}:
         _fail(path, "header must be an object with keys class, config, layers, user")
     cls, config, layers = header["class"], header["config"], header["layers"]
-    if cls not in ("StructLearnedLinear", *_STACKED, "ModuleStructures"):
+    if not isinstance(cls, str) or cls not in ("StructLearnedLinear", *_STACKED, "ModuleStructures"):
         _fail(path, f"unknown class {cls!r}")
+    if not isinstance(config, dict):
+        _fail(path, f"header 'config' must be an object, got {type(config).__name__}")
     if not isinstance(layers, list) or not layers:
         _fail(path, "header 'layers' must be a non-empty list")
     if not isinstance(header["user"], dict):
@@ -275,7 +327,9 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
             if typ is bool:
                 ok = isinstance(v, bool)
             elif typ is float:
-                ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+            elif typ is int:
+                ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _MAX_FEATURES
             else:
                 ok = isinstance(v, typ) and not isinstance(v, bool)
             if not ok:
@@ -296,14 +350,20 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
             _fail(path, f"layer {i}: header must have exactly the keys {sorted(keys)} "
                         "(and optionally 'block')")
         for k in ("in_features", "out_features"):
-            if not isinstance(L[k], int) or isinstance(L[k], bool) or L[k] < 1:
-                _fail(path, f"layer {i}: {k} must be a positive int, got {L[k]!r}")
-        if not isinstance(L["nnz"], int) or not 0 <= L["nnz"] <= L["in_features"] * L["out_features"]:
+            if not isinstance(L[k], int) or isinstance(L[k], bool) or not 1 <= L[k] <= _MAX_FEATURES:
+                _fail(path, f"layer {i}: {k} must be an int in [1, {_MAX_FEATURES}], got {L[k]!r}")
+        if (not isinstance(L["nnz"], int) or isinstance(L["nnz"], bool)
+                or not 0 <= L["nnz"] <= L["in_features"] * L["out_features"]):
             _fail(path, f"layer {i}: invalid nnz {L['nnz']!r}")
+        want = L["nnz"] / (L["in_features"] * L["out_features"])
+        if (not isinstance(L["density"], (int, float)) or isinstance(L["density"], bool)
+                or not abs(L["density"] - want) <= 1e-9):
+            _fail(path, f"layer {i}: density must be nnz / (in_features * out_features) = "
+                        f"{want:.6g}, got {L['density']!r:.100}")
         if not isinstance(L["bias"], bool):
             _fail(path, f"layer {i}: bias must be true/false")
-        if not isinstance(L["backend"], str):
-            _fail(path, f"layer {i}: backend must be a string")
+        if not isinstance(L["backend"], str) or L["backend"] not in BACKENDS:
+            _fail(path, f"layer {i}: backend must be one of {BACKENDS}, got {L['backend']!r:.100}")
         if "block" in L:
             try:
                 check_block(L["block"], (L["out_features"], L["in_features"]))
@@ -327,7 +387,7 @@ def _check_header(path, raw: dict[str, Any]) -> dict[str, Any]:
             _check_entry(path, raw, p + "pool_permutation", {"I64": torch.int64}, [out])
     if cls == "StructLearnedClassifier":
         shape = config["input_shape"]
-        if not shape or not positive_ints(shape):
+        if not shape or not positive_ints(shape) or max(shape) > _MAX_FEATURES:
             _fail(path, f"input_shape must be a list of positive ints, got {shape!r}")
         d = math.prod(shape)
         if d != config["in_features"] or config["num_classes"] < 1:
@@ -368,11 +428,11 @@ def _build_stack(path, c: dict, built: list, tensors: dict):
         stack = StructLearnedStack(c["in_features"], c["width"], max_depth=c["max_depth"],
                                    density=c["density"], group_size=c["group_size"],
                                    pool=c["pool"], min_gain=c["min_gain"], groups=c["groups"],
-                                   depth=len(built), dtype=built[0][2].dtype)
+                                   depth=len(built), dtype=built[0][2].dtype,
+                                   _layers=[_build_layer(*p) for p in built])
     except (TypeError, ValueError) as e:
         _fail(path, f"invalid stack config: {e}")
-    for i, (block, parts) in enumerate(zip(stack.layers, built, strict=True)):
-        block[0] = _build_layer(*parts)
+    for i, block in enumerate(stack.layers):
         perm = tensors.get(f"layers.{i}.pool_permutation")
         if perm is not None:
             try:
@@ -417,29 +477,77 @@ def load_structures(path: str | os.PathLike, *, device=None) -> dict[str, Struct
     return out
 
 
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
+    """``(safetensors table, header, tensors)`` of the file at ``path``, checked: a regular
+    file only (a FIFO or a device is refused before a byte is read), the table and the header
+    before the tensor data is read, the checksum before a tensor is built."""
+    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except IsADirectoryError:
+        _fail(path, "is a folder, not a structure file")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        _fail(path, "is a folder, not a structure file" if stat.S_ISDIR(st.st_mode) else
+              "not a regular file (a FIFO, socket or device is never read)")
+    with os.fdopen(fd, "rb") as f:
+        size = st.st_size
+        head = f.read(8)
+        if len(head) == 8:
+            head += f.read(min(struct.unpack("<Q", head)[0], _MAX_HEADER))
+        raw, start = _read_safetensors_header(path, head, size)
+        header = _check_header(path, raw)
+        f.seek(start)
+        body = f.read(size - start)
+    if len(body) != size - start:
+        _fail(path, "the file changed size while it was read")
+    view, entries = memoryview(body), {}
+    for key, info in raw.items():
+        if key != "__metadata__":
+            a, b = info["data_offsets"]
+            entries[key] = (info["dtype"], info["shape"], view[a:b])
+    meta = raw["__metadata__"]
+    if _digest(meta["format_version"], meta["header"], entries) != meta["sha256"]:
+        _fail(path, "checksum mismatch: the file is corrupted")
+    tensors = {}  # (peak: the file's bytes and one copy of them in tensors)
+    for key, (dtype, shape, data) in entries.items():
+        flat = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+        tensors[key] = flat.view(_DTYPES[dtype]).reshape(shape)
+    return raw, header, tensors
+
+
 def load(path: str | os.PathLike, *, device=None) -> nn.Module | dict[str, StructLearnedLinear]:
     """Read a file written by :func:`save` and return the module (on ``device``, default CPU):
     a ``StructLearnedLinear``, a ``StructLearnedStack``, a ``StructLearnedClassifier``, or —
     for a file saved from a model with converted layers — a dict
     ``{module name: StructLearnedLinear}``.
 
+    Only regular files are read; the header is checked before the tensor data is read, and
+    nothing is allocated beyond the file's tensors and the module they describe.
+
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        StructureFileError: the file is truncated, not safetensors, of an unknown format or
-            version, has missing/extra keys, wrong dtypes or shapes, a checksum mismatch, or
-            an invalid CSR structure (unsorted / out-of-range columns, non-monotone crow).
+        FileNotFoundError / PermissionError: ``path`` does not exist or cannot be read.
+        StructureFileError: anything else wrong with the file — not a regular file, truncated,
+            not safetensors, of an unknown format or version, missing/extra keys, wrong
+            dtypes or shapes, a checksum mismatch, an invalid CSR structure (unsorted /
+            out-of-range columns, non-monotone crow) or an inconsistent configuration.
     """
     path = Path(path)
-    data = path.read_bytes()
-    raw = _read_safetensors_header(path, data)
-    header = _check_header(path, raw)
     try:
-        tensors = _st_load(data)
-    except Exception as e:  # safetensors raises its own error type; wrap it clearly
-        _fail(path, f"unreadable tensor data: {e}")
-    meta = raw["__metadata__"]
-    if _digest(meta["header"], tensors) != meta["sha256"]:
-        _fail(path, "checksum mismatch: the file is corrupted")
+        return _load(path, device)
+    except (StructureFileError, FileNotFoundError, PermissionError):
+        raise
+    except (TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError,
+            ValueError, RuntimeError, MemoryError, UnicodeError) as e:
+        # a crafted file this module's checks did not foresee: still one clear error type
+        raise StructureFileError(f"{path}: malformed structure file "
+                                 f"({type(e).__name__}: {e})") from e
+    except OSError as e:
+        raise StructureFileError(f"{path}: cannot be read: {e.strerror or e}") from e
+
+
+def _load(path: Path, device) -> nn.Module | dict[str, StructLearnedLinear]:
+    raw, header, tensors = _read(path)
     built = []
     for i, L in enumerate(header["layers"]):
         p = f"layers.{i}."

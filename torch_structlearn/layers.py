@@ -25,8 +25,17 @@ from .ops.sparse_linear import NEEDS_TRANSPOSE, check_block_backend, resolve_bac
 __all__ = ["StructLearnedLinear"]
 
 
-def _index_dtype(nnz: int) -> torch.dtype:
-    return torch.int32 if nnz < 2**31 - 1 else torch.int64
+def _index_dtype(*sizes: int) -> torch.dtype:
+    """int32 when every index (and the nonzero count) fits in it, else int64 (never a
+    truncating cast)."""
+    return torch.int32 if max(sizes) < 2**31 - 1 else torch.int64
+
+
+def _version(t: Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor keeps no version counter
+        return -1
 
 
 class StructLearnedLinear(nn.Module):
@@ -76,6 +85,8 @@ class StructLearnedLinear(nn.Module):
         super().__init__()
         self.in_features = positive_int("in_features", in_features)
         self.out_features = positive_int("out_features", out_features)
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be True or False, got {type(bias).__name__} {bias!r}")
         float_dtype(dtype)
         shape = (self.out_features, self.in_features)
         self.block = None if block is None else check_block(block, shape)
@@ -118,37 +129,66 @@ class StructLearnedLinear(nn.Module):
     def _set_structure(self, crow: Tensor, col: Tensor, device=None) -> None:
         """(Re)register the CSR buffers and the cached transpose used by the backward pass."""
         device = device if device is not None else self.values.device
-        idx = _index_dtype(col.numel())
+        bo, bi = self.block or (1, 1)
+        idx = _index_dtype(col.numel(), self.in_features // bi, self.out_features // bo)
         self.register_buffer("crow_indices", crow.to(device, idx))
         self.register_buffer("col_indices", col.to(device, idx))
         self._refresh_caches()
+        self._structure_seen = self._structure_key()  # validated by whoever gave it
+
+    def _structure_key(self) -> tuple:
+        """Identity, storage and version counter of the index buffers (and ``values``' shape):
+        any assignment, in-place edit or ``.data`` swap changes it."""
+        c, k = self.crow_indices, self.col_indices
+        return (id(c), c.data_ptr(), _version(c), c.dtype, id(k), k.data_ptr(), _version(k),
+                k.dtype, tuple(self.values.shape))
+
+    def _check_structure(self) -> None:
+        """``ValueError`` unless the index buffers hold a valid structure of this layer's shape
+        and ``values`` one entry (block) per nonzero; run once after any change of them."""
+        c, k = self.crow_indices, self.col_indices
+        bo, bi = self.block or (1, 1)
+        try:
+            if c.dtype != k.dtype:
+                raise TypeError(f"crow_indices and col_indices must share a dtype, got {c.dtype} "
+                                f"and {k.dtype}")
+            validate_csr(c, k, (self.out_features // bo, self.in_features // bi))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{type(self).__name__}: crow_indices/col_indices were changed "
+                             f"into an invalid structure: {e}") from None
+        want = self._values_shape(k.numel())
+        if tuple(self.values.shape) != want:
+            raise ValueError(f"{type(self).__name__}: values has shape "
+                             f"{tuple(self.values.shape)}, the structure needs {want}")
 
     def _refresh_caches(self) -> None:
-        """Cache what this layer's backend needs, as non-persistent buffers (they follow
-        ``.to()`` but are not saved): the flat scatter index for ``dense``, and in training mode
-        the transposed structure the input gradient of ``csr``, ``torch_sparse`` and ``triton``
+        """Drop what the backends cache, as non-persistent buffers (they follow ``.to()`` but
+        are not saved): the flat scatter index for ``dense``, and in training mode the
+        transposed structure the input gradient of ``csr``, ``torch_sparse`` and ``triton``
         reads (``eval()`` drops it: an unstructured layer then holds 2ρ of the dense bytes
-        instead of 4ρ; ``cpu`` never needs it). Empty when not needed; the kernel computes a
-        missing one on the fly (e.g. a backward in eval mode, or inside a ``torch.compile``
-        trace of a layer that never ran eagerly). The dense backend's weight
-        (:class:`~torch_structlearn.ops.dense.DenseWeight`) is dropped too, rebuilt on use."""
-        col = self.col_indices
-        backends = {self._backend}
-        if self._backend == "auto":
-            # calibrating: built when a call first picks a backend that needs them (eager);
-            # else what the prior may pick on the current device, at any shape
-            calibrating = calibrate.enabled()
-            backends = set() if calibrating else auto.reachable(
-                col.device, self.values.dtype, self.density, self.block)
-        empty = col.new_empty(0)
+        instead of 4ρ; ``cpu`` never needs it), and the dense backend's weight
+        (:class:`~torch_structlearn.ops.dense.DenseWeight`). The first eager call builds what
+        it needs (nothing is allocated at construction or load); the kernel computes a missing
+        one on the fly (e.g. a backward in eval mode, or inside a ``torch.compile`` trace of a
+        layer that never ran eagerly)."""
+        empty = self.col_indices.new_empty(0)
         self.register_buffer("crow_t", empty, persistent=False)
         self.register_buffer("col_t", empty, persistent=False)
         self.register_buffer("perm_t", empty, persistent=False)
         self.register_buffer("dense_index", empty.long(), persistent=False)
         self._dense = DenseWeight()
         self._caches_for = None
-        for backend in backends:
-            self._ensure_caches(backend)
+        self._primed = False
+
+    def _prime_caches(self) -> None:
+        """On the first eager call after the caches were dropped, with ``backend='auto'`` and
+        calibration off: build what the prior may pick at any shape on this device, so that a
+        ``torch.compile`` trace (which uses the prior) finds it."""
+        self._primed = True
+        if self._backend == "auto" and not calibrate.enabled():
+            for backend in auto.reachable(self.col_indices.device, self.values.dtype,
+                                          self.density, self.block):
+                self._ensure_caches(backend)
 
     def _ensure_caches(self, backend: str) -> None:
         """Build what ``backend`` reads, if missing: in training mode the transposed structure
@@ -179,12 +219,18 @@ class StructLearnedLinear(nn.Module):
         super().__setstate__(state)
         self.__dict__.setdefault("_dense", DenseWeight())  # a layer pickled by an older version
         self.__dict__.setdefault("_caches_for", None)
+        self.__dict__.setdefault("_primed", False)
+        self.__dict__.setdefault("_structure_seen", None)  # checked on the first call
 
     def _apply(self, fn, *args, **kwargs):
         if getattr(self, "_dense", None) is not None:
             self._dense.clear()  # rebuilt where the layer goes (.to(), .half(), ...)
             self._caches_for = None
-        return super()._apply(fn, *args, **kwargs)
+        known = getattr(self, "_structure_seen", None) == self._structure_key()
+        out = super()._apply(fn, *args, **kwargs)
+        if known:  # moved or cast, not changed: no need to check it again
+            self._structure_seen = self._structure_key()
+        return out
 
     def train(self, mode: bool = True) -> StructLearnedLinear:
         """Like ``nn.Module.train``; also builds (training) or drops (eval) the cached
@@ -347,13 +393,23 @@ class StructLearnedLinear(nn.Module):
 
     # ------------------------------------------------------------------ compute
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(
                 f"expected input of shape (*, {self.in_features}), got {tuple(x.shape)}"
             )
+        if not torch.compiler.is_compiling():
+            key = self._structure_key()
+            if key != self._structure_seen:  # assigned, edited in place, loaded: check once
+                self._check_structure()
+                self._refresh_caches()  # built from the old structure: stale
+                self._structure_seen = key
         backend = resolve_backend(x, self.values, self.crow_indices, self.col_indices,
                                   self._backend)
         if not torch.compiler.is_compiling():
+            if not self._primed:
+                self._prime_caches()
             self._ensure_caches(backend)
         return sparse_linear(
             x,
@@ -387,7 +443,9 @@ class StructLearnedLinear(nn.Module):
         resized before copying (an invalid structure changes nothing)."""
         crow = state_dict.get(prefix + "crow_indices")
         col = state_dict.get(prefix + "col_indices")
-        if crow is not None and col is not None:
+        if crow is not None or col is not None:  # one alone is checked against the other kept
+            crow = self.crow_indices if crow is None else crow
+            col = self.col_indices if col is None else col
             bo, bi = self.block or (1, 1)
             try:
                 validate_csr(crow, col, (self.out_features // bo, self.in_features // bi))

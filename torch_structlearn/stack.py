@@ -102,7 +102,7 @@ class StructLearnedStack(nn.Module):
     def __init__(self, in_features: int, width: int, *, max_depth: int = 3, density: float = 0.05,
                  group_size: int = 4, pool: str = "l2", min_gain: float = 0.01,
                  groups: str = "contiguous", depth: int | None = None, backend: str = "auto", device=None, dtype=None,
-                 **learn_kw) -> None:
+                 _layers: list[StructLearnedLinear] | None = None, **learn_kw) -> None:
         super().__init__()
         positive_int("in_features", in_features)
         positive_int("max_depth", max_depth)
@@ -121,11 +121,15 @@ class StructLearnedStack(nn.Module):
         self.density, self.group_size, self.pool, self.min_gain = density, group_size, pool, min_gain
         self.backend, self.learn_kw = backend, learn_kw
         self._factory = {"device": device, "dtype": dtype}
-        self.layers = nn.ModuleList(
-            _block(in_features if i == 0 else width // group_size, width, group_size, pool,
-                   density=density, backend=backend, **self._factory)
-            for i in range(depth)
-        )
+        if _layers is not None:  # (io.load: the file's layers, not random ones to replace)
+            self.layers = nn.ModuleList(nn.Sequential(layer, nn.ReLU(), GroupPool(group_size, pool))
+                                        for layer in _layers)
+        else:
+            self.layers = nn.ModuleList(
+                _block(in_features if i == 0 else width // group_size, width, group_size, pool,
+                       density=density, backend=backend, **self._factory)
+                for i in range(depth)
+            )
         self.report: list[dict] = []
 
     @property

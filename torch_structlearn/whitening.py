@@ -110,8 +110,15 @@ class ZCAWhitening(nn.Module):
         cov = (ss - n * torch.outer(mu, mu)) / (n - 1)
         evals, evecs = torch.linalg.eigh(cov)
         evals = evals.clamp_min(0)
+        if not bool(evals.mean() > 0):
+            raise ValueError(f"cannot fit the whitening: the {n} examples have no variance "
+                             + ("after each example's own mean is removed (constant examples?)"
+                                if self.per_example_mean else "(all examples are equal)"))
         scale = (evals + self.eps * evals.mean()).rsqrt()
         matrix = (evecs * scale) @ evecs.T
+        if not bool(torch.isfinite(matrix).all()):
+            raise ValueError("cannot fit the whitening: the covariance of the examples is not "
+                             "finite (NaN or Inf in the data, or values too large)")
         if self.kernel_size is not None:  # before any buffer changes: a failed pass keeps the old fit
             weight = self._fit_filter(loader, key, mu.to(self.mean), matrix.float())
             self.weight.copy_(weight)

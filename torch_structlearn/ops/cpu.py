@@ -49,6 +49,7 @@ from torch import Tensor
 from .._files import cache_dir, file_lock, write_atomic
 from ..connectivity import validate_csr
 from .csr import _compute_dtype
+from .operands import check as check_operands
 
 __all__ = ["VARIANTS", "Kernels", "available", "build", "compiler", "cpu_flags", "cpu_isa", "cpu_model",
            "error", "isa_flags",
@@ -382,18 +383,7 @@ def _prepare(x: Tensor, values: Tensor, crow: Tensor, col: Tensor):
     structure's content themselves, in one pass."""
     if not available():
         raise RuntimeError(f"backend='cpu' is unavailable: {_error}")
-    if crow.dtype != col.dtype or crow.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"crow and col must share an integer dtype (int32 or int64), got "
-                        f"{crow.dtype} and {col.dtype}")
-    if crow.dim() != 1 or col.dim() != 1 or crow.numel() < 1:
-        raise ValueError(f"crow and col must be 1-D (crow non-empty), got shapes "
-                         f"{tuple(crow.shape)} and {tuple(col.shape)}")
-    if x.dim() != 2 or values.dim() not in (1, 3) or values.shape[0] != col.numel():
-        raise ValueError(f"x must be (N, in) and values (len(col) = {col.numel()},) or "
-                         f"(len(col), bo, bi), got {tuple(x.shape)} and {tuple(values.shape)}")
-    bo, bi = _block(values)
-    if x.shape[1] % bi:
-        raise ValueError(f"in_features = {x.shape[1]} is not a multiple of the block width {bi}")
+    check_operands(x, values, crow, col)
     dt = _compute_dtype(x)  # bf16/fp16 in float32, as for csr
     v = values if values.dtype == dt and values.is_contiguous() else values.to(dt).contiguous()
     return dt, _NAMES[(dt, crow.dtype)], v, crow.contiguous(), col.contiguous()

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from .._checks import choice
-from ..connectivity import csr_transpose
-from . import auto, cpu, csr, dense, triton_bsr
+from ..connectivity import check_csr_bounds, csr_transpose
+from . import auto, cpu, csr, dense, operands, triton_bsr
 from . import torch_sparse as torch_sparse_backend
 
 __all__ = ["sparse_linear", "resolve_backend", "BACKENDS", "available_backends", "check_backend"]
@@ -94,9 +94,50 @@ def _sparse_linear(
     return _forward(x, values, crow, col, (crow_t, col_t, perm), bias, backend)
 
 
+def _check_operands(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, backend: str,
+                    t=None, gy: Tensor | None = None) -> None:
+    """What must hold before a backend reads through the indices (every call, also a direct
+    ``torch.ops.structlearn`` call): index dtypes, sizes, and — except for ``cpu``, whose C++
+    checks the structure itself in its first pass — the structure's bounds
+    (:func:`~torch_structlearn.connectivity.check_csr_bounds`), and the transposed
+    structure's when one is given. ``TypeError``/``ValueError``; never an out-of-bounds read."""
+    bo, bi = operands.check(x, values, crow, col)
+    rows, n_cols = crow.numel() - 1, x.shape[1] // bi
+    if gy is not None and tuple(gy.shape) != (x.shape[0], rows * bo):
+        raise ValueError(f"gy must have shape (N, out_features) = ({x.shape[0]}, {rows * bo}), "
+                         f"got {tuple(gy.shape)}")
+    if backend == "cpu":
+        return
+    check_csr_bounds(crow, col, (rows, n_cols))
+    if t is not None and t[0].numel():
+        crow_t, col_t, perm = t
+        if crow_t.dtype != crow.dtype or col_t.dtype != crow.dtype or perm.shape != col.shape:
+            raise ValueError(f"the transposed structure must have crow's dtype and one perm entry "
+                             f"per nonzero, got {crow_t.dtype}/{col_t.dtype} and perm "
+                             f"{tuple(perm.shape)}")
+        check_csr_bounds(crow_t, col_t, (n_cols, rows), "transposed structure")
+        if perm.numel():
+            lo, hi = torch.aminmax(perm)
+            if perm.device.type != "cpu":
+                torch._assert_async((lo >= 0) & (hi < perm.numel()), "perm out of range")
+            elif int(lo) < 0 or int(hi) >= perm.numel():
+                raise ValueError(f"transposed structure: perm must lie in [0, {perm.numel()})")
+
+
+def _transpose_for(backend: str, x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t):
+    """``t``, or the transposed structure computed here when ``backend`` reads it and ``t`` is
+    empty (a direct op call)."""
+    if backend not in NEEDS_TRANSPOSE or t[0].numel():
+        return t
+    bi = 1 if values.dim() == 1 else values.shape[2]
+    crow_t, col_t, perm = csr_transpose(crow, col, x.shape[1] // bi)
+    return crow_t, col_t, perm.to(col_t.dtype)
+
+
 def _forward(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t, bias: Tensor | None,
              backend: str) -> Tensor:
     """The op's body: ``(N, out)`` from ``x (N, in)`` on ``backend``."""
+    _check_operands(x, values, crow, col, backend)
     impl = _IMPL[backend]
     fused = getattr(impl, "FUSES_BIAS", False)
     # The inputs were already cast by the wrapper; autocast must not re-cast the inner matmuls.
@@ -152,7 +193,11 @@ def _sparse_linear_backward(
     need_bias: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     impl = _IMPL[backend]
-    gy, t = gy.contiguous(), (crow_t, col_t, perm)
+    t = (crow_t, col_t, perm)
+    _check_operands(x, values, crow, col, backend, t if need_input else None, gy)
+    gy = gy.contiguous()
+    if need_input:
+        t = _transpose_for(backend, x, values, crow, col, t)
     with _no_autocast(x.device.type):
         if getattr(impl, "FUSES_BIAS", False):
             gx, gv, gb = impl.backward(gy, x.contiguous(), values, crow, col, t, need_input,
@@ -266,8 +311,10 @@ def _calibration_runs(shape: tuple[int, int, int], values: Tensor, crow: Tensor,
     """One call of each backend in ``names`` on this structure and random inputs of
     ``shape = (batch, in, out)``, made as a layer makes it: its caches built beforehand, the
     dense backend's weight kept between calls."""
-    g = torch.Generator().manual_seed(0)
     batch, in_features, out_features = shape
+    bi = values.shape[2] if values.dim() == 3 else 1
+    check_csr_bounds(crow, col, (crow.numel() - 1, in_features // bi))  # before any backend reads it
+    g = torch.Generator().manual_seed(0)
     dev, dt = values.device, values.dtype
     x = torch.randn(batch, in_features, generator=g).to(dev, dt).requires_grad_(training)
     v = values.detach().clone().requires_grad_(training)
@@ -278,7 +325,7 @@ def _calibration_runs(shape: tuple[int, int, int], values: Tensor, crow: Tensor,
     for name in names:
         transpose = csr_transpose(crow, col, n_cols) if name in NEEDS_TRANSPOSE and training else None
         index = dense.flat_index(crow, col, in_features) if name == "dense" and not block else None
-        cache = dense.DenseWeight() if index is not None else None
+        cache = dense.DenseWeight() if name == "dense" else None  # (as a layer keeps it)
 
         def run(name=name, transpose=transpose, index=index, cache=cache):
             with torch.set_grad_enabled(training):
@@ -340,6 +387,8 @@ def sparse_linear(
     check_block_backend(backend, block, x.device)
     backend = resolve_backend(x, values, crow, col, backend)
     if backend == "dense":
+        if not torch.compiler.is_compiling():  # (the op's body checks the other backends)
+            _check_operands(x.reshape(-1, in_features), values, crow, col, backend)
         return dense.linear(x, values, crow, col, bias, dense_index, dense_cache)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, in_features)
