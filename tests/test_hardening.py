@@ -676,3 +676,12 @@ def test_classifier_with_a_half_precision_body_runs_and_round_trips(tmp_path):
     torch.testing.assert_close(out, reference, rtol=2e-2, atol=2e-2)
     back = tsl.load(tsl.save(model, tmp_path / "c"))
     torch.testing.assert_close(back(X[:4]), out)
+
+
+def test_a_layer_larger_than_memory_is_refused_before_allocating():
+    from torch_structlearn._checks import physical_memory
+
+    if physical_memory() is None:
+        pytest.skip("the OS does not report its memory")
+    with pytest.raises(ValueError, match=r"StructLearnedLinear\(1000000, 1000000, density=0.5\) needs about"):
+        StructLearnedLinear(1_000_000, 1_000_000, density=0.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import torch
 
@@ -107,3 +108,20 @@ def block(block, shape: tuple[int, int] | None = None) -> tuple[int, int]:
     if shape is not None and (shape[0] % bo or shape[1] % bi):
         raise ValueError(f"block={tuple(block)} must divide the shape {shape}")
     return int(bo), int(bi)
+
+
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes (``None`` where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def fits_in_memory(what: str, nbytes: int) -> None:
+    """``ValueError`` naming ``what`` when building it would take more than this machine's RAM
+    (checked before allocating, so a typo such as a missing density fails at once)."""
+    total = physical_memory()
+    if total is not None and nbytes > total:
+        raise ValueError(f"{what} needs about {nbytes / 2**30:.1f} GiB, more than this machine's "
+                         f"{total / 2**30:.1f} GiB of memory")

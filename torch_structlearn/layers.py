@@ -15,8 +15,15 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import block as check_block
-from ._checks import choice, float_dtype, positive_int
-from .connectivity import Connectivity, bsr_to_csr, csr_transpose, row_of_entries, validate_csr
+from ._checks import choice, fits_in_memory, float_dtype, positive_int
+from .connectivity import (
+    Connectivity,
+    bsr_to_csr,
+    csr_transpose,
+    fan_in_for_density,
+    row_of_entries,
+    validate_csr,
+)
 from .data import first_batch
 from .ops import auto, calibrate, check_backend, sparse_linear
 from .ops.dense import DenseWeight, dense_weight, flat_index, needs_index
@@ -92,6 +99,10 @@ class StructLearnedLinear(nn.Module):
         self.block = None if block is None else check_block(block, shape)
         self.backend = backend  # validated by the setter
         if connectivity is None:
+            itemsize = torch.empty(0, dtype=dtype).element_size()
+            nnz = self.out_features * fan_in_for_density(density, self.in_features)
+            fits_in_memory(f"StructLearnedLinear({in_features}, {out_features}, density={density})",
+                           nnz * (itemsize + 16))  # values + int64 columns and their sort
             if self.block is None:
                 connectivity = Connectivity.random(shape, density=density)
             else:
