@@ -211,7 +211,8 @@ def test_four_processes_starting_together_on_an_empty_cache(tmp_path):
 
 
 def test_a_real_measurement_never_picks_slower_than_dense(fresh):
-    """No injected timer: whatever wins, it was not measured slower than dense."""
+    """No injected timer: whatever wins, it was not measured slower than dense (beyond the
+    margin within which the prior's pick is kept)."""
     torch.manual_seed(0)
     for density in (0.02, 0.5):
         layer = StructLearnedLinear(128, 96, density=density)
@@ -220,7 +221,7 @@ def test_a_real_measurement_never_picks_slower_than_dense(fresh):
             warnings.simplefilter("error")
             layer(x).sum().backward()
         entry = calibrate.entry(CPU, torch.float32, None, (64, 128, 96), layer.density, True)
-        assert entry["ms"][entry["backend"]] <= entry["ms"]["dense"]
+        assert entry["ms"][entry["backend"]] <= entry["ms"]["dense"] * (1 + calibrate.MARGIN)
 
 
 @pytest.mark.parametrize("ms, want", [
