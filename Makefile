@@ -30,6 +30,7 @@ results: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check torch_structlearn tests recipes
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,5 +1,5 @@
 """Shared pieces of the [repro] recipes: data with a validation split, the single-hidden-layer
-network of DESIGN.md §2.6, one training recipe for every structure, and result files."""
+network of docs/algorithm.md §6, one training recipe for every structure, and result files."""
 
 from __future__ import annotations
 

@@ -100,7 +100,7 @@ ANALYSIS = {
         "whitening and learner settings, not the network, were most of the gap to the paper. "
         "The 63 % part is still **missed**, by about 5.6 points, and the fully connected layer "
         "is about 7 points below the paper's 60.4 %: the rest of the gap is in what both share "
-        "(the network of DESIGN.md §2.6 — whole image → 1 600 units → L2 pooling to 400 "
+        "(the network of docs/algorithm.md §6 — whole image → 1 600 units → L2 pooling to 400 "
         "features → linear head — trained with Adam, cosine schedule and no augmentation; the "
         "paper's full text and recipe are not available to us). The training recipe was that "
         "rest: with flips and weight decay chosen on the validation split (the sections "
@@ -137,7 +137,7 @@ ANALYSIS = {
         "63 %, and the fully connected layer about 12 points below the paper's 60.4 %: most of "
         "the gap is the network and training recipe, which both share, not the structure. This network (whole "
         "image → 1 600 units → L2 pooling to 400 features → linear head, Adam, no augmentation) "
-        "is the one DESIGN.md §2.6 describes; the paper's full text, and with it its exact "
+        "is the one docs/algorithm.md §6 describes; the paper's full text, and with it its exact "
         "pipeline, is not available to us, and we did not tune the recipe toward the test set. "
         "(2) At this scale the two are tied within seed noise (the fully connected layer ahead "
         "on seeds 0 and 1 by 0.3–0.4 points, the learned one on seed 2 by 0.3; means 0.13 "
@@ -812,12 +812,12 @@ def _within_density(results: list[dict]) -> tuple[dict, list[str]]:
 
 
 def _learned_vs_random(results: list[dict]) -> tuple[list[dict], list[str]]:
-    """DESIGN.md §2.7: at equal density the learned mask should give higher output entropy and
+    """docs/algorithm.md §7: at equal density the learned mask should give higher output entropy and
     higher accuracy than a random mask of the same fan-in. Paired by data set, density and seed;
     returns the mean differences per (data set, density) cell and the table."""
     keys = ("test_accuracy", "score", "score_entropy", "score_tc", "excess_kurtosis")
     lines = ["Learned minus random masks of the same per-unit fan-in (density sweeps, same seed and "
-             "density, mean over seeds; DESIGN.md §2.7 expects both the score and the accuracy to "
+             "density, mean over seeds; docs/algorithm.md §7 expects both the score and the accuracy to "
              "be higher for the learned mask):", "",
              "| data set | density | Δ test accuracy | ΔE | ΔH | ΔTC | Δ kurtosis |",
              "|---|---|---|---|---|---|---|"]
@@ -1009,7 +1009,7 @@ def main() -> int:
               "centroid, over all units (`torch_structlearn.viz.receptive_field_spread`; random "
               "masks give about 0.38 × the image side). Group distance = mean distance between "
               "the field centres of two learned units pooled together, against two units of "
-              "different groups (`torch_structlearn.viz.group_centre_distance`; DESIGN.md §2.7 "
+              "different groups (`torch_structlearn.viz.group_centre_distance`; docs/algorithm.md §7 "
               "expects group members' fields close together).", "",
               "| hub entry | spread, learned | spread, random | group distance, same group | "
               "group distance, different groups |", "|---|---|---|---|---|"]
@@ -1022,7 +1022,7 @@ def main() -> int:
             + ", ".join(f"{r:.2f}× closer on {e}" for e, r in ratios.items())
             + " than two units of different groups")
     if near:
-        text += ": a pooling group gathers nearby fields, as DESIGN.md §2.7 expects, in " + ", ".join(near)
+        text += ": a pooling group gathers nearby fields, as docs/algorithm.md §7 expects, in " + ", ".join(near)
     if far:
         text += ("; " if near else ": ") + f"not clearly in {', '.join(far)} (under 1.5×)"
     lines += ["", text + "."]

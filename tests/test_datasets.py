@@ -95,3 +95,22 @@ def test_a_new_copy_of_the_folder_replaces_its_stale_cache(cifar_root):
     assert y.bincount().tolist() == [1, 3, 3]  # bird, cat, dog: decoded again
     (new,) = (root.parent / "cache" / "decoded").iterdir()
     assert new != old
+
+
+def test_shipped_digits_are_scikit_learns_digits():
+    """The default data set ships inside the package (no scikit-learn needed to run the demo);
+    it is exactly scikit-learn's copy."""
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    import torch
+
+    from torch_structlearn.datasets import load_dataset
+
+    d = sklearn_datasets.load_digits()
+    X = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    Xtr, ytr = load_dataset("digits", "train")
+    Xte, yte = load_dataset("digits", "test")
+    cut = int(0.8 * len(y))
+    assert torch.equal(Xtr, X[perm[:cut]]) and torch.equal(ytr, y[perm[:cut]])
+    assert torch.equal(Xte, X[perm[cut:]]) and torch.equal(yte, y[perm[cut:]])

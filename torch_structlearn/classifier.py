@@ -1,4 +1,4 @@
-"""``StructLearnedClassifier``: the complete supervised model of DESIGN.md §2.6,
+"""``StructLearnedClassifier``: the complete supervised model of docs/algorithm.md §6,
 ``x → whiten → [StructLearnedLinear → ReLU → GroupPool] × depth → nn.Linear`` (logits)."""
 
 from __future__ import annotations

@@ -24,21 +24,24 @@ import time
 import warnings
 from pathlib import Path
 
+from . import convert, hub, load, save
 from ._argtypes import density, fraction, nonnegative, positive
+from ._checks import image_shape
+from ._files import write_atomic as _write_atomic
+from ._files import write_json as _write_json
+from .bench import main as bench_main
+from .classifier import StructLearnedClassifier
+from .datasets import DATASETS, load_dataset
+from .io import sparse_layers
+from .stack import StructLearnedStack
+from .train import accuracy, fit_classifier
+from .viz import save_receptive_fields
+from .whitening import ZCAWhitening
 
 
 def _learn(args) -> int:
     import torch
     from torch.utils.data import DataLoader, TensorDataset
-
-    from . import save
-    from ._files import write_json as _write_json
-    from .classifier import StructLearnedClassifier
-    from .datasets import load_dataset
-    from .stack import StructLearnedStack
-    from .train import accuracy, fit_classifier
-    from .viz import save_receptive_fields
-    from .whitening import ZCAWhitening
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # checked now, not when the results are written
@@ -162,17 +165,12 @@ def _alive(pid: int) -> bool:
 
 
 def _inspect(args) -> int:
-    from . import load
-    from .io import sparse_layers
-
     module = load(args.file)
     layers = sparse_layers(module)
     print(args.file)
     if not isinstance(module, dict):
         print(f"  {type(module).__name__}: {module.extra_repr()}")
     if args.png:
-        from .viz import save_receptive_fields
-
         shape = args.image_shape or getattr(module, "input_shape", None)
         if shape is None:
             raise ValueError("--png needs --image-shape C,H,W for this file")
@@ -194,8 +192,6 @@ def _printable(value, width: int = 0) -> str:
 
 
 def _hub_list(args) -> int:
-    from . import hub
-
     entries = hub.scan()
     if not entries:
         print("no hub entries (folders searched: " + ", ".join(map(str, hub.folders())) + ")")
@@ -219,10 +215,6 @@ def _convert(args) -> int:
     import timm
     import torch
     from torch.utils.data import DataLoader, TensorDataset
-
-    from . import convert, save
-    from ._files import write_atomic as _write_atomic
-    from .datasets import load_dataset
 
     out = Path(args.out)
     if out.is_dir():  # checked now, not after the conversion
@@ -266,7 +258,6 @@ def _convert(args) -> int:
 
 def _shape(s: str) -> tuple[int, int, int]:
     """An argparse type: an image shape written ``C,H,W`` (positive ints)."""
-    from ._checks import image_shape
 
     try:
         return image_shape("--image-shape", tuple(int(v) for v in s.split(",")))
@@ -277,7 +268,6 @@ def _shape(s: str) -> tuple[int, int, int]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # its own parser (and --help): everything after 'bench' is its
-        from .bench import main as bench_main
 
         try:
             return bench_main(argv[1:])
@@ -285,8 +275,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"structlearn bench: error: {e}", file=sys.stderr)
             return 2
     import torch
-
-    from .datasets import DATASETS
 
     # before the first parallel op, so that every OpenMP thread inherits it: weights that
     # Adam's weight decay drives below 1.2e-38 are then zeros, not 100x slower denormals

@@ -21,8 +21,12 @@ from ._checks import block as check_block
 from ._checks import choice, positive_int
 from ._checks import density as check_density
 from ._checks import seed as check_seed
+from .coding import DictionaryLearner
 from .connectivity import Connectivity
+from .data import _extract, require_reiterable
+from .io import load_structures
 from .layers import StructLearnedLinear
+from .learn import dictionary_values
 
 __all__ = ["convert", "convert_structure", "select_linears"]
 
@@ -63,7 +67,6 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def _build(linear: nn.Linear, conn: Connectivity, init: str, D: Tensor | None,
            block: tuple[int, int] | None) -> StructLearnedLinear:
-    from .learn import dictionary_values
 
     # 'keep': pretrained weights on the mask
     layer = StructLearnedLinear.from_linear(linear, conn, block=block)
@@ -117,9 +120,6 @@ def convert(
         (and ``objective`` when learned).
     """
     from tqdm.auto import tqdm
-
-    from .coding import DictionaryLearner
-    from .data import _extract, require_reiterable
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -231,7 +231,6 @@ def convert_structure(model: nn.Module, structure_file: str | os.PathLike, *,
     and built before the first is swapped in, so a file that does not fit leaves ``model`` as it
     was.
     """
-    from .io import load_structures
 
     layers = load_structures(structure_file)
     built = {}

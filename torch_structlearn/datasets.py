@@ -1,6 +1,6 @@
 """Data sets used by the demo and the recipes, read offline.
 
-``digits`` ships inside scikit-learn; MNIST, Fashion-MNIST (torchvision layout) and CIFAR-10
+``digits`` ships inside this package (``_data/digits.csv.gz``, the copy scikit-learn ships); MNIST, Fashion-MNIST (torchvision layout) and CIFAR-10
 (an image folder ``cifar10/`` or the lossy ``cifar10-jpeg/``) are read from ``root`` or
 ``$STRUCTLEARN_DATA`` (default ``~/.cache/torch_structlearn``). Nothing is downloaded.
 Decoded CIFAR-10 tensors are cached in ``decoded/`` under the package's cache folder
@@ -17,6 +17,7 @@ import pickle
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -37,12 +38,15 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "torch_structlearn"
 
 
-def _digits(split: str) -> tuple[Tensor, Tensor]:
-    from sklearn.datasets import load_digits
+DIGITS_FILE = Path(__file__).resolve().parent / "_data" / "digits.csv.gz"
 
-    d = load_digits()
-    X = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(d.target, dtype=torch.long)
+
+def _digits(split: str) -> tuple[Tensor, Tensor]:
+    """The 8x8 digits (UCI, CC BY 4.0; the copy scikit-learn ships, in ``_data/``): 80 % / 20 %
+    of a fixed permutation as train / test."""
+    rows = np.loadtxt(DIGITS_FILE, delimiter=",", dtype=np.float32)
+    X = torch.from_numpy(rows[:, :-1].copy()).reshape(-1, 1, 8, 8) / 16.0
+    y = torch.from_numpy(rows[:, -1].astype(np.int64))
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     cut = int(0.8 * len(y))
     idx = perm[:cut] if split == "train" else perm[cut:]

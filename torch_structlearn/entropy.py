@@ -1,4 +1,4 @@
-"""Entropy estimators for layer outputs (DESIGN.md §2.5).
+"""Entropy estimators for layer outputs (docs/algorithm.md §5).
 
 * :func:`marginal_entropy` — per unit, differential entropy from a histogram of the
   *standardised* unit (so it is comparable across units and layers; a Gaussian gives

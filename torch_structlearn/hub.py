@@ -3,7 +3,8 @@
 Each entry is a folder ``<name>/`` holding ``structure.safetensors`` (the torch_structlearn
 format) and ``card.json`` (data set, the command that produced it, density, depth, accuracy,
 license of the data). Entries are searched in the folders of ``$STRUCTLEARN_HUB``
-(``os.pathsep``-separated) and then in the repository's ``hub/`` folder.
+(``os.pathsep``-separated) and then in the repository's ``hub/`` folder (installed with the
+package, as ``torch_structlearn/_hub``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from pathlib import Path
 from torch import nn
 
 from .connectivity import Connectivity
+from .convert import convert_structure
+from .io import load as load_file
+from .io import sparse_layers
 
 __all__ = ["list", "load", "load_structure", "card", "folders", "check_name", "scan",
            "HubEntryError"]
@@ -36,7 +40,10 @@ _TIMM_ARCH = re.compile(r"[a-z0-9_]{1,100}")
 class HubEntryError(ValueError):
     """A hub entry that cannot be used: an unreadable or invalid ``card.json``, or a card asking
     for something the hub does not allow."""
-_REPO_HUB = Path(__file__).resolve().parent.parent / "hub"
+# an installed wheel holds the hub as package data (torch_structlearn/_hub); a checkout (or an
+# editable install) reads the repository's hub/ folder
+_INSTALLED_HUB = Path(__file__).resolve().parent / "_hub"
+_REPO_HUB = _INSTALLED_HUB if _INSTALLED_HUB.is_dir() else Path(__file__).resolve().parent.parent / "hub"
 _list = list
 
 
@@ -152,7 +159,6 @@ def load(name: str, *, device=None) -> nn.Module:
       that timm model, freshly initialised, with its converted ``nn.Linear`` layers replaced by
       ``StructLearnedLinear`` layers of the learned connectivity (ready to train).
     """
-    from .io import load as load_file
 
     entry = _entry(name)
     info = _read_card(entry)
@@ -160,8 +166,6 @@ def load(name: str, *, device=None) -> nn.Module:
         return load_file(entry / "structure.safetensors", device=device)
     arch, kwargs = _timm_request(name, info)
     import timm
-
-    from .convert import convert_structure
 
     try:
         model = timm.create_model(arch, pretrained=False, **kwargs)
@@ -174,7 +178,5 @@ def load(name: str, *, device=None) -> nn.Module:
 
 def load_structure(name: str) -> _list[Connectivity]:
     """Only the connectivity of each sparse layer of the entry, bottom-up."""
-    from .io import load as load_file
-    from .io import sparse_layers
 
     return [m.connectivity for m in sparse_layers(load_file(_entry(name) / "structure.safetensors"))]

@@ -48,10 +48,13 @@ from torch import nn
 from ._checks import block as check_block
 from ._checks import positive_ints
 from ._files import write_atomic as _write_atomic
+from .classifier import StructLearnedClassifier
 from .connectivity import Connectivity, validate_csr
 from .layers import StructLearnedLinear
 from .ops import BACKENDS
 from .pooling import GroupPool
+from .stack import StructLearnedStack
+from .whitening import ZCAWhitening
 
 __all__ = ["save", "load", "load_structures", "StructureFileError", "FORMAT", "FORMAT_VERSION"]
 
@@ -72,9 +75,6 @@ class StructureFileError(ValueError):
 
 
 def _layers_of(module: nn.Module) -> tuple[str, dict[str, Any], list[StructLearnedLinear]]:
-    from .classifier import StructLearnedClassifier
-    from .stack import StructLearnedStack
-
     if isinstance(module, StructLearnedClassifier):
         _, config, layers = _layers_of(module.body)
         config = {**config, "num_classes": module.num_classes, "input_shape": list(module.input_shape),
@@ -422,8 +422,6 @@ def _build_layer(L: dict, conn: Connectivity, values: torch.Tensor, bias) -> Str
 
 
 def _build_stack(path, c: dict, built: list, tensors: dict):
-    from .stack import StructLearnedStack
-
     try:
         stack = StructLearnedStack(c["in_features"], c["width"], max_depth=c["max_depth"],
                                    density=c["density"], group_size=c["group_size"],
@@ -443,9 +441,6 @@ def _build_stack(path, c: dict, built: list, tensors: dict):
 
 
 def _build_classifier(path, c: dict, built: list, tensors: dict, device):
-    from .classifier import StructLearnedClassifier
-    from .whitening import ZCAWhitening
-
     try:
         kernel = c.get("whitening_kernel")
         whiten = ZCAWhitening(c["in_features"], eps=c["eps"], per_example_mean=c["per_example_mean"],

@@ -25,6 +25,7 @@ from .connectivity import (
     validate_csr,
 )
 from .data import first_batch
+from .learn import dictionary_values, learn_structure
 from .ops import auto, calibrate, check_backend, sparse_linear
 from .ops.dense import DenseWeight, dense_weight, flat_index, needs_index
 from .ops.sparse_linear import NEEDS_TRANSPOSE, check_block_backend, resolve_backend
@@ -294,7 +295,6 @@ class StructLearnedLinear(nn.Module):
         The learned dictionary is kept as ``self.dictionary_ (in, out)`` and the report as
         ``self.report_``. Returns ``self``."""
         choice("init", init, ("dictionary", "random"))
-        from .learn import dictionary_values, learn_structure  # layers never need it otherwise
 
         density = self.density if density is None else density
         if self.block is not None:

@@ -1,4 +1,4 @@
-"""Structure learning (DESIGN.md §2): loader → group sparse coding → connectivity.
+"""Structure learning (docs/algorithm.md): loader → group sparse coding → connectivity.
 
 :func:`learn_structure` learns one layer's connectivity from its inputs; the depth loop lives in
 :meth:`torch_structlearn.StructLearnedStack.learn_structure`, which calls it layer by layer.

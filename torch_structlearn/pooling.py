@@ -1,4 +1,4 @@
-"""``GroupPool``: pool units over groups (DESIGN.md §2.4) — the invariance the group penalty
+"""``GroupPool``: pool units over groups (docs/algorithm.md §4) — the invariance the group penalty
 creates. Groups are contiguous blocks of ``group_size`` units, optionally after a permutation
 learned by clustering units on ``corr(h_j², h_k²)`` (:func:`learn_groups`).
 """

@@ -1,5 +1,5 @@
 """``StructLearnedStack``: ``[StructLearnedLinear → ReLU → GroupPool] × depth``, whose
-connectivity *and depth* are learned bottom-up from unlabelled data (DESIGN.md §2.5)."""
+connectivity *and depth* are learned bottom-up from unlabelled data (docs/algorithm.md §5)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,13 @@ from torch import Tensor, nn
 
 from ._checks import choice, positive_int
 from ._checks import seed as check_seed
+from .coding import _all_reduce, _world
 from .connectivity import Connectivity
+from .data import MappedLoader, batches, first_batch
+from .entropy import coding_efficiency
 from .layers import StructLearnedLinear
-from .pooling import GroupPool, check_mode
+from .learn import check_learning_args, dictionary_values, format_report, learn_structure
+from .pooling import GroupPool, check_mode, learn_groups
 
 __all__ = ["StructLearnedStack"]
 
@@ -41,7 +45,6 @@ _OWN = frozenset({"loader", "out_features", "density", "group_size", "device"})
 def _check_learn_kw(kw: dict, *, width: int, density: float, group_size: int) -> None:
     """Names and values of the learning arguments (the constructor's ``**learn_kw``, merged
     with :meth:`StructLearnedStack.learn_structure`'s overrides), before any work starts."""
-    from .learn import check_learning_args, learn_structure
 
     accepted = (set(inspect.signature(learn_structure).parameters) - _OWN) | {"score_samples"}
     unknown = sorted(set(kw) - accepted)
@@ -154,7 +157,6 @@ class StructLearnedStack(nn.Module):
 
     def format_report(self) -> str:
         """:attr:`report` as a text table, one line per tried layer."""
-        from .learn import format_report
 
         return format_report(self.report)
 
@@ -175,11 +177,6 @@ class StructLearnedStack(nn.Module):
         so every rank ends with the same stack.
         """
         from tqdm.auto import tqdm
-
-        from .coding import _all_reduce, _world
-        from .data import MappedLoader, batches, first_batch
-        from .entropy import coding_efficiency
-        from .learn import dictionary_values, learn_structure
 
         kw = {**self.learn_kw, **overrides}
         _check_learn_kw(kw, width=self.width, density=self.density, group_size=self.group_size)
@@ -228,8 +225,6 @@ class StructLearnedStack(nn.Module):
             layer.copy_csr_values_(dictionary_values(D, conn))
             layer.bias.copy_(-(layer.dense_weight() @ mu.to(layer.values)))  # fold the centring
             if self.groups == "learned":
-                from .pooling import learn_groups
-
                 H = sample(lambda x, p=prefix, b=block: b[1](b[0](p(x))))
                 block[2] = GroupPool(self.group_size, self.pool,
                                      permutation=learn_groups(H, self.group_size))

@@ -15,6 +15,9 @@ import os
 import re
 from pathlib import Path
 
+from . import hub
+from .convert import convert_structure
+
 __all__ = ["register_hub", "register_converted", "timm_name"]
 
 
@@ -44,8 +47,6 @@ def register_hub() -> list[str]:
     """Register every hub entry as a timm model; returns the timm names registered."""
     from timm.models import is_model
 
-    from . import hub
-
     names = []
     for entry in hub.list():
         tname = timm_name(entry)
@@ -71,8 +72,6 @@ def register_converted(name: str, base: str, structure_file: str | os.PathLike, 
     of ``structure_file`` applied (:func:`torch_structlearn.convert_structure`; with the saved
     weights when ``weights`` and ``pretrained=True``). Returns ``name``."""
     import timm
-
-    from .convert import convert_structure
 
     if not re.fullmatch(r"[A-Za-z_]\w*", name):
         raise ValueError(f"name must be a Python identifier (timm registers functions), got {name!r}")

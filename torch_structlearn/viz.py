@@ -1,5 +1,5 @@
 """Receptive fields of a sparse layer: a PNG grid, how spatially compact they are, and how close
-together the fields of one pooling group lie (DESIGN.md §2.7)."""
+together the fields of one pooling group lie (docs/algorithm.md §7)."""
 
 from __future__ import annotations
 

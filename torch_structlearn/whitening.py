@@ -2,7 +2,7 @@
 
 ``x ↦ W (x − m(x) − μ)`` where ``m(x)`` is the per-example mean (optional), ``μ`` the data
 mean and ``W = U diag((λ + ε·mean(λ))^{-1/2}) Uᵀ`` from the eigendecomposition ``U diag(λ) Uᵀ``
-of the data covariance (DESIGN.md §2.1: eps ≈ 0.1 of the mean eigenvalue).
+of the data covariance (docs/algorithm.md §1: eps ≈ 0.1 of the mean eigenvalue).
 
 For images, ``kernel_size=k`` replaces the ``d x d`` matrix (37 MB for a 3x32x32 image) by a
 ``(C, C, k, k)`` convolution fitted by least squares to reproduce the full ZCA output on the

@@ -1,0 +1,28 @@
+"""The package's layout rules (issue [layers]): no import of one of our own modules inside a
+function (they hid import cycles; `lint-imports`, run by `make lint`, checks the layers)."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "torch_structlearn"
+
+
+def _function_level_own_imports():
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                own = isinstance(node, ast.ImportFrom) and (
+                    node.level > 0 or (node.module or "").startswith("torch_structlearn"))
+                own = own or (isinstance(node, ast.Import)
+                              and any(a.name.startswith("torch_structlearn") for a in node.names))
+                if own:
+                    found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} in {fn.name}()")
+    return found
+
+
+def test_no_function_level_imports_of_our_own_modules():
+    assert _function_level_own_imports() == []
