@@ -26,3 +26,14 @@ def _function_level_own_imports():
 
 def test_no_function_level_imports_of_our_own_modules():
     assert _function_level_own_imports() == []
+
+
+def test_every_subpackage_is_in_the_wheel_list():
+    """pyproject.toml lists the packages explicitly (hub/ is mapped into the package): a new
+    subpackage missing from the list would be missing from the wheel."""
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
+from . import stack as stack_format
 from ._checks import positive_int, positive_ints
+from .io import MAX_FEATURES, Codec, FileCheck, Record, register
 from .stack import StructLearnedStack
 from .whitening import ZCAWhitening
 
@@ -59,3 +62,73 @@ class StructLearnedClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         return f"input_shape={self.input_shape}, num_classes={self.num_classes}"
+
+
+# ------------------------------------------------------------------ file format (io.format)
+_CONFIG = {**stack_format.CONFIG, "num_classes": int, "input_shape": list, "eps": float,
+           "per_example_mean": bool}
+
+
+def _encode(model: StructLearnedClassifier) -> tuple[dict, list, dict[str, Tensor]]:
+    config, layers, tensors = stack_format.encode(model.body)
+    w = model.whitening
+    config.update(num_classes=model.num_classes, input_shape=list(model.input_shape), eps=w.eps,
+                  per_example_mean=w.per_example_mean)
+    if w.kernel_size:  # convolutional whitening (optional key)
+        config["whitening_kernel"] = w.kernel_size
+    tensors.update({"whitening.mean": w.mean,
+                    **({"whitening.weight": w.weight} if w.kernel_size else {"whitening.matrix": w.matrix}),
+                    "head.weight": model.head.weight, "head.bias": model.head.bias})
+    return config, layers, tensors
+
+
+def _check(f: FileCheck, config: dict, layers: list) -> set[str]:
+    expected = stack_format.check(f, config, layers, _CONFIG, "StructLearnedClassifier",
+                                  optional={"whitening_kernel"})
+    kernel = config.get("whitening_kernel")
+    if kernel is not None and (not isinstance(kernel, int) or isinstance(kernel, bool)
+                               or kernel < 1 or kernel % 2 == 0):
+        f.fail(f"whitening_kernel must be a positive odd int, got {kernel!r:.100}")
+    shape = config["input_shape"]
+    if not shape or not positive_ints(shape) or max(shape) > MAX_FEATURES:
+        f.fail(f"input_shape must be a list of positive ints, got {shape!r:.100}")
+    d = math.prod(shape)
+    if d != config["in_features"] or config["num_classes"] < 1:
+        f.fail("input_shape / num_classes do not match the stack config")
+    out = config["width"] // config["group_size"]
+    whitening = (("whitening.weight", [shape[0], shape[0], kernel, kernel]) if kernel else
+                 ("whitening.matrix", [d, d]))
+    for key, want in (("whitening.mean", [d]), whitening,
+                      ("head.weight", [config["num_classes"], out]),
+                      ("head.bias", [config["num_classes"]])):
+        f.entry(key, {"F32"}, want)
+        expected.add(key)
+    return expected
+
+
+def _decode(f: FileCheck, c: dict, records: list[Record], tensors: dict[str, Tensor]
+            ) -> StructLearnedClassifier:
+    kernel = c.get("whitening_kernel")
+    try:
+        whiten = ZCAWhitening(c["in_features"], eps=c["eps"], per_example_mean=c["per_example_mean"],
+                              image_shape=tuple(c["input_shape"]) if kernel else None,
+                              kernel_size=kernel)
+    except (TypeError, ValueError) as e:
+        f.fail(f"invalid whitening config: {e}")
+    with torch.no_grad():
+        whiten.mean.copy_(tensors["whitening.mean"])
+        if kernel:
+            whiten.weight.copy_(tensors["whitening.weight"])
+        else:
+            whiten.matrix.copy_(tensors["whitening.matrix"])
+        whiten._fitted.fill_(True)
+    model = StructLearnedClassifier(whiten, stack_format.decode(f, c, records, tensors),
+                                    c["num_classes"], c["input_shape"])
+    with torch.no_grad():
+        model.head.weight.copy_(tensors["head.weight"])
+        model.head.bias.copy_(tensors["head.bias"])
+    return model
+
+
+register(Codec("StructLearnedClassifier", lambda m: isinstance(m, StructLearnedClassifier),
+               _encode, _check, _decode))

@@ -11,6 +11,8 @@ view is :attr:`StructLearnedLinear.connectivity` (what files and the hub hold).
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import Tensor, nn
 
@@ -25,6 +27,7 @@ from .connectivity import (
     validate_csr,
 )
 from .data import first_batch
+from .io import Codec, FileCheck, Record, register
 from .learn import dictionary_values, learn_structure
 from .ops import auto, calibrate, check_backend, sparse_linear
 from .ops.dense import DenseWeight, dense_weight, flat_index, needs_index
@@ -480,3 +483,54 @@ class StructLearnedLinear(nn.Module):
                 if values is None:  # strict=False without values: Kaiming init, not garbage
                     self.reset_parameters()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+
+
+# ------------------------------------------------------------------ file format (io.format)
+def layer_from_record(record: Record) -> StructLearnedLinear:
+    """The layer a file's checked :class:`~torch_structlearn.io.Record` describes (a backend
+    this machine may lack, such as ``cpu``, is read as ``auto``)."""
+    L = record.header
+    layer = StructLearnedLinear(
+        L["in_features"], L["out_features"], bias=L["bias"], connectivity=record.connectivity,
+        block=tuple(L["block"]) if "block" in L else None,
+        backend=L["backend"] if L["backend"] in ("auto", "csr", "dense") else "auto",
+        dtype=record.values.dtype)
+    layer.copy_csr_values_(record.values)
+    if L["bias"]:
+        with torch.no_grad():
+            layer.bias.copy_(record.bias)
+    return layer
+
+
+def _one_layer(f: FileCheck, config: dict, layers: list) -> set[str]:
+    if config != {} or len(layers) != 1:
+        f.fail("a StructLearnedLinear file has an empty config and exactly one layer")
+    return set()
+
+
+register(Codec("StructLearnedLinear", lambda m: isinstance(m, StructLearnedLinear),
+               lambda m: ({}, [m], {}), _one_layer,
+               lambda f, config, records, tensors: layer_from_record(records[0])))
+
+
+def _named_layers(model: nn.Module) -> list[tuple[str, StructLearnedLinear]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, StructLearnedLinear)]
+
+
+def _check_names(f: FileCheck, config: dict, layers: list) -> set[str]:
+    names = config.get("names")
+    if (set(config) != {"names"} or not isinstance(names, list) or len(names) != len(layers)
+            or not all(isinstance(n, str) and re.fullmatch(r"[\w.]*", n) for n in names)
+            or len(set(names)) != len(names)):
+        f.fail("a ModuleStructures config must be {'names': [unique module names, one per layer]}")
+    return set()
+
+
+# any module holding StructLearnedLinear layers (a converted model): its layers by module name
+register(Codec(
+    "ModuleStructures", lambda m: isinstance(m, nn.Module) and bool(_named_layers(m)),
+    lambda m: ({"names": [n for n, _ in _named_layers(m)]}, [x for _, x in _named_layers(m)], {}),
+    _check_names,
+    lambda f, config, records, tensors: {n: layer_from_record(r)
+                                         for n, r in zip(config["names"], records, strict=True)},
+    order=100))

@@ -18,7 +18,8 @@ from .coding import _all_reduce, _world
 from .connectivity import Connectivity
 from .data import MappedLoader, batches, first_batch
 from .entropy import coding_efficiency
-from .layers import StructLearnedLinear
+from .io import MAX_FEATURES, Codec, FileCheck, Record, register
+from .layers import StructLearnedLinear, layer_from_record
 from .learn import check_learning_args, dictionary_values, format_report, learn_structure
 from .pooling import GroupPool, check_mode, learn_groups
 
@@ -268,3 +269,89 @@ class StructLearnedStack(nn.Module):
             mine[0].set_connectivity(conn)
             mine[2] = copy.deepcopy(theirs[2])  # same pooling groups, in a module of its own
         return new
+
+
+# ------------------------------------------------------------------ file format (io.format)
+CONFIG = {"in_features": int, "width": int, "max_depth": int, "group_size": int,
+          "pool": str, "groups": str, "density": float, "min_gain": float}
+
+
+def encode(stack: StructLearnedStack) -> tuple[dict, list, dict[str, Tensor]]:
+    """A stack's header config, layers and pool permutations (every layer's, identity where
+    unset, when any is set or the groups are learned; then the config says 'learned')."""
+    config = {k: getattr(stack, k) for k in CONFIG}
+    pools = [block[2].permutation for block in stack.layers]
+    tensors = {}
+    if config["groups"] == "learned" or any(p is not None for p in pools):
+        config["groups"] = "learned"
+        tensors = {f"layers.{i}.pool_permutation": (torch.arange(stack.width) if p is None else p).long()
+                   for i, p in enumerate(pools)}
+    return config, [block[0] for block in stack.layers], tensors
+
+
+def check_config(f: FileCheck, config: dict, keys: dict, name: str, optional=frozenset()) -> None:
+    """``config`` has exactly ``keys`` (plus ``optional`` ones), each of its type (ints within
+    the format's sizes, floats not NaN)."""
+    if set(config) - set(optional) != set(keys):
+        f.fail(f"a {name} config must have exactly the keys {sorted(keys)}"
+               + (f" (and optionally {sorted(optional)})" if optional else ""))
+    for k, typ in keys.items():
+        v = config[k]
+        if typ is bool:
+            ok = isinstance(v, bool)
+        elif typ is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+        elif typ is int:
+            ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_FEATURES
+        else:
+            ok = isinstance(v, typ) and not isinstance(v, bool)
+        if not ok:
+            f.fail(f"config {k!r} must be {typ.__name__}, got {v!r:.100}")
+
+
+def check(f: FileCheck, config: dict, layers: list, keys: dict = CONFIG,
+          name: str = "StructLearnedStack", optional=frozenset()) -> set[str]:
+    """The stack's checks of a file (layer shapes against the config, pool permutations);
+    returns the permutation keys the file must hold."""
+    check_config(f, config, keys, name, optional)
+    if config["groups"] not in ("contiguous", "learned"):
+        f.fail(f"config 'groups' must be 'contiguous' or 'learned', got {config['groups']!r:.100}")
+    w, g = config["width"], config["group_size"]
+    if g < 1 or w < 1 or w % g or config["in_features"] < 1 or len(layers) > config["max_depth"]:
+        f.fail("inconsistent stack config")
+    expected = set()
+    for i, L in enumerate(layers):
+        want = (config["in_features"] if i == 0 else w // g, w)
+        if (L["in_features"], L["out_features"]) != want:
+            f.fail(f"layer {i}: shape does not match the stack config, expected in/out {want}")
+        if config["groups"] == "learned":
+            key = f"layers.{i}.pool_permutation"
+            f.entry(key, {"I64"}, [w])
+            expected.add(key)
+    return expected
+
+
+def decode(f: FileCheck, config: dict, records: list[Record], tensors: dict[str, Tensor]
+           ) -> StructLearnedStack:
+    """The stack a checked file describes, built from its layers (no random layer first)."""
+    c = config
+    try:
+        stack = StructLearnedStack(c["in_features"], c["width"], max_depth=c["max_depth"],
+                                   density=c["density"], group_size=c["group_size"],
+                                   pool=c["pool"], min_gain=c["min_gain"], groups=c["groups"],
+                                   depth=len(records), dtype=records[0].values.dtype,
+                                   _layers=[layer_from_record(r) for r in records])
+    except (TypeError, ValueError) as e:
+        f.fail(f"invalid stack config: {e}")
+    for i, block in enumerate(stack.layers):
+        perm = tensors.get(f"layers.{i}.pool_permutation")
+        if perm is not None:
+            try:
+                block[2] = GroupPool(c["group_size"], c["pool"], permutation=perm)
+            except ValueError as e:
+                f.fail(f"layer {i}: invalid pool_permutation: {e}")
+    return stack
+
+
+register(Codec("StructLearnedStack", lambda m: isinstance(m, StructLearnedStack), encode, check,
+               decode))
