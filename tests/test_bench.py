@@ -11,13 +11,27 @@ from torch import nn
 from torch_structlearn import bench
 
 
+def _script(name: str):
+    """A script of benchmarks/ (they are not part of the package) as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_kernels_writes_json_and_markdown_section(tmp_path):
     md = tmp_path / "B.md"
     md.write_text("# Benchmarks\n\nanalysis kept\n")
     out = tmp_path / "k.json"
     assert bench.main(["kernels", "--shapes", "8,32,48", "--densities", "0.25", "--blocks", "0",
                        "--repeats", "1", "--backends", "csr", "dense", "auto", "--json", str(out),
-                       "--markdown", str(md), "--tag", "t"]) == 0
+                       "--tag", "t"]) == 0
+    assert md.read_text() == "# Benchmarks\n\nanalysis kept\n"  # bench edits no file of ours
+    assert _script("update_markdown").main([str(md), str(out)]) == 0
     res = json.loads(out.read_text())
     got = {(r["backend"], r["density"]) for r in res["rows"]}
     assert {("nn.Linear", 1.0), ("csr", 0.25), ("dense", 0.25), ("auto", 0.25)} <= got
@@ -49,7 +63,8 @@ def test_epoch_of_a_hub_entry_against_its_dense_copy(tmp_path):
 
     out, md = tmp_path / "e.json", tmp_path / "B.md"
     assert bench.main(["mlp", "--hub", "mnist-stack-d5", "--n", "64", "--batch-size", "32",
-                       "--json", str(out), "--markdown", str(md)]) == 0
+                       "--json", str(out)]) == 0
+    assert _script("update_markdown").main([str(md), str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["hub"] == "mnist-stack-d5" and res["input_shape"] == [1, 28, 28]
     dense, learned = res["rows"]
@@ -109,7 +124,7 @@ def test_crossover_table_from_json_per_shape(tmp_path, monkeypatch):
             row([8, 64, 48], 0.5, 1.0, dev="cpu/other")]  # another instruction set: its own entry
     f = tmp_path / "k.json"
     f.write_text(json.dumps({"rows": rows, "machine": {"cpu": "Test CPU", "threads": 2}}))
-    assert bench.main(["crossover", str(f)]) == 0
+    assert _script("make_prior").main([str(f)]) == 0
     written = json.loads((tmp_path / "crossover.json").read_text())
     assert written["by_shape"][here]["float32"] == {"8x64x48": 0.25, "512x64x48": 0.1}
     assert written["by_shape"][here]["float32@csr"] == {"8x64x48": 0.1}
@@ -117,7 +132,7 @@ def test_crossover_table_from_json_per_shape(tmp_path, monkeypatch):
                                     here: {"float32": 0.1, "float32@csr": 0.1},
                                     "cpu/other": {"float32": 0.5}}
     assert written["machines"][here] == {"file": "k.json", "cpu": "Test CPU", "threads": 2}
-    assert "bench crossover" in written["generated_by"]
+    assert "benchmarks/make_prior.py" in written["generated_by"]
     cpu = torch.device("cpu")
     sparse = auto.sparse_backend(cpu, None)  # 'cpu', or 'csr' without a compiler
     assert auto.choose(cpu, torch.float32, 0.2, None, (16, 64, 48)) == (  # reloaded
@@ -139,9 +154,9 @@ def test_crossover_needs_the_instruction_set_of_an_old_file(tmp_path, monkeypatc
     f = tmp_path / "old.json"
     f.write_text(json.dumps({"rows": [old]}))
     with pytest.raises(SystemExit) as e:
-        bench.main(["crossover", str(f)])
+        _script("make_prior").main([str(f)])
     assert e.value.code == 2
-    assert bench.main(["crossover", str(f), "--isa", "avx512"]) == 0
+    assert _script("make_prior").main([str(f), "--isa", "avx512"]) == 0
     assert json.loads((tmp_path / "crossover.json").read_text())["crossover"] == {
         "cpu/avx512": {"float32": 0.1}}
 
@@ -150,7 +165,7 @@ def test_crossover_rejects_a_non_benchmark_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     with pytest.raises(SystemExit) as e:
-        bench.main(["crossover", str(bad)])
+        _script("make_prior").main([str(bad)])
     assert e.value.code == 2
 
 
@@ -191,8 +206,8 @@ def test_the_torch_csr_peer_is_the_same_function():
 def test_infer_times_forward_only_in_eval_and_inference_mode(tmp_path):
     out, md = tmp_path / "i.json", tmp_path / "B.md"
     assert bench.main(["infer", "--shapes", "1,32,48", "16,32,48", "--densities", "0.25",
-                       "--repeats", "2", "--backends", "csr", "auto", "--json", str(out),
-                       "--markdown", str(md)]) == 0
+                       "--repeats", "2", "--backends", "csr", "auto", "--json", str(out)]) == 0
+    assert _script("update_markdown").main([str(md), str(out)]) == 0
     res = json.loads(out.read_text())
     assert {(r["shape"][0], r["backend"]) for r in res["rows"]} == {
         (1, "csr"), (1, "auto"), (16, "csr"), (16, "auto")}

@@ -32,7 +32,7 @@ SMOKE = textwrap.dedent("""
     helps = {}
     for cmd in ([], ["learn"], ["inspect"], ["hub"], ["convert"], ["bench"],
                 ["bench", "kernels"], ["bench", "infer"], ["bench", "calibrate"],
-                ["bench", "mlp"], ["bench", "coding"], ["bench", "crossover"]):
+                ["bench", "mlp"], ["bench", "coding"]):
         proc = subprocess.run([sys.executable, "-m", "torch_structlearn.cli", *cmd, "--help"],
                               capture_output=True, text=True)
         helps[" ".join(cmd) or "structlearn"] = proc.returncode

@@ -8,17 +8,18 @@
 * ``calibrate``: measure and print ``auto``'s decisions for a grid of calls on this machine.
 * ``mlp``: one training epoch of a sparse MLP, or of a hub entry's model (:mod:`.mlp`).
 * ``coding``: dictionary learning against scikit-learn (:mod:`.coding`).
-* ``crossover``: rewrite ``auto``'s shipped prior from ``kernels`` JSON files.
 
-Each prints a table, writes JSON (``--json``) and can rewrite its section of BENCHMARKS.md
-(``--markdown BENCHMARKS.md``); every table names the machine, its CPU flags and the ``cpu``
-kernels' build, since a CPU speed holds for one instruction set.
+Each measures, prints a table and writes JSON (``--json``); every result names the machine,
+its CPU flags and the ``cpu`` kernels' build, since a CPU speed holds for one instruction set.
+Nothing here edits files of the repository: ``python benchmarks/update_markdown.py
+BENCHMARKS.md RESULT.json`` rewrites a result's BENCHMARKS.md section (:data:`RENDERERS` gives
+its Markdown), and ``python benchmarks/make_prior.py kernels-*.json`` rebuilds the prior
+``backend='auto'`` ships with.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,27 +27,21 @@ import torch
 
 from .. import hub
 from .._argtypes import density, nonnegative, positive
-from .._files import write_atomic, write_json
-from ..ops import BACKENDS, auto, calibrate
+from .._files import write_json
+from ..ops import BACKENDS, calibrate
 from . import kernels
 from .coding import coding_markdown, run_coding
 from .mlp import mlp_markdown, run_mlp
-from .timing import command, machine
+from .timing import machine
 
-__all__ = ["machine", "main", "update_markdown"]
+__all__ = ["machine", "main", "RENDERERS"]
 
 
-def update_markdown(path: Path, key: str, body: str) -> None:
-    """Replace the block between ``<!-- bench:key -->`` and ``<!-- /bench:key -->``."""
-    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body}\n{end}"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    write_atomic(path, text.encode())
+RENDERERS = {"kernels": kernels.markdown, "infer": kernels.infer_markdown,
+             "calibrate": kernels.calibrate_markdown, "mlp": mlp_markdown,
+             "coding": coding_markdown}
+"""The Markdown of a result, by its ``"benchmark"`` field (what ``benchmarks/update_markdown.py``
+writes into BENCHMARKS.md)."""
 
 
 def _shape(s: str) -> tuple[int, int, int]:
@@ -66,8 +61,7 @@ def _grid_options(q: argparse.ArgumentParser, json_default: str, repeats: int) -
     q.add_argument("--densities", type=density, nargs="+", default=None)
     q.add_argument("--repeats", type=positive(int), default=repeats)
     q.add_argument("--json", type=Path, default=Path(json_default))
-    q.add_argument("--markdown", type=Path, default=None, help="update this BENCHMARKS.md")
-    q.add_argument("--tag", default="", help="suffix of the BENCHMARKS.md section key")
+    q.add_argument("--tag", default="", help="suffix of the result's BENCHMARKS.md section key")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,8 +75,6 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--blocks", type=int, nargs="+", default=None,
                        help="block sizes b (b x b blocks); 0 = unstructured (default: 0 32 on "
                             "cpu, 0 16 32 64 on cuda)")
-        q.add_argument("--write-crossover", action="store_true",
-                       help="rewrite the prior that backend='auto' ships with")
         q.add_argument("--backends", nargs="+", default=None,
                        help="only these backends (default: every available one, then auto)")
         q.add_argument("--peers", action="store_true",
@@ -110,13 +102,6 @@ def _parser() -> argparse.ArgumentParser:
                     help="time this hub entry's model against itself with nn.Linear layers "
                          "instead of the MLP (--sizes, --densities, --blocks unused)")
     mp.add_argument("--json", type=Path, default=Path("runs/bench/mlp.json"))
-    mp.add_argument("--markdown", type=Path, default=None, help="update this BENCHMARKS.md")
-    x = sub.add_parser("crossover", help="rewrite auto's shipped prior from kernels JSON files")
-    x.add_argument("files", type=Path, nargs="+",
-                   help="JSON written by `bench kernels`; later files win for the same entry")
-    x.add_argument("--isa", default=None,
-                   help="instruction set (avx2, avx512, ...) of files written before results "
-                        "were kept per instruction set")
     c = sub.add_parser("coding", help="dictionary learning vs scikit-learn on MNIST")
     c.add_argument("--device", default="cpu")
     c.add_argument("--n", type=positive(int), default=20000, help="MNIST training images")
@@ -127,28 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--data-root", default=None)
     c.add_argument("--skip-sklearn", action="store_true", help="time ours only (e.g. on a GPU)")
     c.add_argument("--json", type=Path, default=Path("runs/bench/coding.json"))
-    c.add_argument("--markdown", type=Path, default=None, help="update this BENCHMARKS.md")
     return p
-
-
-def _crossover(p, args) -> int:
-    table, by_shape = auto.TABLE, auto.BY_SHAPE
-    sources = dict(auto.load_sources())
-    for f in args.files:
-        try:
-            rows, mach = kernels.read_rows(f, args.isa)
-        except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
-            p.error(f"{f}: not a `bench kernels` JSON file ({e})")
-        except ValueError as e:
-            p.error(str(e))
-        table, by_shape = kernels.update_tables(rows, table, by_shape)
-        for dev in {r["table_device"] for r in rows}:
-            sources[dev] = {"file": f.name, **{k: mach[k] for k in ("cpu", "threads", "torch")
-                                                if k in mach}}
-    kernels.write_tables(table, by_shape, command(args), sources)
-    print(json.dumps({"crossover": table, "by_shape": by_shape}, indent=1))
-    print(f"wrote {auto.TABLE_PATH}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,23 +122,21 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     if getattr(args, "device", "cpu").startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available on this machine")
-    if args.what == "crossover":
-        return _crossover(p, args)
     gpu = getattr(args, "device", "cpu").startswith("cuda")
     if args.what == "coding":
-        result, key, md = run_coding(args), f"coding-lam{args.lam:g}", coding_markdown
+        result, key = run_coding(args), f"coding-lam{args.lam:g}"
     elif args.what == "mlp":
         if len(args.sizes) < 3:
             p.error(f"--sizes needs at least 3 sizes (in, hidden..., out), got {args.sizes}")
         if args.hub is not None and args.hub not in hub.list():
             p.error(f"--hub {args.hub!r}: no such entry; available: {hub.list()}")
-        result, md = run_mlp(args), mlp_markdown
+        result = run_mlp(args)
         key = ("mlp" if args.hub is None else f"epoch-{args.hub}") + (
             "" if args.backend == "auto" else f"-{args.backend}")
     elif args.what == "infer":
         args.shapes = args.shapes or kernels.INFER_SHAPES
         args.densities = args.densities or kernels.DENSITIES
-        result, md = kernels.run_infer(args), kernels.infer_markdown
+        result = kernels.run_infer(args)
         key = "infer" + (f"-{args.tag}" if args.tag else "")
     elif args.what == "calibrate":
         args.shapes = args.shapes or (kernels.GPU_SHAPES if gpu else
@@ -182,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         args.densities = args.densities or (kernels.GPU_DENSITIES if gpu else kernels.DENSITIES)
         if any(b < 0 for b in args.blocks):
             p.error(f"--blocks must be >= 0, got {args.blocks}")
-        result, md = kernels.run_calibrate(args), kernels.calibrate_markdown
+        result = kernels.run_calibrate(args)
         key = "calibrate" + (f"-{args.tag}" if args.tag else "")
     else:
         args.shapes = args.shapes or (kernels.GPU_SHAPES if gpu else kernels.CPU_SHAPES)
@@ -190,12 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         args.blocks = args.blocks if args.blocks is not None else ([0, 16, 32, 64] if gpu else [0, 32])
         if any(b < 0 for b in args.blocks):
             p.error(f"--blocks must be >= 0, got {args.blocks}")
-        result, md = kernels.run_kernels(args), kernels.markdown
+        result = kernels.run_kernels(args)
         key = "kernels" + (f"-{args.tag}" if args.tag else "")
-    key = f"{key}-{torch.device(args.device).type}"
+    result["section"] = f"{key}-{torch.device(args.device).type}"  # its BENCHMARKS.md section
     write_json(args.json, result)
-    print(f"wrote {args.json}")
-    if args.markdown:
-        update_markdown(args.markdown, key, md(result))
-        print(f"updated {args.markdown}")
+    print(f"wrote {args.json} (BENCHMARKS.md: python benchmarks/update_markdown.py "
+          f"BENCHMARKS.md {args.json})")
     return 0

@@ -14,14 +14,12 @@
 from __future__ import annotations
 
 import copy
-import json
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .._files import write_json
 from ..layers import StructLearnedLinear
 from ..ops import auto, available_backends, calibrate
 from . import peers
@@ -99,8 +97,6 @@ def run_kernels(args) -> dict:
                         rows.append(_row(device, dtype, shape, b, density, name, m, probe.density,
                                          table_device))
     table, by_shape = update_tables(rows, auto.TABLE, auto.BY_SHAPE)
-    if args.write_crossover:
-        write_tables(table, by_shape, command(args))
     return {"benchmark": "kernels", "machine": machine(), "repeats": args.repeats,
             "command": command(args), "crossover": table, "by_shape": by_shape, "rows": rows}
 
@@ -334,31 +330,3 @@ def update_tables(rows: list[dict], table: dict, by_shape: dict) -> tuple[dict, 
         by_shape.setdefault(dev, {})[k] = shapes
         table.setdefault(dev, {})[k] = min((v or 0.0 for v in shapes.values()), default=0.0) or None
     return table, by_shape
-
-
-def write_tables(table: dict, by_shape: dict, cmd: str, sources: dict | None = None) -> None:
-    """Write ``auto``'s crossover.json (atomically) and reload it in this process; ``sources``:
-    per table device, the machine its entries were measured on."""
-    write_json(auto.TABLE_PATH, {"generated_by": cmd, "machines": sources or {},
-                                 "crossover": table, "by_shape": by_shape}, indent=2)
-    for live, fresh in ((auto.TABLE, auto.load_table()), (auto.BY_SHAPE, auto.load_by_shape())):
-        live.clear()
-        live.update(fresh)
-
-
-def read_rows(path: Path, isa: str | None) -> tuple[list[dict], dict]:
-    """The rows of a ``bench kernels`` JSON file, each with its table device, and the machine;
-    rows of files written before results were kept per instruction set get ``cpu/<isa>``
-    (``ValueError`` without ``isa``)."""
-    data = json.loads(path.read_text())
-    rows, mach = data["rows"], data.get("machine", {})
-    for r in rows:
-        if "table_device" not in r:
-            if r["device"] != "cpu":
-                r["table_device"] = r["device"]
-            elif isa:
-                r["table_device"] = f"cpu/{isa}"
-            else:
-                raise ValueError(f"{path} predates per-instruction-set tables: give --isa, the "
-                                 "instruction set of the machine it was measured on")
-    return rows, mach
