@@ -16,8 +16,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from torch_structlearn._files import write_json
 from torch_structlearn.bench import kernels
+from torch_structlearn.files import write_json
 from torch_structlearn.ops import auto
 
 

@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from torch_structlearn._files import write_atomic
 from torch_structlearn.bench import RENDERERS
+from torch_structlearn.files import write_atomic
 
 
 def update(path: Path, key: str, body: str) -> None:

@@ -217,11 +217,11 @@ def test_a_killed_save_leaves_the_old_file(tmp_path):
     before = path.read_bytes()
     code = textwrap.dedent(f"""
         import os, signal, torch, torch_structlearn as tsl
-        from torch_structlearn import _files
-        real = _files.os.fsync
+        from torch_structlearn import files
+        real = files.os.fsync
         def die(fd):
             os.kill(os.getpid(), signal.SIGKILL)
-        _files.os.fsync = die
+        files.os.fsync = die
         torch.manual_seed(1)
         tsl.save(tsl.StructLearnedLinear(10, 6, density=0.4), {str(path)!r})
     """)

@@ -25,13 +25,13 @@ import warnings
 from pathlib import Path
 
 from . import convert, hub, load, save
-from ._argtypes import density, fraction, nonnegative, positive
 from ._checks import image_shape
-from ._files import write_atomic as _write_atomic
-from ._files import write_json as _write_json
+from .argtypes import density, fraction, nonnegative, positive
 from .bench import main as bench_main
 from .classifier import StructLearnedClassifier
 from .datasets import DATASETS, load_dataset
+from .files import write_atomic as _write_atomic
+from .files import write_json as _write_json
 from .io import sparse_layers
 from .stack import StructLearnedStack
 from .train import accuracy, fit_classifier

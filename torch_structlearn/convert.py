@@ -60,7 +60,7 @@ def select_linears(model: nn.Module, include: Patterns = None, exclude: Patterns
     return [n for n in names if (not inc or _match(n, inc)) and not _match(n, exc)]
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
@@ -213,7 +213,7 @@ def convert(
             row["objective"] = learners[n].objective_[-1]
         report.append(row)
     for n, new in built.items():  # swapped in only once every layer is built
-        _set_module(model, n, new)
+        replace_module(model, n, new)
     if verbose:
         for r in report:
             print(f"  {r['name']:<40} {r['in_features']:>6} -> {r['out_features']:<6} "
@@ -249,5 +249,5 @@ def convert_structure(model: nn.Module, structure_file: str | os.PathLike, *,
             new.load_state_dict(saved.state_dict())
         built[name] = new.to(lin.weight.device, lin.weight.dtype)
     for name, new in built.items():
-        _set_module(model, name, new)
+        replace_module(model, name, new)
     return list(layers)

@@ -4,7 +4,7 @@
 (an image folder ``cifar10/`` or the lossy ``cifar10-jpeg/``) are read from ``root`` or
 ``$STRUCTLEARN_DATA`` (default ``~/.cache/torch_structlearn``). Nothing is downloaded.
 Decoded CIFAR-10 tensors are cached in ``decoded/`` under the package's cache folder
-(:func:`~torch_structlearn._files.cache_dir`: ``$STRUCTLEARN_CACHE``, default
+(:func:`~torch_structlearn.files.cache_dir`: ``$STRUCTLEARN_CACHE``, default
 ``~/.cache/torch_structlearn``) so later runs start fast; the data folder itself may be
 read-only.
 """
@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from ._checks import choice, positive_int
-from ._files import cache_dir
-from ._files import write_atomic as _write_atomic
+from .files import cache_dir
+from .files import write_atomic as _write_atomic
 
 __all__ = ["DATASETS", "data_root", "load_dataset"]
 

@@ -13,8 +13,8 @@ from torch import Tensor
 
 from ._checks import image_shape as check_image_shape
 from ._checks import positive_int
-from ._files import write_atomic as _write_atomic
 from .connectivity import Connectivity
+from .files import write_atomic as _write_atomic
 from .layers import StructLearnedLinear
 from .pooling import check_permutation
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from .. import hub
-from .._argtypes import density, nonnegative, positive
-from .._files import write_json
+from ..argtypes import density, nonnegative, positive
+from ..files import write_json
 from ..ops import BACKENDS, calibrate
 from . import kernels
 from .coding import coding_markdown, run_coding

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import hub
-from ..convert import _set_module
+from ..convert import replace_module
 from ..layers import StructLearnedLinear
 from .timing import command, header, machine, peak_of_step, state_bytes, sync
 
@@ -43,7 +43,7 @@ def _hub_variants(name: str, backend: str, device, dtype):
     dense = copy.deepcopy(model)
     for n, m in list(dense.named_modules()):
         if isinstance(m, StructLearnedLinear):
-            _set_module(dense, n, nn.Linear(m.in_features, m.out_features, bias=m.bias is not None))
+            replace_module(dense, n, nn.Linear(m.in_features, m.out_features, bias=m.bias is not None))
     sparse = [m for m in model.modules() if isinstance(m, StructLearnedLinear)]
     for m in sparse:
         m.backend = backend
