@@ -8,7 +8,7 @@ from .connectivity import Connectivity
 from .convert import convert, convert_structure
 from .io import StructureFileError, load, save
 from .layers import StructLearnedLinear
-from .learn import learn_structure
+from .learn import learn_layer, learn_structure
 from .ops import sparse_linear
 from .pooling import GroupPool
 from .stack import StructLearnedStack
@@ -26,6 +26,7 @@ __all__ = [
     "ZCAWhitening",
     "DictionaryLearner",
     "learn_structure",
+    "learn_layer",
     "convert",
     "convert_structure",
     "sparse_linear",

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ._checks import block as check_block
 from ._checks import choice, positive_int
@@ -26,7 +26,7 @@ from .connectivity import Connectivity
 from .data import _extract, require_reiterable
 from .io import load_structures
 from .layers import StructLearnedLinear
-from .learn import dictionary_values
+from .learn import LayerInit, read_layer
 
 __all__ = ["convert", "convert_structure", "select_linears"]
 
@@ -65,15 +65,15 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-def _build(linear: nn.Linear, conn: Connectivity, init: str, D: Tensor | None,
+def _build(linear: nn.Linear, conn: Connectivity, init: str, learned: LayerInit | None,
            block: tuple[int, int] | None) -> StructLearnedLinear:
-
-    # 'keep': pretrained weights on the mask
+    """The sparse layer replacing ``linear``: its weights on ``conn`` ('keep'), the learned
+    dictionary's (``learned.values``, bias 0: 'dictionary') or Kaiming-uniform ('random')."""
     layer = StructLearnedLinear.from_linear(linear, conn, block=block)
     if init == "random":
         layer.reset_parameters()
     elif init == "dictionary":
-        layer.copy_csr_values_(dictionary_values(D, conn))
+        layer.copy_csr_values_(learned.values)
         if layer.bias is not None:
             with torch.no_grad():
                 layer.bias.zero_()
@@ -201,11 +201,10 @@ def convert(
     for n, lin in linears.items():
         t0 = time.perf_counter()
         D = learners[n].dictionary_ if learn else None
-        if D is None:
-            conn = Connectivity.from_mask(torch.ones(lin.out_features, lin.in_features))
-        else:
-            conn = Connectivity.from_scores(D.T.cpu(), density, "per_unit", block=block)
-        new = built[n] = _build(lin, conn, init, None if D is None else D.cpu(), block)
+        learned = None if D is None else read_layer(D, density, "per_unit", block)
+        conn = (Connectivity.from_mask(torch.ones(lin.out_features, lin.in_features))
+                if learned is None else learned.connectivity)
+        new = built[n] = _build(lin, conn, init, learned, block)
         row = {"name": n, "in_features": lin.in_features, "out_features": lin.out_features,
                "density": new.density, "nnz": new.nnz,
                "seconds": seconds[n] + time.perf_counter() - t0}

@@ -28,7 +28,7 @@ from .connectivity import (
 )
 from .data import first_batch
 from .io import Codec, FileCheck, Record, register
-from .learn import dictionary_values, learn_structure
+from .learn import learn_layer
 from .ops import auto, calibrate, check_backend, sparse_linear
 from .ops.dense import DenseWeight, dense_weight, flat_index, needs_index
 from .ops.sparse_linear import NEEDS_TRANSPOSE, check_block_backend, resolve_backend
@@ -303,14 +303,14 @@ class StructLearnedLinear(nn.Module):
         if self.block is not None:
             kw.setdefault("block", self.block)
         first_batch(loader, key=kw.get("key", "x"), in_features=self.in_features)
-        conn, D, report = learn_structure(loader, self.out_features, density=density, **kw)
-        self.set_connectivity(conn)
+        layer, report = learn_layer(loader, self.out_features, density=density, **kw)
+        self.set_connectivity(layer.connectivity)
         if init == "dictionary":
-            self.copy_csr_values_(dictionary_values(D, conn))
+            self.copy_csr_values_(layer.values)
             if self.bias is not None:
                 with torch.no_grad():
                     self.bias.zero_()
-        self.dictionary_, self.report_ = D, report
+        self.dictionary_, self.report_ = layer.dictionary, report
         return self
 
     @property

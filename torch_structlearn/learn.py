@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -20,7 +22,8 @@ from .coding import DictionaryLearner
 from .connectivity import Connectivity
 from .data import batches, require_reiterable
 
-__all__ = ["learn_structure", "dictionary_values", "LayerReport", "format_report"]
+__all__ = ["learn_layer", "learn_structure", "read_layer", "LayerInit", "dictionary_values",
+           "LayerReport", "format_report"]
 
 INIT_ROW_NORM = 1 / math.sqrt(3)  # the expected row norm of nn.Linear's Kaiming-uniform init
 
@@ -56,6 +59,29 @@ def dictionary_values(dictionary: Tensor, connectivity: Connectivity) -> Tensor:
     return (v * (INIT_ROW_NORM / norms.clamp_min(1e-12))[rows]).float()
 
 
+@dataclass(frozen=True)
+class LayerInit:
+    """What a learned dictionary gives a layer: its connectivity ``(out, in)``, its initial
+    weights ``values (nnz,)`` in CSR order, and the dictionary ``(in, out)`` they came from."""
+
+    connectivity: Connectivity
+    values: Tensor
+    dictionary: Tensor
+
+
+def read_layer(dictionary: Tensor, density: float, mode: str = "per_unit",
+               block: tuple[int, int] | None = None) -> LayerInit:
+    """The one place a learned dictionary ``D (in, out)`` becomes a layer: unit ``k`` connects
+    to the inputs with the largest ``|D[:, k]|`` (its top ``ceil(density·in)`` for
+    ``mode='per_unit'``, the top ``density`` fraction of the layer for ``'global'``, whole
+    ``block=(bo, bi)`` blocks by summed ``|D|``), and its weights start from ``Dᵀ`` on those
+    connections (:func:`dictionary_values`). Used by :func:`learn_layer`,
+    ``StructLearnedStack.learn_structure`` and :func:`~torch_structlearn.convert`."""
+    D = dictionary.detach().cpu()
+    conn = Connectivity.from_scores(D.T, density, mode, block=tuple(block) if block else None)
+    return LayerInit(conn, dictionary_values(D, conn), D)
+
+
 class LayerReport(dict):
     """One row of a structure-learning report (a dict with attribute access)."""
 
@@ -66,7 +92,7 @@ class LayerReport(dict):
             raise AttributeError(f"LayerReport has no field {name!r}") from None
 
 
-def learn_structure(
+def learn_layer(
     loader: Iterable,
     out_features: int,
     *,
@@ -86,8 +112,8 @@ def learn_structure(
     key: str = "x",
     verbose: bool = True,
     distributed: bool | None = None,
-) -> tuple[Connectivity, Tensor, LayerReport]:
-    """Learn a layer's connectivity from its (unlabelled) inputs.
+) -> tuple[LayerInit, LayerReport]:
+    """Learn a layer — connectivity and initial weights — from its (unlabelled) inputs.
 
     Learns a dictionary ``D (in_features, out_features)`` by group sparse coding (see
     :class:`~torch_structlearn.coding.DictionaryLearner` for the objective) and keeps, as
@@ -96,8 +122,9 @@ def learn_structure(
     ``block=(bo, bi)`` blocks by summed ``|D|``.
 
     Returns:
-        ``(connectivity, dictionary, report)`` with ``connectivity`` of shape
-        ``(out_features, in_features)``, ``dictionary (in_features, out_features)`` and a report
+        ``(layer, report)``: a :class:`LayerInit` (:func:`read_layer` of the dictionary:
+        ``connectivity (out_features, in_features)``, initial ``values``, ``dictionary
+        (in_features, out_features)``) and a report
         with ``K, density, objective, lam1, seconds``, ``usage`` (the fraction of atoms used in
         the last pass) and ``active`` (the mean fraction of codes that were nonzero in it).
 
@@ -120,16 +147,26 @@ def learn_structure(
         check_block(block, (out_features, x0.shape[1]))
     t0 = time.perf_counter()
     learner.fit(loader)
-    D = learner.dictionary_.detach().cpu()
-    conn = Connectivity.from_scores(D.T, density, mode, block=tuple(block) if block else None)
+    layer = read_layer(learner.dictionary_, density, mode, block)
     report = LayerReport(
-        in_features=x0.shape[1], K=out_features, density=conn.density,
+        in_features=x0.shape[1], K=out_features, density=layer.connectivity.density,
         objective=learner.objective_[-1], objective_per_epoch=list(learner.objective_),
         lam1=learner.lam1_, lam_g=learner.lam_g_, usage=float((learner.usage_ > 0).float().mean()),
         active=float(learner.usage_.mean()),
         seconds=time.perf_counter() - t0,
     )
-    return conn, D, report
+    return layer, report
+
+
+def learn_structure(loader: Iterable, out_features: int, **kw) -> tuple[Connectivity, Tensor, LayerReport]:
+    """:func:`learn_layer`'s ``(connectivity, dictionary, report)`` (its arguments): a layer's
+    connectivity learned from its (unlabelled) inputs."""
+    layer, report = learn_layer(loader, out_features, **kw)
+    return layer.connectivity, layer.dictionary, report
+
+
+learn_structure.__signature__ = inspect.signature(learn_layer).replace(
+    return_annotation="tuple[Connectivity, Tensor, LayerReport]")
 
 
 def format_report(rows: list[dict]) -> str:

@@ -20,7 +20,7 @@ from .data import MappedLoader, batches, first_batch
 from .entropy import coding_efficiency
 from .io import MAX_FEATURES, Codec, FileCheck, Record, register
 from .layers import StructLearnedLinear, layer_from_record
-from .learn import check_learning_args, dictionary_values, format_report, learn_structure
+from .learn import check_learning_args, format_report, learn_layer
 from .pooling import GroupPool, check_mode, learn_groups
 
 __all__ = ["StructLearnedStack"]
@@ -47,7 +47,7 @@ def _check_learn_kw(kw: dict, *, width: int, density: float, group_size: int) ->
     """Names and values of the learning arguments (the constructor's ``**learn_kw``, merged
     with :meth:`StructLearnedStack.learn_structure`'s overrides), before any work starts."""
 
-    accepted = (set(inspect.signature(learn_structure).parameters) - _OWN) | {"score_samples"}
+    accepted = (set(inspect.signature(learn_layer).parameters) - _OWN) | {"score_samples"}
     unknown = sorted(set(kw) - accepted)
     if unknown:
         raise TypeError(f"unexpected learning argument(s) {unknown}; accepted: {sorted(accepted)}")
@@ -217,13 +217,13 @@ class StructLearnedStack(nn.Module):
             mu = (total[:-1] / total[-1]).float()
             centred = MappedLoader(loader, lambda x, p=prefix, m=mu: p(x) - m.to(x), key=key,
                                    device=device)
-            conn, D, rep = learn_structure(
+            learned, rep = learn_layer(
                 centred, self.width, density=self.density, group_size=self.group_size,
                 key=key, verbose=verbose, device=device, **kw)
-            block = _block(in_l, self.width, self.group_size, self.pool, connectivity=conn,
-                           backend=self.backend, **self._factory)
+            block = _block(in_l, self.width, self.group_size, self.pool,
+                           connectivity=learned.connectivity, backend=self.backend, **self._factory)
             layer = block[0]
-            layer.copy_csr_values_(dictionary_values(D, conn))
+            layer.copy_csr_values_(learned.values)
             layer.bias.copy_(-(layer.dense_weight() @ mu.to(layer.values)))  # fold the centring
             if self.groups == "learned":
                 H = sample(lambda x, p=prefix, b=block: b[1](b[0](p(x))))
