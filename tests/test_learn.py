@@ -424,3 +424,35 @@ def test_whitening_refuses_to_run_before_it_is_fitted():
     restored = ZCAWhitening(8)
     restored.load_state_dict(fitted.state_dict())  # a fitted state carries the flag
     torch.testing.assert_close(restored(X), Z)
+
+
+def test_the_learner_settings_travel_as_one_object():
+    """learn_layer, the stack and convert take the coding settings as one DictionaryLearner
+    (its arguments still work, and override it); a wrong setting name is a TypeError naming
+    it, before any work."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from torch_structlearn import DictionaryLearner, StructLearnedStack, convert, learn_layer
+    from torch_structlearn.learn import learner_for
+
+    settings = DictionaryLearner(2, lam1=0.2, epochs=1, max_iter=5, group_size=2, verbose=False)
+    built = learner_for(8, settings, epochs=2)
+    assert built.n_atoms == 8 and built.lam1 == 0.2 and built.epochs == 2 and built.group_size == 2
+    assert settings.n_atoms == 2 and settings.epochs == 1  # the settings object is not changed
+    with pytest.raises(TypeError, match=r"unexpected learner setting\(s\) \['lamda'\]"):
+        learner_for(8, settings, lamda=0.1)
+    torch.manual_seed(0)
+    loader = DataLoader(TensorDataset(torch.randn(64, 12)), batch_size=32)
+    a, _ = learn_layer(loader, 8, density=0.25, learner=settings)
+    b, _ = learn_layer(loader, 8, density=0.25, lam1=0.2, epochs=1, max_iter=5, group_size=2,
+                       verbose=False)
+    assert a.connectivity == b.connectivity and torch.equal(a.values, b.values)
+    stack = StructLearnedStack(12, 8, max_depth=1, density=0.25, group_size=2, learner=settings)
+    stack.learn_structure(loader, verbose=False)
+    assert stack.depth == 1
+    with pytest.raises(TypeError, match="learner must be a DictionaryLearner"):
+        StructLearnedStack(12, 8, group_size=2, learner={"lam1": 0.2})
+    model = torch.nn.Sequential(torch.nn.Linear(12, 8))
+    convert(model, loader, density=0.25, init="dictionary", learner=settings, verbose=False)
+    assert model[0].nnz == 8 * 3

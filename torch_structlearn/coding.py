@@ -238,6 +238,18 @@ class DictionaryLearner:
         self.key, self.verbose, self.memory, self.dict_steps = key, verbose, memory, dict_steps
         self.distributed = distributed
 
+    # ------------------------------------------------------------------ settings
+    @classmethod
+    def param_names(cls) -> tuple[str, ...]:
+        """The constructor's arguments (``n_atoms`` first): a learner's settings."""
+        return tuple(n for n in inspect.signature(cls.__init__).parameters if n != "self")
+
+    def get_params(self) -> dict:
+        """The settings this learner was built with, as keyword arguments of the constructor
+        (as scikit-learn's ``get_params``): ``DictionaryLearner(**learner.get_params())`` is an
+        unfitted copy."""
+        return {name: getattr(self, name) for name in self.param_names()}
+
     # ------------------------------------------------------------------ helpers
     def _init(self, X: Tensor) -> None:
         if self._distributed:  # every rank starts from the same global first batch

@@ -26,7 +26,7 @@ from .connectivity import Connectivity
 from .data import _extract, require_reiterable
 from .io import load_structures
 from .layers import StructLearnedLinear
-from .learn import LayerInit, read_layer
+from .learn import LayerInit, learner_for, read_layer
 
 __all__ = ["convert", "convert_structure", "select_linears"]
 
@@ -96,6 +96,7 @@ def convert(
     key: str = "x",
     seed: int = 0,
     verbose: bool = True,
+    learner: DictionaryLearner | None = None,
     **coding_kw,
 ) -> list[dict]:
     """Replace matching ``nn.Linear`` layers of ``model`` in place; returns a per-layer report.
@@ -112,8 +113,10 @@ def convert(
         epochs: passes over ``loader``.
         rows_per_batch: at most this many input rows (tokens × batch) per layer per batch go to
             the dictionary learner (a fixed random subset) — this bounds memory and time.
-        **coding_kw: passed to :class:`~torch_structlearn.coding.DictionaryLearner`
-            (``lam1``, ``lam_g``, ``group_size``, ``max_iter``, ...).
+        learner, **coding_kw: the coding settings, as one unfitted
+            :class:`~torch_structlearn.coding.DictionaryLearner` and/or its arguments (``lam1``,
+            ``lam_g``, ``group_size``, ``max_iter``, ...; they override the learner's), for
+            every layer (:func:`~torch_structlearn.learn.learner_for`).
 
     Returns:
         One dict per converted layer: ``name, in_features, out_features, density, nnz, seconds``
@@ -152,7 +155,7 @@ def convert(
     learners: dict[str, DictionaryLearner] = {}
     seconds = dict.fromkeys(names, 0.0)
     if learn:
-        learners = {n: DictionaryLearner(lin.out_features, seed=seed, verbose=False, **coding_kw)
+        learners = {n: learner_for(lin.out_features, learner, seed=seed, verbose=False, **coding_kw)
                     for n, lin in linears.items()}
         gen = torch.Generator().manual_seed(seed)
 

@@ -22,8 +22,8 @@ from .coding import DictionaryLearner
 from .connectivity import Connectivity
 from .data import batches, require_reiterable
 
-__all__ = ["learn_layer", "learn_structure", "read_layer", "LayerInit", "dictionary_values",
-           "LayerReport", "format_report"]
+__all__ = ["learn_layer", "learn_structure", "read_layer", "learner_for", "LayerInit",
+           "dictionary_values", "LayerReport", "format_report"]
 
 INIT_ROW_NORM = 1 / math.sqrt(3)  # the expected row norm of nn.Linear's Kaiming-uniform init
 
@@ -92,6 +92,28 @@ class LayerReport(dict):
             raise AttributeError(f"LayerReport has no field {name!r}") from None
 
 
+CODING_SETTINGS = frozenset(DictionaryLearner.param_names()) - {"n_atoms"}
+
+
+def learner_for(out_features: int, learner: DictionaryLearner | None = None,
+                **settings) -> DictionaryLearner:
+    """The unfitted :class:`~torch_structlearn.coding.DictionaryLearner` a layer of
+    ``out_features`` units is learned with: ``learner``'s settings (``None``: the defaults)
+    with ``settings`` (its constructor's arguments: ``lam1``, ``group_size``, ``epochs``, ...)
+    overriding them. The one object the learner's settings travel as."""
+    if learner is not None and not isinstance(learner, DictionaryLearner):
+        raise TypeError(f"learner must be a DictionaryLearner (its settings), got "
+                        f"{type(learner).__name__}")
+    unknown = sorted(set(settings) - CODING_SETTINGS)
+    if unknown:
+        raise TypeError(f"unexpected learner setting(s) {unknown}; DictionaryLearner takes "
+                        f"{sorted(CODING_SETTINGS)}")
+    params = learner.get_params() if learner is not None else {}
+    params.update(settings)
+    params["n_atoms"] = out_features
+    return DictionaryLearner(**params)
+
+
 def learn_layer(
     loader: Iterable,
     out_features: int,
@@ -99,19 +121,8 @@ def learn_layer(
     density: float = 0.05,
     mode: str = "per_unit",
     block: tuple[int, int] | None = None,
-    group_size: int = 1,
-    lam1: float | str = "auto",
-    lam_g: float | None = None,
-    nonneg: bool = False,
-    active_fraction: float = 0.05,
-    memory: int | None = None,
-    epochs: int = 5,
-    max_iter: int = 50,
-    seed: int = 0,
-    device=None,
-    key: str = "x",
-    verbose: bool = True,
-    distributed: bool | None = None,
+    learner: DictionaryLearner | None = None,
+    **settings,
 ) -> tuple[LayerInit, LayerReport]:
     """Learn a layer — connectivity and initial weights — from its (unlabelled) inputs.
 
@@ -128,16 +139,21 @@ def learn_layer(
         with ``K, density, objective, lam1, seconds``, ``usage`` (the fraction of atoms used in
         the last pass) and ``active`` (the mean fraction of codes that were nonzero in it).
 
-    ``lam1``, ``lam_g``, ``nonneg``, ``active_fraction``, ``memory``, ``epochs`` and ``max_iter``
-    are :class:`~torch_structlearn.coding.DictionaryLearner`'s.
+    The coding settings are one object: ``learner``, an unfitted
+    :class:`~torch_structlearn.coding.DictionaryLearner` (its ``n_atoms`` is replaced by
+    ``out_features``), and/or its constructor's arguments as ``**settings`` (``lam1``,
+    ``lam_g``, ``group_size``, ``nonneg``, ``active_fraction``, ``memory``, ``epochs``,
+    ``max_iter``, ``seed``, ``device``, ``key``, ``verbose``, ``distributed``, ...), which
+    override the learner's (:func:`learner_for`).
     """
-    check_learning_args(width=out_features, density=density, group_size=group_size, lam1=lam1,
-                        lam_g=lam_g, mode=mode, block=block, active_fraction=active_fraction,
-                        memory=memory)
-    learner = DictionaryLearner(out_features, lam1=lam1, lam_g=lam_g, group_size=group_size,
-                                nonneg=nonneg, active_fraction=active_fraction, memory=memory,
-                                epochs=epochs, max_iter=max_iter, seed=seed, device=device,
-                                key=key, verbose=verbose, distributed=distributed)
+    merged = {**(learner.get_params() if isinstance(learner, DictionaryLearner) else {}), **settings}
+    check_learning_args(width=out_features, density=density,
+                        group_size=merged.get("group_size", 1), lam1=merged.get("lam1", "auto"),
+                        lam_g=merged.get("lam_g"), mode=mode, block=block,
+                        active_fraction=merged.get("active_fraction", 0.05),
+                        memory=merged.get("memory"))
+    learner = learner_for(out_features, learner, **settings)
+    key = learner.key
     require_reiterable(loader, "learn_structure")
     # one cheap pass validates every batch (type, NaN/Inf, feature size) before the long work
     x0 = None

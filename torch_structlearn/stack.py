@@ -14,13 +14,13 @@ from torch import Tensor, nn
 
 from ._checks import choice, positive_int
 from ._checks import seed as check_seed
-from .coding import _all_reduce, _world
+from .coding import DictionaryLearner, _all_reduce, _world
 from .connectivity import Connectivity
 from .data import MappedLoader, batches, first_batch
 from .entropy import coding_efficiency
 from .io import MAX_FEATURES, Codec, FileCheck, Record, register
 from .layers import StructLearnedLinear, layer_from_record
-from .learn import check_learning_args, format_report, learn_layer
+from .learn import CODING_SETTINGS, check_learning_args, format_report, learn_layer
 from .pooling import GroupPool, check_mode, learn_groups
 
 __all__ = ["StructLearnedStack"]
@@ -47,17 +47,25 @@ def _check_learn_kw(kw: dict, *, width: int, density: float, group_size: int) ->
     """Names and values of the learning arguments (the constructor's ``**learn_kw``, merged
     with :meth:`StructLearnedStack.learn_structure`'s overrides), before any work starts."""
 
-    accepted = (set(inspect.signature(learn_layer).parameters) - _OWN) | {"score_samples"}
+    own = {n for n, p in inspect.signature(learn_layer).parameters.items()
+           if p.kind is p.KEYWORD_ONLY}
+    accepted = ((own | CODING_SETTINGS) - _OWN) | {"score_samples"}
     unknown = sorted(set(kw) - accepted)
     if unknown:
         raise TypeError(f"unexpected learning argument(s) {unknown}; accepted: {sorted(accepted)}")
     if "score_samples" in kw and positive_int("score_samples", kw["score_samples"]) < 2:
         raise ValueError(f"score_samples must be >= 2 (the score estimates entropies), got "
                          f"{kw['score_samples']}")
+    learner = kw.get("learner")
+    if learner is not None and not isinstance(learner, DictionaryLearner):
+        raise TypeError(f"learner must be a DictionaryLearner (its settings), got "
+                        f"{type(learner).__name__}")
+    merged = {**(learner.get_params() if learner is not None else {}), **kw}
     check_learning_args(width=width, density=density, group_size=group_size,
-                        lam1=kw.get("lam1", "auto"), lam_g=kw.get("lam_g"),
+                        lam1=merged.get("lam1", "auto"), lam_g=merged.get("lam_g"),
                         mode=kw.get("mode", "per_unit"), block=kw.get("block"),
-                        active_fraction=kw.get("active_fraction", 0.05), memory=kw.get("memory"))
+                        active_fraction=merged.get("active_fraction", 0.05),
+                        memory=merged.get("memory"))
 
 
 def _keeps(depth: int, gain: float, min_gain: float) -> bool:
