@@ -10,8 +10,8 @@ whitening and head); and in the safetensors metadata:
 * ``format_version``  ``"2"`` (files of version ``"1"`` load too)
 * ``header``          JSON: ``{"class", "config", "layers": [{"in_features", "out_features",
   "nnz", "density", "bias", "backend"}], "user": {...}}`` (a block layer's entry also has
-  ``"block": [bo, bi]``). ``class`` names the module class's :class:`Codec` — registered by
-  the module that defines the class (``StructLearnedLinear`` and ``ModuleStructures`` in
+  ``"block": [bo, bi]``). ``class`` names the module class's ``Codec``
+  (:mod:`torch_structlearn.io.registry`) — registered by the module that defines the class (``StructLearnedLinear`` and ``ModuleStructures`` in
   ``layers.py``, ``StructLearnedStack`` in ``stack.py``, ``StructLearnedClassifier`` in
   ``classifier.py``), so this module imports no module class.
 * ``sha256``          hex digest over ``header`` and, in key order, every tensor's key,
@@ -39,8 +39,6 @@ import math
 import os
 import stat
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +49,10 @@ from .._checks import block as check_block
 from ..connectivity import Connectivity, validate_csr
 from ..files import write_atomic
 from ..ops import BACKENDS
+from .registry import CODECS, Codec, Record, codec_for
 
-__all__ = ["save", "load", "load_structures", "sparse_layers", "register", "Codec", "Record",
-           "FileCheck", "StructureFileError", "FORMAT", "FORMAT_VERSION", "MAX_FEATURES"]
+__all__ = ["save", "load", "load_structures", "FileCheck", "StructureFileError", "FORMAT",
+           "FORMAT_VERSION", "MAX_FEATURES"]
 
 FORMAT = "torch_structlearn"
 FORMAT_VERSION = "2"
@@ -69,68 +68,6 @@ MAX_FEATURES = 2**31 - 1  # a layer's in/out features (int32 indices; far beyond
 
 class StructureFileError(ValueError):
     """A structure file is unreadable, corrupted, or not in the torch_structlearn format."""
-
-
-# ---------------------------------------------------------------------- the registry
-@dataclass(frozen=True)
-class Record:
-    """One layer as read from a file, checked: its header entry, its structure, its values
-    ``(nnz,)`` in CSR order and its bias (or None)."""
-
-    header: dict
-    connectivity: Connectivity
-    values: Tensor
-    bias: Tensor | None
-
-
-@dataclass(frozen=True)
-class Codec:
-    """How one module class is written to and read from a file.
-
-    * ``claims(obj)``: whether :func:`save` uses this codec for ``obj``.
-    * ``encode(obj) -> (config, layers, tensors)``: the header's ``config``, the object's
-      ``StructLearnedLinear`` layers bottom-up (their tensors and header entries are written
-      by the format), and any further tensors by full key.
-    * ``check(file, config, layer_headers) -> keys``: the class's own checks of a header whose
-      layer entries already passed the format's (``file.fail`` / ``file.entry``); returns the
-      further tensor keys the file must hold.
-    * ``decode(file, config, records, tensors)``: the object, built from checked
-      :class:`Record` s and tensors.
-    * ``order``: codecs claim in ascending order (a catch-all such as ``ModuleStructures``
-      last).
-    """
-
-    name: str
-    claims: Callable[[Any], bool]
-    encode: Callable[[Any], tuple[dict, list, dict[str, Tensor]]]
-    check: Callable[[FileCheck, dict, list[dict]], set[str]]
-    decode: Callable[[FileCheck, dict, list[Record], dict[str, Tensor]], Any]
-    order: int = 0
-
-
-_CODECS: dict[str, Codec] = {}
-
-
-def register(codec: Codec) -> Codec:
-    """Register ``codec`` under its ``name`` (the header's ``class``); returns it."""
-    _CODECS[codec.name] = codec
-    return codec
-
-
-def _codec_for(obj) -> Codec:
-    for codec in sorted(_CODECS.values(), key=lambda c: c.order):
-        if codec.claims(obj):
-            return codec
-    raise TypeError("save() takes a StructLearnedLinear, a StructLearnedStack, a "
-                    "StructLearnedClassifier or a module containing StructLearnedLinear layers; "
-                    f"got {type(obj).__name__}")
-
-
-def sparse_layers(obj) -> list:
-    """The ``StructLearnedLinear`` layers of what :func:`load` returns (or of any module
-    :func:`save` takes), bottom-up: a stack's or classifier's layers, a converted model's
-    layers in module order, or the values of a ``{name: layer}`` dict."""
-    return list(obj.values()) if isinstance(obj, dict) else _codec_for(obj).encode(obj)[1]
 
 
 # ---------------------------------------------------------------------- writing
@@ -207,7 +144,7 @@ def save(module, path: str | os.PathLike, metadata: dict[str, Any] | None = None
     Returns:
         The path written.
     """
-    codec = _codec_for(module)
+    codec = codec_for(module)
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
     try:
@@ -352,8 +289,8 @@ def _check_header(f: FileCheck) -> tuple[Codec, dict[str, Any]]:
     if not isinstance(header, dict) or set(header) != {"class", "config", "layers", "user"}:
         f.fail("header must be an object with keys class, config, layers, user")
     cls, config, layers = header["class"], header["config"], header["layers"]
-    if not isinstance(cls, str) or cls not in _CODECS:
-        f.fail(f"unknown class {cls!r:.100}; known: {sorted(_CODECS)}")
+    if not isinstance(cls, str) or cls not in CODECS:
+        f.fail(f"unknown class {cls!r:.100}; known: {sorted(CODECS)}")
     if not isinstance(config, dict):
         f.fail(f"header 'config' must be an object, got {type(config).__name__}")
     if not isinstance(layers, list) or not layers:
@@ -363,7 +300,7 @@ def _check_header(f: FileCheck) -> tuple[Codec, dict[str, Any]]:
     expected = set()
     for i, L in enumerate(layers):
         expected |= _check_layer(f, i, L)
-    codec = _CODECS[cls]
+    codec = CODECS[cls]
     expected |= codec.check(f, config, layers)
     extra = sorted(set(f.raw) - expected - {"__metadata__"})
     if extra:
