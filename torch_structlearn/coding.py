@@ -26,37 +26,9 @@ from torch import Tensor
 from ._checks import finite_examples, fraction, penalty, positive_int
 from ._checks import seed as check_seed
 from .data import batches, flatten_examples, require_reiterable
+from .distributed import all_gather_rows, all_reduce, world_size
 
 __all__ = ["fista", "objective", "prox", "DictionaryLearner"]
-
-
-def _world() -> int:
-    """Number of processes in the default ``torch.distributed`` group (1 when not running)."""
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _all_reduce(t: Tensor) -> Tensor:
-    import torch.distributed as dist
-
-    dist.all_reduce(t)
-    return t
-
-
-def _all_gather_rows(X: Tensor) -> Tensor:
-    """``cat`` of every rank's ``X`` in rank order (row counts may differ)."""
-    import torch.distributed as dist
-
-    n = torch.tensor([X.shape[0]], device=X.device)
-    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, n)
-    m = int(max(sizes))
-    padded = torch.zeros(m, *X.shape[1:], dtype=X.dtype, device=X.device)
-    padded[: X.shape[0]] = X
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: int(k)] for p, k in zip(parts, sizes, strict=True)])
 
 
 def _check_groups(K: int, group_size: int) -> None:
@@ -253,7 +225,7 @@ class DictionaryLearner:
     # ------------------------------------------------------------------ helpers
     def _init(self, X: Tensor) -> None:
         if self._distributed:  # every rank starts from the same global first batch
-            X = _all_gather_rows(X)
+            X = all_gather_rows(X)
         g = torch.Generator().manual_seed(self.seed)
         N, d = X.shape
         K = self.n_atoms
@@ -303,7 +275,7 @@ class DictionaryLearner:
         AtA, XtA = A.T @ A, X.T @ A
         n, seen = X.shape[0], self._seen
         if self._distributed:  # sum the statistics of the global batch over the ranks
-            stats = _all_reduce(torch.cat([AtA.flatten(), XtA.flatten(),
+            stats = all_reduce(torch.cat([AtA.flatten(), XtA.flatten(),
                                            torch.tensor([float(n)], device=X.device, dtype=X.dtype)]))
             K = AtA.shape[0]
             AtA, XtA = stats[: K * K].view(K, K), stats[K * K : -1].view(XtA.shape)
@@ -353,7 +325,7 @@ class DictionaryLearner:
             return self
         finite_examples("X", X)
         if getattr(self, "dictionary_", None) is None:
-            self._distributed = (self.distributed if self.distributed is not None else _world() > 1)
+            self._distributed = (self.distributed if self.distributed is not None else world_size() > 1)
             self._init(X)
             self.objective_, self.n_reinit_ = [], []
             self._reset_epoch()
@@ -376,7 +348,7 @@ class DictionaryLearner:
         Distributed: the sums are reduced over the ranks and rank 0's re-initialised
         dictionary and statistics are broadcast, so all ranks keep one dictionary."""
         if self._distributed:
-            tot = _all_reduce(torch.cat([self._active, torch.tensor(
+            tot = all_reduce(torch.cat([self._active, torch.tensor(
                 [self._f, float(self._n)], dtype=torch.float64, device=self._active.device)]))
             self._active, self._f, self._n = tot[:-2], float(tot[-2]), int(tot[-1])
         self.usage_ = (self._active / max(self._n, 1)).float()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .connectivity import csr_transpose, validate_csr
+from .csr import csr_transpose, validate_csr
 from .ops import auto, calibrate
 from .ops.dense import DenseWeight, flat_index, needs_index
 from .ops.sparse_linear import NEEDS_TRANSPOSE

@@ -14,9 +14,10 @@ from torch import Tensor, nn
 
 from ._checks import choice, positive_int
 from ._checks import seed as check_seed
-from .coding import DictionaryLearner, _all_reduce, _world
+from .coding import DictionaryLearner
 from .connectivity import Connectivity
 from .data import MappedLoader, batches, first_batch
+from .distributed import all_reduce, broadcast, world_size
 from .entropy import coding_efficiency
 from .io import MAX_FEATURES, Codec, FileCheck, Record, register
 from .layers import StructLearnedLinear, layer_from_record
@@ -24,13 +25,6 @@ from .learn import CODING_SETTINGS, check_learning_args, format_report, learn_la
 from .pooling import GroupPool, check_mode, learn_groups
 
 __all__ = ["StructLearnedStack"]
-
-
-def _broadcast(t: Tensor) -> Tensor:
-    import torch.distributed as dist
-
-    dist.broadcast(t, 0)
-    return t
 
 
 def _block(in_features: int, width: int, group_size: int, pool: str, **layer_kw) -> nn.Sequential:
@@ -207,9 +201,9 @@ class StructLearnedStack(nn.Module):
         blocks: list[nn.Module] = []
         prefix = nn.Sequential()
         prev = coding_efficiency(sample(lambda x: x))
-        distributed = _world() > 1 and kw.get("distributed", True) is not False
+        distributed = world_size() > 1 and kw.get("distributed", True) is not False
         if distributed:
-            prev = float(_broadcast(torch.tensor([prev], dtype=torch.float64)))
+            prev = float(broadcast(torch.tensor([prev], dtype=torch.float64)))
         rows = []
         bar = tqdm(range(self.max_depth), desc="layers", unit="layer", disable=not verbose)
         for depth in bar:
@@ -221,7 +215,7 @@ class StructLearnedStack(nn.Module):
                 total[:-1] += h.sum(0).double().cpu()
                 total[-1] += h.shape[0]
             if distributed:
-                total = _all_reduce(total)
+                total = all_reduce(total)
             mu = (total[:-1] / total[-1]).float()
             centred = MappedLoader(loader, lambda x, p=prefix, m=mu: p(x) - m.to(x), key=key,
                                    device=device)
@@ -239,7 +233,7 @@ class StructLearnedStack(nn.Module):
                                      permutation=learn_groups(H, self.group_size))
             score = coding_efficiency(sample(lambda x, p=prefix, b=block: b(p(x))))
             if distributed:  # rank 0's estimate decides, so every rank takes the same path
-                score = float(_broadcast(torch.tensor([score], dtype=torch.float64)))
+                score = float(broadcast(torch.tensor([score], dtype=torch.float64)))
             gain = (score - prev) / abs(prev) if prev != 0 else float("inf")
             keep = _keeps(depth, gain, self.min_gain)
             rep.update(score=score, gain=gain, kept=keep, seconds=time.perf_counter() - t0)

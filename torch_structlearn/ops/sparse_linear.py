@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .._checks import choice
-from ..connectivity import check_csr_bounds, csr_transpose
+from ..csr import check_csr_bounds, csr_transpose
 from . import auto, cpu, csr, dense, operands, triton_bsr
 from . import torch_sparse as torch_sparse_backend
 
