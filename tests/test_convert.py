@@ -204,3 +204,53 @@ def test_a_layer_forward_never_calls_or_nan_input_is_a_clear_error_and_nothing_c
     X[40, 3] = 0.0
     report = convert(model, [X[:32], X[32:]], density=0.5, exclude="spare", verbose=False, max_iter=5)
     assert [r["name"] for r in report] == ["used"] and type(model.spare) is nn.Linear
+
+
+def test_densify_inverts_convert_and_keeps_outputs():
+    """densify (the inverse of convert): every StructLearnedLinear back to an nn.Linear with
+    the masked weights; the model computes the same function."""
+    import torch_structlearn as tsl
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 4))
+    x = torch.randn(5, 12)
+    loader = [(x, None)]
+    convert(model, loader, density=0.5, init="keep", verbose=False)
+    assert isinstance(model[0], tsl.StructLearnedLinear)
+    want = model(x)
+    masked = model[0].dense_weight().detach().clone()
+    out = tsl.densify(model)
+    assert out is model and type(model[0]) is nn.Linear and type(model[2]) is nn.Linear
+    torch.testing.assert_close(model(x), want)
+    assert torch.equal(model[0].weight, masked)
+    single = tsl.StructLearnedLinear(6, 3, density=0.5)
+    lin = tsl.densify(single)
+    assert type(lin) is nn.Linear
+    torch.testing.assert_close(lin(torch.ones(2, 6)), single(torch.ones(2, 6)))
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        tsl.densify("model")
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_transformer_encoder_layer_runs_after_conversion(train):
+    """Code that reads nn.Linear's .weight (nn.TransformerEncoderLayer and its eval-mode fast
+    path) works on converted layers: .weight is the dense masked weight."""
+    import torch_structlearn as tsl
+
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, batch_first=True,
+                                     dropout=0.0)
+    x = torch.randn(3, 5, 16)
+    enc.linear1 = tsl.StructLearnedLinear.from_linear(enc.linear1, density=0.5)
+    enc.linear2 = tsl.StructLearnedLinear.from_linear(enc.linear2, density=0.5)
+    reference = tsl.densify(__import__("copy").deepcopy(enc))
+    enc.train(train)
+    reference.train(train)
+    with torch.set_grad_enabled(train):
+        got, want = enc(x), reference(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if train:
+        got.sum().backward()
+        assert enc.linear1.values.grad is not None
+    w = enc.linear1.weight
+    assert w.shape == (32, 16) and int((w != 0).sum()) == enc.linear1.nnz

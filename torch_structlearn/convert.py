@@ -28,7 +28,7 @@ from .io import load_structures
 from .layers import StructLearnedLinear
 from .learn import LayerInit, learner_for, read_layer
 
-__all__ = ["convert", "convert_structure", "select_linears"]
+__all__ = ["convert", "convert_structure", "densify", "select_linears", "replace_module"]
 
 _INITS = ("keep", "dictionary", "random")
 Patterns = str | re.Pattern | Sequence[str | re.Pattern] | None  # globs or regexes on module names
@@ -253,3 +253,32 @@ def convert_structure(model: nn.Module, structure_file: str | os.PathLike, *,
     for name, new in built.items():
         replace_module(model, name, new)
     return list(layers)
+
+
+@torch.no_grad()
+def densify(model: nn.Module) -> nn.Module:
+    """The inverse of :func:`convert`: every ``StructLearnedLinear`` of ``model`` becomes an
+    ``nn.Linear`` holding its masked dense weight ``(out, in)`` (zeros off the structure) and
+    its bias, same dtype and device — for export (ONNX, ``torch.export``) or comparison, as
+    ``torch.nn.utils.prune.remove`` makes pruning permanent. In place; returns ``model`` (or
+    the new ``nn.Linear`` when ``model`` is itself a ``StructLearnedLinear``)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+
+    def dense(layer: StructLearnedLinear) -> nn.Linear:
+        w = layer.dense_weight()
+        lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                        device=w.device, dtype=w.dtype)
+        lin.weight.copy_(w)
+        if layer.bias is not None:
+            lin.bias.copy_(layer.bias)
+        lin.train(layer.training)
+        return lin
+
+    if isinstance(model, StructLearnedLinear):
+        return dense(model)
+    names = [n for n, m in model.named_modules() if isinstance(m, StructLearnedLinear)]
+    built = {n: dense(model.get_submodule(n)) for n in names}
+    for n, lin in built.items():
+        replace_module(model, n, lin)
+    return model

@@ -319,6 +319,16 @@ class StructLearnedLinear(KernelCaches, nn.Module):
             dense_cache=self._dense if backend == "dense" else None,
         )
 
+    @property
+    def weight(self) -> Tensor:
+        """``(out_features, in_features)``: the dense weight (zeros off the structure), for code
+        that reads ``nn.Linear``'s ``.weight`` — ``nn.TransformerEncoderLayer``'s fast path,
+        shape and dtype checks, weight inspection. A fresh tensor each time, differentiable
+        with respect to ``values``: writing into it (an ``nn.init`` function, weight tying) does
+        not reach the layer — use ``copy_csr_values_``, ``from_linear`` or
+        ``reset_parameters``."""
+        return self.dense_weight()
+
     def dense_weight(self) -> Tensor:
         """``(out_features, in_features)`` dense weight (zeros off the structure); differentiable."""
         return dense_weight(self.values, self.crow_indices, self.col_indices, self.in_features,
