@@ -254,3 +254,79 @@ def test_transformer_encoder_layer_runs_after_conversion(train):
         assert enc.linear1.values.grad is not None
     w = enc.linear1.weight
     assert w.shape == (32, 16) and int((w != 0).sum()) == enc.linear1.nnz
+
+
+def _trained_mlp(seed=0):
+    """A small MLP trained to fit a fixed random teacher (a trained stand-in for the tests)."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(512, 20, generator=g) @ torch.randn(20, 20, generator=g)  # correlated inputs
+    teacher = nn.Sequential(nn.Linear(20, 32), nn.Tanh(), nn.Linear(32, 5))
+    model = nn.Sequential(nn.Linear(20, 32), nn.Tanh(), nn.Linear(32, 5))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        Y = teacher(X)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(X), Y).backward()
+        opt.step()
+    return model, X
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "refit"])
+def test_convert_methods_for_trained_models_match_the_pruning_references(method):
+    """convert(..., method=) on a trained MLP: each layer's mask and weights are what
+    torch_structlearn.pruning gives on that layer's captured inputs (the second moment computed
+    here from the inputs directly), with the per-unit fan-in."""
+    import copy
+
+    from torch_structlearn import pruning
+
+    model, X = _trained_mlp()
+    original = copy.deepcopy(model)
+    inputs = {"0": X, "2": torch.tanh(original[0](X)).detach()}
+    report = convert(model, [(X[:300],), (X[300:],)], density=0.25, method=method, verbose=False)
+    for r in report:
+        name = r["name"]
+        W = original.get_submodule(name).weight.detach().double()
+        H = inputs[name].double().T @ inputs[name].double()
+        if method == "magnitude":
+            mask, kept = pruning.magnitude(W, 0.25), W
+        elif method == "wanda":
+            mask, kept = pruning.wanda(W, H, 0.25), W
+        elif method == "sparsegpt":
+            mask, kept = pruning.sparsegpt(W, H, 0.25)
+        else:
+            mask = pruning.wanda(W, H, 0.25)
+            kept = pruning.refit(W, H, mask)
+        layer = model.get_submodule(name)
+        assert torch.equal(layer.connectivity.to_mask(), mask)
+        torch.testing.assert_close(layer.dense_weight().double(), kept * mask, rtol=1e-4, atol=1e-5)
+        assert (r["method"], "output_error" in r) == (method, method != "magnitude")
+
+
+def test_refit_keeps_a_trained_layer_closest_to_its_function():
+    """On the calibration inputs, the refit conversion's relative output error is no higher than
+    Wanda's, layer by layer (same mask; the least-squares weights on it)."""
+    import copy
+
+    model, X = _trained_mlp(seed=1)
+    errors = {}
+    for method in ("wanda", "refit"):
+        m = copy.deepcopy(model)
+        errors[method] = [r["output_error"] for r in
+                          convert(m, [(X,)], density=0.25, method=method, verbose=False)]
+    for i in range(2):
+        assert errors["refit"][i] <= errors["wanda"][i] + 1e-9
+
+
+def test_methods_for_trained_models_refuse_other_inits_and_blocks():
+    model = nn.Sequential(nn.Linear(8, 8))
+    with pytest.raises(ValueError, match="method='wanda' chooses the kept weights"):
+        convert(model, [(torch.randn(4, 8),)], density=0.5, method="wanda", init="random")
+    with pytest.raises(ValueError, match="method must be one of"):
+        convert(model, [(torch.randn(4, 8),)], density=0.5, method="obs")
+    with pytest.raises(ValueError, match="a loader is needed"):
+        convert(model, None, density=0.5, method="wanda")
+    convert(model, None, density=0.5, method="magnitude", verbose=False)  # needs no data
+    assert model[0].nnz == 32

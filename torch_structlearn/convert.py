@@ -15,8 +15,9 @@ import time
 from collections.abc import Iterable, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from . import pruning
 from ._checks import block as check_block
 from ._checks import choice, positive_int
 from ._checks import density as check_density
@@ -81,6 +82,32 @@ def _build(linear: nn.Linear, conn: Connectivity, init: str, learned: LayerInit 
 
 
 @torch.no_grad()
+def _pruned(linear: nn.Linear, method: str, density: float, H: Tensor | None
+            ) -> tuple[StructLearnedLinear, dict]:
+    """The sparse layer of a trained ``linear`` by ``method`` (:mod:`~torch_structlearn.pruning`)
+    and, when ``H`` was captured, the relative output error ``‖WX − ŴX‖² / ‖WX‖²``."""
+    W = linear.weight.detach().double()
+    if method == "magnitude":
+        mask, kept = pruning.magnitude(W, density), W
+    elif method == "wanda":
+        mask = pruning.wanda(W, H, density)
+        kept = W
+    elif method == "sparsegpt":
+        mask, kept = pruning.sparsegpt(W, H, density)
+    else:  # refit
+        mask = pruning.wanda(W, H, density)
+        kept = pruning.refit(W, H, mask)
+    conn = Connectivity.from_mask(mask.cpu())
+    layer = StructLearnedLinear.from_linear(linear, conn)
+    layer.copy_csr_values_(kept[mask].to(layer.values))  # row-major = CSR order
+    extra = {}
+    if H is not None:
+        total = pruning.output_error(W, torch.zeros_like(W), H)
+        extra["output_error"] = pruning.output_error(W, kept * mask, H) / max(total, 1e-300)
+    return layer, extra
+
+
+@torch.no_grad()
 def convert(
     model: nn.Module,
     loader: Iterable | None = None,
@@ -90,6 +117,7 @@ def convert(
     exclude: Patterns = None,
     block: tuple[int, int] | None = None,
     init: str = "keep",
+    method: str = "dictionary",
     batches: int | None = None,
     epochs: int = 1,
     rows_per_batch: int = 2048,
@@ -109,6 +137,14 @@ def convert(
         include, exclude: globs on module names (``'blocks.*.mlp.fc*'``) or ``re.Pattern``.
         block: ``(bo, bi)`` block-sparse read-off.
         init: ``'keep'`` the pretrained weights on the learned mask, ``'dictionary'`` or ``'random'``.
+        method: how the mask (and, for a trained model, the kept weights) are chosen:
+            ``'dictionary'`` (default) reads the mask off a dictionary of each layer's inputs;
+            the others keep each unit's ``ceil(density·in)`` inputs of a *trained* layer
+            from its weights and the second moment ``H = Σ x xᵀ`` of its captured inputs
+            (:mod:`torch_structlearn.pruning`): ``'magnitude'`` (largest ``|W|``; no data),
+            ``'wanda'`` (largest ``|W|·‖X_j‖``), ``'sparsegpt'`` (OBS updates) and
+            ``'refit'`` (Wanda's mask, then each unit's least-squares weights on ``H``).
+            Methods other than ``'dictionary'`` need ``init='keep'`` and no ``block``.
         batches: batches per pass over ``loader`` (default: all).
         epochs: passes over ``loader``.
         rows_per_batch: at most this many input rows (tokens × batch) per layer per batch go to
@@ -120,7 +156,8 @@ def convert(
 
     Returns:
         One dict per converted layer: ``name, in_features, out_features, density, nnz, seconds``
-        (and ``objective`` when learned).
+        (and ``objective`` when learned; ``output_error``, ``‖WX − ŴX‖² / ‖WX‖²`` on the
+        captured inputs, for the methods that capture them).
     """
     from tqdm.auto import tqdm
 
@@ -146,30 +183,46 @@ def convert(
             if lin.out_features % block[0] or lin.in_features % block[1]:
                 raise ValueError(f"block={tuple(block)} does not divide layer {n!r} of shape "
                                  f"({lin.out_features}, {lin.in_features})")
-    learn = not (density == 1.0 and init == "keep")
-    if learn and loader is None:
-        raise ValueError("a loader is needed to learn structures (density < 1 or init != 'keep')")
-    if learn and epochs > 1:
+    choice("method", method, ("dictionary", *pruning.METHODS, "refit"))
+    if method != "dictionary" and (init != "keep" or block is not None):
+        raise ValueError(f"method={method!r} chooses the kept weights of a trained layer: it "
+                         f"takes init='keep' and no block (got init={init!r}, block={block})")
+    learn = method == "dictionary" and not (density == 1.0 and init == "keep")
+    capture = learn or method in ("wanda", "sparsegpt", "refit")
+    if capture and loader is None:
+        raise ValueError(f"a loader is needed to learn structures (method={method!r}, "
+                         f"density={density}, init={init!r})")
+    if capture and epochs > 1:
         require_reiterable(loader, f"convert with epochs={epochs}")
 
     learners: dict[str, DictionaryLearner] = {}
+    stats: dict[str, pruning.InputStatistics] = {}
     seconds = dict.fromkeys(names, 0.0)
-    if learn:
-        learners = {n: learner_for(lin.out_features, learner, seed=seed, verbose=False, **coding_kw)
-                    for n, lin in linears.items()}
+    if capture:
+        if learn:
+            learners = {n: learner_for(lin.out_features, learner, seed=seed, verbose=False,
+                                       **coding_kw) for n, lin in linears.items()}
+        else:
+            stats = {n: pruning.InputStatistics(lin.in_features, lin.weight.device)
+                     for n, lin in linears.items()}
         gen = torch.Generator().manual_seed(seed)
 
         def hook(name):
             def pre(module, args):
                 x = args[0].detach().reshape(-1, module.in_features).float()
-                if x.shape[0] > rows_per_batch:
-                    idx = torch.randperm(x.shape[0], generator=gen)[:rows_per_batch].to(x.device)
-                    x = x[idx]
                 t0 = time.perf_counter()
-                try:
-                    learners[name].partial_fit(x)
-                except ValueError as e:  # e.g. NaN/Inf activations: say which layer got them
-                    raise ValueError(f"layer {name!r} input: {e}") from None
+                if name in stats:  # every row: H costs O(in²) memory however many
+                    if not bool(torch.isfinite(x).all()):
+                        raise ValueError(f"layer {name!r} input contains NaN or Inf")
+                    stats[name].update(x)
+                else:
+                    if x.shape[0] > rows_per_batch:
+                        idx = torch.randperm(x.shape[0], generator=gen)[:rows_per_batch]
+                        x = x[idx.to(x.device)]
+                    try:
+                        learners[name].partial_fit(x)
+                    except ValueError as e:  # e.g. NaN/Inf activations: say which layer
+                        raise ValueError(f"layer {name!r} input: {e}") from None
                 seconds[name] += time.perf_counter() - t0
             return pre
 
@@ -188,7 +241,8 @@ def convert(
                     seen += 1
                 if seen == 0:
                     raise ValueError("the loader yielded no batches")
-                idle = [n for n, lr in learners.items() if not hasattr(lr, "dictionary_")]
+                idle = ([n for n, lr in learners.items() if not hasattr(lr, "dictionary_")]
+                        + [n for n, st in stats.items() if st.n == 0])
                 if idle:
                     raise ValueError(f"layers {idle} got no input while the loader ran through "
                                      "the model (does forward() call them?); leave them out with "
@@ -204,15 +258,21 @@ def convert(
     for n, lin in linears.items():
         t0 = time.perf_counter()
         D = learners[n].dictionary_ if learn else None
-        learned = None if D is None else read_layer(D, density, "per_unit", block)
-        conn = (Connectivity.from_mask(torch.ones(lin.out_features, lin.in_features))
-                if learned is None else learned.connectivity)
-        new = built[n] = _build(lin, conn, init, learned, block)
+        row_extra = {}
+        if method != "dictionary":
+            new, row_extra = _pruned(lin, method, density, stats[n].H if n in stats else None)
+        else:
+            learned = None if D is None else read_layer(D, density, "per_unit", block)
+            conn = (Connectivity.from_mask(torch.ones(lin.out_features, lin.in_features))
+                    if learned is None else learned.connectivity)
+            new = _build(lin, conn, init, learned, block)
+        built[n] = new
         row = {"name": n, "in_features": lin.in_features, "out_features": lin.out_features,
                "density": new.density, "nnz": new.nnz,
                "seconds": seconds[n] + time.perf_counter() - t0}
         if D is not None:
             row["objective"] = learners[n].objective_[-1]
+        row.update(method=method, **row_extra)
         report.append(row)
     for n, new in built.items():  # swapped in only once every layer is built
         replace_module(model, n, new)

@@ -1,0 +1,155 @@
+"""Masks and kept weights for a *trained* linear layer, from the statistics of its inputs.
+
+A trained layer ``W (out, in)`` and its captured inputs ``X (N, in)`` enter only through the
+second moment ``H = Σ_n x_n x_nᵀ (in, in)`` (:class:`InputStatistics`, streamed: O(in²)
+memory, never all activations). Every method keeps the same number of inputs per unit
+(``fan_in = ceil(density · in)``; :func:`~torch_structlearn.connectivity.fan_in_for_density`),
+so the result is a layer of the library's usual per-unit shape. They minimise, or approximate,
+the output error
+
+    ‖W X − Ŵ X‖²  =  Σ_i (w_i − ŵ_i)ᵀ H (w_i − ŵ_i)        (rows i of W, Ŵ)
+
+* :func:`magnitude`  — keep each row's largest ``|W_ij|`` (no data).
+* :func:`wanda`      — keep each row's largest ``|W_ij| · ‖X_j‖₂`` (Sun et al., 2023), weights
+  unchanged.
+* :func:`sparsegpt`  — Frantar & Alistarh (2023): columns processed left to right in blocks;
+  within a block, each row drops the weights with the smallest ``w²/[H⁻¹]_jj`` (the OBS
+  saliency), and every dropped weight's error is compensated on the columns not yet
+  processed, through the Cholesky factor of ``H⁻¹``.
+* :func:`refit`      — for a given mask, the least-squares weights of each row on its kept
+  inputs: ``ŵ_S = H_SS⁻¹ H_S: w`` (exact minimiser of the output error on that support).
+
+``H`` is damped (``H + λ·mean(diag H)·I``, ``damp = λ``) as SparseGPT does, so that inputs
+that never vary do not make the solves singular.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .connectivity import fan_in_for_density
+
+fan_in_for_density = fan_in_for_density  # (re-exported: the per-unit fan-in every method keeps)
+
+__all__ = ["InputStatistics", "magnitude", "wanda", "sparsegpt", "refit", "output_error",
+           "METHODS"]
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+class InputStatistics:
+    """``H = Σ x xᵀ`` and the count of a layer's inputs, accumulated batch by batch (float64).
+
+    ``update(x)`` takes ``(..., in_features)`` inputs (leading dimensions flattened: tokens
+    count as examples)."""
+
+    def __init__(self, in_features: int, device=None) -> None:
+        self.H = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
+        self.n = 0
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        x = x.detach().reshape(-1, self.H.shape[0]).to(self.H)
+        self.H.addmm_(x.T, x)
+        self.n += x.shape[0]
+
+
+def _damped(H: Tensor, damp: float) -> Tensor:
+    H = H.double().clone()
+    d = torch.diagonal(H)
+    dead = d == 0  # inputs that never varied: keep them out of the solves' way
+    H[dead, dead] = 1.0
+    d.add_(damp * float(d.mean()) if float(d.mean()) > 0 else damp)
+    return H
+
+
+def _top_per_row(scores: Tensor, k: int) -> Tensor:
+    """``(out, in)`` bool mask of each row's ``k`` largest scores."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if k:
+        mask.scatter_(1, scores.topk(k, dim=1).indices, True)
+    return mask
+
+
+def magnitude(W: Tensor, density: float) -> Tensor:
+    """``(out, in)`` mask: each row's ``ceil(density·in)`` largest ``|W_ij|``."""
+    return _top_per_row(W.detach().abs(), fan_in_for_density(density, W.shape[1]))
+
+
+def wanda(W: Tensor, H: Tensor, density: float) -> Tensor:
+    """``(out, in)`` mask: each row's largest ``|W_ij| · ‖X_j‖₂``, with ``‖X_j‖₂² = H_jj``
+    (Sun et al., 2023, "A Simple and Effective Pruning Approach for Large Language Models")."""
+    norms = torch.diagonal(H).double().clamp_min(0).sqrt().to(W.device)
+    return _top_per_row(W.detach().abs().double() * norms, fan_in_for_density(density, W.shape[1]))
+
+
+@torch.no_grad()
+def refit(W: Tensor, H: Tensor, mask: Tensor, damp: float = 0.01, rows_per_solve: int = 256) -> Tensor:
+    """``(out, in)`` weights on ``mask`` minimising ``Σ_i (w_i − ŵ_i)ᵀ H (w_i − ŵ_i)`` (zeros
+    off the mask): per row ``ŵ_S = H_SS⁻¹ (H w)_S`` on its kept inputs ``S``. Rows must keep
+    the same number of inputs (the library's per-unit fan-in)."""
+    Hd = _damped(H, damp).to(W.device)
+    counts = mask.sum(1)
+    k = int(counts[0]) if counts.numel() else 0
+    if not bool((counts == k).all()):
+        raise ValueError("refit needs the same number of kept inputs in every row")
+    out = torch.zeros_like(W, dtype=torch.float64)
+    if k == 0:
+        return out.to(W.dtype)
+    S = mask.nonzero()[:, 1].view(W.shape[0], k)  # each row's kept columns, ascending
+    HW = W.double() @ Hd  # row i: (H w_i)ᵀ  (H symmetric)
+    for a in range(0, W.shape[0], rows_per_solve):
+        s = S[a : a + rows_per_solve]
+        Hss = Hd[s[:, :, None], s[:, None, :]]  # (r, k, k)
+        rhs = HW[a : a + rows_per_solve].gather(1, s)  # (r, k)
+        v = torch.linalg.solve(Hss, rhs.unsqueeze(-1)).squeeze(-1)
+        out[a : a + rows_per_solve].scatter_(1, s, v)
+    return out.to(W.dtype)
+
+
+@torch.no_grad()
+def sparsegpt(W: Tensor, H: Tensor, density: float, damp: float = 0.01,
+              blocksize: int = 128) -> tuple[Tensor, Tensor]:
+    """``(mask, weights)`` by SparseGPT (Frantar & Alistarh, 2023, "SparseGPT: Massive
+    Language Models Can Be Accurately Pruned in One-Shot", Algorithm 1), with the per-unit
+    fan-in of the library: within each block of ``blocksize`` columns, each row keeps its
+    share of the block's weights (the largest ``w²/[H⁻¹]_jj`` over the block, the leftover
+    count distributed so every row ends with exactly ``ceil(density·in)``), and each dropped
+    weight's error is spread over the row's later columns by the OBS update."""
+    rows, d = W.shape
+    k = fan_in_for_density(density, d)
+    Hd = _damped(H, damp).to(W.device)
+    Hinv = torch.cholesky_inverse(torch.linalg.cholesky(Hd))
+    U = torch.linalg.cholesky(Hinv, upper=True)  # H⁻¹ = Uᵀ U, U upper triangular
+    Wc = W.double().clone()
+    mask = torch.zeros(rows, d, dtype=torch.bool, device=W.device)
+    drop_total = d - k
+    dropped = torch.zeros(rows, dtype=torch.long, device=W.device)
+    for b0 in range(0, d, blocksize):
+        b1 = min(b0 + blocksize, d)
+        # drops owed by the end of this block, in proportion to the columns seen
+        due = (drop_total * b1) // d
+        n_drop = due - dropped  # per row (the same for every row)
+        Wb, Ub = Wc[:, b0:b1].clone(), U[b0:b1, b0:b1]
+        scores = Wb.square() / torch.diagonal(Ub).square()
+        drop = _top_per_row(-scores, int(n_drop[0])) if int(n_drop[0]) else torch.zeros_like(Wb, dtype=torch.bool)
+        dropped += n_drop
+        err = torch.zeros_like(Wb)
+        for j in range(b1 - b0):
+            w = Wb[:, j]
+            q = torch.where(drop[:, j], torch.zeros_like(w), w)
+            e = (w - q) / Ub[j, j]
+            Wb[:, j:] -= e[:, None] * Ub[j, j:][None, :]
+            Wb[:, j] = q
+            err[:, j] = e
+        Wc[:, b0:b1] = Wb
+        Wc[:, b1:] -= err @ U[b0:b1, b1:]
+        mask[:, b0:b1] = ~drop
+    return mask, (Wc * mask).to(W.dtype)
+
+
+def output_error(W: Tensor, W_hat: Tensor, H: Tensor) -> float:
+    """``‖W X − Ŵ X‖² = Σ_i (w_i − ŵ_i)ᵀ H (w_i − ŵ_i)`` from ``H = Σ x xᵀ``."""
+    D = (W.double() - W_hat.double()).to(H.device)
+    return float(((D @ H.double()) * D).sum())
