@@ -99,6 +99,7 @@ def refit(W: Tensor, H: Tensor, mask: Tensor, damp: float = 0.01, rows_per_solve
         return out.to(W.dtype)
     S = mask.nonzero()[:, 1].view(W.shape[0], k)  # each row's kept columns, ascending
     HW = W.double() @ Hd  # row i: (H w_i)ᵀ  (H symmetric)
+    rows_per_solve = max(1, min(rows_per_solve, 2**25 // (k * k)))  # (r, k, k) ≤ 256 MiB
     for a in range(0, W.shape[0], rows_per_solve):
         s = S[a : a + rows_per_solve]
         Hss = Hd[s[:, :, None], s[:, None, :]]  # (r, k, k)
