@@ -37,3 +37,17 @@ def test_every_subpackage_is_in_the_wheel_list():
     listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
     assert found <= listed, sorted(found - listed)
+
+
+def test_every_module_is_in_the_import_layers():
+    """The import-linter contract (pyproject.toml) names every top-level module and subpackage,
+    so a new one cannot escape the layering."""
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")
+    cfg = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    layers = cfg["tool"]["importlinter"]["contracts"][0]["layers"]
+    listed = {m.strip() for layer in layers for m in layer.split("|")}
+    found = {p.stem for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
+    found |= {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert found <= listed, sorted(found - listed)
