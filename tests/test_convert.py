@@ -330,3 +330,16 @@ def test_methods_for_trained_models_refuse_other_inits_and_blocks():
         convert(model, None, density=0.5, method="wanda")
     convert(model, None, density=0.5, method="magnitude", verbose=False)  # needs no data
     assert model[0].nnz == 32
+
+
+def test_convert_with_2_4_masks():
+    """nm=(2, 4): every converted unit keeps 2 of each 4 consecutive inputs."""
+    model, X = _trained_mlp()
+    convert(model, [(X,)], density=0.5, method="refit", nm=(2, 4), include="0", verbose=False)
+    mask = model[0].connectivity.to_mask()
+    assert bool((mask.reshape(32, -1, 4).sum(2) == 2).all())
+    with pytest.raises(ValueError, match="not method='dictionary'"):
+        convert(nn.Sequential(nn.Linear(8, 8)), [(torch.randn(4, 8),)], density=0.5, nm=(2, 4))
+    with pytest.raises(ValueError, match=r"layer '0': nm=\(2, 4\): m=4 must divide in_features=10"):
+        convert(nn.Sequential(nn.Linear(10, 8)), [(torch.randn(4, 10),)], density=0.5,
+                method="wanda", nm=(2, 4))

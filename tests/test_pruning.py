@@ -103,3 +103,41 @@ def test_refit_needs_equal_fan_in():
     mask[0, mask[0].nonzero()[0]] = False
     with pytest.raises(ValueError, match="same number of kept inputs"):
         pruning.refit(W, H, mask)
+
+
+def _is_nm(mask, n, m):
+    return bool((mask.reshape(mask.shape[0], -1, m).sum(2) == n).all())
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_nm_masks_keep_n_of_every_m(method):
+    W, X, H = _problem(out=6, d=16)
+    if method == "magnitude":
+        mask = pruning.magnitude(W, 0.5, nm=(2, 4))
+        scores = W.abs()
+    elif method == "wanda":
+        mask = pruning.wanda(W, H, 0.5, nm=(2, 4))
+        scores = W.abs() * X.norm(dim=0)
+    else:
+        mask, Wh = pruning.sparsegpt(W, H, 0.5, nm=(2, 4), blocksize=8)
+        assert pruning.output_error(W, Wh, H) < pruning.output_error(W, W * mask, H)
+        scores = None
+    assert _is_nm(mask, 2, 4)
+    if scores is not None:  # brute force: the 2 largest of each 4
+        for r in range(6):
+            for g in range(4):
+                top = set((scores[r, 4 * g : 4 * g + 4].argsort(descending=True)[:2] + 4 * g).tolist())
+                assert set(mask[r, 4 * g : 4 * g + 4].nonzero().flatten().add(4 * g).tolist()) == top
+    refit = pruning.refit(W, H, mask, damp=0.0)
+    assert pruning.output_error(W, refit, H) <= pruning.output_error(W, W * mask, H)
+
+
+def test_nm_arguments_are_checked():
+    W, _, H = _problem(out=2, d=10)
+    with pytest.raises(ValueError, match="m=4 must divide in_features=10"):
+        pruning.magnitude(W, 0.5, nm=(2, 4))
+    W, _, H = _problem(out=2, d=8)
+    with pytest.raises(ValueError, match="density must be 0.5"):
+        pruning.wanda(W, H, 0.25, nm=(2, 4))
+    with pytest.raises(ValueError, match="nm must be a pair"):
+        pruning.magnitude(W, 0.5, nm=(3, 2))

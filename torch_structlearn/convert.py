@@ -82,20 +82,20 @@ def _build(linear: nn.Linear, conn: Connectivity, init: str, learned: LayerInit 
 
 
 @torch.no_grad()
-def _pruned(linear: nn.Linear, method: str, density: float, H: Tensor | None
-            ) -> tuple[StructLearnedLinear, dict]:
+def _pruned(linear: nn.Linear, method: str, density: float, H: Tensor | None,
+            nm: tuple[int, int] | None = None) -> tuple[StructLearnedLinear, dict]:
     """The sparse layer of a trained ``linear`` by ``method`` (:mod:`~torch_structlearn.pruning`)
     and, when ``H`` was captured, the relative output error ``‖WX − ŴX‖² / ‖WX‖²``."""
     W = linear.weight.detach().double()
     if method == "magnitude":
-        mask, kept = pruning.magnitude(W, density), W
+        mask, kept = pruning.magnitude(W, density, nm), W
     elif method == "wanda":
-        mask = pruning.wanda(W, H, density)
+        mask = pruning.wanda(W, H, density, nm)
         kept = W
     elif method == "sparsegpt":
-        mask, kept = pruning.sparsegpt(W, H, density)
+        mask, kept = pruning.sparsegpt(W, H, density, nm=nm)
     else:  # refit
-        mask = pruning.wanda(W, H, density)
+        mask = pruning.wanda(W, H, density, nm)
         kept = pruning.refit(W, H, mask)
     conn = Connectivity.from_mask(mask.cpu())
     layer = StructLearnedLinear.from_linear(linear, conn)
@@ -118,6 +118,7 @@ def convert(
     block: tuple[int, int] | None = None,
     init: str = "keep",
     method: str = "dictionary",
+    nm: tuple[int, int] | None = None,
     batches: int | None = None,
     epochs: int = 1,
     rows_per_batch: int = 2048,
@@ -145,6 +146,8 @@ def convert(
             ``'wanda'`` (largest ``|W|·‖X_j‖``), ``'sparsegpt'`` (OBS updates) and
             ``'refit'`` (Wanda's mask, then each unit's least-squares weights on ``H``).
             Methods other than ``'dictionary'`` need ``init='keep'`` and no ``block``.
+        nm: ``(n, m)`` semi-structured masks for those methods: ``n`` of every ``m``
+            consecutive inputs of a unit kept (``(2, 4)`` with ``density=0.5``).
         batches: batches per pass over ``loader`` (default: all).
         epochs: passes over ``loader``.
         rows_per_batch: at most this many input rows (tokens × batch) per layer per batch go to
@@ -187,6 +190,15 @@ def convert(
     if method != "dictionary" and (init != "keep" or block is not None):
         raise ValueError(f"method={method!r} chooses the kept weights of a trained layer: it "
                          f"takes init='keep' and no block (got init={init!r}, block={block})")
+    if nm is not None:
+        if method == "dictionary":
+            raise ValueError("nm= is for the trained-model methods ('magnitude', 'wanda', "
+                             "'sparsegpt', 'refit'), not method='dictionary'")
+        for n, lin in linears.items():
+            try:
+                pruning.check_nm(nm, density, lin.in_features)
+            except ValueError as e:
+                raise ValueError(f"layer {n!r}: {e}") from None
     learn = method == "dictionary" and not (density == 1.0 and init == "keep")
     capture = learn or method in ("wanda", "sparsegpt", "refit")
     if capture and loader is None:
@@ -260,7 +272,7 @@ def convert(
         D = learners[n].dictionary_ if learn else None
         row_extra = {}
         if method != "dictionary":
-            new, row_extra = _pruned(lin, method, density, stats[n].H if n in stats else None)
+            new, row_extra = _pruned(lin, method, density, stats[n].H if n in stats else None, nm)
         else:
             learned = None if D is None else read_layer(D, density, "per_unit", block)
             conn = (Connectivity.from_mask(torch.ones(lin.out_features, lin.in_features))

@@ -19,6 +19,9 @@ the output error
 * :func:`refit`      — for a given mask, the least-squares weights of each row on its kept
   inputs: ``ŵ_S = H_SS⁻¹ H_S: w`` (exact minimiser of the output error on that support).
 
+``nm=(n, m)`` makes every mask semi-structured: of each ``m`` consecutive inputs of a unit,
+``n`` are kept (2:4 is what sparse tensor cores run), so ``density = n / m``.
+
 ``H`` is damped (``H + λ·mean(diag H)·I``, ``damp = λ``) as SparseGPT does, so that inputs
 that never vary do not make the solves singular.
 """
@@ -64,6 +67,33 @@ def _damped(H: Tensor, damp: float) -> Tensor:
     return H
 
 
+def check_nm(nm, density: float, in_features: int) -> tuple[int, int] | None:
+    """``nm`` as ``(n, m)`` positive ints with ``n <= m`` dividing ``in_features`` and
+    ``density == n / m`` (``None`` passes), else ``ValueError``."""
+    if nm is None:
+        return None
+    if (not isinstance(nm, (tuple, list)) or len(nm) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in nm)
+            or nm[0] > nm[1]):
+        raise ValueError(f"nm must be a pair (n, m) of ints with 1 <= n <= m, got {nm!r}")
+    n, m = nm
+    if in_features % m:
+        raise ValueError(f"nm={tuple(nm)}: m={m} must divide in_features={in_features}")
+    if abs(density - n / m) > 1e-9:
+        raise ValueError(f"nm={tuple(nm)} keeps {n}/{m} of the inputs: density must be {n / m:g}, "
+                         f"got {density!r}")
+    return n, m
+
+
+def _top_per_group(scores: Tensor, n: int, m: int) -> Tensor:
+    """``(out, in)`` bool mask keeping the ``n`` largest scores of each ``m`` consecutive."""
+    rows, d = scores.shape
+    g = scores.reshape(rows, d // m, m)
+    mask = torch.zeros_like(g, dtype=torch.bool)
+    mask.scatter_(2, g.topk(n, dim=2).indices, True)
+    return mask.reshape(rows, d)
+
+
 def _top_per_row(scores: Tensor, k: int) -> Tensor:
     """``(out, in)`` bool mask of each row's ``k`` largest scores."""
     mask = torch.zeros_like(scores, dtype=torch.bool)
@@ -72,16 +102,25 @@ def _top_per_row(scores: Tensor, k: int) -> Tensor:
     return mask
 
 
-def magnitude(W: Tensor, density: float) -> Tensor:
-    """``(out, in)`` mask: each row's ``ceil(density·in)`` largest ``|W_ij|``."""
-    return _top_per_row(W.detach().abs(), fan_in_for_density(density, W.shape[1]))
+def _select(scores: Tensor, density: float, nm) -> Tensor:
+    nm = check_nm(nm, density, scores.shape[1])
+    if nm is not None:
+        return _top_per_group(scores, *nm)
+    return _top_per_row(scores, fan_in_for_density(density, scores.shape[1]))
 
 
-def wanda(W: Tensor, H: Tensor, density: float) -> Tensor:
+def magnitude(W: Tensor, density: float, nm: tuple[int, int] | None = None) -> Tensor:
+    """``(out, in)`` mask: each row's ``ceil(density·in)`` largest ``|W_ij|`` (with ``nm``: the
+    ``n`` largest of each ``m`` consecutive)."""
+    return _select(W.detach().abs(), density, nm)
+
+
+def wanda(W: Tensor, H: Tensor, density: float, nm: tuple[int, int] | None = None) -> Tensor:
     """``(out, in)`` mask: each row's largest ``|W_ij| · ‖X_j‖₂``, with ``‖X_j‖₂² = H_jj``
-    (Sun et al., 2023, "A Simple and Effective Pruning Approach for Large Language Models")."""
+    (Sun et al., 2023, "A Simple and Effective Pruning Approach for Large Language Models";
+    with ``nm``, per group of ``m`` consecutive inputs, as the paper does for N:M)."""
     norms = torch.diagonal(H).double().clamp_min(0).sqrt().to(W.device)
-    return _top_per_row(W.detach().abs().double() * norms, fan_in_for_density(density, W.shape[1]))
+    return _select(W.detach().abs().double() * norms, density, nm)
 
 
 @torch.no_grad()
@@ -111,14 +150,19 @@ def refit(W: Tensor, H: Tensor, mask: Tensor, damp: float = 0.01, rows_per_solve
 
 @torch.no_grad()
 def sparsegpt(W: Tensor, H: Tensor, density: float, damp: float = 0.01,
-              blocksize: int = 128) -> tuple[Tensor, Tensor]:
+              blocksize: int = 128, nm: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
     """``(mask, weights)`` by SparseGPT (Frantar & Alistarh, 2023, "SparseGPT: Massive
     Language Models Can Be Accurately Pruned in One-Shot", Algorithm 1), with the per-unit
     fan-in of the library: within each block of ``blocksize`` columns, each row keeps its
     share of the block's weights (the largest ``w²/[H⁻¹]_jj`` over the block, the leftover
     count distributed so every row ends with exactly ``ceil(density·in)``), and each dropped
-    weight's error is spread over the row's later columns by the OBS update."""
+    weight's error is spread over the row's later columns by the OBS update. With ``nm``, as
+    the paper's N:M variant: at every ``m``-th column each row drops the ``m − n`` least salient
+    of the next ``m`` (on the weights updated so far)."""
     rows, d = W.shape
+    nm = check_nm(nm, density, d)
+    if nm is not None:
+        blocksize = max(nm[1], blocksize // nm[1] * nm[1])  # groups never straddle blocks
     k = fan_in_for_density(density, d)
     Hd = _damped(H, damp).to(W.device)
     Hinv = torch.cholesky_inverse(torch.linalg.cholesky(Hd))
@@ -134,10 +178,19 @@ def sparsegpt(W: Tensor, H: Tensor, density: float, damp: float = 0.01,
         n_drop = due - dropped  # per row (the same for every row)
         Wb, Ub = Wc[:, b0:b1].clone(), U[b0:b1, b0:b1]
         scores = Wb.square() / torch.diagonal(Ub).square()
-        drop = _top_per_row(-scores, int(n_drop[0])) if int(n_drop[0]) else torch.zeros_like(Wb, dtype=torch.bool)
+        if nm is not None:
+            drop = torch.zeros_like(Wb, dtype=torch.bool)
+        elif int(n_drop[0]):
+            drop = _top_per_row(-scores, int(n_drop[0]))
+        else:
+            drop = torch.zeros_like(Wb, dtype=torch.bool)
         dropped += n_drop
         err = torch.zeros_like(Wb)
         for j in range(b1 - b0):
+            if nm is not None and j % nm[1] == 0:  # choose this group's drops now
+                n, m = nm
+                s_ = Wb[:, j : j + m].square() / torch.diagonal(Ub)[j : j + m].square()
+                drop[:, j : j + m] = _top_per_row(-s_, m - n)
             w = Wb[:, j]
             q = torch.where(drop[:, j], torch.zeros_like(w), w)
             e = (w - q) / Ub[j, j]
