@@ -123,6 +123,24 @@ def wanda(W: Tensor, H: Tensor, density: float, nm: tuple[int, int] | None = Non
     return _select(W.detach().abs().double() * norms, density, nm)
 
 
+def _spd_solve(A: Tensor, b: Tensor) -> Tensor:
+    """``A⁻¹ b`` for a batch of symmetric positive definite ``A`` (damped second moments), by
+    Cholesky; a matrix that is not positive definite in floating point gets more damping
+    instead of a failed factorisation."""
+    if not bool(torch.isfinite(A).all()):
+        raise ValueError("the input statistics contain NaN or Inf")
+    L, info = torch.linalg.cholesky_ex(A)
+    bump = 1e-8
+    while bool((info > 0).any()):
+        if bump > 1.0:
+            raise ValueError("the input statistics are not positive definite even with damping")
+        scale = torch.diagonal(A, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)
+        A = A + (bump * scale)[:, None, None] * torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+        L, info = torch.linalg.cholesky_ex(A)
+        bump *= 10
+    return torch.cholesky_solve(b, L)
+
+
 @torch.no_grad()
 def refit(W: Tensor, H: Tensor, mask: Tensor, damp: float = 0.01, rows_per_solve: int = 256) -> Tensor:
     """``(out, in)`` weights on ``mask`` minimising ``Σ_i (w_i − ŵ_i)ᵀ H (w_i − ŵ_i)`` (zeros
@@ -143,7 +161,7 @@ def refit(W: Tensor, H: Tensor, mask: Tensor, damp: float = 0.01, rows_per_solve
         s = S[a : a + rows_per_solve]
         Hss = Hd[s[:, :, None], s[:, None, :]]  # (r, k, k)
         rhs = HW[a : a + rows_per_solve].gather(1, s)  # (r, k)
-        v = torch.linalg.solve(Hss, rhs.unsqueeze(-1)).squeeze(-1)
+        v = _spd_solve(Hss, rhs.unsqueeze(-1)).squeeze(-1)
         out[a : a + rows_per_solve].scatter_(1, s, v)
     return out.to(W.dtype)
 
