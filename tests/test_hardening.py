@@ -685,3 +685,22 @@ def test_a_layer_larger_than_memory_is_refused_before_allocating():
         pytest.skip("the OS does not report its memory")
     with pytest.raises(ValueError, match=r"StructLearnedLinear\(1000000, 1000000, density=0.5\) needs about"):
         StructLearnedLinear(1_000_000, 1_000_000, density=0.5)
+
+
+def test_a_layer_checks_its_structure_once_not_per_call(monkeypatch):
+    """The layer validates its index buffers once per change; the dense backend's calls then
+    skip the per-call bounds check a functional call makes (no O(nnz) work twice)."""
+    import importlib
+
+    op = importlib.import_module("torch_structlearn.ops.sparse_linear")  # (the module)
+    calls = []
+    real = op.check_csr_bounds
+    monkeypatch.setattr(op, "check_csr_bounds", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    layer = StructLearnedLinear(10, 6, density=0.4, backend="dense")
+    x = torch.randn(3, 10)
+    for _ in range(3):
+        layer(x)
+    assert calls == []
+    sparse_linear(x, layer.values, layer.crow_indices, layer.col_indices, backend="dense")
+    assert calls == [1]  # a functional call is checked

@@ -317,6 +317,7 @@ class StructLearnedLinear(KernelCaches, nn.Module):
             transpose=(self.crow_t, self.col_t, self.perm_t),
             dense_index=self.dense_index,
             dense_cache=self._dense if backend == "dense" else None,
+            structure_checked=not torch.compiler.is_compiling(),  # (by _check_if_changed)
         )
 
     @property

@@ -330,7 +330,7 @@ def _calibration_runs(shape: tuple[int, int, int], values: Tensor, crow: Tensor,
         def run(name=name, transpose=transpose, index=index, cache=cache):
             with torch.set_grad_enabled(training):
                 y = sparse_linear(x, v, crow, col, backend=name, transpose=transpose,
-                                  dense_index=index, dense_cache=cache)
+                                  dense_index=index, dense_cache=cache, structure_checked=True)
                 if training:
                     x.grad = v.grad = None
                     y.backward(gy)
@@ -351,6 +351,7 @@ def sparse_linear(
     transpose: tuple[Tensor, Tensor, Tensor] | None = None,
     dense_index: Tensor | None = None,
     dense_cache: dense.DenseWeight | None = None,
+    structure_checked: bool = False,
 ) -> Tensor:
     """``y = x Wᵀ + b`` where ``W`` is the ``(out, in)`` CSR matrix ``(crow, col, values)``,
     or the BSR matrix of ``(bo, bi)`` blocks when ``values`` is 3-D.
@@ -372,6 +373,9 @@ def sparse_linear(
             backend; computed when omitted (or empty).
         dense_cache: a :class:`~torch_structlearn.ops.dense.DenseWeight` the dense backend
             keeps its weight in between calls (what a layer passes).
+        structure_checked: the caller has validated ``crow``/``col`` against the shape (a
+            layer does once per change of its buffers): the ``dense`` backend then skips its
+            per-call bounds check (O(nnz)); the op's body still checks for the others.
     Returns:
         ``(*, out_features)``. Under autocast, inputs are cast to the autocast dtype (like
         ``nn.Linear``).
@@ -387,7 +391,7 @@ def sparse_linear(
     check_block_backend(backend, block, x.device)
     backend = resolve_backend(x, values, crow, col, backend)
     if backend == "dense":
-        if not torch.compiler.is_compiling():  # (the op's body checks the other backends)
+        if not (structure_checked or torch.compiler.is_compiling()):  # (the op checks the others)
             _check_operands(x.reshape(-1, in_features), values, crow, col, backend)
         return dense.linear(x, values, crow, col, bias, dense_index, dense_cache)
     lead = x.shape[:-1]
