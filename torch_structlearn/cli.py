@@ -30,6 +30,7 @@ from .argtypes import density, fraction, nonnegative, positive
 from .bench import main as bench_main
 from .classifier import StructLearnedClassifier
 from .datasets import DATASETS, load_dataset
+from .files import process_alive
 from .files import write_atomic as _write_atomic
 from .files import write_json as _write_json
 from .io import sparse_layers
@@ -140,7 +141,7 @@ class _staging:
         self.out.mkdir(parents=True, exist_ok=True)
         for old in self.out.glob(".incoming-*"):
             pid = old.name.split("-")[1]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 shutil.rmtree(old, ignore_errors=True)
         self.stage = Path(tempfile.mkdtemp(prefix=f".incoming-{os.getpid()}-", dir=self.out))
         return self.stage
@@ -152,16 +153,6 @@ class _staging:
                     os.replace(f, self.out / f.name)
         finally:
             shutil.rmtree(self.stage, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _inspect(args) -> int:

@@ -25,7 +25,7 @@ try:
 except ImportError:  # not POSIX (Windows): locks are no-ops, writes stay atomic
     fcntl = None
 
-__all__ = ["cache_dir", "file_lock", "write_atomic", "write_json"]
+__all__ = ["cache_dir", "file_lock", "process_alive", "write_atomic", "write_json"]
 
 
 def cache_dir() -> Path:
@@ -52,16 +52,19 @@ def _remove_stale_temporaries(path: Path) -> None:
     gone)."""
     for tmp in path.parent.glob(f".{glob_escape(path.name)}.*{_TMP_TAG}"):
         pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # that process still runs (it may be writing)
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OSError):
-            continue
-        tmp.unlink(missing_ok=True)
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)  # (a live process may still be writing it)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one we may not signal counts as existing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def glob_escape(name: str) -> str:

@@ -40,6 +40,8 @@ _TIMM_ARCH = re.compile(r"[a-z0-9_]{1,100}")
 class HubEntryError(ValueError):
     """A hub entry that cannot be used: an unreadable or invalid ``card.json``, or a card asking
     for something the hub does not allow."""
+
+
 # an installed wheel holds the hub as package data (torch_structlearn/_hub); a checkout (or an
 # editable install) reads the repository's hub/ folder
 _INSTALLED_HUB = Path(__file__).resolve().parent / "_hub"
@@ -66,7 +68,7 @@ def _entries() -> dict[str, Path]:
 
 def list() -> _list[str]:  # noqa: A001 — the hub's verb, as in torch.hub.list
     """Names of the available entries (valid names only), sorted."""
-    return sorted(n for n in _entries() if _NAME.fullmatch(n) and ".." not in n)
+    return sorted(n for n in _entries() if _valid_name(n))
 
 
 def scan() -> _list[tuple[str, dict | None, str | None]]:
@@ -83,10 +85,14 @@ def scan() -> _list[tuple[str, dict | None, str | None]]:
     return out
 
 
+def _valid_name(name) -> bool:
+    return isinstance(name, str) and bool(_NAME.fullmatch(name)) and ".." not in name
+
+
 def check_name(name: str) -> str:
     """``name`` if it is a valid entry name (lower-case letters, digits, ``.``, ``_``, ``-``;
     no paths), else ``ValueError`` listing the available entries."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+    if not _valid_name(name):
         raise ValueError(f"invalid hub name {name!r}: use lower-case letters, digits, '.', '_' "
                          f"and '-' (no paths); available: {list()}")
     return name

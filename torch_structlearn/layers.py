@@ -419,11 +419,15 @@ def _check_names(f: FileCheck, config: dict, layers: list) -> set[str]:
     return set()
 
 
+def _encode_named(model: nn.Module) -> tuple[dict, list, dict]:
+    named = _named_layers(model)
+    return {"names": [n for n, _ in named]}, [m for _, m in named], {}
+
+
 # any module holding StructLearnedLinear layers (a converted model): its layers by module name
 register(Codec(
     "ModuleStructures", lambda m: isinstance(m, nn.Module) and bool(_named_layers(m)),
-    lambda m: ({"names": [n for n, _ in _named_layers(m)]}, [x for _, x in _named_layers(m)], {}),
-    _check_names,
+    _encode_named, _check_names,
     lambda f, config, records, tensors: {n: layer_from_record(r)
                                          for n, r in zip(config["names"], records, strict=True)},
     order=100))

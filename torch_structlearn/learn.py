@@ -95,20 +95,39 @@ class LayerReport(dict):
 CODING_SETTINGS = frozenset(DictionaryLearner.param_names()) - {"n_atoms"}
 
 
+def _settings_of(learner: DictionaryLearner | None) -> dict:
+    """An unfitted learner's settings (``{}`` for None); ``TypeError`` for anything else."""
+    if learner is None:
+        return {}
+    if not isinstance(learner, DictionaryLearner):
+        raise TypeError(f"learner must be a DictionaryLearner (its settings), got "
+                        f"{type(learner).__name__}")
+    return learner.get_params()
+
+
+def check_settings(width: int, density: float, *, mode: str = "per_unit",
+                   block: tuple[int, int] | None = None, learner: DictionaryLearner | None = None,
+                   **settings) -> None:
+    """:func:`check_learning_args` on ``learner``'s settings overridden by ``settings`` —
+    what :func:`learn_layer` and ``StructLearnedStack`` check before any work."""
+    merged = {**_settings_of(learner), **settings}
+    check_learning_args(width=width, density=density, group_size=merged.get("group_size", 1),
+                        lam1=merged.get("lam1", "auto"), lam_g=merged.get("lam_g"), mode=mode,
+                        block=block, active_fraction=merged.get("active_fraction", 0.05),
+                        memory=merged.get("memory"))
+
+
 def learner_for(out_features: int, learner: DictionaryLearner | None = None,
                 **settings) -> DictionaryLearner:
     """The unfitted :class:`~torch_structlearn.coding.DictionaryLearner` a layer of
     ``out_features`` units is learned with: ``learner``'s settings (``None``: the defaults)
     with ``settings`` (its constructor's arguments: ``lam1``, ``group_size``, ``epochs``, ...)
     overriding them. The one object the learner's settings travel as."""
-    if learner is not None and not isinstance(learner, DictionaryLearner):
-        raise TypeError(f"learner must be a DictionaryLearner (its settings), got "
-                        f"{type(learner).__name__}")
+    params = _settings_of(learner)
     unknown = sorted(set(settings) - CODING_SETTINGS)
     if unknown:
         raise TypeError(f"unexpected learner setting(s) {unknown}; DictionaryLearner takes "
                         f"{sorted(CODING_SETTINGS)}")
-    params = learner.get_params() if learner is not None else {}
     params.update(settings)
     params["n_atoms"] = out_features
     return DictionaryLearner(**params)
@@ -146,12 +165,7 @@ def learn_layer(
     ``max_iter``, ``seed``, ``device``, ``key``, ``verbose``, ``distributed``, ...), which
     override the learner's (:func:`learner_for`).
     """
-    merged = {**(learner.get_params() if isinstance(learner, DictionaryLearner) else {}), **settings}
-    check_learning_args(width=out_features, density=density,
-                        group_size=merged.get("group_size", 1), lam1=merged.get("lam1", "auto"),
-                        lam_g=merged.get("lam_g"), mode=mode, block=block,
-                        active_fraction=merged.get("active_fraction", 0.05),
-                        memory=merged.get("memory"))
+    check_settings(out_features, density, mode=mode, block=block, learner=learner, **settings)
     learner = learner_for(out_features, learner, **settings)
     key = learner.key
     require_reiterable(loader, "learn_structure")

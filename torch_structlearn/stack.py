@@ -14,22 +14,21 @@ from torch import Tensor, nn
 
 from ._checks import choice, positive_int
 from ._checks import seed as check_seed
-from .coding import DictionaryLearner
 from .connectivity import Connectivity
 from .data import MappedLoader, batches, first_batch
 from .distributed import all_reduce, broadcast, world_size
 from .entropy import coding_efficiency
 from .io import MAX_FEATURES, Codec, FileCheck, Record, register
 from .layers import StructLearnedLinear, layer_from_record
-from .learn import CODING_SETTINGS, check_learning_args, format_report, learn_layer
+from .learn import CODING_SETTINGS, check_settings, format_report, learn_layer
 from .pooling import GroupPool, check_mode, learn_groups
 
 __all__ = ["StructLearnedStack"]
 
 
-def _block(in_features: int, width: int, group_size: int, pool: str, **layer_kw) -> nn.Sequential:
-    return nn.Sequential(StructLearnedLinear(in_features, width, **layer_kw), nn.ReLU(),
-                         GroupPool(group_size, pool))
+def _block(layer: StructLearnedLinear, group_size: int, pool: str) -> nn.Sequential:
+    """One block of the stack: ``layer → ReLU → GroupPool``."""
+    return nn.Sequential(layer, nn.ReLU(), GroupPool(group_size, pool))
 
 
 # arguments the stack sets itself; every other argument of ``learn.learn_structure`` (and
@@ -50,16 +49,9 @@ def _check_learn_kw(kw: dict, *, width: int, density: float, group_size: int) ->
     if "score_samples" in kw and positive_int("score_samples", kw["score_samples"]) < 2:
         raise ValueError(f"score_samples must be >= 2 (the score estimates entropies), got "
                          f"{kw['score_samples']}")
-    learner = kw.get("learner")
-    if learner is not None and not isinstance(learner, DictionaryLearner):
-        raise TypeError(f"learner must be a DictionaryLearner (its settings), got "
-                        f"{type(learner).__name__}")
-    merged = {**(learner.get_params() if learner is not None else {}), **kw}
-    check_learning_args(width=width, density=density, group_size=group_size,
-                        lam1=merged.get("lam1", "auto"), lam_g=merged.get("lam_g"),
-                        mode=kw.get("mode", "per_unit"), block=kw.get("block"),
-                        active_fraction=merged.get("active_fraction", 0.05),
-                        memory=merged.get("memory"))
+    settings = {k: v for k, v in kw.items() if k in CODING_SETTINGS}
+    check_settings(width, density, mode=kw.get("mode", "per_unit"), block=kw.get("block"),
+                   learner=kw.get("learner"), **{**settings, "group_size": group_size})
 
 
 def _keeps(depth: int, gain: float, min_gain: float) -> bool:
@@ -127,15 +119,11 @@ class StructLearnedStack(nn.Module):
         self.density, self.group_size, self.pool, self.min_gain = density, group_size, pool, min_gain
         self.backend, self.learn_kw = backend, learn_kw
         self._factory = {"device": device, "dtype": dtype}
-        if _layers is not None:  # (io.load: the file's layers, not random ones to replace)
-            self.layers = nn.ModuleList(nn.Sequential(layer, nn.ReLU(), GroupPool(group_size, pool))
-                                        for layer in _layers)
-        else:
-            self.layers = nn.ModuleList(
-                _block(in_features if i == 0 else width // group_size, width, group_size, pool,
-                       density=density, backend=backend, **self._factory)
-                for i in range(depth)
-            )
+        if _layers is None:  # random layers (io.load passes the file's instead)
+            _layers = [StructLearnedLinear(in_features if i == 0 else width // group_size, width,
+                                           density=density, backend=backend, **self._factory)
+                       for i in range(depth)]
+        self.layers = nn.ModuleList(_block(layer, group_size, pool) for layer in _layers)
         self.report: list[dict] = []
 
     @property
@@ -222,8 +210,9 @@ class StructLearnedStack(nn.Module):
             learned, rep = learn_layer(
                 centred, self.width, density=self.density, group_size=self.group_size,
                 key=key, verbose=verbose, device=device, **kw)
-            block = _block(in_l, self.width, self.group_size, self.pool,
-                           connectivity=learned.connectivity, backend=self.backend, **self._factory)
+            block = _block(StructLearnedLinear(in_l, self.width, connectivity=learned.connectivity,
+                                               backend=self.backend, **self._factory),
+                           self.group_size, self.pool)
             layer = block[0]
             layer.copy_csr_values_(learned.values)
             layer.bias.copy_(-(layer.dense_weight() @ mu.to(layer.values)))  # fold the centring
