@@ -141,3 +141,79 @@ def test_nm_arguments_are_checked():
         pruning.wanda(W, H, 0.25, nm=(2, 4))
     with pytest.raises(ValueError, match="nm must be a pair"):
         pruning.magnitude(W, 0.5, nm=(3, 2))
+
+
+def test_paired_statistics_target_is_the_least_squares_fit_to_the_reference_outputs():
+    """With paired inputs (X seen by the layer, X_ref by the dense model), target(W) is
+    argmin_V ‖X_ref Wᵀ − X Vᵀ‖² (lstsq on X itself, no damping), and relative_error is the
+    error against the reference outputs."""
+    W, X_ref, _ = _problem(seed=3)
+    g = torch.Generator().manual_seed(4)
+    X = X_ref + 0.3 * torch.randn(X_ref.shape, generator=g, dtype=torch.float64)  # perturbed
+    stats = pruning.InputStatistics(X.shape[1], paired=True)
+    for a, b in zip(X.split(37), X_ref.split(37), strict=True):
+        stats.update(a, b)
+    want = torch.linalg.lstsq(X, X_ref @ W.T).solution.T
+    torch.testing.assert_close(stats.target(W, damp=0.0), want, rtol=1e-7, atol=1e-8)
+    V = torch.randn(W.shape, generator=g, dtype=torch.float64)
+    direct = (X_ref @ W.T - X @ V.T).square().sum() / (X_ref @ W.T).square().sum()
+    assert stats.relative_error(W, V) == pytest.approx(float(direct), rel=1e-9)
+    with pytest.raises(ValueError, match="paired inputs differ in shape"):
+        stats.update(X[:3], X_ref[:4])
+
+
+def test_obs_refit_is_the_refit_on_its_mask_and_beats_sparsegpt():
+    """obs_refit's weights are the least-squares refit on its mask (so on that mask no weights do
+    better), and its error is below SparseGPT's at the same density."""
+    W, X, H = _problem(out=12, d=40, n=400, seed=5)
+    for density in (0.5, 0.25, 0.1):
+        mask, Wh = pruning.obs_refit(W, H, density)
+        assert bool((mask.sum(1) == pruning.fan_in_for_density(density, 40)).all())
+        torch.testing.assert_close(Wh, pruning.refit(W, H, mask))
+        _, sg = pruning.sparsegpt(W, H, density)
+        assert pruning.output_error(W, Wh, H) < pruning.output_error(W, sg, H)
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        pruning.obs_refit(W, H, 0.5, steps=0)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "obs_refit"])
+def test_block_masks_keep_whole_blocks(method):
+    """block=(bo, bi): each block row keeps the same number of whole blocks; magnitude and
+    Wanda keep the blocks of largest summed score (as Connectivity.from_scores does)."""
+    from torch_structlearn.connectivity import Connectivity
+
+    W, X, H = _problem(out=8, d=12, seed=6)
+    block = (2, 3)
+    if method == "magnitude":
+        mask = pruning.magnitude(W, 0.5, block=block)
+        want = Connectivity.from_scores(W.abs(), 0.5, block=block).to_mask()
+        assert torch.equal(mask, want)
+    elif method == "wanda":
+        mask = pruning.wanda(W, H, 0.5, block=block)
+        want = Connectivity.from_scores(W.abs() * X.norm(dim=0), 0.5, block=block).to_mask()
+        assert torch.equal(mask, want)
+    else:
+        mask, Wh = getattr(pruning, method)(W, H, 0.5, block=block)
+        assert torch.equal(Wh != 0, mask) or bool((Wh[~mask] == 0).all())
+    bm = mask.reshape(4, 2, 4, 3)
+    assert bool((bm.all(3).all(1) | ~bm.any(3).any(1)).all())
+    assert bool((bm.any(3).any(1).sum(1) == 2).all())
+    with pytest.raises(ValueError, match="must divide the shape"):
+        pruning.magnitude(W, 0.5, block=(3, 3))
+    with pytest.raises(ValueError, match="give nm= or block=, not both"):
+        pruning.magnitude(W, 0.5, nm=(2, 4), block=block)
+
+
+def test_refit_by_conjugate_gradients_matches_the_direct_solve():
+    """solver='cg' (all rows at once, from SparseGPT's weights or the masked W) reaches the
+    direct per-row Cholesky solution; bad solver names are refused."""
+    W, X, H = _problem(out=20, d=64, n=500, seed=7)
+    for density in (0.75, 0.25):
+        mask, sg = pruning.sparsegpt(W, H, density)
+        direct = pruning.refit(W, H, mask, solver="direct")
+        for init in (sg, None):
+            cg = pruning.refit(W, H, mask, solver="cg", init=init, tol=1e-12)
+            assert bool((cg[~mask] == 0).all())
+            torch.testing.assert_close(cg, direct, rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="solver must be"):
+        pruning.refit(W, H, mask, solver="lu")

@@ -235,7 +235,8 @@ def _convert(args) -> int:
                                             align_corners=False)
     loader = DataLoader(TensorDataset(X, y), batch_size=args.batch_size)
     report = convert(model, loader, density=args.density, include=args.include,
-                     exclude=args.exclude, init=args.init, batches=args.batches,
+                     exclude=args.exclude, init=args.init, method=args.method,
+                     sequential=args.sequential, batches=args.batches,
                      verbose=not args.quiet)
     save(model, out, metadata={"model": args.model, "dataset": args.dataset,
                                "command": " ".join(sys.argv), "report": report})
@@ -321,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("--include", default=None, help="glob on module names, e.g. 'blocks.*.mlp.fc*'")
     cv.add_argument("--exclude", default=None)
     cv.add_argument("--init", choices=["keep", "dictionary", "random"], default="keep")
+    cv.add_argument("--method", choices=["refit", "sparsegpt", "wanda", "magnitude", "dictionary"],
+                    default=None, help="how masks and kept weights are chosen (default: refit "
+                    "with --init keep, else dictionary)")
+    cv.add_argument("--sequential", action="store_true",
+                    help="calibrate layer by layer on the converted model's inputs")
     cv.add_argument("--checkpoint", default=None, help="a state_dict file for the timm model")
     cv.add_argument("--limit", type=positive(int), default=512, help="training images used")
     cv.add_argument("--batches", type=positive(int), default=None)
