@@ -24,7 +24,7 @@ from torch_structlearn.ops import available_backends, sparse_linear
 def _structure(out=6, inp=10, density=0.4, seed=0):
     torch.manual_seed(seed)
     layer = StructLearnedLinear(inp, out, density=density)
-    return layer.values.detach().clone(), layer.crow_indices.clone(), layer.col_indices.clone()
+    return layer.csr_values().detach().clone(), layer.crow_indices.clone(), layer.col_indices.clone()
 
 
 # --------------------------------------------------------------- 1. native code, caches

@@ -47,3 +47,33 @@ def test_register_converted_checks_its_arguments_before_registering(tmp_path):
     with pytest.raises(ValueError, match="name must be a Python identifier"):
         register_converted("bad-name", "resnet18", path)
     assert not timm.is_model("structlearn_bad_base") and not timm.is_model("structlearn_bad_file")
+
+
+def test_timm_optimizer_factory_decays_the_sparse_weights_like_linear_weights():
+    """timm's create_optimizer_v2 exempts 1-D parameters from weight decay: a converted layer's
+    `values` (stored (nnz, 1)) land in the decay group with the weights of the nn.Linear
+    layers, its bias in the no-decay group — and one AdamW step shrinks them as it shrinks a
+    dense weight (zero gradient: the step is the decay alone)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    convert(model, None, density=0.5, method="magnitude", include="0", verbose=False)
+    opt = timm.optim.create_optimizer_v2(model, "adamw", lr=0.1, weight_decay=0.05)
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(model[0].values) in decay and id(model[2].weight) in decay
+    assert id(model[0].bias) not in decay and id(model[2].bias) not in decay
+    before = model[0].values.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    torch.testing.assert_close(model[0].values.detach(), before * (1 - 0.1 * 0.05))
+
+
+def test_state_dicts_with_one_dimensional_values_still_load():
+    """A state_dict saved when `values` was (nnz,) loads into the (nnz, 1) parameter."""
+    layer = StructLearnedLinear(6, 4, density=0.5)
+    old = {k: v.clone() for k, v in layer.state_dict().items()}
+    old["values"] = old["values"].reshape(-1)
+    fresh = StructLearnedLinear(6, 4, density=0.5)
+    fresh.load_state_dict(old)
+    assert fresh.values.shape == (layer.nnz, 1)
+    assert torch.equal(fresh.values, layer.values)

@@ -1,7 +1,9 @@
 """Layers: ``StructLearnedLinear``, a drop-in ``nn.Linear`` whose weight lives on a sparse
 ``Connectivity``.
 
-The nonzero weights are the ``values`` parameter ``(nnz,)``; the structure is two integer
+The nonzero weights are the ``values`` parameter ``(nnz, 1)`` (one weight per row: 2-D, so that
+optimizer factories that exempt 1-D parameters from weight decay — timm's — treat it as the
+weight it is); the structure is two integer
 buffers (``crow_indices``, ``col_indices``), so ``state_dict``, ``.to()``, ``deepcopy``, DDP and
 autocast behave as for any module. The kernel is the ``structlearn::sparse_linear`` custom op.
 A block layer (``block=(bo, bi)``) stores its weight like torch's BSR tensors: ``values``
@@ -64,8 +66,10 @@ class StructLearnedLinear(KernelCaches, nn.Module):
         input ``(*, in_features)`` → output ``(*, out_features)``.
 
     Attributes:
-        values: ``(nnz,)`` learnable nonzero weights in CSR order; ``(nblocks, bo, bi)`` for
-            a block layer.
+        values: ``(nnz, 1)`` learnable nonzero weights in CSR order (2-D: weight decay applies
+            to it as to ``nn.Linear.weight`` in optimizer factories that exempt 1-D
+            parameters); ``(nblocks, bo, bi)`` for a block layer. :meth:`csr_values` gives
+            them as ``(nnz,)``.
         bias: ``(out_features,)`` or None.
         crow_indices, col_indices: int buffers describing the CSR (block layer: BSR) structure.
 
@@ -132,7 +136,11 @@ class StructLearnedLinear(KernelCaches, nn.Module):
         return connectivity.block_structure(self.block)
 
     def _values_shape(self, n: int) -> tuple[int, ...]:
-        return (n,) if self.block is None else (n, *self.block)
+        return (n, 1) if self.block is None else (n, *self.block)
+
+    def _op_values(self) -> Tensor:
+        """``values`` as the kernels take them: ``(nnz,)`` (a view), or the blocks."""
+        return self.values.view(-1) if self.block is None else self.values
 
     def _set_structure(self, crow: Tensor, col: Tensor, device=None) -> None:
         """(Re)register the CSR buffers and the cached transpose used by the backward pass."""
@@ -159,7 +167,7 @@ class StructLearnedLinear(KernelCaches, nn.Module):
         """``(nnz,)`` the nonzero weights in the element CSR order of :attr:`connectivity`
         (for a block layer, gathered from the blocks; differentiable)."""
         if self.block is None:
-            return self.values
+            return self.values.view(-1)
         return self.values.reshape(-1)[bsr_to_csr(self.crow_indices, self.col_indices, self.block)[2]]
 
     @torch.no_grad()
@@ -171,7 +179,7 @@ class StructLearnedLinear(KernelCaches, nn.Module):
                              f"{tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__}")
         values = values.to(self.values)
         if self.block is None:
-            self.values.copy_(values)
+            self.values.view(-1).copy_(values)
         else:
             index = bsr_to_csr(self.crow_indices, self.col_indices, self.block)[2]
             self.values.view(-1)[index] = values
@@ -246,7 +254,7 @@ class StructLearnedLinear(KernelCaches, nn.Module):
         fan_in = self.fan_in.to(self.values.device, torch.float64)
         bound = torch.where(fan_in > 0, fan_in.clamp(min=1).rsqrt(), torch.zeros_like(fan_in))
         if self.block is None:
-            per_value = torch.repeat_interleave(bound, self.fan_in.long().to(bound.device))
+            per_value = torch.repeat_interleave(bound, self.fan_in.long().to(bound.device))[:, None]
         else:  # every row a of block k belongs to unit row(k) * bo + a
             bo, _ = self.block
             rows = row_of_entries(self.crow_indices, self.values.shape[0]).to(bound.device)
@@ -303,13 +311,13 @@ class StructLearnedLinear(KernelCaches, nn.Module):
             )
         if not torch.compiler.is_compiling():
             self._check_if_changed()
-        backend = resolve_backend(x, self.values, self.crow_indices, self.col_indices,
-                                  self._backend)
+        values = self._op_values()
+        backend = resolve_backend(x, values, self.crow_indices, self.col_indices, self._backend)
         if not torch.compiler.is_compiling():
             self._caches_for_call(backend)
         return sparse_linear(
             x,
-            self.values,
+            values,
             self.crow_indices,
             self.col_indices,
             self.bias,
@@ -332,7 +340,7 @@ class StructLearnedLinear(KernelCaches, nn.Module):
 
     def dense_weight(self) -> Tensor:
         """``(out_features, in_features)`` dense weight (zeros off the structure); differentiable."""
-        return dense_weight(self.values, self.crow_indices, self.col_indices, self.in_features,
+        return dense_weight(self._op_values(), self.crow_indices, self.col_indices, self.in_features,
                             self.dense_index)
 
     def extra_repr(self) -> str:
@@ -347,7 +355,11 @@ class StructLearnedLinear(KernelCaches, nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
         """Accept a state dict with a *different* structure of the same shape: the CSR
         buffers and the size of ``values`` are validated, then ``values`` and the buffers are
-        resized before copying (an invalid structure changes nothing)."""
+        resized before copying (an invalid structure changes nothing). ``values`` saved as
+        ``(nnz,)`` (before they were stored 2-D) are read as ``(nnz, 1)``."""
+        values = state_dict.get(prefix + "values")
+        if self.block is None and isinstance(values, Tensor) and values.dim() == 1:
+            state_dict[prefix + "values"] = values.reshape(-1, 1)
         crow = state_dict.get(prefix + "crow_indices")
         col = state_dict.get(prefix + "col_indices")
         if crow is not None or col is not None:  # one alone is checked against the other kept
