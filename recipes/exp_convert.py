@@ -1,12 +1,20 @@
-"""Converting a *trained* model: one-shot accuracy of every conversion method at several
-densities (issue [convert-pretrained], first part: the Fashion-MNIST MLP).
+"""Converting a *trained* model: accuracy of every conversion method, one-shot and after a short
+fine-tune (issue [convert-pretrained]; the trained stand-ins).
 
-Trains a 784-1024-1024-10 ReLU MLP on Fashion-MNIST (or loads it from --checkpoint), then
-converts every nn.Linear with ``convert(model, loader, density=d, method=m)`` on
-``--calib`` training images and reports test accuracy without fine-tuning, and each method's
-mean relative output error on the calibration inputs:
+Trains a 784-1024-1024-10 ReLU MLP on MNIST or Fashion-MNIST (``--model mlp``), or a timm
+ViT (``--model vit``: vit_tiny's width, 6 blocks, 32 px CIFAR-10 in 8-px patches, AdamW with a
+cosine schedule and flips, fp32) — or loads it from --checkpoint — then converts every
+nn.Linear (the ViT's blocks: qkv, proj, fc1, fc2) with ``convert(model, loader, density=d, method=m)`` on
+``--calib`` training images (one random subset per seed) and reports test accuracy one-shot and
+after ``--finetune-steps`` AdamW steps on the training set (masks fixed; the dense model gets
+the same steps as a reference), and each method's mean relative output error. ``-seq`` methods
+calibrate layer by layer (``sequential=True``: Wanda and SparseGPT as their papers do, refit
+fitting the dense model's outputs); ``2:4`` is ``nm=(2, 4)`` at 50 %. ``--calib-sweep`` adds
+one-shot accuracy at 10 % against the number of calibration images:
 
-    python recipes/exp_convert.py --data-root ../shared/data [--densities 0.5 0.25 0.1 0.05]
+    python recipes/exp_convert.py --dataset fashion-mnist --data-root ../shared/data
+    python recipes/exp_convert.py --model vit --dataset cifar10 --epochs 6 --seeds 1 \
+        --data-root ../shared/data
 """
 
 from __future__ import annotations
@@ -23,20 +31,31 @@ from torch.utils.data import DataLoader, TensorDataset
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
-from common import machine  # noqa: E402
+from common import RUNS, machine  # noqa: E402
 
-from torch_structlearn import convert  # noqa: E402
-from torch_structlearn.argtypes import density as _density  # noqa: E402
+from torch_structlearn import StructLearnedLinear, convert, hub, save  # noqa: E402
 from torch_structlearn.argtypes import positive as _positive  # noqa: E402
 from torch_structlearn.datasets import load_dataset  # noqa: E402
-from torch_structlearn.files import write_json  # noqa: E402
+from torch_structlearn.files import write_atomic, write_json  # noqa: E402
 
-METHODS = ("dictionary", "magnitude", "wanda", "sparsegpt", "refit")
+METHODS = ("dictionary", "magnitude", "wanda", "wanda-seq", "sparsegpt", "sparsegpt-seq",
+           "refit", "refit-seq")
+DENSITIES = ("0.5", "0.25", "0.1", "0.05", "2:4")
 
 
 def mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024),
                          nn.ReLU(), nn.Linear(1024, 10))
+
+
+def vit() -> nn.Module:
+    import timm
+
+    return timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8,
+                             depth=6)
+
+
+MODELS = {"mlp": (mlp, None), "vit": (vit, "blocks.*")}  # builder, layers converted
 
 
 @torch.no_grad()
@@ -46,66 +65,172 @@ def accuracy(model: nn.Module, X, y) -> float:
                      zip(X.split(1000), y.split(1000), strict=True)) / len(y))
 
 
-def train(X, y, epochs: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    model = mlp()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = DataLoader(TensorDataset(X, y), batch_size=256, shuffle=True,
+def train(model: nn.Module, X, y, *, steps: int | None = None, epochs: int = 1, lr: float,
+          seed: int) -> nn.Module:
+    """AdamW on cross-entropy, batch 128; ``steps`` (if given) ends it early."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    loader = DataLoader(TensorDataset(X, y), batch_size=128, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
-    for epoch in range(epochs):
-        model.train()
+    done = 0
+    model.train()
+    for _ in range(epochs):
         for xb, yb in loader:
             opt.zero_grad()
             nn.functional.cross_entropy(model(xb), yb).backward()
             opt.step()
-        print(f"epoch {epoch + 1}/{epochs}", flush=True)
+            done += 1
+            if steps is not None and done >= steps:
+                return model
     return model
+
+
+def _convert(model, calib, density: str, method: str, include=None) -> tuple[list[dict], float]:
+    name, seq = method.removesuffix("-seq"), method.endswith("-seq")
+    kw = {"density": 0.5, "nm": (2, 4)} if density == "2:4" else {"density": float(density)}
+    t0 = time.perf_counter()
+    report = convert(model, [(b,) for b in calib.split(256)], method=name, sequential=seq,
+                     include=include, verbose=False, **kw)
+    return report, time.perf_counter() - t0
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=list(MODELS), default="mlp")
+    p.add_argument("--dataset", choices=["fashion-mnist", "mnist", "cifar10"], default="fashion-mnist")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--densities", type=_density, nargs="+", default=[0.5, 0.25, 0.1, 0.05])
+    p.add_argument("--densities", nargs="+", choices=DENSITIES, default=list(DENSITIES))
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--epochs", type=_positive(int), default=10)
+    p.add_argument("--epochs", type=_positive(int), default=10, help="dense training epochs")
+    p.add_argument("--lr", type=float, default=1e-3, help="dense training learning rate")
     p.add_argument("--calib", type=_positive(int), default=1024, help="calibration images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", type=Path, default=ROOT / "runs" / "convert" / "mlp-fashion-mnist.pt")
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "convert" / "exp_convert-fashion-mnist.json")
+    p.add_argument("--seeds", type=_positive(int), default=3, help="calibration subsets")
+    p.add_argument("--finetune-steps", type=int, default=200, help="0: one-shot only")
+    p.add_argument("--finetune-lr", type=float, default=1e-4)
+    p.add_argument("--calib-sweep", type=int, nargs="*", default=[128, 256, 512, 1024])
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="default runs/convert/<model>-<dataset>.pt (made when missing)")
+    p.add_argument("--hub", default=None, metavar="NAME",
+                   help="publish hub/NAME: the model converted by refit at --hub-density "
+                        "(calibration seed 0), with all its weights (--model vit only)")
+    p.add_argument("--hub-density", type=float, default=0.1)
+    p.add_argument("--hub-root", type=Path, default=ROOT / "hub")
+    p.add_argument("--license", default="", help="data license for the hub card")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default runs/repro/convert-<model>-<dataset>.json")
     args = p.parse_args(argv)
-    Xtr, ytr = load_dataset("fashion-mnist", "train", args.data_root)
-    Xte, yte = load_dataset("fashion-mnist", "test", args.data_root)
-    if args.checkpoint.exists():
-        model = mlp()
-        model.load_state_dict(torch.load(args.checkpoint, weights_only=True))
+    if args.hub is not None:
+        if args.model != "vit":
+            p.error("--hub publishes timm models: it needs --model vit")
+        try:
+            hub.check_name(args.hub)
+        except ValueError as e:
+            p.error(f"--hub: {e}")
+    build, include = MODELS[args.model]
+    ckpt = args.checkpoint or ROOT / "runs" / "convert" / f"{args.model}-{args.dataset}.pt"
+    out = args.out or RUNS / f"convert-{args.model}-{args.dataset}.json"
+    Xtr, ytr = load_dataset(args.dataset, "train", args.data_root)
+    Xte, yte = load_dataset(args.dataset, "test", args.data_root)
+    model = build()
+    pretrain = None
+    if ckpt.exists():
+        model.load_state_dict(torch.load(ckpt, weights_only=True))
     else:
-        model = train(Xtr, ytr, args.epochs, args.seed)
-        args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), args.checkpoint)
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        if args.model == "vit":
+            from finetune_timm import fit
+
+            fit(model, Xtr, ytr, epochs=args.epochs, lr=args.lr, batch_size=128, clip=1.0,
+                device=torch.device("cpu"), flip=True, amp=False)
+        else:
+            train(model, Xtr, ytr, epochs=args.epochs, lr=args.lr, seed=0)
+        pretrain = time.perf_counter() - t0
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), ckpt)
     dense = accuracy(model, Xte, yte)
-    print(f"dense test accuracy {dense:.2%}")
-    g = torch.Generator().manual_seed(args.seed)
-    calib = Xtr[torch.randperm(len(Xtr), generator=g)[: args.calib]]
-    loader = [(b,) for b in calib.split(256)]
+    print(f"dense test accuracy {dense:.2%}", flush=True)
+    ref = []
+    for seed in range(args.seeds if args.finetune_steps > 0 else 0):
+        torch.manual_seed(seed)
+        ref.append(accuracy(train(copy.deepcopy(model), Xtr, ytr, steps=args.finetune_steps,
+                                  lr=args.finetune_lr, seed=seed), Xte, yte))
     rows = []
+
+    def calib_set(n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        return Xtr[torch.randperm(len(Xtr), generator=g)[:n]]
+
     for d in args.densities:
         for m in args.methods:
-            conv = copy.deepcopy(model)
-            t0 = time.perf_counter()
-            report = convert(conv, loader, density=d, method=m, verbose=False)
-            secs = time.perf_counter() - t0
-            err = [r["output_error"] for r in report if "output_error" in r]
-            acc = accuracy(conv, Xte, yte)
-            rows.append({"density": d, "method": m, "test_accuracy": acc, "seconds": secs,
-                         "output_error": sum(err) / len(err) if err else None})
-            e = f"{rows[-1]['output_error']:.4f}" if err else "-"
-            print(f"density {d:.0%}  {m:<10} test {acc:.2%}  output error {e}  ({secs:.1f} s)",
-                  flush=True)
-    write_json(args.out, {"command": " ".join(["python", "recipes/exp_convert.py", *(argv or sys.argv[1:])]),
-                          "machine": machine(), "dense_test_accuracy": dense,
-                          "calibration_images": args.calib, "seed": args.seed, "rows": rows})
-    print(f"wrote {args.out}")
+            if d == "2:4" and m == "dictionary":
+                continue  # N:M masks are for the trained-model methods
+            for seed in range(args.seeds):
+                conv = copy.deepcopy(model)
+                report, secs = _convert(conv, calib_set(args.calib, seed), d, m, include)
+                err = [r["output_error"] for r in report if "output_error" in r]
+                one_shot = accuracy(conv, Xte, yte)
+                torch.manual_seed(seed)
+                tuned = None if args.finetune_steps <= 0 else accuracy(
+                    train(conv, Xtr, ytr, steps=args.finetune_steps, lr=args.finetune_lr,
+                          seed=seed), Xte, yte)
+                rows.append({"density": d, "method": m, "seed": seed, "one_shot": one_shot,
+                             "finetuned": tuned, "seconds": secs,
+                             "output_error": sum(err) / len(err) if err else None})
+                ft = "-" if tuned is None else f"{tuned:.2%}"
+                print(f"{d:>5} {m:<14} seed {seed}  one-shot {one_shot:.2%}  fine-tuned {ft}  "
+                      f"({secs:.1f} s)", flush=True)
+    sweep = []
+    for n in args.calib_sweep:
+        for m in ("wanda", "sparsegpt", "refit"):
+            for seed in range(args.seeds):
+                conv = copy.deepcopy(model)
+                _convert(conv, calib_set(n, seed), "0.1", m, include)
+                sweep.append({"calib": n, "method": m, "seed": seed,
+                              "one_shot": accuracy(conv, Xte, yte)})
+                print(f"calib {n:>5} {m:<10} seed {seed}  one-shot {sweep[-1]['one_shot']:.2%}",
+                      flush=True)
+    if args.hub is not None:
+        conv = copy.deepcopy(model)
+        report, secs = _convert(conv, calib_set(args.calib, 0), str(args.hub_density), "refit",
+                                include)
+        one_shot = accuracy(conv, Xte, yte)
+        publish(args.hub_root / args.hub, conv, {
+            "name": args.hub, "dataset": args.dataset, "density": args.hub_density, "depth": None,
+            "command": " ".join(["python", "recipes/exp_convert.py",
+                                 *(argv if argv is not None else sys.argv[1:])]),
+            "hardware": machine(), "timm_model": "vit_tiny_patch16_224",
+            "timm_kwargs": {"num_classes": 10, "img_size": 32, "patch_size": 8, "depth": 6},
+            "include": include, "test_accuracy": one_shot, "one_shot_accuracy": one_shot,
+            "dense_test_accuracy": dense, "method": "refit", "calibration_images": args.calib,
+            "convert_seconds": secs, "data_license": args.license,
+            "usage": f"torch_structlearn.hub.load({args.hub!r}) -> the trained stand-in ViT "
+                     f"converted one-shot by method='refit' at {args.hub_density:.0%} (every "
+                     "weight included: test_accuracy is its one-shot accuracy, no fine-tune)"})
+        print(f"published {args.hub}: one-shot {one_shot:.2%}")
+    write_json(out, {"experiment": "convert", "model": args.model, "dataset": args.dataset,
+                     "dense_training_seconds": pretrain, "dense_epochs": args.epochs,
+                     "command": " ".join(["python", "recipes/exp_convert.py",
+                                          *(argv if argv is not None else sys.argv[1:])]),
+                     "machine": machine(), "dense_test_accuracy": dense,
+                     "dense_finetuned": ref, "calibration_images": args.calib,
+                     "seeds": args.seeds, "finetune_steps": args.finetune_steps,
+                     "finetune_lr": args.finetune_lr, "rows": rows, "calib_sweep": sweep})
+    print(f"wrote {out}")
     return 0
+
+
+def publish(entry: Path, model: nn.Module, card: dict) -> None:
+    """A hub entry of a converted trained model: ``structure.safetensors`` (the converted
+    layers with their weights), ``weights.safetensors`` (every other weight) and the card."""
+    from safetensors.torch import save as tensors_bytes
+
+    entry.mkdir(parents=True, exist_ok=True)
+    save(model, entry / "structure.safetensors")
+    sparse = {n for n, m in model.named_modules() if isinstance(m, StructLearnedLinear)}
+    rest = {k: v.detach().contiguous() for k, v in model.state_dict().items()
+            if k.rpartition(".")[0] not in sparse}
+    write_atomic(entry / "weights.safetensors", tensors_bytes(rest))
+    write_json(entry / "card.json", card)
 
 
 if __name__ == "__main__":

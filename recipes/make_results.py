@@ -470,6 +470,130 @@ def _learned_vs_random(results: list[dict]) -> tuple[list[dict], list[str]]:
     return cells, (lines if cells else [])
 
 
+CONVERT_ORDER = ["dictionary", "magnitude", "wanda", "wanda-seq", "sparsegpt", "sparsegpt-seq",
+                 "refit", "refit-seq"]
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.mean(vals) if vals else None
+
+
+def convert_verdicts(res: dict) -> list[str]:
+    """The issue's targets for the trained-model conversion, judged on the means over seeds:
+    ``refit`` (the default) against the better of Wanda and SparseGPT (each the better of its
+    one-pass and sequential runs)."""
+    by = {}
+    for r in res["rows"]:
+        by.setdefault((r["density"], r["method"]), []).append(r)
+    out = []
+
+    def best(d, names, key):
+        vals = [(_mean(by[(d, m)], key), m) for m in names if (d, m) in by]
+        vals = [v for v in vals if v[0] is not None]
+        return max(vals) if vals else (None, None)
+
+    anchors = ["wanda", "wanda-seq", "sparsegpt", "sparsegpt-seq"]
+    for d, margin, label in (("0.5", 0.0, "≥ the better of Wanda and SparseGPT"),
+                             ("2:4", 0.0, "≥ the better of Wanda and SparseGPT"),
+                             ("0.1", 0.02, "≥ the better of Wanda and SparseGPT + 2 points")):
+        ours, _ = best(d, ["refit"], "one_shot")
+        theirs, who = best(d, anchors, "one_shot")
+        if ours is None or theirs is None:
+            continue
+        ok = ours >= theirs + margin
+        out.append(f"| one-shot at {d if d == '2:4' else f'{float(d):.0%}'}: `refit` {label} | "
+                   f"{ours:.2%} vs {who} {theirs:.2%} | {'met' if ok else '**missed**'} |")
+    dens = sorted({r["density"] for r in res["rows"]}, key=lambda d: -0.5 if d == "2:4" else -float(d))
+    for d in dens:
+        ours, _ = best(d, ["refit"], "finetuned")
+        others = [m for m in CONVERT_ORDER if m not in ("refit",) and (d, m) in by]
+        theirs, who = best(d, others, "finetuned")
+        if ours is None or theirs is None:
+            continue
+        ok = ours >= theirs
+        dl = d if d == "2:4" else f"{float(d):.0%}"
+        out.append(f"| fine-tuned at {dl}: `refit` ≥ every method | {ours:.2%} vs {who} "
+                   f"{theirs:.2%} | {'met' if ok else '**missed**'} |")
+    return out
+
+
+def convert_section(res: dict) -> list[str]:
+    """One-shot and fine-tuned test accuracy of every conversion method and density
+    (recipes/exp_convert.py), the calibration-size sweep and the targets."""
+    rows = res["rows"]
+    model = res.get("model", "mlp")
+    n = res["seeds"]
+    dens = sorted({r["density"] for r in rows}, key=lambda d: -0.5 if d == "2:4" else -float(d))
+    methods = [m for m in CONVERT_ORDER if any(r["method"] == m for r in rows)]
+    ft = res.get("finetune_steps", 0) > 0
+    ref = res.get("dense_finetuned") or []
+    lines = [f"### Converting a trained model — {model}, {res['dataset']}", "",
+             f"Command: `{res['command']}`  ",
+             f"Hardware: {res['machine']}. Dense model: {res['dense_test_accuracy']:.2%} test"
+             + (f" ({statistics.mean(ref):.2%} after the same fine-tune)" if ref else "")
+             + f"; {res['calibration_images']} calibration images, "
+             + ("seed 0 (one calibration subset: no spread)" if n == 1 else
+                f"{n} calibration subsets (seeds 0–{n - 1}), mean ± std")
+             + (f"; fine-tune: {res['finetune_steps']} AdamW steps (batch 128, lr "
+                f"{res['finetune_lr']:g}, masks fixed)" if ft else "; one-shot only") + ".", ""]
+    for key, title in (("one_shot", "one-shot"), ("finetuned", "after the fine-tune")):
+        if key == "finetuned" and not ft:
+            continue
+        lines += [f"Test accuracy, {title}:", "",
+                  "| density | " + " | ".join(f"`{m}`" for m in methods) + " |",
+                  "|---|" + "---|" * len(methods)]
+        for d in dens:
+            cells = []
+            for m in methods:
+                vals = [r[key] for r in rows if r["density"] == d and r["method"] == m]
+                cells.append(_cell(vals) if vals else "–")
+            lines.append(f"| {d if d == '2:4' else f'{float(d):.0%}'} | " + " | ".join(cells) + " |")
+        lines.append("")
+    sweep = res.get("calib_sweep") or []
+    if sweep:
+        sizes = sorted({r["calib"] for r in sweep})
+        ms = [m for m in ("wanda", "sparsegpt", "refit") if any(r["method"] == m for r in sweep)]
+        lines += ["One-shot test accuracy at 10 % against the number of calibration images:", "",
+                  "| calibration images | " + " | ".join(f"`{m}`" for m in ms) + " |",
+                  "|---|" + "---|" * len(ms)]
+        for c in sizes:
+            lines.append(f"| {c} | " + " | ".join(
+                _cell([r["one_shot"] for r in sweep if r["calib"] == c and r["method"] == m])
+                for m in ms) + " |")
+        lines.append("")
+    verdicts = convert_verdicts(res)
+    if verdicts:
+        lines += ["| target | measured (means) | |", "|---|---|---|", *verdicts, ""]
+    png = convert_plot(res)
+    if png:
+        lines += [f"![one-shot accuracy vs density]({png})", ""]
+    return lines
+
+
+def convert_plot(res: dict) -> str | None:
+    plt = _pyplot()
+    if plt is None:
+        return None
+    rows = [r for r in res["rows"] if r["density"] != "2:4"]
+    dens = sorted({float(r["density"]) for r in rows})
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in CONVERT_ORDER:
+        pts = [[r["one_shot"] for r in rows if r["method"] == m and float(r["density"]) == d]
+               for d in dens]
+        if not all(pts):
+            continue
+        ax.plot([d * 100 for d in dens], [statistics.mean(p) for p in pts], marker="o", label=m,
+                ls="--" if m.endswith("-seq") else "-")
+    ax.axhline(res["dense_test_accuracy"], color="k", ls=":", label="dense")
+    ax.set_xscale("log")
+    ax.set_xlabel("density (%)")
+    ax.set_ylabel("one-shot test accuracy")
+    ax.set_title(f"converting a trained {res.get('model', 'mlp')} — {res['dataset']}")
+    ax.legend(fontsize=7)
+    return _save(fig, f"convert-{res.get('model', 'mlp')}-{res['dataset']}.png")
+
+
 def _pyplot():
     """matplotlib's pyplot (Agg), or None when matplotlib is not installed."""
     try:
@@ -617,6 +741,8 @@ def main() -> int:
             lines += tune_section(res)
         if res.get("experiment", "").startswith("tune-training"):
             lines += training_tune_section(res)
+        if res.get("experiment") == "convert":
+            lines += convert_section(res)
         if res.get("experiment") == "density":
             lines += density_section(res)
             png = density_plot(res)

@@ -180,3 +180,20 @@ def test_hub_is_reachable_from_the_package():
     code = "import torch_structlearn as tsl; print(tsl.hub.list())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "mnist-single-d5" in out.stdout
+
+
+def test_converted_trained_entry_reproduces_its_one_shot_accuracy():
+    """The shipped converted trained ViT (all weights in the entry) gives the one-shot CIFAR-10
+    test accuracy its card states."""
+    from torch_structlearn.datasets import load_dataset
+    from torch_structlearn.train import accuracy
+
+    name = "vit-tiny-cifar10-refit-d10"
+    if name not in hub.list():
+        pytest.skip(f"{name} is not in this checkout's hub")
+    require_data("cifar10-jpeg")
+    card = hub.card(name)
+    model = hub.load(name).eval()
+    X, y = load_dataset("cifar10", "test")
+    # within 3 of 10 000 images: another machine or backend sums in another order
+    assert accuracy(model, X, y) == pytest.approx(card["one_shot_accuracy"], abs=3e-4)

@@ -486,7 +486,8 @@ def test_recipe_arguments_are_checked_when_parsed(script, argv, message, capsys,
 
 def test_exp_convert_runs_every_method_and_writes_its_table(load_recipe, tmp_path, monkeypatch):
     """recipes/exp_convert.py end to end on a small stand-in data set (the real run reads
-    Fashion-MNIST): a trained MLP converted by each method, accuracies and errors written."""
+    Fashion-MNIST / MNIST): a trained MLP converted by each method and seed, one-shot and
+    fine-tuned accuracies, errors and the calibration sweep written."""
     import json
 
     import torch
@@ -496,11 +497,50 @@ def test_exp_convert_runs_every_method_and_writes_its_table(load_recipe, tmp_pat
     data = {"train": (torch.rand(512, 1, 28, 28, generator=g), torch.randint(0, 10, (512,), generator=g)),
             "test": (torch.rand(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g))}
     monkeypatch.setattr(mod, "load_dataset", lambda name, split, root=None: data[split])
+    monkeypatch.setattr(mod, "mlp", lambda: torch.nn.Sequential(  # a narrower stand-in
+        torch.nn.Flatten(), torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)))
     out = tmp_path / "r.json"
-    assert mod.main(["--epochs", "1", "--calib", "64", "--densities", "0.5",
-                     "--methods", "magnitude", "refit", "--checkpoint", str(tmp_path / "m.pt"),
+    assert mod.main(["--epochs", "1", "--calib", "64", "--densities", "0.5", "2:4",
+                     "--methods", "magnitude", "refit-seq", "--seeds", "2", "--finetune-steps", "2",
+                     "--calib-sweep", "32", "--checkpoint", str(tmp_path / "m.pt"),
                      "--out", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert [(r["method"], r["density"]) for r in res["rows"]] == [("magnitude", 0.5), ("refit", 0.5)]
-    assert res["rows"][0]["output_error"] is None and 0 <= res["rows"][1]["output_error"] < 1
+    assert [(r["method"], r["density"], r["seed"]) for r in res["rows"]] == [
+        (m, d, s) for d in ("0.5", "2:4") for m in ("magnitude", "refit-seq") for s in (0, 1)]
+    assert res["rows"][0]["output_error"] is None and 0 <= res["rows"][2]["output_error"] < 1
+    assert all(0 <= r["one_shot"] <= 1 and 0 <= r["finetuned"] <= 1 for r in res["rows"])
+    assert len(res["dense_finetuned"]) == 2
+    assert [(r["calib"], r["method"]) for r in res["calib_sweep"]][::2] == [
+        (32, "wanda"), (32, "sparsegpt"), (32, "refit")]
     assert (tmp_path / "m.pt").exists()  # the trained model is kept for the next run
+
+
+def test_a_converted_trained_model_round_trips_through_the_hub(load_recipe, tmp_path, monkeypatch):
+    """exp_convert.publish writes a converted *trained* timm model as a hub entry (structure,
+    the other weights, card); hub.load gives back the same function. A weights file that does
+    not fit the architecture is a HubEntryError, not a silently half-loaded model."""
+    import json
+
+    import timm
+    import torch
+
+    from torch_structlearn import convert, hub
+
+    mod = load_recipe("exp_convert.py")
+    kw = {"num_classes": 10, "img_size": 32, "patch_size": 8, "depth": 2}
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", **kw).eval()
+    x = torch.rand(32, 3, 32, 32)
+    convert(model, [(x,)], density=0.25, include="blocks.*", verbose=False)
+    card = {"dataset": "none", "command": "-", "density": 0.25, "depth": None,
+            "test_accuracy": 0.0, "data_license": "-", "timm_model": "vit_tiny_patch16_224",
+            "timm_kwargs": kw, "include": "blocks.*"}
+    mod.publish(tmp_path / "vit-trained", model, card)
+    monkeypatch.setenv("STRUCTLEARN_HUB", str(tmp_path))
+    loaded = hub.load("vit-trained").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    card["timm_kwargs"] = {**kw, "depth": 3}  # a third block the weights file lacks
+    (tmp_path / "vit-trained" / "card.json").write_text(json.dumps(card))
+    with pytest.raises(hub.HubEntryError, match="weights.safetensors"):
+        hub.load("vit-trained")

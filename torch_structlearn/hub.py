@@ -164,6 +164,10 @@ def load(name: str, *, device=None) -> nn.Module:
     * Structures learned for a timm model (the card names ``timm_model`` and ``timm_kwargs``):
       that timm model, freshly initialised, with its converted ``nn.Linear`` layers replaced by
       ``StructLearnedLinear`` layers of the learned connectivity (ready to train).
+    * A converted *trained* timm model (the entry also holds ``weights.safetensors``, the
+      weights of everything ``structure.safetensors`` does not hold): that model with its
+      converted layers' weights and all other weights — what the card's ``one_shot_accuracy``
+      was measured on.
     """
 
     entry = _entry(name)
@@ -178,7 +182,22 @@ def load(name: str, *, device=None) -> nn.Module:
     except (TypeError, ValueError, KeyError, IndexError, AssertionError, RuntimeError) as e:
         raise HubEntryError(f"hub entry {name!r}: timm could not build {arch!r} with "
                             f"{kwargs}: {type(e).__name__}: {e}") from None
-    convert_structure(model, entry / "structure.safetensors", weights=False)
+    trained = (entry / "weights.safetensors").is_file()
+    replaced = convert_structure(model, entry / "structure.safetensors", weights=trained)
+    if trained:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file as load_tensors
+
+        try:
+            rest = load_tensors(entry / "weights.safetensors")
+            missing, unexpected = model.load_state_dict(rest, strict=False)
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise HubEntryError(f"hub entry {name!r}: weights.safetensors does not fit "
+                                f"{arch!r}: {type(e).__name__}: {e}"[:2000]) from None
+        missing = [k for k in missing if k.rpartition(".")[0] not in replaced]
+        if missing or unexpected:
+            raise HubEntryError(f"hub entry {name!r}: weights.safetensors lacks {missing[:5]} "
+                                f"/ has unexpected {unexpected[:5]}")
     return model.to(device) if device is not None else model
 
 
