@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -196,8 +197,8 @@ def main(argv=None) -> int:
         one_shot = accuracy(conv, Xte, yte)
         publish(args.hub_root / args.hub, conv, {
             "name": args.hub, "dataset": args.dataset, "density": args.hub_density, "depth": None,
-            "command": " ".join(["python", "recipes/exp_convert.py",
-                                 *(argv if argv is not None else sys.argv[1:])]),
+            "command": shlex.join(["python", "recipes/exp_convert.py",
+                                  *(argv if argv is not None else sys.argv[1:])]),
             "hardware": machine(), "timm_model": "vit_tiny_patch16_224",
             "timm_kwargs": {"num_classes": 10, "img_size": 32, "patch_size": 8, "depth": 6},
             "include": include, "test_accuracy": one_shot, "one_shot_accuracy": one_shot,
@@ -209,8 +210,8 @@ def main(argv=None) -> int:
         print(f"published {args.hub}: one-shot {one_shot:.2%}")
     write_json(out, {"experiment": "convert", "model": args.model, "dataset": args.dataset,
                      "dense_training_seconds": pretrain, "dense_epochs": args.epochs,
-                     "command": " ".join(["python", "recipes/exp_convert.py",
-                                          *(argv if argv is not None else sys.argv[1:])]),
+                     "command": shlex.join(["python", "recipes/exp_convert.py",
+                                           *(argv if argv is not None else sys.argv[1:])]),
                      "machine": machine(), "dense_test_accuracy": dense,
                      "dense_finetuned": ref, "calibration_images": args.calib,
                      "seeds": args.seeds, "finetune_steps": args.finetune_steps,
