@@ -99,7 +99,7 @@ def network(conn: Connectivity | None, d: int, K: int, group_size: int, n_classe
     layer = nn.Linear(d, K) if dense else StructLearnedLinear(d, K, connectivity=conn)
     if values is not None:
         with torch.no_grad():
-            layer.values.copy_(values)
+            layer.copy_csr_values_(values)
             layer.bias.zero_()
     return nn.Sequential(layer, nn.ReLU(), GroupPool(group_size, "l2"), nn.Linear(K // group_size, n_classes))
 
