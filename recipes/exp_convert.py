@@ -38,6 +38,7 @@ from torch_structlearn import StructLearnedLinear, convert, hub, save  # noqa: E
 from torch_structlearn.argtypes import positive as _positive  # noqa: E402
 from torch_structlearn.datasets import load_dataset  # noqa: E402
 from torch_structlearn.files import write_atomic, write_json  # noqa: E402
+from torch_structlearn.train import accuracy  # noqa: E402
 
 METHODS = ("dictionary", "magnitude", "wanda", "wanda-seq", "sparsegpt", "sparsegpt-seq",
            "refit", "refit-seq")
@@ -57,13 +58,6 @@ def vit() -> nn.Module:
 
 
 MODELS = {"mlp": (mlp, None), "vit": (vit, "blocks.*")}  # builder, layers converted
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, X, y) -> float:
-    model.eval()
-    return float(sum((model(xb).argmax(1) == yb).sum() for xb, yb in
-                     zip(X.split(1000), y.split(1000), strict=True)) / len(y))
 
 
 def train(model: nn.Module, X, y, *, steps: int | None = None, epochs: int = 1, lr: float,
