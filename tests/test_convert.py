@@ -206,6 +206,11 @@ def test_a_layer_forward_never_calls_or_nan_input_is_a_clear_error_and_nothing_c
         convert(model, [X[:32], X[32:]], density=0.5, exclude="spare", method="dictionary",
                 verbose=False, max_iter=5)
     assert type(model.used) is nn.Linear and not model.used._forward_pre_hooks
+    for sequential in (False, True):  # the trained-model methods' statistics check too
+        with pytest.raises(ValueError, match=r"layer 'used' input: input contains NaN or Inf"):
+            convert(model, [X[:32], X[32:]], density=0.5, exclude="spare", method="refit",
+                    sequential=sequential, verbose=False)
+        assert type(model.used) is nn.Linear and not model.used._forward_pre_hooks
     X[40, 3] = 0.0
     report = convert(model, [X[:32], X[32:]], density=0.5, exclude="spare", method="dictionary",
                      verbose=False, max_iter=5)

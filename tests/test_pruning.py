@@ -25,6 +25,28 @@ def test_input_statistics_is_the_second_moment():
     torch.testing.assert_close(H, X.T @ X)
 
 
+def test_input_statistics_of_low_precision_batches_and_bad_inputs():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(3000, 12, generator=g, dtype=torch.float64)
+    exact = X.T @ X
+    for dtype, rtol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        stats = pruning.InputStatistics(12)
+        for chunk in X.split(100):  # many batches: summed in float64
+            stats.update(chunk.to(dtype))
+        assert stats.H.dtype == torch.float64 and stats.n == 3000
+        torch.testing.assert_close(stats.H, exact, rtol=rtol, atol=rtol * float(exact.abs().max()))
+    big = X[:50].float() * 1e20  # finite inputs whose float32 products overflow
+    stats = pruning.InputStatistics(12)
+    stats.update(big)
+    torch.testing.assert_close(stats.H, big.double().T @ big.double())
+    bad = X[:50].clone()
+    bad[7, 3] = float("inf")
+    stats = pruning.InputStatistics(12, paired=True)
+    with pytest.raises(ValueError, match="input contains NaN or Inf"):
+        stats.update(X[:50], bad)
+    assert stats.n == 0 and not stats.H.any() and not stats.C.any()  # nothing added
+
+
 def test_magnitude_keeps_each_rows_largest():
     W, _, _ = _problem()
     mask = pruning.magnitude(W, 0.3)

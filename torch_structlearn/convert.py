@@ -106,6 +106,14 @@ def _pruned(linear: nn.Linear, method: str, density: float,
     return layer, extra
 
 
+def _feed(name: str, fn, *inputs: Tensor) -> None:
+    """``fn(*inputs)`` with a ``ValueError`` (e.g. NaN/Inf activations) naming the layer."""
+    try:
+        fn(*inputs)
+    except ValueError as e:
+        raise ValueError(f"layer {name!r} input: {e}") from None
+
+
 class _Stop(Exception):
     """Raised by a capture hook to end a forward pass once the layer it waits for has run."""
 
@@ -172,10 +180,7 @@ def _sequential(model: nn.Module, linears: dict[str, nn.Linear], loader: Iterabl
                 raise _Stop
 
         def pair(module, args, ref=ref, once=once, stats=stats, name=name):
-            x = args[0].detach()
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError(f"layer {name!r} input contains NaN or Inf")
-            stats.update(x, ref.pop(0))
+            _feed(name, stats.update, args[0], ref.pop(0))
             if once:
                 raise _Stop
 
@@ -391,20 +396,15 @@ def _capture(model, linears, loader, learners, stats, seconds, epochs, batches, 
 
     def hook(name):
         def pre(module, args):
-            x = args[0].detach().reshape(-1, module.in_features).float()
+            x = args[0].detach().reshape(-1, module.in_features)
             t0 = time.perf_counter()
             if name in stats:  # every row: H costs O(in²) memory however many
-                if not bool(torch.isfinite(x).all()):
-                    raise ValueError(f"layer {name!r} input contains NaN or Inf")
-                stats[name].update(x)
+                _feed(name, stats[name].update, x)
             else:
                 if x.shape[0] > rows_per_batch:
                     idx = torch.randperm(x.shape[0], generator=gen)[:rows_per_batch]
                     x = x[idx.to(x.device)]
-                try:
-                    learners[name].partial_fit(x)
-                except ValueError as e:  # e.g. NaN/Inf activations: say which layer
-                    raise ValueError(f"layer {name!r} input: {e}") from None
+                _feed(name, learners[name].partial_fit, x.float())
             seconds[name] += time.perf_counter() - t0
         return pre
 

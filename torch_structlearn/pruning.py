@@ -71,16 +71,39 @@ class InputStatistics:
 
     @torch.no_grad()
     def update(self, x: Tensor, x_ref: Tensor | None = None) -> None:
-        x = x.detach().reshape(-1, self.H.shape[0]).to(self.H)
-        self.H.addmm_(x.T, x)
-        if self.C is not None:
-            r = x_ref.detach().reshape(-1, self.H.shape[0]).to(self.H)
+        """Add a batch; ``ValueError`` if it contains NaN or Inf (nothing is added then).
+
+        Each batch's products are formed in the inputs' precision (float32 for float16/bfloat16)
+        and summed across batches in float64 — as fast as a float32 product, and a sum over many
+        batches does not lose the small ones."""
+        x = self._rows(x)
+        if self.C is None:
+            self.H += self._gram(x, x)
+        else:
+            r = self._rows(x_ref)
             if r.shape != x.shape:
                 raise ValueError(f"paired inputs differ in shape: {tuple(x.shape)} and the "
                                  f"reference's {tuple(r.shape)}")
-            self.C.addmm_(x.T, r)
-            self.H_ref.addmm_(r.T, r)
+            H, C, H_ref = self._gram(x, x), self._gram(x, r), self._gram(r, r)
+            self.H += H
+            self.C += C
+            self.H_ref += H_ref
         self.n += x.shape[0]
+
+    def _rows(self, x: Tensor) -> Tensor:
+        x = x.detach().reshape(-1, self.H.shape[0]).to(self.H.device)
+        return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+    @staticmethod
+    def _gram(a: Tensor, b: Tensor) -> Tensor:
+        """``aᵀ b`` in float64; in ``a``'s precision when that is finite (NaN or Inf in a product
+        of finite inputs is float32 overflow: redone in float64)."""
+        g = a.T @ b
+        if not bool(torch.isfinite(g).all()):
+            if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+                raise ValueError("input contains NaN or Inf")
+            g = a.double().T @ b.double()
+        return g.double()
 
     def target(self, W: Tensor, damp: float = 0.01) -> Tensor:
         """The unconstrained least-squares weights ``argmin_Ŵ ‖W X_ref − Ŵ X‖²`` (``W`` itself
@@ -317,20 +340,20 @@ def sparsegpt(W: Tensor, H: Tensor, density: float, damp: float = 0.01,
         else:
             drop = torch.zeros_like(Wb, dtype=torch.bool)
         dropped += n_drop
-        err = torch.zeros_like(Wb)
+        # column j's error e = w_j·[dropped] / U_jj, spread as W[:, j:] −= e U[j, j:] (which also
+        # zeroes a dropped w_j); columns stored transposed so each step reads contiguous memory
+        WbT, err = Wb.T.contiguous(), torch.empty_like(Wb.T)
+        scale = drop.T / torch.diagonal(Ub)[:, None]
         for j in range(b1 - b0):
             if nm is not None and j % nm[1] == 0:  # choose this group's drops now
                 n, m = nm
-                s_ = Wb[:, j : j + m].square() / torch.diagonal(Ub)[j : j + m].square()
+                s_ = WbT[j : j + m].T.square() / torch.diagonal(Ub)[j : j + m].square()
                 drop[:, j : j + m] = _top_per_row(-s_, m - n)
-            w = Wb[:, j]
-            q = torch.where(drop[:, j], torch.zeros_like(w), w)
-            e = (w - q) / Ub[j, j]
-            Wb[:, j:] -= e[:, None] * Ub[j, j:][None, :]
-            Wb[:, j] = q
-            err[:, j] = e
-        Wc[:, b0:b1] = Wb
-        Wc[:, b1:] -= err @ U[b0:b1, b1:]
+                scale[j : j + m] = drop[:, j : j + m].T / torch.diagonal(Ub)[j : j + m, None]
+            torch.mul(WbT[j], scale[j], out=err[j])
+            WbT[j:].addr_(Ub[j, j:], err[j], alpha=-1)
+        Wc[:, b0:b1] = WbT.T
+        Wc[:, b1:] -= err.T @ U[b0:b1, b1:]
         mask[:, b0:b1] = ~drop
     return mask, (Wc * mask).to(W.dtype)
 
