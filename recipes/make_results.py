@@ -573,8 +573,6 @@ def convert_section(res: dict) -> list[str]:
 
 def convert_plot(res: dict) -> str | None:
     plt = _pyplot()
-    if plt is None:
-        return None
     rows = [r for r in res["rows"] if r["density"] != "2:4"]
     dens = sorted({float(r["density"]) for r in rows})
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -595,14 +593,16 @@ def convert_plot(res: dict) -> str | None:
 
 
 def _pyplot():
-    """matplotlib's pyplot (Agg), or None when matplotlib is not installed."""
+    """matplotlib's pyplot (Agg); exits with a message when matplotlib is not installed (a
+    RESULTS.md made without it would silently lose every plot)."""
     try:
         import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError:
-        return None
+        raise SystemExit("recipes/make_results.py draws the plots RESULTS.md links: it needs "
+                         "matplotlib (pip install '.[repro]')") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -616,8 +616,6 @@ def _save(fig, name: str) -> str:
 
 def density_plot(res: dict) -> str | None:
     plt = _pyplot()
-    if plt is None:
-        return None
     rows = res["rows"]
     dens = sorted({r["density"] for r in rows if r["method"] != "dense"})
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -646,7 +644,7 @@ def depth_plot(results: list[dict]) -> str | None:
     """Test accuracy and score E against forced depth, one line per data set."""
     plt = _pyplot()
     runs = [r for r in results if r.get("experiment") == "depth"]
-    if plt is None or not runs:
+    if not runs:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for res in runs:
@@ -670,8 +668,6 @@ def depth_plot(results: list[dict]) -> str | None:
 def entropy_plot(results: list[dict]) -> str | None:
     """Score E against test accuracy for every network with a score, one colour per file."""
     plt = _pyplot()
-    if plt is None:
-        return None
     fig, ax = plt.subplots(figsize=(6, 4))
     marker = {"mnist": "o", "fashion-mnist": "s", "cifar10": "^"}
     for i, res in enumerate(results):
@@ -716,6 +712,7 @@ def masks_figure(entry: str) -> tuple[str, float, float, float, float]:
 
 
 def main() -> int:
+    _pyplot()  # without matplotlib: stop before anything is written
     files = result_files()
     if not files:
         print(f"no results in {SHIPPED} or {RUNS}; run the experiments first", file=sys.stderr)

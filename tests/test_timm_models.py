@@ -57,7 +57,9 @@ def test_timm_optimizer_factory_decays_the_sparse_weights_like_linear_weights():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     convert(model, None, density=0.5, method="magnitude", include="0", verbose=False)
-    opt = timm.optim.create_optimizer_v2(model, "adamw", lr=0.1, weight_decay=0.05)
+    from timm.optim import create_optimizer_v2
+
+    opt = create_optimizer_v2(model, "adamw", lr=0.1, weight_decay=0.05)
     decay = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert id(model[0].values) in decay and id(model[2].weight) in decay
     assert id(model[0].bias) not in decay and id(model[2].bias) not in decay

@@ -138,10 +138,6 @@ class StructLearnedLinear(KernelCaches, nn.Module):
     def _values_shape(self, n: int) -> tuple[int, ...]:
         return (n, 1) if self.block is None else (n, *self.block)
 
-    def _op_values(self) -> Tensor:
-        """``values`` as the kernels take them: ``(nnz,)`` (a view), or the blocks."""
-        return self.values.view(-1) if self.block is None else self.values
-
     def _set_structure(self, crow: Tensor, col: Tensor, device=None) -> None:
         """(Re)register the CSR buffers and the cached transpose used by the backward pass."""
         device = device if device is not None else self.values.device
@@ -311,7 +307,7 @@ class StructLearnedLinear(KernelCaches, nn.Module):
             )
         if not torch.compiler.is_compiling():
             self._check_if_changed()
-        values = self._op_values()
+        values = self.values  # (nnz, 1) or blocks: the ops read (nnz, 1) as (nnz,)
         backend = resolve_backend(x, values, self.crow_indices, self.col_indices, self._backend)
         if not torch.compiler.is_compiling():
             self._caches_for_call(backend)
@@ -340,7 +336,7 @@ class StructLearnedLinear(KernelCaches, nn.Module):
 
     def dense_weight(self) -> Tensor:
         """``(out_features, in_features)`` dense weight (zeros off the structure); differentiable."""
-        return dense_weight(self._op_values(), self.crow_indices, self.col_indices, self.in_features,
+        return dense_weight(self.values, self.crow_indices, self.col_indices, self.in_features,
                             self.dense_index)
 
     def extra_repr(self) -> str:

@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..csr import row_of_entries
-from . import cpu
+from . import cpu, operands
 
 __all__ = ["DenseWeight", "dense_weight", "flat_index", "linear", "needs_index"]
 
@@ -46,7 +46,9 @@ def dense_weight(values: Tensor, crow: Tensor, col: Tensor, in_features: int,
                  index: Tensor | None = None) -> Tensor:
     """``(out, in)`` dense weight with ``values`` at the CSR positions, zeros elsewhere
     (differentiable with respect to ``values``). ``index``: cached :func:`flat_index`
-    (unused for block values, which are placed block by block)."""
+    (unused for block values, which are placed block by block). ``(nnz, 1)`` values are read
+    as ``(nnz,)``."""
+    values = operands.csr_shaped(values)
     if values.dim() == 3:
         bo, bi = values.shape[1:]
         blocks = values.new_zeros(crow.numel() - 1, in_features // bi, bo, bi)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check"]
+__all__ = ["check", "csr_shaped"]
 
 
 def check(x: Tensor, values: Tensor, crow: Tensor, col: Tensor) -> tuple[int, int]:
@@ -26,3 +26,10 @@ def check(x: Tensor, values: Tensor, crow: Tensor, col: Tensor) -> tuple[int, in
     if x.shape[1] % bi:
         raise ValueError(f"in_features = {x.shape[1]} is not a multiple of the block width {bi}")
     return bo, bi
+
+
+def csr_shaped(values: Tensor) -> Tensor:
+    """A layer's ``(nnz, 1)`` values as the ``(nnz,)`` the kernels take (a view); other shapes
+    (``(nnz,)``, blocks ``(nblocks, bo, bi)``) as they are."""
+    shaped = isinstance(values, Tensor) and values.dim() == 2 and values.shape[1] == 1
+    return values.view(-1) if shaped else values

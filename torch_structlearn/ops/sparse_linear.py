@@ -282,11 +282,6 @@ def _shape_of(x: Tensor, values: Tensor, crow: Tensor):
     return in_features, out_features, block, density, shape
 
 
-def _csr_shaped(values: Tensor) -> Tensor:
-    """A layer's ``(nnz, 1)`` values as the ``(nnz,)`` the kernels take (a view)."""
-    return values.view(-1) if isinstance(values, Tensor) and values.dim() == 2 and values.shape[1] == 1 else values
-
-
 def resolve_backend(x: Tensor, values: Tensor, crow: Tensor, col: Tensor,
                     backend: str = "auto") -> str:
     """The backend a call of :func:`sparse_linear` with these arguments runs: ``backend``
@@ -295,7 +290,7 @@ def resolve_backend(x: Tensor, values: Tensor, crow: Tensor, col: Tensor,
     :mod:`~torch_structlearn.ops.calibrate`), or the shipped prior."""
     if backend != "auto":
         return backend
-    values = _csr_shaped(values)
+    values = operands.csr_shaped(values)
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
     else:
@@ -365,7 +360,7 @@ def sparse_linear(
     Args:
         x: ``(*, in_features)`` input.
         values: ``(nnz,)`` nonzero weights in CSR order (a layer's ``(nnz, 1)`` is read as
-            that), or ``(nblocks, bo, bi)`` blocks.
+            that: :func:`~torch_structlearn.ops.operands.csr_shaped`), or ``(nblocks, bo, bi)`` blocks.
         crow: ``(out_features + 1,)`` row pointers (``(out_features / bo + 1,)`` block-row
             pointers for blocks); col: ``(nnz,)`` column indices or ``(nblocks,)`` block
             columns (int32/int64).
@@ -388,7 +383,7 @@ def sparse_linear(
         ``nn.Linear``).
     """
     check_backend(backend)
-    values = _csr_shaped(values)
+    values = operands.csr_shaped(values)
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         dt = torch.get_autocast_dtype(device_type)
