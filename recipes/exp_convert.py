@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
+from einops import rearrange
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -43,26 +45,94 @@ from torch_structlearn.train import accuracy  # noqa: E402
 METHODS = ("dictionary", "magnitude", "wanda", "wanda-seq", "sparsegpt", "sparsegpt-seq",
            "refit", "refit-seq")
 DENSITIES = ("0.5", "0.25", "0.1", "0.05", "2:4")
+CONTEXT, STRIDE = 64, 16  # the character model's window, and the training windows' step
 
 
-def mlp() -> nn.Module:
+def mlp(n_out: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024),
-                         nn.ReLU(), nn.Linear(1024, 10))
+                         nn.ReLU(), nn.Linear(1024, n_out))
 
 
-def vit() -> nn.Module:
+def vit(n_out: int) -> nn.Module:
     import timm
 
-    return timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8,
-                             depth=6)
+    return timm.create_model("vit_tiny_patch16_224", num_classes=n_out, img_size=32,
+                             patch_size=8, depth=6)
 
 
-MODELS = {"mlp": (mlp, None), "vit": (vit, "blocks.*")}  # builder, layers converted
+class CharLM(nn.Module):
+    """A small GPT: token and position embeddings, pre-norm blocks of causal self-attention
+    (``qkv``, ``proj``) and a GELU MLP (``fc1``, ``fc2``) — every projection an ``nn.Linear`` —
+    and a linear head. ``(B, T)`` token ids → ``(B, T, vocab)`` next-character logits."""
+
+    def __init__(self, vocab: int, dim: int = 128, depth: int = 4, heads: int = 4,
+                 context: int = CONTEXT) -> None:
+        super().__init__()
+        self.heads = heads
+        self.tok, self.pos = nn.Embedding(vocab, dim), nn.Embedding(context, dim)
+        self.blocks = nn.ModuleList(nn.ModuleDict({
+            "norm1": nn.LayerNorm(dim), "qkv": nn.Linear(dim, 3 * dim), "proj": nn.Linear(dim, dim),
+            "norm2": nn.LayerNorm(dim), "fc1": nn.Linear(dim, 4 * dim),
+            "fc2": nn.Linear(4 * dim, dim)}) for _ in range(depth))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, vocab)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        B, T = idx.shape
+        h = self.tok(idx) + self.pos(torch.arange(T, device=idx.device))
+        for b in self.blocks:
+            q, k, v = rearrange(b["qkv"](b["norm1"](h)), "b t (three n d) -> three b n t d",
+                                three=3, n=self.heads)
+            a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            h = h + b["proj"](rearrange(a, "b n t d -> b t (n d)"))
+            h = h + b["fc2"](nn.functional.gelu(b["fc1"](b["norm2"](h))))
+        return self.head(self.norm(h))
+
+
+def charlm(n_out: int) -> nn.Module:
+    return CharLM(n_out)
+
+
+# builder (number of outputs -> model), layers converted
+MODELS = {"mlp": (mlp, None), "vit": (vit, "blocks.*"), "charlm": (charlm, "blocks.*")}
+
+
+def char_corpus() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The Python language reference that ships with CPython (``pydoc_data.topics``: 79 topics,
+    about 465 000 characters, joined in sorted order) as character ids: the first 90 % for
+    training in windows of ``CONTEXT + 1`` every ``STRIDE`` characters, the last 10 % for test
+    in windows every ``CONTEXT`` (each test character after the first predicted once). Returns ``Xtr, ytr, Xte, yte`` (targets: the inputs shifted by one)
+    and the vocabulary size."""
+    from pydoc_data.topics import topics
+
+    text = "\n".join(topics[k] for k in sorted(topics))
+    vocab = sorted(set(text))
+    lookup = {c: i for i, c in enumerate(vocab)}
+    ids = torch.tensor([lookup[c] for c in text])
+    cut = int(0.9 * len(ids))
+
+    def windows(t: torch.Tensor, stride: int):
+        w = t.unfold(0, CONTEXT + 1, stride)
+        return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+
+    return (*windows(ids[:cut], STRIDE), *windows(ids[cut:], CONTEXT), len(vocab))
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    """``exp`` of the mean next-character cross-entropy over every position of ``X``'s windows."""
+    was = model.training
+    model.eval()
+    total = sum(float(nn.functional.cross_entropy(model(xb).flatten(0, -2), yb.flatten(),
+                                                  reduction="sum"))
+                for xb, yb in zip(X.split(batch_size), y.split(batch_size), strict=True))
+    model.train(was)
+    return math.exp(total / y.numel())
 
 
 def train(model: nn.Module, X, y, *, steps: int | None = None, epochs: int = 1, lr: float,
           seed: int) -> nn.Module:
-    """AdamW on cross-entropy, batch 128; ``steps`` (if given) ends it early."""
+    """AdamW on cross-entropy (over every position of a sequence model's outputs), batch 128;
+    ``steps`` (if given) ends it early."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     loader = DataLoader(TensorDataset(X, y), batch_size=128, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
@@ -71,7 +141,7 @@ def train(model: nn.Module, X, y, *, steps: int | None = None, epochs: int = 1, 
     for _ in range(epochs):
         for xb, yb in loader:
             opt.zero_grad()
-            nn.functional.cross_entropy(model(xb), yb).backward()
+            nn.functional.cross_entropy(model(xb).flatten(0, -2), yb.flatten()).backward()
             opt.step()
             done += 1
             if steps is not None and done >= steps:
@@ -91,7 +161,8 @@ def _convert(model, calib, density: str, method: str, include=None) -> tuple[lis
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=list(MODELS), default="mlp")
-    p.add_argument("--dataset", choices=["fashion-mnist", "mnist", "cifar10"], default="fashion-mnist")
+    p.add_argument("--dataset", choices=["fashion-mnist", "mnist", "cifar10", "pydoc-topics"],
+                   default=None, help="default fashion-mnist; pydoc-topics (the text) for charlm")
     p.add_argument("--data-root", default=None)
     p.add_argument("--densities", nargs="+", choices=DENSITIES, default=list(DENSITIES))
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
@@ -113,6 +184,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None,
                    help="default runs/repro/convert-<model>-<dataset>.json")
     args = p.parse_args(argv)
+    lm = args.model == "charlm"
+    args.dataset = args.dataset or ("pydoc-topics" if lm else "fashion-mnist")
+    if lm != (args.dataset == "pydoc-topics"):
+        p.error("--model charlm goes with --dataset pydoc-topics (and only it)")
     if args.hub is not None:
         if args.model != "vit":
             p.error("--hub publishes timm models: it needs --model vit")
@@ -123,9 +198,18 @@ def main(argv=None) -> int:
     build, include = MODELS[args.model]
     ckpt = args.checkpoint or ROOT / "runs" / "convert" / f"{args.model}-{args.dataset}.pt"
     out = args.out or RUNS / f"convert-{args.model}-{args.dataset}.json"
-    Xtr, ytr = load_dataset(args.dataset, "train", args.data_root)
-    Xte, yte = load_dataset(args.dataset, "test", args.data_root)
-    model = build()
+    if lm:
+        Xtr, ytr, Xte, yte, n_out = char_corpus()
+    else:
+        Xtr, ytr = load_dataset(args.dataset, "train", args.data_root)
+        Xte, yte = load_dataset(args.dataset, "test", args.data_root)
+        n_out = 10
+    score, metric = (perplexity, "perplexity") if lm else (accuracy, "accuracy")
+
+    def show(v: float) -> str:
+        return f"{v:.3f}" if lm else f"{v:.2%}"
+
+    model = build(n_out)
     pretrain = None
     if ckpt.exists():
         model.load_state_dict(torch.load(ckpt, weights_only=True))
@@ -142,13 +226,13 @@ def main(argv=None) -> int:
         pretrain = time.perf_counter() - t0
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), ckpt)
-    dense = accuracy(model, Xte, yte)
-    print(f"dense test accuracy {dense:.2%}", flush=True)
+    dense = score(model, Xte, yte)
+    print(f"dense test {metric} {show(dense)}", flush=True)
     ref = []
     for seed in range(args.seeds if args.finetune_steps > 0 else 0):
         torch.manual_seed(seed)
-        ref.append(accuracy(train(copy.deepcopy(model), Xtr, ytr, steps=args.finetune_steps,
-                                  lr=args.finetune_lr, seed=seed), Xte, yte))
+        ref.append(score(train(copy.deepcopy(model), Xtr, ytr, steps=args.finetune_steps,
+                               lr=args.finetune_lr, seed=seed), Xte, yte))
     rows = []
 
     def calib_set(n: int, seed: int):
@@ -163,16 +247,16 @@ def main(argv=None) -> int:
                 conv = copy.deepcopy(model)
                 report, secs = _convert(conv, calib_set(args.calib, seed), d, m, include)
                 err = [r["output_error"] for r in report if "output_error" in r]
-                one_shot = accuracy(conv, Xte, yte)
+                one_shot = score(conv, Xte, yte)
                 torch.manual_seed(seed)
-                tuned = None if args.finetune_steps <= 0 else accuracy(
+                tuned = None if args.finetune_steps <= 0 else score(
                     train(conv, Xtr, ytr, steps=args.finetune_steps, lr=args.finetune_lr,
                           seed=seed), Xte, yte)
                 rows.append({"density": d, "method": m, "seed": seed, "one_shot": one_shot,
                              "finetuned": tuned, "seconds": secs,
                              "output_error": sum(err) / len(err) if err else None})
-                ft = "-" if tuned is None else f"{tuned:.2%}"
-                print(f"{d:>5} {m:<14} seed {seed}  one-shot {one_shot:.2%}  fine-tuned {ft}  "
+                ft = "-" if tuned is None else show(tuned)
+                print(f"{d:>5} {m:<14} seed {seed}  one-shot {show(one_shot)}  fine-tuned {ft}  "
                       f"({secs:.1f} s)", flush=True)
     sweep = []
     for n in args.calib_sweep:
@@ -181,8 +265,8 @@ def main(argv=None) -> int:
                 conv = copy.deepcopy(model)
                 _convert(conv, calib_set(n, seed), "0.1", m, include)
                 sweep.append({"calib": n, "method": m, "seed": seed,
-                              "one_shot": accuracy(conv, Xte, yte)})
-                print(f"calib {n:>5} {m:<10} seed {seed}  one-shot {sweep[-1]['one_shot']:.2%}",
+                              "one_shot": score(conv, Xte, yte)})
+                print(f"calib {n:>5} {m:<10} seed {seed}  one-shot {show(sweep[-1]['one_shot'])}",
                       flush=True)
     if args.hub is not None:
         conv = copy.deepcopy(model)
@@ -206,7 +290,7 @@ def main(argv=None) -> int:
                      "dense_training_seconds": pretrain, "dense_epochs": args.epochs,
                      "command": shlex.join(["python", "recipes/exp_convert.py",
                                            *(argv if argv is not None else sys.argv[1:])]),
-                     "machine": machine(), "dense_test_accuracy": dense,
+                     "machine": machine(), "metric": metric, f"dense_test_{metric}": dense,
                      "dense_finetuned": ref, "calibration_images": args.calib,
                      "seeds": args.seeds, "finetune_steps": args.finetune_steps,
                      "finetune_lr": args.finetune_lr, "rows": rows, "calib_sweep": sweep})

@@ -497,8 +497,9 @@ def test_exp_convert_runs_every_method_and_writes_its_table(load_recipe, tmp_pat
     data = {"train": (torch.rand(512, 1, 28, 28, generator=g), torch.randint(0, 10, (512,), generator=g)),
             "test": (torch.rand(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g))}
     monkeypatch.setattr(mod, "load_dataset", lambda name, split, root=None: data[split])
-    monkeypatch.setattr(mod, "mlp", lambda: torch.nn.Sequential(  # a narrower stand-in
-        torch.nn.Flatten(), torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)))
+    monkeypatch.setitem(mod.MODELS, "mlp", (lambda n_out: torch.nn.Sequential(  # narrower
+        torch.nn.Flatten(), torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Linear(64, n_out)),
+        None))
     out = tmp_path / "r.json"
     assert mod.main(["--epochs", "1", "--calib", "64", "--densities", "0.5", "2:4",
                      "--methods", "magnitude", "refit-seq", "--seeds", "2", "--finetune-steps", "2",
@@ -513,6 +514,63 @@ def test_exp_convert_runs_every_method_and_writes_its_table(load_recipe, tmp_pat
     assert [(r["calib"], r["method"]) for r in res["calib_sweep"]][::2] == [
         (32, "wanda"), (32, "sparsegpt"), (32, "refit")]
     assert (tmp_path / "m.pt").exists()  # the trained model is kept for the next run
+
+
+def test_the_character_model_is_causal_and_its_perplexity_is_exp_cross_entropy(load_recipe):
+    """The language-model stand-in of exp_convert: the corpus windows are the text shifted by
+    one; a prediction never reads later characters; a model whose logits are all equal has
+    perplexity = the vocabulary size (an independent closed form)."""
+    import torch
+
+    mod = load_recipe("exp_convert.py")
+    Xtr, ytr, Xte, yte, vocab = mod.char_corpus()
+    assert Xtr.shape[1] == mod.CONTEXT and torch.equal(Xtr[:, 1:], ytr[:, :-1])
+    assert torch.equal(Xtr[1, : mod.CONTEXT - mod.STRIDE], Xtr[0, mod.STRIDE :])
+    assert torch.equal(Xte[1:, 0], yte[:-1, -1])  # each test character predicted once
+    assert 50 < vocab < 200 and int(Xtr.max()) < vocab
+    torch.manual_seed(0)
+    model = mod.CharLM(vocab, dim=32, depth=2, heads=2).eval()
+    x = Xtr[:3].clone()
+    y0 = model(x)
+    x[:, 40:] = (x[:, 40:] + 1) % vocab
+    y1 = model(x)
+    torch.testing.assert_close(y0[:, :40], y1[:, :40])
+    assert not torch.allclose(y0[:, 40:], y1[:, 40:])
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    assert abs(mod.perplexity(model, Xte[:20], yte[:20]) - vocab) < 1e-5 * vocab  # float32 sums
+
+
+def test_exp_convert_runs_the_language_model_and_renders_perplexity(load_recipe, tmp_path,
+                                                                     monkeypatch):
+    """exp_convert --model charlm end to end on a slice of the corpus and a narrow model:
+    perplexities (> 1) recorded as the metric, and make_results renders them with "lower is
+    better" targets."""
+    import json
+
+    import torch
+
+    mod = load_recipe("exp_convert.py")
+    full = mod.char_corpus()
+    monkeypatch.setattr(mod, "char_corpus", lambda: (full[0][:256], full[1][:256], full[2][:16],
+                                                     full[3][:16], full[4]))
+    monkeypatch.setitem(mod.MODELS, "charlm", (lambda n: mod.CharLM(n, dim=32, depth=1, heads=2),
+                                               "blocks.*"))
+    out = tmp_path / "lm.json"
+    assert mod.main(["--model", "charlm", "--epochs", "1", "--calib", "32", "--densities", "0.5",
+                     "--methods", "wanda", "refit", "--seeds", "1", "--finetune-steps", "1",
+                     "--calib-sweep", "16", "--checkpoint", str(tmp_path / "lm.pt"),
+                     "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["metric"] == "perplexity" and res["dense_test_perplexity"] > 1
+    assert all(r["one_shot"] > 1 and r["finetuned"] > 1 for r in res["rows"])
+    mr = load_recipe("make_results.py")
+    text = "\n".join(mr.convert_section(res))
+    assert "Test perplexity, one-shot" in text and "lower perplexity" in text
+    ours = next(r["one_shot"] for r in res["rows"] if r["method"] == "refit")
+    theirs = next(r["one_shot"] for r in res["rows"] if r["method"] == "wanda")
+    assert ("| met |" if ours <= theirs else "**missed**") in text
 
 
 def test_a_converted_trained_model_round_trips_through_the_hub(load_recipe, tmp_path, monkeypatch):
