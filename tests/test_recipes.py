@@ -549,7 +549,6 @@ def test_exp_convert_runs_the_language_model_and_renders_perplexity(load_recipe,
     better" targets."""
     import json
 
-    import torch
 
     mod = load_recipe("exp_convert.py")
     full = mod.char_corpus()
