@@ -243,6 +243,36 @@ def test_torch_compile_fullgraph_equals_eager(device, backend):
         torch.testing.assert_close(c.grad, a.grad)
 
 
+def test_compiled_before_any_eager_call_traces_in_one_graph():
+    """A fresh process (the cpu kernels not loaded yet) that compiles a converted model first:
+    the kernels' build (files, locks, hashes) must not be traced — fullgraph=True succeeds with
+    backend='auto' — and the compiled forward and gradients equal the eager ones."""
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from torch_structlearn import convert
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(24, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
+convert(model, None, density=0.25, method="magnitude", verbose=False)
+x = torch.randn(16, 24)
+compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+yc = compiled(x)
+yc.square().sum().backward()
+gc = [p.grad.clone() for p in model.parameters()]
+model.zero_grad()
+ye = model(x)
+ye.square().sum().backward()
+torch.testing.assert_close(yc, ye)
+for a, b in zip(gc, [p.grad for p in model.parameters()]):
+    torch.testing.assert_close(a, b)
+print("same")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("same"), r.stderr[-3000:]
+
+
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b not in ("auto", "dense")])
 def test_op_is_registered_with_fake_impl(backend):
     from torch._subclasses.fake_tensor import FakeTensorMode

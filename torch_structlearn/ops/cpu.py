@@ -103,9 +103,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+@torch.compiler.assume_constant_result
 def cpu_isa() -> str:
     """The instruction set the ``cpu`` kernels run with (``avx512``, ``avx2``, ``sse2``,
-    ``neon``, ...); where they did not build, the CPU's own."""
+    ``neon``, ...); where they did not build, the CPU's own (a constant inside a
+    ``torch.compile`` trace, like :func:`available`)."""
     if available():
         return _kernels.isa
     flags = cpu_flags()
@@ -319,8 +321,12 @@ def _load() -> None:
     _ok = True
 
 
+@torch.compiler.assume_constant_result
 def available() -> bool:
-    """Whether the kernels are compiled and loaded (compiles them on the first call)."""
+    """Whether the kernels are compiled and loaded (compiles them on the first call). Inside a
+    ``torch.compile`` trace it runs for real and its answer is a constant of the graph, so a
+    model compiled before any eager call traces without graph breaks (the build reads files,
+    locks and hashes, which Dynamo cannot trace)."""
     if not _tried:
         _load()
     return _ok
