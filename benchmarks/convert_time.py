@@ -8,7 +8,8 @@ one forward pass over the same calibration images.
 Each (model, method) runs in a fresh subprocess (peak resident memory from ``getrusage``, the
 model built alone as the baseline), on random-initialised weights (timing does not depend on
 training; no weights can be downloaded here) and ``--calib`` random 224×224 images, every
-``nn.Linear`` converted. Prints a table with the machine line and writes JSON.
+``nn.Linear`` converted (convnext_atto built with ``conv_mlp=False``, so that its MLPs are
+``nn.Linear`` layers). Prints a table with the machine line and writes JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 
 MODELS = ["deit_tiny_patch16_224", "convnext_atto", "resmlp_12_224", "mixer_s16_224",
           "swin_tiny_patch4_window7_224"]
+# convnext_atto makes its MLPs 1x1 convolutions unless asked for nn.Linear (24 layers + head)
+KWARGS = {"convnext_atto": {"conv_mlp": False}}
 
 
 def child(model_name: str, method: str, density: float, calib: int) -> dict:
@@ -32,7 +35,7 @@ def child(model_name: str, method: str, density: float, calib: int) -> dict:
     from torch_structlearn import convert
 
     torch.manual_seed(0)
-    model = timm.create_model(model_name, pretrained=False).eval()
+    model = timm.create_model(model_name, pretrained=False, **KWARGS.get(model_name, {})).eval()
     X = torch.rand(calib, 3, 224, 224)
     loader = [(b,) for b in X.split(32)]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
