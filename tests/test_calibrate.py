@@ -1,6 +1,7 @@
 """``auto``'s calibration: it picks what it measured fastest, never something slower than dense,
 keeps its decisions (memory, then a file per machine), survives a damaged file and processes
-starting together, and stays out of the way where it must (off, inside torch.compile)."""
+starting together, stays out of the way where it must (off), and decides while torch.compile
+traces as an eager call would."""
 
 import json
 import os
@@ -143,6 +144,26 @@ def test_off_and_inside_compile_it_uses_the_prior(fresh, monkeypatch):
                      _runs)
     assert auto.choose(CPU, torch.float32, 0.05, None, (64, 96, 80), candidates=lambda: ["dense", "csr"],
                        make_runs=fail) == "csr"  # decided eagerly: reused in the trace
+
+
+def test_a_model_compiled_before_any_eager_call_calibrates_while_tracing(fresh, monkeypatch):
+    """torch.compile traces a layer nothing has run eagerly: auto decides at trace time as the
+    first eager call would (measured on a random structure of the layer's density, kept), the
+    compiled graph computes the layer, and the eager layer then reuses that decision."""
+    timed = _fake_times(monkeypatch, {"dense": 10.0, "cpu": 20.0, "csr": 2.0, "torch_sparse": 50.0})
+    torch.manual_seed(0)
+    layer = StructLearnedLinear(24, 16, density=0.25)
+    x = torch.randn(8, 24, requires_grad=True)
+    torch._dynamo.reset()
+    y = torch.compile(layer, fullgraph=True, backend="eager")(x)
+    assert "csr" in timed and "dense" in timed  # measured while tracing
+    assert calibrate.recall(CPU, torch.float32, None, (8, 24, 16), layer.density, True) == "csr"
+    assert json.loads(next(fresh.glob("*.json")).read_text())  # and kept on disk
+    torch.testing.assert_close(y, x @ layer.dense_weight().T + layer.bias)
+    n = len(timed)
+    assert resolve_backend(x, layer.values, layer.crow_indices, layer.col_indices) == "csr"
+    layer(x).sum().backward()
+    assert len(timed) == n  # the eager call reused it
 
 
 def test_a_layer_calibrates_in_each_mode_and_builds_what_its_pick_needs(fresh, monkeypatch):

@@ -5,8 +5,9 @@
 backend on it and keeps the fastest, in memory and on disk, per machine.
 
 **The shipped prior** (``crossover.json`` beside this file), used when calibration is off
-(``STRUCTLEARN_CALIBRATE=0``) and inside a ``torch.compile`` trace for kinds of call not
-calibrated eagerly first: below a measured crossover density the sparse kernel, above it
+(``STRUCTLEARN_CALIBRATE=0``) or the call's shape is not known (dynamic shapes in a
+``torch.compile`` trace; with static shapes a trace decides as an eager call would:
+``sparse_linear._choice_in_trace``): below a measured crossover density the sparse kernel, above it
 ``dense``. Entries are per device and, on the CPU, per instruction set of the ``cpu`` kernels
 (``"cpu/avx2"``, ``"cpu/avx512"``; a crossover measured on one instruction set says nothing
 about another), then per dtype and block shape (key ``"float32"`` or ``"float32/b32x32"``).
@@ -175,8 +176,10 @@ def choose(device: torch.device, dtype: torch.dtype, density: float,
            make_runs: Callable[[list[str]], dict[str, Callable[[], None]]] | None = None) -> str:
     """The backend ``auto`` uses: calibrated among ``candidates()`` (timing ``make_runs``; see
     :func:`~torch_structlearn.ops.calibrate.decide`; the prior's pick is kept unless another is
-    measured clearly faster) when calibration is on and the call's shape is known; inside a ``torch.compile`` trace the decision this process made eagerly for
-    such a call, if any; else the shipped :func:`prior`."""
+    measured clearly faster) when calibration is on and the call's shape is known; inside a
+    ``torch.compile`` trace the decision this process holds for such a call, if any (traces of
+    layers decide through ``sparse_linear._choice_in_trace``, which also measures); else the
+    shipped :func:`prior`."""
     if shape is not None and candidates is not None and calibrate.enabled():
         if not torch.compiler.is_compiling() and make_runs is not None:
             return calibrate.decide(device, dtype, block, shape, density, training, candidates,

@@ -159,7 +159,7 @@ def measure_ms(run: Callable[[], None], device: torch.device, repeats: int) -> l
 def recall(device: torch.device, dtype: torch.dtype, block: tuple[int, int] | None,
            shape: tuple[int, int, int], density: float, training: bool) -> str | None:
     """The decision this process already holds for such a call, or None (no file I/O, no
-    measurement: what a ``torch.compile`` trace may use)."""
+    measurement: a dictionary lookup)."""
     hit = _decisions.get(bucket(device, dtype, block, shape, density, training))
     return None if hit is None else hit["backend"]
 

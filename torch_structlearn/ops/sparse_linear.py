@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .._checks import choice
 from ..csr import check_csr_bounds, csr_transpose
-from . import auto, cpu, csr, dense, operands, triton_bsr
+from . import auto, calibrate, cpu, csr, dense, operands, triton_bsr
 from . import torch_sparse as torch_sparse_backend
 
 __all__ = ["sparse_linear", "resolve_backend", "BACKENDS", "available_backends", "check_backend"]
@@ -297,6 +297,9 @@ def resolve_backend(x: Tensor, values: Tensor, crow: Tensor, col: Tensor,
         dtype = x.dtype
     _, _, block, density, shape = _shape_of(x, values, crow)
     training = torch.is_grad_enabled() and (x.requires_grad or values.requires_grad)
+    if torch.compiler.is_compiling() and shape is not None and calibrate.enabled():
+        return _choice_in_trace(x.device, dtype, density, block, shape, training)
+
     def candidates() -> list[str]:
         return [b for b in available_backends(block, x.device) if b != "auto"]
 
@@ -305,6 +308,35 @@ def resolve_backend(x: Tensor, values: Tensor, crow: Tensor, col: Tensor,
 
     return auto.choose(x.device, dtype, density, block, shape, training=training,
                        candidates=candidates, make_runs=runs)
+
+
+@torch.compiler.assume_constant_result
+def _choice_in_trace(device: torch.device, dtype: torch.dtype, density: float,
+                     block: tuple[int, int] | None, shape: tuple[int, int, int],
+                     training: bool) -> str:
+    """``auto``'s backend for a call met while ``torch.compile`` traces (static shapes): decided
+    for real at trace time and a constant of the graph — the decision held in this process or
+    in this machine's cache file, else a calibration as the first eager call would make, on a
+    random structure of the same density (the trace has only fake indices; decisions are kept
+    per density bucket, not per structure). So a model compiled before any eager call runs the
+    backends an eager one would."""
+    made = calibrate.recall(device, dtype, block, shape, density, training)
+    if made is not None:
+        return made
+    batch, in_features, out_features = shape
+    bo, bi = block or (1, 1)
+    rows, cols = out_features // bo, in_features // bi
+    k = min(cols, max(1, round(density * cols)))
+    g = torch.Generator().manual_seed(0)
+    col = torch.rand(rows, cols, generator=g).argsort(1)[:, :k].sort(1).values.reshape(-1)
+    crow = torch.arange(rows + 1) * k
+    values = torch.randn(rows * k, *((bo, bi) if block else ()), generator=g).to(device, dtype)
+    crow, col = crow.to(device), col.to(device)
+    return calibrate.decide(
+        device, dtype, block, shape, density, training,
+        lambda: [b for b in available_backends(block, device) if b != "auto"],
+        lambda names: _calibration_runs(shape, values, crow, col, training, names),
+        lambda: auto.prior(device, dtype, density, block, shape))
 
 
 def _calibration_runs(shape: tuple[int, int, int], values: Tensor, crow: Tensor, col: Tensor,
