@@ -179,6 +179,22 @@ def test_torch_compile_module():
     torch.testing.assert_close(torch.compile(layer, fullgraph=True)(x), layer(x))
 
 
+def test_torch_compile_with_dynamic_shapes():
+    # a second batch size makes dynamo recompile forward with a symbolic batch (automatic
+    # dynamic shapes; CI met it when earlier tests had compiled other shapes): 'auto' must not
+    # hand the symbolic size to its trace-time decision, and later layers still compile
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    for batch in (3, 7, 11):
+        for n_in, n_out, density in [(16, 8, 0.25), (32, 8, 0.5), (16, 12, 0.25)]:
+            layer = StructLearnedLinear(n_in, n_out, density=density)
+            x = torch.randn(batch, n_in)
+            torch.testing.assert_close(torch.compile(layer, fullgraph=True)(x), layer(x))
+    dynamic = StructLearnedLinear(16, 8, density=0.25)
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(torch.compile(dynamic, dynamic=True, fullgraph=True)(x), dynamic(x))
+
+
 @pytest.mark.parametrize("backend", ["csr", "dense", "auto"])
 def test_backend_caches_and_switching(backend):
     torch.manual_seed(0)

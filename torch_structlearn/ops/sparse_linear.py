@@ -20,6 +20,7 @@ import contextlib
 
 import torch
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import has_static_value
 
 from .._checks import choice
 from ..csr import check_csr_bounds, csr_transpose
@@ -278,7 +279,10 @@ def _shape_of(x: Tensor, values: Tensor, crow: Tensor):
     block = tuple(values.shape[1:]) if values.dim() == 3 else None
     density = values.numel() / max(1, in_features * out_features)
     batch = x.numel() // max(1, in_features)
-    shape = (batch, in_features, out_features) if isinstance(batch, int) else None  # not SymInt
+    # None where a size is symbolic (torch.compile with dynamic shapes: there isinstance(s, int)
+    # holds for a SymInt, so ask torch's shape utility, which dynamo answers while tracing)
+    static = all(has_static_value(s) for s in (batch, in_features, out_features, values.numel()))
+    shape = (batch, in_features, out_features) if static else None
     return in_features, out_features, block, density, shape
 
 
