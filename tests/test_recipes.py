@@ -549,7 +549,6 @@ def test_exp_convert_runs_the_language_model_and_renders_perplexity(load_recipe,
     better" targets."""
     import json
 
-
     mod = load_recipe("exp_convert.py")
     full = mod.char_corpus()
     monkeypatch.setattr(mod, "char_corpus", lambda: (full[0][:256], full[1][:256], full[2][:16],
@@ -565,7 +564,9 @@ def test_exp_convert_runs_the_language_model_and_renders_perplexity(load_recipe,
     assert res["metric"] == "perplexity" and res["dense_test_perplexity"] > 1
     assert all(r["one_shot"] > 1 and r["finetuned"] > 1 for r in res["rows"])
     mr = load_recipe("make_results.py")
+    monkeypatch.setattr(mr, "FIG", tmp_path / "figures")  # not the repository's figures
     text = "\n".join(mr.convert_section(res))
+    assert (tmp_path / "figures" / "convert-charlm-pydoc-topics.png").exists()
     assert "Test perplexity, one-shot" in text and "lower perplexity" in text
     ours = next(r["one_shot"] for r in res["rows"] if r["method"] == "refit")
     theirs = next(r["one_shot"] for r in res["rows"] if r["method"] == "wanda")
