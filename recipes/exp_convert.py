@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import shlex
 import sys
@@ -34,7 +35,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
-from common import RUNS, machine  # noqa: E402
+from common import RUNS, done, machine  # noqa: E402
 
 from torch_structlearn import StructLearnedLinear, convert, hub, save  # noqa: E402
 from torch_structlearn.argtypes import positive as _positive  # noqa: E402
@@ -183,7 +184,12 @@ def main(argv=None) -> int:
     p.add_argument("--license", default="", help="data license for the hub card")
     p.add_argument("--out", type=Path, default=None,
                    help="default runs/repro/convert-<model>-<dataset>.json")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of the same command: keep the rows it saved "
+                        "(<out>.partial.json, written after every row) and run only the rest")
     args = p.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["python", "recipes/exp_convert.py", *(a for a in argv if a != "--resume")])
     lm = args.model == "charlm"
     args.dataset = args.dataset or ("pydoc-topics" if lm else "fashion-mnist")
     if lm != (args.dataset == "pydoc-topics"):
@@ -198,6 +204,8 @@ def main(argv=None) -> int:
     build, include = MODELS[args.model]
     ckpt = args.checkpoint or ROOT / "runs" / "convert" / f"{args.model}-{args.dataset}.pt"
     out = args.out or RUNS / f"convert-{args.model}-{args.dataset}.json"
+    partial = out.with_suffix(".partial.json")
+    saved = _resumed(partial, command) if args.resume else {"rows": [], "calib_sweep": []}
     if lm:
         Xtr, ytr, Xte, yte, n_out = char_corpus()
     else:
@@ -233,7 +241,16 @@ def main(argv=None) -> int:
         torch.manual_seed(seed)
         ref.append(score(train(copy.deepcopy(model), Xtr, ytr, steps=args.finetune_steps,
                                lr=args.finetune_lr, seed=seed), Xte, yte))
-    rows = []
+    rows, sweep = saved["rows"], saved["calib_sweep"]
+
+    def result() -> dict:
+        return {"experiment": "convert", "model": args.model, "dataset": args.dataset,
+                "dense_training_seconds": pretrain, "dense_epochs": args.epochs,
+                "command": command, "machine": machine(), "metric": metric,
+                f"dense_test_{metric}": dense, "dense_finetuned": ref,
+                "calibration_images": args.calib, "seeds": args.seeds,
+                "finetune_steps": args.finetune_steps, "finetune_lr": args.finetune_lr,
+                "rows": rows, "calib_sweep": sweep}
 
     def calib_set(n: int, seed: int):
         g = torch.Generator().manual_seed(seed)
@@ -244,6 +261,8 @@ def main(argv=None) -> int:
             if d == "2:4" and m == "dictionary":
                 continue  # N:M masks are for the trained-model methods
             for seed in range(args.seeds):
+                if done(rows, density=d, method=m, seed=seed):
+                    continue
                 conv = copy.deepcopy(model)
                 report, secs = _convert(conv, calib_set(args.calib, seed), d, m, include)
                 err = [r["output_error"] for r in report if "output_error" in r]
@@ -255,17 +274,20 @@ def main(argv=None) -> int:
                 rows.append({"density": d, "method": m, "seed": seed, "one_shot": one_shot,
                              "finetuned": tuned, "seconds": secs,
                              "output_error": sum(err) / len(err) if err else None})
+                write_json(partial, result())
                 ft = "-" if tuned is None else show(tuned)
                 print(f"{d:>5} {m:<14} seed {seed}  one-shot {show(one_shot)}  fine-tuned {ft}  "
                       f"({secs:.1f} s)", flush=True)
-    sweep = []
     for n in args.calib_sweep:
         for m in ("wanda", "sparsegpt", "refit"):
             for seed in range(args.seeds):
+                if done(sweep, calib=n, method=m, seed=seed):
+                    continue
                 conv = copy.deepcopy(model)
                 _convert(conv, calib_set(n, seed), "0.1", m, include)
                 sweep.append({"calib": n, "method": m, "seed": seed,
                               "one_shot": score(conv, Xte, yte)})
+                write_json(partial, result())
                 print(f"calib {n:>5} {m:<10} seed {seed}  one-shot {show(sweep[-1]['one_shot'])}",
                       flush=True)
     if args.hub is not None:
@@ -275,8 +297,7 @@ def main(argv=None) -> int:
         one_shot = accuracy(conv, Xte, yte)
         publish(args.hub_root / args.hub, conv, {
             "name": args.hub, "dataset": args.dataset, "density": args.hub_density, "depth": None,
-            "command": shlex.join(["python", "recipes/exp_convert.py",
-                                  *(argv if argv is not None else sys.argv[1:])]),
+            "command": command,
             "hardware": machine(), "timm_model": "vit_tiny_patch16_224",
             "timm_kwargs": {"num_classes": 10, "img_size": 32, "patch_size": 8, "depth": 6},
             "include": include, "test_accuracy": one_shot, "one_shot_accuracy": one_shot,
@@ -286,16 +307,30 @@ def main(argv=None) -> int:
                      f"converted one-shot by method='refit' at {args.hub_density:.0%} (every "
                      "weight included: test_accuracy is its one-shot accuracy, no fine-tune)"})
         print(f"published {args.hub}: one-shot {one_shot:.2%}")
-    write_json(out, {"experiment": "convert", "model": args.model, "dataset": args.dataset,
-                     "dense_training_seconds": pretrain, "dense_epochs": args.epochs,
-                     "command": shlex.join(["python", "recipes/exp_convert.py",
-                                           *(argv if argv is not None else sys.argv[1:])]),
-                     "machine": machine(), "metric": metric, f"dense_test_{metric}": dense,
-                     "dense_finetuned": ref, "calibration_images": args.calib,
-                     "seeds": args.seeds, "finetune_steps": args.finetune_steps,
-                     "finetune_lr": args.finetune_lr, "rows": rows, "calib_sweep": sweep})
+    write_json(out, result())
+    partial.unlink(missing_ok=True)
     print(f"wrote {out}")
     return 0
+
+
+def _resumed(partial: Path, command: str) -> dict:
+    """``--resume``: the rows (and calibration sweep) an interrupted run of ``command`` saved
+    (``SystemExit`` when there is none, it is unreadable, or it is from another command)."""
+    if not partial.exists():
+        raise SystemExit(f"--resume: no interrupted run to continue ({partial} does not exist)")
+    try:
+        old = json.loads(partial.read_text())
+    except ValueError:
+        old = None
+    if not (isinstance(old, dict) and {"command", "rows", "calib_sweep"} <= old.keys()):
+        raise SystemExit(f"--resume: {partial} is not a partial result (unreadable, or keys "
+                         "missing); delete it to start the run again")
+    if old["command"] != command:
+        raise SystemExit(f"--resume: {partial} is from another command: {old['command']!r}, "
+                         f"not {command!r}")
+    print(f"resuming {partial}: {len(old['rows'])} rows and {len(old['calib_sweep'])} sweep "
+          "points done", flush=True)
+    return old
 
 
 def publish(entry: Path, model: nn.Module, card: dict) -> None:

@@ -516,6 +516,54 @@ def test_exp_convert_runs_every_method_and_writes_its_table(load_recipe, tmp_pat
     assert (tmp_path / "m.pt").exists()  # the trained model is kept for the next run
 
 
+def test_exp_convert_resumes_an_interrupted_run_without_redoing_its_rows(load_recipe, tmp_path,
+                                                                         monkeypatch):
+    """Each row is saved as it is made (<out>.partial.json); a run cut off on its third
+    conversion keeps two rows, and --resume of the same command converts only the rest and
+    gives the same rows; --resume of another command, or with nothing saved, exits clearly."""
+    import json
+
+    import torch
+
+    mod = load_recipe("exp_convert.py")
+    g = torch.Generator().manual_seed(0)
+    data = {"train": (torch.rand(256, 1, 28, 28, generator=g), torch.randint(0, 10, (256,), generator=g)),
+            "test": (torch.rand(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))}
+    monkeypatch.setattr(mod, "load_dataset", lambda name, split, root=None: data[split])
+    monkeypatch.setitem(mod.MODELS, "mlp", (lambda n_out: torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(784, 32), torch.nn.ReLU(), torch.nn.Linear(32, n_out)),
+        None))
+    out = tmp_path / "r.json"
+    argv = ["--epochs", "1", "--calib", "32", "--densities", "0.5", "--methods", "magnitude",
+            "wanda", "--seeds", "2", "--finetune-steps", "0", "--calib-sweep",
+            "--checkpoint", str(tmp_path / "m.pt"), "--out", str(out)]
+    with pytest.raises(SystemExit, match="no interrupted run"):
+        mod.main([*argv, "--resume"])
+    real, calls = mod._convert, []
+
+    def cut_off(*a, **k):
+        calls.append(a[3])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(mod, "_convert", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        mod.main(argv)
+    partial = json.loads((tmp_path / "r.partial.json").read_text())
+    assert [(r["method"], r["seed"]) for r in partial["rows"]] == [("magnitude", 0), ("magnitude", 1)]
+    with pytest.raises(SystemExit, match="another command"):
+        mod.main([*argv[:-2], "--out", str(out), "--lr", "0.01", "--resume"])
+    calls.clear()
+    assert mod.main([*argv, "--resume"]) == 0
+    assert calls == ["wanda", "wanda"]  # only the rows it lacked
+    res = json.loads(out.read_text())
+    assert [(r["method"], r["seed"]) for r in res["rows"]] == [
+        ("magnitude", 0), ("magnitude", 1), ("wanda", 0), ("wanda", 1)]
+    assert res["rows"][:2] == partial["rows"] and "--resume" not in res["command"]
+    assert not (tmp_path / "r.partial.json").exists()
+
+
 def test_the_character_model_is_causal_and_its_perplexity_is_exp_cross_entropy(load_recipe):
     """The language-model stand-in of exp_convert: the corpus windows are the text shifted by
     one; a prediction never reads later characters; a model whose logits are all equal has
