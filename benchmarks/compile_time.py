@@ -10,16 +10,20 @@ Each configuration runs in a fresh subprocess (nothing compiled or calibrated be
 model built with random weights, every ``nn.Linear`` converted by ``method='magnitude'`` (the
 mask does not change the kernels' speed at a given density; no data is needed), then
 ``--steps`` timed steps after one warm-up (median). The compiled model is compiled *before* any
-eager call of its layers, as a user would. Prints a table with the machine line and writes JSON.
+eager call of its layers, as a user would, with an empty inductor cache. Prints a table with the machine line, and the ops
+that take a converted step's time eager and compiled (``torch.profiler``, self time per step,
+``--steps`` more steps), and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,8 +49,13 @@ def child(cfg: dict) -> dict:
 
     first = step()  # compile (compiled) or warm-up and calibration (eager)
     times = [step() for _ in range(cfg["steps"])]
+    with torch.profiler.profile() as prof:  # where a step's time goes: self time per op
+        for _ in range(cfg["steps"]):
+            step()
+    ops = {e.key: e.self_cpu_time_total / 1e3 / cfg["steps"] for e in prof.key_averages()}
     return {**cfg, "first_seconds": first, "step_seconds": statistics.median(times),
-            "steps_seconds": times, "converted_layers": len(layers) if cfg["sparse"] else 0}
+            "steps_seconds": times, "converted_layers": len(layers) if cfg["sparse"] else 0,
+            "profile_ms_per_step": dict(sorted(ops.items(), key=lambda kv: -kv[1])[:12])}
 
 
 def main(argv=None) -> int:
@@ -76,8 +85,10 @@ def main(argv=None) -> int:
             cfg = {"model": args.model, "kwargs": args.kwargs, "density": args.density,
                    "batch": args.batch, "size": args.size, "steps": args.steps,
                    "backend": args.backend, "sparse": sparse, "compiled": compiled}
-            r = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)],
-                               capture_output=True, text=True)
+            with tempfile.TemporaryDirectory() as cache:  # a cold compile: no inductor cache
+                r = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)],
+                                   capture_output=True, text=True,
+                                   env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache})
             if r.returncode:
                 sys.stderr.write(r.stderr[-4000:])
                 raise SystemExit(f"the {'compiled' if compiled else 'eager'} "
@@ -95,6 +106,12 @@ def main(argv=None) -> int:
         lines.append(f"| {name} | {e['step_seconds']:.3f} s | {c['step_seconds']:.3f} s | "
                      f"{c['step_seconds'] / e['step_seconds']:.2f} | {c['first_seconds']:.0f} s |")
     print("\n" + "\n".join(lines))
+    # the ops that take most of a converted step, eager against compiled (profiled steps)
+    e, c = (by[(True, False)]["profile_ms_per_step"], by[(True, True)]["profile_ms_per_step"])
+    top = sorted({*list(e)[:6], *list(c)[:6]}, key=lambda k: -max(e.get(k, 0), c.get(k, 0)))
+    print("\n| op (converted model, self time per step) | eager | compiled |\n|---|---|---|")
+    for k in top:
+        print(f"| `{k[:60]}` | {e.get(k, 0):.1f} ms | {c.get(k, 0):.1f} ms |")
     args.out.write_text(json.dumps({"command": "python benchmarks/compile_time.py "
                                     + " ".join(argv if argv is not None else sys.argv[1:]),
                                     "machine": m, "rows": rows}, indent=1))
