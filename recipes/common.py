@@ -39,8 +39,10 @@ SHIPPED = ROOT / "recipes" / "results"  # the committed copies RESULTS.md is mad
 
 def result_files() -> list[Path]:
     """Every result, by file name: the committed copies in ``recipes/results/``, each replaced
-    by a newer run of the same name in ``runs/repro/``."""
-    found = {f.name: f for folder in (SHIPPED, RUNS) for f in sorted(folder.glob("*.json"))}
+    by a newer run of the same name in ``runs/repro/`` (not the rows an unfinished run has
+    saved, ``*.partial.json``)."""
+    found = {f.name: f for folder in (SHIPPED, RUNS) for f in sorted(folder.glob("*.json"))
+             if not f.name.endswith(".partial.json")}
     return [found[name] for name in sorted(found)]
 
 

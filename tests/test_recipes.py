@@ -103,8 +103,9 @@ def test_first_seed_extends_a_committed_result(common, monkeypatch):
 def test_results_are_the_committed_copies_replaced_by_newer_runs(common):
     common.SHIPPED.mkdir()
     for folder, name in ((common.SHIPPED, "a.json"), (common.SHIPPED, "b.json"), (common.RUNS, "b.json"),
-                         (common.RUNS, "c.json")):
+                         (common.RUNS, "c.json"), (common.RUNS, "d.partial.json")):
         (folder / name).write_text("{}")
+    # d.partial.json: the rows of an unfinished run, not a result
     assert common.result_files() == [common.SHIPPED / "a.json", common.RUNS / "b.json",
                                      common.RUNS / "c.json"]
 
