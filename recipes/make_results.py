@@ -474,6 +474,13 @@ CONVERT_ORDER = ["dictionary", "magnitude", "wanda", "wanda-seq", "sparsegpt", "
                  "refit", "refit-seq"]
 
 
+def _densities(rows: list[dict]) -> list[str]:
+    """The densities of convert rows, densest first, 2:4 right after 50 % (a fixed order: the
+    rows' set order is not)."""
+    return sorted({r["density"] for r in rows},
+                  key=lambda d: (0.5, 0) if d == "2:4" else (float(d), 1), reverse=True)
+
+
 def _mean(rows: list[dict], key: str) -> float | None:
     vals = [r[key] for r in rows if r.get(key) is not None]
     return statistics.mean(vals) if vals else None
@@ -520,7 +527,7 @@ def convert_verdicts(res: dict) -> list[str]:
         ok = sign * ours >= sign * theirs + margin
         out.append(f"| one-shot at {d if d == '2:4' else f'{float(d):.0%}'}: `refit` {label} | "
                    f"{ours:{fmt}} vs {who} {theirs:{fmt}} | {'met' if ok else '**missed**'} |")
-    dens = sorted({r["density"] for r in res["rows"]}, key=lambda d: -0.5 if d == "2:4" else -float(d))
+    dens = _densities(res["rows"])
     for d in dens:
         ours, _ = best(d, ["refit"], "finetuned")
         others = [m for m in CONVERT_ORDER if not m.startswith("refit") and (d, m) in by]
@@ -541,7 +548,7 @@ def convert_section(res: dict) -> list[str]:
     model = res.get("model", "mlp")
     metric, fmt, _ = _metric(res)
     n = res["seeds"]
-    dens = sorted({r["density"] for r in rows}, key=lambda d: -0.5 if d == "2:4" else -float(d))
+    dens = _densities(rows)
     methods = [m for m in CONVERT_ORDER if any(r["method"] == m for r in rows)]
     ft = res.get("finetune_steps", 0) > 0
     ref = res.get("dense_finetuned") or []

@@ -651,3 +651,10 @@ def test_a_converted_trained_model_round_trips_through_the_hub(load_recipe, tmp_
     (tmp_path / "vit-trained" / "card.json").write_text(json.dumps(card))
     with pytest.raises(hub.HubEntryError, match="weights.safetensors"):
         hub.load("vit-trained")
+
+
+def test_convert_tables_list_densities_in_a_fixed_order(make_results):
+    # 2:4 and 50 % have the same density: 2:4 comes right after 50 %, whatever the rows' order
+    for order in (["0.1", "2:4", "0.5", "0.05", "0.25"], ["2:4", "0.5", "0.25", "0.1", "0.05"]):
+        assert make_results._densities([{"density": d} for d in order]) == [
+            "0.5", "2:4", "0.25", "0.1", "0.05"]
