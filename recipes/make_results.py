@@ -541,7 +541,7 @@ def convert_verdicts(res: dict) -> list[str]:
     return out
 
 
-def convert_section(res: dict) -> list[str]:
+def convert_section(res: dict, name: str | None = None) -> list[str]:
     """One-shot and fine-tuned test accuracy of every conversion method and density
     (recipes/exp_convert.py), the calibration-size sweep and the targets."""
     rows = res["rows"]
@@ -590,16 +590,20 @@ def convert_section(res: dict) -> list[str]:
     verdicts = convert_verdicts(res)
     if verdicts:
         lines += ["| target | measured (means) | |", "|---|---|---|", *verdicts, ""]
-    png = convert_plot(res)
+    png = convert_plot(res, name)
     if png:
         lines += [f"![one-shot {metric} vs density]({png})", ""]
     return lines
 
 
-def convert_plot(res: dict) -> str | None:
+def convert_plot(res: dict, name: str | None = None) -> str | None:
+    """One-shot score against density per method, drawn to ``figures/<name>.png`` (``name``:
+    the result file's stem, so two results of one model and data set keep their own plots)."""
     plt = _pyplot()
     rows = [r for r in res["rows"] if r["density"] != "2:4"]
     dens = sorted({float(r["density"]) for r in rows})
+    if len(dens) < 2:  # a curve needs two densities
+        return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in CONVERT_ORDER:
         pts = [[r["one_shot"] for r in rows if r["method"] == m and float(r["density"]) == d]
@@ -616,7 +620,7 @@ def convert_plot(res: dict) -> str | None:
     ax.set_ylabel(f"one-shot test {_metric(res)[0]}")
     ax.set_title(f"converting a trained {res.get('model', 'mlp')} — {res['dataset']}")
     ax.legend(fontsize=7)
-    return _save(fig, f"convert-{res.get('model', 'mlp')}-{res['dataset']}.png")
+    return _save(fig, f"{name or 'convert-' + res.get('model', 'mlp') + '-' + res['dataset']}.png")
 
 
 def _pyplot():
@@ -766,7 +770,7 @@ def main() -> int:
         if res.get("experiment", "").startswith("tune-training"):
             lines += training_tune_section(res)
         if res.get("experiment") == "convert":
-            lines += convert_section(res)
+            lines += convert_section(res, f.stem)
         if res.get("experiment") == "density":
             lines += density_section(res)
             png = density_plot(res)

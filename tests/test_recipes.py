@@ -605,7 +605,7 @@ def test_exp_convert_runs_the_language_model_and_renders_perplexity(load_recipe,
     monkeypatch.setitem(mod.MODELS, "charlm", (lambda n: mod.CharLM(n, dim=32, depth=1, heads=2),
                                                "blocks.*"))
     out = tmp_path / "lm.json"
-    assert mod.main(["--model", "charlm", "--epochs", "1", "--calib", "32", "--densities", "0.5",
+    assert mod.main(["--model", "charlm", "--epochs", "1", "--calib", "32", "--densities", "0.5", "0.25",
                      "--methods", "wanda", "refit", "--seeds", "1", "--finetune-steps", "1",
                      "--calib-sweep", "16", "--checkpoint", str(tmp_path / "lm.pt"),
                      "--out", str(out)]) == 0
