@@ -279,9 +279,14 @@ def _shape_of(x: Tensor, values: Tensor, crow: Tensor):
     block = tuple(values.shape[1:]) if values.dim() == 3 else None
     density = values.numel() / max(1, in_features * out_features)
     batch = x.numel() // max(1, in_features)
-    # None where a size is symbolic (torch.compile with dynamic shapes: there isinstance(s, int)
-    # holds for a SymInt, so ask torch's shape utility, which dynamo answers while tracing)
-    static = all(has_static_value(s) for s in (batch, in_features, out_features, values.numel()))
+    # None where a size is symbolic. Under torch.compile isinstance(s, int) holds for a SymInt
+    # too, so ask torch's shape utility there (dynamo answers it while tracing); eager calls,
+    # the hot path, keep the plain type check
+    if torch.compiler.is_compiling():
+        sizes = (batch, in_features, out_features, values.numel())
+        static = all(has_static_value(s) for s in sizes)
+    else:
+        static = isinstance(batch, int)
     shape = (batch, in_features, out_features) if static else None
     return in_features, out_features, block, density, shape
 
