@@ -268,24 +268,32 @@ def done(rows: list, **key) -> bool:
     return any(all(r.get(k) == v for k, v in key.items()) for r in rows)
 
 
-def _resumed(name: str, args) -> dict:
-    """With ``--resume``: the interrupted run's rows and wall time so far (``SystemExit`` when
-    there is no partial result, or it comes from another command)."""
-    if not args.resume:
-        return {"rows": [], "wall_seconds": 0.0, "machine": ""}
-    path = _partial_path(name, args)
+def read_partial(path: Path, command: str, keys: set[str]) -> dict:
+    """``--resume``: the partial result an interrupted run of ``command`` saved at ``path``
+    (``SystemExit`` when there is none, it is unreadable or lacks ``keys``, or it comes from
+    another command: compared by the script's arguments)."""
     if not path.exists():
         raise SystemExit(f"--resume: no interrupted run to continue ({path} does not exist)")
     try:
         old = json.loads(path.read_text())
     except ValueError:
         old = None
-    if not (isinstance(old, dict) and {"command", "rows", "wall_seconds"} <= old.keys()):
+    if not (isinstance(old, dict) and {"command", *keys} <= old.keys()):
         raise SystemExit(f"--resume: {path} is not a partial result (unreadable, or keys missing); "
                          "delete it to start the run again")
-    if old["command"].split()[2:] != _command().split()[2:]:  # the script's arguments
+    if old["command"].split()[2:] != command.split()[2:]:  # the script's arguments
         raise SystemExit(f"--resume: {path} is from another command: {old['command']!r}, "
-                         f"not {_command()!r}")
+                         f"not {command!r}")
+    return old
+
+
+def _resumed(name: str, args) -> dict:
+    """With ``--resume``: the interrupted run's rows and wall time so far (``SystemExit`` when
+    there is no partial result, or it comes from another command)."""
+    if not args.resume:
+        return {"rows": [], "wall_seconds": 0.0, "machine": ""}
+    path = _partial_path(name, args)
+    old = read_partial(path, _command(), {"rows", "wall_seconds"})
     print(f"resuming {path}: {len(old['rows'])} rows done", flush=True)
     return {"machine": "", **old}
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import shlex
 import sys
@@ -35,7 +34,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
-from common import RUNS, done, machine  # noqa: E402
+from common import RUNS, done, machine, read_partial  # noqa: E402
 
 from torch_structlearn import StructLearnedLinear, convert, hub, save  # noqa: E402
 from torch_structlearn.argtypes import positive as _positive  # noqa: E402
@@ -205,7 +204,11 @@ def main(argv=None) -> int:
     ckpt = args.checkpoint or ROOT / "runs" / "convert" / f"{args.model}-{args.dataset}.pt"
     out = args.out or RUNS / f"convert-{args.model}-{args.dataset}.json"
     partial = out.with_suffix(".partial.json")
-    saved = _resumed(partial, command) if args.resume else {"rows": [], "calib_sweep": []}
+    saved = {"rows": [], "calib_sweep": []}
+    if args.resume:
+        saved = read_partial(partial, command, set(saved))
+        print(f"resuming {partial}: {len(saved['rows'])} rows and {len(saved['calib_sweep'])} "
+              "sweep points done", flush=True)
     if lm:
         Xtr, ytr, Xte, yte, n_out = char_corpus()
     else:
@@ -311,26 +314,6 @@ def main(argv=None) -> int:
     partial.unlink(missing_ok=True)
     print(f"wrote {out}")
     return 0
-
-
-def _resumed(partial: Path, command: str) -> dict:
-    """``--resume``: the rows (and calibration sweep) an interrupted run of ``command`` saved
-    (``SystemExit`` when there is none, it is unreadable, or it is from another command)."""
-    if not partial.exists():
-        raise SystemExit(f"--resume: no interrupted run to continue ({partial} does not exist)")
-    try:
-        old = json.loads(partial.read_text())
-    except ValueError:
-        old = None
-    if not (isinstance(old, dict) and {"command", "rows", "calib_sweep"} <= old.keys()):
-        raise SystemExit(f"--resume: {partial} is not a partial result (unreadable, or keys "
-                         "missing); delete it to start the run again")
-    if old["command"] != command:
-        raise SystemExit(f"--resume: {partial} is from another command: {old['command']!r}, "
-                         f"not {command!r}")
-    print(f"resuming {partial}: {len(old['rows'])} rows and {len(old['calib_sweep'])} sweep "
-          "points done", flush=True)
-    return old
 
 
 def publish(entry: Path, model: nn.Module, card: dict) -> None:
