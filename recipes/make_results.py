@@ -215,6 +215,51 @@ def grouped_section(res: dict, title: str, key: str = "method") -> list[str]:
     return lines
 
 
+def learner_section(res: dict) -> list[str]:
+    """exp_learner.py: accuracy against learning time per stopping threshold, and the masks'
+    stability at each check (means over seeds)."""
+    lines = _header(res, "Time to a structure")
+    lines[-2] = lines[-2].replace(
+        f"; dictionary: {res['dict_epochs']} passes", f"; dictionary: at most {res['max_passes']} passes")
+    lines += [f"Each row is the structure of one point of the learner's run — a check (every "
+              f"{res['check_every']} samples) or its end — trained with the recipe; *thresholds* "
+              "are the stopping-rule settings (`settle`) that stop the run there on some seed (the "
+              "first check whose mean Jaccard overlap with the check before reaches them). "
+              "v0.1: the v0.1 learner (steps of 250 samples, 50 FISTA iterations, float32, 5 "
+              "passes).", "",
+              "| structure | thresholds | passes | learning time (s) | overlap at stop | "
+              "test accuracy | validation accuracy |", "|---|---|---|---|---|---|---|"]
+    order = sorted({r["method"] for r in res["rows"]},
+                   key=lambda m: (m == "v0.1", m == "last", int(m.split()[1]) if m.startswith("check") else 0))
+    for m in order:
+        sel = [r for r in res["rows"] if r["method"] == m]
+        ts = sorted({t for r in sel for t in r["thresholds"]})
+        ov = [r["overlap"] for r in sel if r["overlap"] is not None]
+        name = {"last": f"end of the run (at most {res['max_passes']} passes)",
+                "v0.1": "v0.1 learner"}.get(m, m)
+        lines.append(
+            f"| {name} | {', '.join(f'{t:g}' for t in ts) or '-'} | "
+            f"{_cell([r['passes'] for r in sel], '.2f')} | "
+            f"{_cell([r['learn_seconds'] for r in sel], '.0f')} | "
+            f"{_cell(ov, '.3f') if ov else '-'} | {_cell([r['test_accuracy'] for r in sel])} | "
+            f"{_cell([r['val_accuracy'] for r in sel])} |")
+    checks = [t["checks"] for t in res.get("trajectories", [])]
+    if checks:
+        n = min(len(c) for c in checks)
+        lines += ["", "Mask stability at each check (means over seeds): overlap with the check "
+                  "before, and with the run's last mask.", "",
+                  "| check | passes | learning time (s) | overlap with the check before | "
+                  "overlap with the last mask |", "|---|---|---|---|---|"]
+        for i in range(n):
+            at = [c[i] for c in checks]
+            ov = [a["overlap"] for a in at if a["overlap"] is not None]
+            lines.append(f"| {i + 1} | {statistics.mean(a['passes'] for a in at):.2f} | "
+                         f"{statistics.mean(a['seconds'] for a in at):.0f} | "
+                         f"{f'{statistics.mean(ov):.3f}' if ov else '-'} | "
+                         f"{statistics.mean(a['overlap_last'] for a in at):.3f} |")
+    return lines + [""]
+
+
 def single_verdict(res: dict) -> tuple[bool, str] | None:
     """For a full-setting CIFAR-10 single-layer result: whether the learned layer reaches 63.0 %
     and 2.5 points over the fully connected one (means over seeds), and the verdict in words;
@@ -771,6 +816,8 @@ def main() -> int:
             lines += training_tune_section(res)
         if res.get("experiment") == "convert":
             lines += convert_section(res, f.stem)
+        if res.get("experiment") == "learner":
+            lines += learner_section(res)
         if res.get("experiment") == "density":
             lines += density_section(res)
             png = density_plot(res)

@@ -249,3 +249,50 @@ def test_structlearn_bench_help_exits_0(capsys):
         main(["bench", "--help"])
     assert e.value.code == 0
     assert "calibrate" in capsys.readouterr().out
+
+
+def test_learn_times_the_defaults_against_v01_and_renders(tmp_path, monkeypatch, capsys):
+    """``bench learn`` on digits (shipped with scikit-learn): every setting's row, the v0.1
+    learner as the speed reference, its own mask overlap 1, and SPAMS skipped with a message
+    where it is not installed."""
+    import importlib.util as iu
+
+    real = iu.find_spec
+    monkeypatch.setattr(iu, "find_spec", lambda name, *a: None if name == "spams" else real(name, *a))
+    out, md = tmp_path / "l.json", tmp_path / "B.md"
+    assert bench.main(["learn", "--dataset", "digits", "--n", "600", "--held-out", "100",
+                       "--atoms", "32", "--group-size", "2", "--density", "0.25",
+                       "--json", str(out), "--tag", "t"]) == 0
+    assert "spams: not installed" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    rows = {r["method"]: r for r in res["rows"]}
+    assert set(rows) == {"defaults", "defaults, float32", "v0.1"}
+    assert rows["v0.1"]["passes"] == 5 and rows["defaults"]["passes"] == 2
+    assert rows["v0.1"]["mask_overlap_v01"] == 1 and rows["v0.1"]["speedup"] == 1
+    assert rows["defaults"]["speedup"] == pytest.approx(rows["v0.1"]["seconds"] / rows["defaults"]["seconds"])
+    assert all(r["held_out_objective"] > 0 for r in rows.values())
+    assert _script("update_markdown").main([str(md), str(out)]) == 0
+    text = md.read_text()
+    assert "<!-- bench:learn-digits-t-cpu -->" in text and "| v0.1 | " in text and "CPU flags:" in text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("spams") is None,
+                    reason="SPAMS (pip install spams-bin) is an optional peer, not installed")
+def test_spams_dictionary_is_scored_like_ours():
+    from torch_structlearn.bench.coding import spams_dictionary
+    from torch_structlearn.coding import fista, objective
+
+    from .test_coding import _planted
+
+    X, _ = _planted(n=2000, d=32, k=16, width=6)
+    D, seconds = spams_dictionary(X, 16, 0.1, 3, 256, seed=0)
+    assert D.shape == (32, 16) and seconds >= 0
+    assert torch.allclose(D.norm(dim=0), torch.ones(16), atol=1e-5)
+    # it learned: the same encoder gives a lower objective than with its starting atoms
+    pick = torch.randperm(2000, generator=torch.Generator().manual_seed(0))[:16]
+    D0 = torch.nn.functional.normalize(X[pick].T, dim=0)
+
+    def f(D):
+        return float(objective(X, D, fista(X, D, lam1=0.1, max_iter=500), 0.1).mean())
+
+    assert f(D) < 0.9 * f(D0)

@@ -186,6 +186,11 @@ def test_transform_and_score_need_a_fitted_dictionary_of_the_data_size():
     ({"memory": 0}, ValueError, "memory must be >= 1, got 0"),
     ({"tol": -1e-4}, ValueError, "tol must be >= 0, got -0.0001"),
     ({"seed": "0"}, TypeError, "seed must be an int, got str '0'"),
+    ({"batch_size": 0}, ValueError, "batch_size must be >= 1, got 0"),
+    ({"check_every": 2.5}, TypeError, "check_every must be an int, got float 2.5"),
+    ({"settle": 0.0}, ValueError, "settle must be in \\(0, 1\\], got 0.0"),
+    ({"settle_density": 1.5}, ValueError, "settle_density must be in \\(0, 1\\], got 1.5"),
+    ({"precision": "fp16"}, ValueError, "precision must be one of \\('auto', 'float32', 'bfloat16'\\), got 'fp16'"),
 ])
 def test_bad_arguments_are_named_at_construction(kw, err, match):
     args = {"n_atoms": 8, **kw}
@@ -199,3 +204,62 @@ def test_a_numpy_integer_seed_is_stored_as_an_int():
     learner = DictionaryLearner(4, seed=np.int64(3), epochs=1, verbose=False)
     assert learner.seed == 3 and type(learner.seed) is int  # what Generator.manual_seed takes
     assert learner.fit([torch.randn(32, 6)]).dictionary_.shape == (6, 4)
+
+
+# ---------------------------------------------------------------- steps, stopping rule, precision
+def test_steps_regroup_the_rows_of_a_pass_in_order():
+    from torch_structlearn.coding import _steps
+
+    parts = [torch.arange(n * 2, dtype=torch.float32).view(n, 2) + 100 * i
+             for i, n in enumerate([3, 5, 1, 7, 2])]
+    steps = list(_steps(iter(parts), 4))
+    assert [len(s) for s in steps] == [4, 4, 4, 4, 2]
+    assert torch.equal(torch.cat(steps), torch.cat(parts))
+    assert [len(s) for s in _steps(iter(parts), 100)] == [18]
+    assert [s is p for s, p in zip(_steps(iter(parts), None), parts, strict=True)] == [True] * 5
+
+
+def test_the_stopping_rule_stops_once_the_supports_settle():
+    X, _ = _planted(n=4000)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X), batch_size=256)
+    kw = dict(lam1=0.1, epochs=20, batch_size=256, check_every=1000, settle_density=8 / 64,
+              seed=0, verbose=False)
+    full = DictionaryLearner(32, **kw).fit(loader)
+    assert not full.settled_ and full.passes_ == 20 and len(full.stability_) > 50  # checked, not stopped
+    early = DictionaryLearner(32, settle=0.95, **kw).fit(loader)
+    assert early.settled_ and early.passes_ < 20
+    samples, overlaps = zip(*early.stability_, strict=True)
+    assert overlaps[-1] >= 0.95 and all(o < 0.95 for o in overlaps[:-1])
+    assert list(samples) == sorted(samples) and early.n_samples_seen_ == samples[-1]
+    # the rule's supports are those of the finished dictionary: compare with a direct top-k
+    k = 8
+    top = early.dictionary_.abs().topk(k, dim=0).indices
+    assert torch.equal(early._supports(), torch.zeros(64, 32, dtype=torch.bool).scatter_(0, top, True))
+    # the run it cut short is the full run's beginning: the same overlaps up to the stop
+    assert early.stability_ == full.stability_[: len(early.stability_)]
+
+
+def test_bfloat16_products_give_the_float32_codes_up_to_rounding():
+    g = torch.Generator().manual_seed(0)
+    D = torch.nn.functional.normalize(torch.randn(64, 48, generator=g), dim=0)
+    X = torch.randn(200, 64, generator=g)
+    A32 = fista(X, D, lam1=0.5, max_iter=300, tol=1e-8)
+    A16 = fista(X, D, lam1=0.5, max_iter=300, tol=1e-8, compute_dtype=torch.bfloat16)
+    assert A16.dtype == torch.float32
+    f32 = objective(X, D, A32, 0.5).mean()
+    f16 = objective(X, D, A16, 0.5).mean()
+    assert abs(f16 - f32) / f32 < 1e-3
+    assert ((A16 != 0) == (A32 != 0)).float().mean() > 0.98
+
+
+def test_auto_precision_is_bfloat16_only_with_native_bfloat16(monkeypatch):
+    from torch_structlearn.coding import _product_dtype
+
+    cpu = torch.device("cpu")
+    for native in (False, True):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda n=native: n, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+        assert _product_dtype("auto", cpu) == (torch.bfloat16 if native else torch.float32)
+    assert _product_dtype("auto", torch.device("cuda")) == torch.float32
+    assert _product_dtype("float32", cpu) == torch.float32
+    assert _product_dtype("bfloat16", cpu) == torch.bfloat16

@@ -658,3 +658,44 @@ def test_convert_tables_list_densities_in_a_fixed_order(make_results):
     for order in (["0.1", "2:4", "0.5", "0.05", "0.25"], ["2:4", "0.5", "0.25", "0.1", "0.05"]):
         assert make_results._densities([{"density": d} for d in order]) == [
             "0.5", "2:4", "0.25", "0.1", "0.05"]
+
+
+def test_exp_learner_trains_the_structure_each_threshold_stops_at(monkeypatch, tmp_path, load_recipe,
+                                                                  make_results):
+    """End to end on MNIST (tiny settings): the structure trained for each threshold is the one
+    ``learn_structure(..., settle=t)`` returns — the rule run for real, not replayed — and the
+    trajectory's overlaps are those of the checks."""
+    require_data("MNIST/raw")
+    exp = load_recipe("exp_learner.py")
+    common = sys.modules["common"]
+    monkeypatch.setattr(common, "RUNS", tmp_path)
+    monkeypatch.setattr(common, "SHIPPED", tmp_path / "shipped")
+    argv = ["--quick", "--seeds", "1", "--width", "16", "--epochs", "1", "--max-passes", "2",
+            "--check-every", "2000", "--thresholds", "0.3", "0.999"]
+    trained, real = [], exp.train_eval
+    monkeypatch.setattr(exp, "train_eval", lambda model, splits, **kw: (
+        trained.append(model[0].connectivity), real(model, splits, **kw))[1])
+    monkeypatch.setattr(sys, "argv", ["exp_learner.py", *argv])
+    assert exp.main(argv) == 0
+    out = json.loads((tmp_path / "learner-mnist-quick.json").read_text())
+    checks = out["trajectories"][0]["checks"]
+    assert len(checks) >= 5 and checks[-1]["overlap_last"] > checks[0]["overlap_last"]
+    assert [r["method"] for r in out["rows"]][-1] == "last"
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from torch_structlearn import learn_structure
+
+    (Xtr, _), *_ = common.data("mnist", 10_000, 5_000, None, eps=8.0)[0]
+    loader = DataLoader(TensorDataset(Xtr), batch_size=250)
+    for row, conn in zip(out["rows"], trained, strict=True):
+        for t in row["thresholds"]:
+            want = learn_structure(loader, 16, density=0.05, group_size=4, seed=0, epochs=2,
+                                   settle=t, check_every=2000, active_fraction=0.3,
+                                   verbose=False)[0]
+            assert torch.equal(want.crow_indices, conn.crow_indices)
+            assert torch.equal(want.col_indices, conn.col_indices), t
+    assert out["rows"][0]["thresholds"] == [0.3] and out["rows"][0]["passes"] < 2
+    text = "\n".join(make_results.learner_section(out))
+    assert "### Time to a structure — mnist (--quick)" in text
+    assert "| 0.3 | " in text and "| end of the run (at most 2 passes) | 0.999 | " in text
+    assert text.count("\n| 1 | ") == 1  # the stability table's first check

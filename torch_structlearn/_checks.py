@@ -43,12 +43,12 @@ def float_dtype(dtype) -> torch.dtype | None:
     return dtype
 
 
-def density(v) -> float:
-    """``v`` as a float in (0, 1], else ``TypeError``/``ValueError``."""
+def density(v, name: str = "density") -> float:
+    """``v`` as a float in (0, 1], else ``TypeError``/``ValueError`` naming ``name``."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"density must be a float in (0, 1], got {type(v).__name__}")
+        raise TypeError(f"{name} must be a float in (0, 1], got {type(v).__name__}")
     if math.isnan(v) or not 0.0 < float(v) <= 1.0:
-        raise ValueError(f"density must be in (0, 1], got {v!r}")
+        raise ValueError(f"{name} must be in (0, 1], got {v!r}")
     return float(v)
 
 

@@ -284,12 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     lr.add_argument("--max-depth", type=positive(int), default=2)
     lr.add_argument("--group-size", type=positive(int), default=2)
     lr.add_argument("--min-gain", type=float, default=0.01)
-    lr.add_argument("--eps", type=positive(float), default=0.1, help="ZCA regulariser")
+    lr.add_argument("--eps", type=positive(float), default=8.0, help="ZCA regulariser")
     lr.add_argument("--whitening-kernel", type=positive(int), default=None, metavar="K",
                     help="whiten with a KxK convolution fitted to the full ZCA (odd K; small "
                          "files for large images) instead of the d x d matrix")
-    lr.add_argument("--dict-epochs", type=positive(int), default=5)
-    lr.add_argument("--active-fraction", type=fraction, default=0.05,
+    lr.add_argument("--dict-epochs", type=positive(int), default=2)
+    lr.add_argument("--active-fraction", type=fraction, default=0.3,
                     help="codes active at the start of dictionary learning (sets lam1)")
     lr.add_argument("--epochs", type=positive(int), default=40, help="supervised epochs")
     lr.add_argument("--lr", type=positive(float), default=3e-3)

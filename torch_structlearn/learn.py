@@ -29,7 +29,7 @@ INIT_ROW_NORM = 1 / math.sqrt(3)  # the expected row norm of nn.Linear's Kaiming
 
 
 def check_learning_args(*, width: int, density: float, group_size: int, lam1, lam_g,
-                        mode: str = "per_unit", block=None, active_fraction: float = 0.05,
+                        mode: str = "per_unit", block=None, active_fraction: float = 0.3,
                         memory: int | None = None) -> None:
     """Validate the arguments shared by every structure-learning entry point."""
     positive_int("width", width)
@@ -113,7 +113,7 @@ def check_settings(width: int, density: float, *, mode: str = "per_unit",
     merged = {**_settings_of(learner), **settings}
     check_learning_args(width=width, density=density, group_size=merged.get("group_size", 1),
                         lam1=merged.get("lam1", "auto"), lam_g=merged.get("lam_g"), mode=mode,
-                        block=block, active_fraction=merged.get("active_fraction", 0.05),
+                        block=block, active_fraction=merged.get("active_fraction", 0.3),
                         memory=merged.get("memory"))
 
 
@@ -167,6 +167,8 @@ def learn_layer(
     """
     check_settings(out_features, density, mode=mode, block=block, learner=learner, **settings)
     learner = learner_for(out_features, learner, **settings)
+    if learner.settle_density is None:  # the stopping rule watches the layer's own masks
+        learner.settle_density = density
     key = learner.key
     require_reiterable(loader, "learn_structure")
     # one cheap pass validates every batch (type, NaN/Inf, feature size) before the long work
@@ -183,6 +185,8 @@ def learn_layer(
         objective=learner.objective_[-1], objective_per_epoch=list(learner.objective_),
         lam1=learner.lam1_, lam_g=learner.lam_g_, usage=float((learner.usage_ > 0).float().mean()),
         active=float(learner.usage_.mean()),
+        passes=learner.passes_, settled=learner.settled_,
+        stability=[list(c) for c in learner.stability_],
         seconds=time.perf_counter() - t0,
     )
     return layer, report

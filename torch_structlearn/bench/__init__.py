@@ -7,7 +7,9 @@
 * ``infer``: forward only in ``eval()`` under ``torch.inference_mode()``, batch 1 / 16 / 256.
 * ``calibrate``: measure and print ``auto``'s decisions for a grid of calls on this machine.
 * ``mlp``: one training epoch of a sparse MLP, or of a hub entry's model (:mod:`.mlp`).
-* ``coding``: dictionary learning against scikit-learn (:mod:`.coding`).
+* ``coding``: dictionary learning against scikit-learn and SPAMS (:mod:`.coding`).
+* ``learn``: time to a structure at the paper's size, the learner's defaults against v0.1's
+  settings and SPAMS (:mod:`.learn`).
 
 Each measures, prints a table and writes JSON (``--json``); every result names the machine,
 its CPU flags and the ``cpu`` kernels' build, since a CPU speed holds for one instruction set.
@@ -26,11 +28,13 @@ from pathlib import Path
 import torch
 
 from .. import hub
-from ..argtypes import density, nonnegative, positive
+from ..argtypes import density, fraction, nonnegative, positive
 from ..files import write_json
 from ..ops import BACKENDS, calibrate
 from . import kernels
 from .coding import coding_markdown, run_coding
+from .learn import SETTINGS as LEARN_SETTINGS
+from .learn import learn_markdown, run_learn
 from .mlp import mlp_markdown, run_mlp
 from .timing import machine
 
@@ -39,7 +43,7 @@ __all__ = ["machine", "main", "RENDERERS"]
 
 RENDERERS = {"kernels": kernels.markdown, "infer": kernels.infer_markdown,
              "calibrate": kernels.calibrate_markdown, "mlp": mlp_markdown,
-             "coding": coding_markdown}
+             "coding": coding_markdown, "learn": learn_markdown}
 """The Markdown of a result, by its ``"benchmark"`` field (what ``benchmarks/update_markdown.py``
 writes into BENCHMARKS.md)."""
 
@@ -102,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="time this hub entry's model against itself with nn.Linear layers "
                          "instead of the MLP (--sizes, --densities, --blocks unused)")
     mp.add_argument("--json", type=Path, default=Path("runs/bench/mlp.json"))
-    c = sub.add_parser("coding", help="dictionary learning vs scikit-learn on MNIST")
+    c = sub.add_parser("coding", help="dictionary learning vs scikit-learn (and SPAMS, where "
+                                      "installed) on MNIST")
     c.add_argument("--device", default="cpu")
     c.add_argument("--n", type=positive(int), default=20000, help="MNIST training images")
     c.add_argument("--atoms", type=positive(int), default=256)
@@ -111,7 +116,30 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=positive(int), default=256)
     c.add_argument("--data-root", default=None)
     c.add_argument("--skip-sklearn", action="store_true", help="time ours only (e.g. on a GPU)")
+    c.add_argument("--skip-spams", action="store_true",
+                   help="leave out SPAMS even where it is installed (pip install spams-bin)")
     c.add_argument("--json", type=Path, default=Path("runs/bench/coding.json"))
+    lb = sub.add_parser("learn", help="time to a structure: the learner's defaults vs v0.1's "
+                                      "settings and SPAMS, on whitened images")
+    lb.add_argument("--dataset", default="cifar10", choices=["cifar10", "mnist", "fashion-mnist",
+                                                             "digits"])
+    lb.add_argument("--data-root", default=None, help="data folder (default $STRUCTLEARN_DATA)")
+    lb.add_argument("--n", type=positive(int), default=45000, help="training images")
+    lb.add_argument("--held-out", type=positive(int), default=2000,
+                    help="other images the objective is scored on")
+    lb.add_argument("--atoms", type=positive(int), default=1600, help="K, the layer's units")
+    lb.add_argument("--group-size", type=positive(int), default=4)
+    lb.add_argument("--density", type=density, default=0.05)
+    lb.add_argument("--eps", type=positive(float), default=8.0, help="ZCA ε")
+    lb.add_argument("--active-fraction", type=fraction, default=None,
+                    help="the learner's active_fraction (default: its default)")
+    lb.add_argument("--settings", nargs="+", choices=list(LEARN_SETTINGS),
+                    default=list(LEARN_SETTINGS), help="the learners timed")
+    lb.add_argument("--seed", type=int, default=0)
+    lb.add_argument("--skip-spams", action="store_true",
+                    help="leave out SPAMS even where it is installed (pip install spams-bin)")
+    lb.add_argument("--json", type=Path, default=Path("runs/bench/learn.json"))
+    lb.add_argument("--tag", default="", help="suffix of the result's BENCHMARKS.md section key")
     return p
 
 
@@ -125,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     gpu = getattr(args, "device", "cpu").startswith("cuda")
     if args.what == "coding":
         result, key = run_coding(args), f"coding-lam{args.lam:g}"
+    elif args.what == "learn":
+        result = run_learn(args)
+        key = f"learn-{args.dataset}" + (f"-{args.tag}" if args.tag else "")
     elif args.what == "mlp":
         if len(args.sizes) < 3:
             p.error(f"--sizes needs at least 3 sizes (in, hidden..., out), got {args.sizes}")

@@ -1,8 +1,12 @@
-"""``bench coding``: our dictionary learning against scikit-learn's on MNIST (scikit-learn is a
-dev extra: this benchmark imports it when it runs)."""
+"""``bench coding``: our dictionary learning against scikit-learn's and SPAMS's on MNIST.
+
+scikit-learn is a dev extra, imported when this runs. SPAMS (the ``spams-bin`` wheel, Mairal et
+al.'s own library) is never a dependency: its row is measured where it is installed and skipped
+with a message elsewhere."""
 
 from __future__ import annotations
 
+import importlib.util
 import time
 
 import torch
@@ -62,10 +66,39 @@ def run_coding(args) -> dict:
                      "seconds": t_sk, "objective": final_objective(D_sk / D_sk.norm(dim=0).clamp_min(1e-12))})
         print(f"sklearn: {t_sk:.1f} s, objective {rows[-1]['objective']:.4f}", flush=True)
         rows[0]["speedup"] = t_sk / t_ours
+    if importlib.util.find_spec("spams") is None:
+        print("spams: not installed (pip install spams-bin), its row is skipped", flush=True)
+    elif not args.skip_spams and device.type == "cpu":
+        D_sp, t_sp = spams_dictionary(X, args.atoms, args.lam, args.passes, args.batch_size)
+        rows.append({"method": "SPAMS trainDL (mode=2, spams-bin)", "seconds": t_sp,
+                     "objective": final_objective(D_sp)})
+        print(f"spams: {t_sp:.1f} s, objective {rows[-1]['objective']:.4f}", flush=True)
     return {"benchmark": "coding", "machine": machine(), "device": device.type,
             "command": command(args),
             "n": len(X), "atoms": args.atoms, "lam": args.lam, "passes": args.passes,
             "batch_size": args.batch_size, "rows": rows}
+
+
+def spams_dictionary(X: torch.Tensor, atoms: int, lam: float, passes: float,
+                     batch_size: int, seed: int = 0) -> tuple[torch.Tensor, float]:
+    """SPAMS's online dictionary (``spams.trainDL``, mode 2: ``½‖x − Da‖² + λ‖a‖₁``) of the
+    rows of ``X (N, d)`` with ``atoms`` atoms: ``passes`` passes of ``batch_size`` samples, on
+    ``torch.get_num_threads()`` threads, starting from ``atoms`` samples drawn with ``seed`` (as
+    our learner starts). Returns ``(D (d, atoms) unit-norm, seconds)``."""
+    import numpy as np
+    import spams  # optional peer: only where installed
+
+    Xf = np.asfortranarray(X.double().numpy().T)  # (d, N), as SPAMS takes it
+    pick = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(seed))[:atoms]
+    D0 = X[pick].double().T
+    D0 = np.asfortranarray((D0 / D0.norm(dim=0).clamp_min(1e-12)).numpy())
+    steps = max(1, round(passes * X.shape[0] / batch_size))
+    t0 = time.perf_counter()
+    D = spams.trainDL(Xf, D=D0, lambda1=lam, mode=2, batchsize=batch_size, iter=steps,
+                      numThreads=torch.get_num_threads(), verbose=False)
+    seconds = time.perf_counter() - t0
+    D = torch.from_numpy(np.asarray(D)).float()
+    return D / D.norm(dim=0).clamp_min(1e-12), seconds
 
 
 def coding_markdown(result: dict) -> str:
