@@ -82,15 +82,16 @@ def run_learn(args) -> dict:
         pass
     elif importlib.util.find_spec("spams") is None:
         print("spams: not installed (pip install spams-bin), its row is skipped", flush=True)
-    elif rows:  # with the first row's λ₁ (SPAMS has no group penalty) and passes
+    elif rows:  # the first row's λ₁ and passes (SPAMS has no group penalty to learn with)
         first = rows[0]
         D, seconds = spams_dictionary(train, args.atoms, first["lam1"], first["passes"], 256,
                                       args.seed)
         structures["SPAMS"] = Connectivity.from_scores(D.T, args.density, "per_unit")
         rows.append({"method": "SPAMS", "settings": {"lambda1": first["lam1"], "batchsize": 256},
                      "seconds": seconds, "passes": first["passes"], "settled": None,
-                     "overlap": None, "lam1": first["lam1"], "lam_g": 0.0,
-                     "held_out_objective": held_objective(D, first["lam1"], 0.0)})
+                     "overlap": None, "lam1": first["lam1"], "lam_g": first["lam_g"],
+                     # scored on our objective, group penalty included, as every other row
+                     "held_out_objective": held_objective(D, first["lam1"], first["lam_g"])})
         print(f"SPAMS: {seconds:.1f} s, held-out objective {rows[-1]['held_out_objective']:.4f}",
               flush=True)
     if "v0.1" in structures:
