@@ -119,8 +119,10 @@ def main(argv=None) -> int:
             print(f"{name:>9} seed {seed}: {s['passes']:.2f} passes, {s['seconds']:.0f} s, "
                   f"thresholds {ts}: test {r['test_accuracy']:.4f}", flush=True)
             checkpoint("learner", args, cfg, rows)
+    earlier = (cfg["earlier"] or {}).get("trajectories", [])  # --first-seed extends them too
     finish("learner", args, cfg, rows, density=args.density, thresholds=args.thresholds,
-           max_passes=args.max_passes, check_every=args.check_every, trajectories=trajectories)
+           max_passes=args.max_passes, check_every=args.check_every,
+           trajectories=earlier + trajectories)
     return 0
 
 
