@@ -172,7 +172,8 @@ def _low_mm(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _product_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The dtype of the codes' product for a ``precision`` setting on ``device``."""
+    """The dtype of the large products (codes, Gram, dictionary step) for a ``precision``
+    setting on ``device``."""
     if precision == "auto":
         cpu = getattr(torch, "cpu", None)
         native = device.type == "cpu" and any(
@@ -239,7 +240,7 @@ class DictionaryLearner:
             rule, made every ``check_every`` samples whether or not ``settle`` is set.
         settled_: whether the rule stopped the fit.
         n_samples_seen_: samples coded.  passes_: passes made (fractional when the fit
-            stopped inside a pass).  precision_: the codes' product's dtype.
+            stopped inside a pass).  precision_: the dtype of the three large products.
     """
 
     def __init__(
@@ -340,6 +341,7 @@ class DictionaryLearner:
         self._memory = self.memory or 4 * N  # N is the global first batch when distributed
         self.precision_ = _product_dtype(self.precision, X.device)
         self.stability_, self.settled_, self._support, self._since_check = [], False, None, 0
+        self._active_check = torch.zeros(K, dtype=torch.float64, device=X.device)
 
     def _codes(self, X: Tensor, D: Tensor, *, warm: bool = False) -> Tensor:
         # while fitting the dictionary moves little between batches: warm-start the power
@@ -478,8 +480,6 @@ class DictionaryLearner:
     def _reset_epoch(self) -> None:
         self._f, self._n, self._last, self._reinit_pass = 0.0, 0, None, 0
         self._active = torch.zeros(self.n_atoms, dtype=torch.float64, device=self.dictionary_.device)
-        if not hasattr(self, "_active_check"):
-            self._active_check = torch.zeros_like(self._active)
 
     def _reinit_and_share(self, unused: Tensor) -> int:
         """:meth:`_reinit` the ``unused`` atoms from the last step; distributed, rank 0's
@@ -554,7 +554,6 @@ class DictionaryLearner:
             bar.close()
             self._on_check = None
         self.seconds_ = time.perf_counter() - t0
-        self.n_samples_seen_ = self._seen
         return self
 
     def _fitted(self, X: Tensor) -> Tensor:
