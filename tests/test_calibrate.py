@@ -101,7 +101,88 @@ def test_a_cached_backend_that_is_not_usable_here_is_measured_again(fresh, monke
     _fake_times(monkeypatch, {"dense": 10.0, "cpu": 2.0, "csr": 3.0})
     assert _decide() == "cpu"
     calibrate.clear()  # a new process, where (say) the cpu kernels are not available
-    assert _decide(names=("dense", "csr")) == "csr"
+    with pytest.warns(UserWarning, match="ignoring a decision for backend 'cpu'"):
+        assert _decide(names=("dense", "csr")) == "csr"
+
+
+def _layer_call_works(ms_dense=10.0):
+    """A layer's forward with backend='auto' under the cache as it is: the output matches the
+    dense masked reference."""
+    torch.manual_seed(0)
+    layer = StructLearnedLinear(96, 80, density=0.05)
+    x = torch.randn(64, 96)
+    torch.testing.assert_close(layer(x), x @ layer.dense_weight().T + layer.bias)
+    return layer
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_a_cache_folder_that_cannot_be_created_is_one_warning(fresh, monkeypatch, tmp_path, where):
+    timed = _fake_times(monkeypatch, {"dense": 10.0, "cpu": 2.0, "csr": 3.0})
+    if where == "under_a_file":
+        (tmp_path / "a_file").write_text("x")
+        folder = tmp_path / "a_file" / "auto"  # mkdir: NotADirectoryError
+    else:
+        folder = type(tmp_path)("/proc/self/no_such_folder/auto")  # mkdir refused even as root
+    monkeypatch.setattr(calibrate, "DIRECTORY", folder)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _decide() == "cpu"
+        assert _decide(training=False) == "cpu"  # another decision: no second warning
+        _layer_call_works()
+    assert len([w for w in caught if "calibration cache" in str(w.message)]) == 1
+    n = len(timed)
+    assert _decide(make=lambda names: pytest.fail("measured again")) == "cpu"  # kept in memory
+    assert len(timed) == n
+
+
+def test_a_read_only_cache_file_is_one_warning(fresh, monkeypatch):
+    _fake_times(monkeypatch, {"dense": 10.0, "cpu": 2.0, "csr": 3.0})
+    from torch_structlearn import files
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(calibrate, "file_lock", refuse)  # as a read-only folder answers
+    with pytest.warns(UserWarning, match="cannot lock the calibration cache"):
+        assert _decide() == "cpu"
+    monkeypatch.setattr(calibrate, "file_lock", files.file_lock)
+    monkeypatch.setattr(calibrate, "write_json", refuse)
+    with pytest.warns(UserWarning, match="cannot write the calibration cache"):
+        assert _decide(training=False) == "cpu"
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000,
+                                  '{"format": "torch_structlearn-auto-calibration", "decisions": 7}',
+                                  '{"format": "torch_structlearn-auto-calibration", "decisions": '
+                                  '{"k": 1, "j": {"backend": 3}, "i": {"backend": "warp"}}}'])
+def test_any_json_is_read_without_an_exception(fresh, monkeypatch, text):
+    _fake_times(monkeypatch, {"dense": 10.0, "cpu": 2.0, "csr": 3.0})
+    path = calibrate.cache_file(CPU)
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the deep and the malformed ones warn; the last does not)
+        assert _decide() == "cpu"
+        _layer_call_works()
+
+
+def test_a_stored_decision_is_checked_against_the_layer_before_use(fresh, monkeypatch):
+    """A valid file whose decision names a backend this layer cannot run (``triton`` for an
+    unstructured layer, an unknown name) is not used: one warning, a measurement."""
+    layer = StructLearnedLinear(96, 80, density=0.05)
+    x = torch.randn(64, 96)
+    path = calibrate.cache_file(CPU)
+    path.parent.mkdir(parents=True)
+    keys = [calibrate.bucket(CPU, torch.float32, None, (64, 96, 80), layer.density, t)
+            for t in (True, False)]
+    path.write_text(json.dumps({"format": calibrate.FORMAT, "decisions": {
+        keys[0]: {"backend": "triton"}, keys[1]: {"backend": "warp"}}}))
+    with pytest.warns(UserWarning, match="ignoring a decision for backend 'triton'"):
+        y = layer(x)  # training: the triton decision is refused
+    torch.testing.assert_close(y, x @ layer.dense_weight().T + layer.bias)
+    with torch.no_grad():  # inference: the unknown name was dropped when the file was read
+        torch.testing.assert_close(layer(x), x @ layer.dense_weight().T + layer.bias)
+    assert calibrate.recall(CPU, torch.float32, None, (64, 96, 80), layer.density, True) != "triton"
 
 
 @pytest.mark.parametrize("text", ['{"decisions": ', "\xff not json", "[1, 2]",

@@ -2,8 +2,8 @@
 
 * :func:`write_atomic` — write bytes to a temporary file beside the target, fsync, rename: a
   reader (or a crash) never sees a half-written file.
-* :func:`file_lock` — an exclusive lock between processes (``fcntl.flock`` on a lock file), so
-  that several processes starting at once (torchrun ranks) compile a kernel or calibrate
+* :func:`file_lock` — an exclusive lock between processes (``filelock``, on every platform),
+  so that several processes starting at once (torchrun ranks) compile a kernel or calibrate
   ``auto`` once instead of racing.
 * :func:`cache_dir` — where compiled kernels, ``auto``'s calibration and decoded data sets are
   kept: ``$STRUCTLEARN_CACHE``, else ``$XDG_CACHE_HOME/torch_structlearn``, else
@@ -20,10 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-try:
-    import fcntl
-except ImportError:  # not POSIX (Windows): locks are no-ops, writes stay atomic
-    fcntl = None
+import filelock
 
 __all__ = ["cache_dir", "file_lock", "process_alive", "write_atomic", "write_json"]
 
@@ -119,14 +116,10 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int = 1, **dumps_kw
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block; other
-    processes asking for it wait. A no-op where ``fcntl`` does not exist."""
+    """Hold an exclusive lock on ``path`` (created if missing, with its folder) for the ``with``
+    block; other processes asking for it wait (``filelock.FileLock``: ``fcntl`` on POSIX,
+    ``msvcrt`` on Windows). ``OSError`` when the folder cannot be created or written."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
-        if fcntl is not None:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    with filelock.FileLock(str(path)):
+        yield

@@ -184,7 +184,7 @@ def choose(device: torch.device, dtype: torch.dtype, density: float,
         if not torch.compiler.is_compiling() and make_runs is not None:
             return calibrate.decide(device, dtype, block, shape, density, training, candidates,
                                     make_runs, lambda: prior(device, dtype, density, block, shape))
-        made = calibrate.recall(device, dtype, block, shape, density, training)  # in a trace
+        made = calibrate.recall(device, dtype, block, shape, density, training, candidates)
         if made is not None:
             return made
     return prior(device, dtype, density, block, shape)

@@ -14,7 +14,11 @@ build, the GPU — so a decision is never reused on another machine or configura
 The file is written atomically under a lock: processes starting together (torchrun ranks)
 calibrate a key once — the first takes the lock and measures while the others wait (and so do
 not disturb its timing), then read its decision. A file that cannot be read is a warning and
-is recalibrated. ``STRUCTLEARN_CALIBRATE=0`` turns calibration off (``auto`` then uses the
+is recalibrated. The cache never fails a call: a folder that cannot be created, locked or
+written, a file that cannot be read or parsed (any JSON), or a stored decision naming a backend
+that cannot serve the call is one warning, and the decision is measured and kept in memory;
+every stored decision is checked against the call's usable backends before use.
+``STRUCTLEARN_CALIBRATE=0`` turns calibration off (``auto`` then uses the
 shipped table, :mod:`~torch_structlearn.ops.auto`), as does tracing under ``torch.compile``:
 a trace uses decisions already made eagerly in this process and the shipped table otherwise,
 so run one eager step before compiling.
@@ -35,10 +39,14 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import filelock
 import torch
 
 from ..files import cache_dir, file_lock, write_json
 from . import cpu
+
+# what a stored decision may name (``sparse_linear.BACKENDS`` less ``auto``; kept here, below it)
+_BACKENDS = frozenset({"cpu", "csr", "dense", "torch_sparse", "triton"})
 
 __all__ = ["MARGIN", "REPEATS", "bucket", "cache_file", "clear", "decide", "enabled", "entry",
            "fingerprint", "forget", "measure_ms", "recall"]
@@ -99,20 +107,44 @@ def bucket(device: torch.device, dtype: torch.dtype, block: tuple[int, int] | No
             f"|{'train' if training else 'infer'}")
 
 
+_warned: set[str] = set()  # the cache problems already reported (one warning each)
+
+
+def _warn_once(what: str, path: Path, e: BaseException, then: str = "") -> None:
+    """One warning per cache file and kind of problem: ``{what} {path} ({e}){then}``."""
+    tag = f"{what}|{path}"
+    if tag not in _warned:
+        _warned.add(tag)
+        warnings.warn(f"backend='auto': {what} {path} ({type(e).__name__}: {e}){then}",
+                      stacklevel=5)
+
+
+_IN_MEMORY = ("; this process measures its decisions and keeps them in memory (set "
+              "$STRUCTLEARN_CACHE to a writable folder to keep them)")
+_CACHE_ERRORS = (OSError, UnicodeDecodeError, ValueError, TypeError, RecursionError,
+                 MemoryError, filelock.Timeout)
+
+
+def _valid(decision) -> bool:
+    """A stored decision: ``{"backend": one of the backends, ...}``."""
+    return isinstance(decision, dict) and decision.get("backend") in _BACKENDS
+
+
 def _read(path: Path) -> dict[str, dict]:
-    """The decisions in ``path`` ({} when there is none); an unreadable file is a warning."""
-    if not path.exists():
-        return {}
+    """The decisions in ``path`` ({} when there is none or it cannot be read: one warning).
+    Entries that do not name a known backend are dropped here; whether a backend is usable
+    for a call is checked where the decision is used."""
     try:
+        if not path.exists():
+            return {}
         data = json.loads(path.read_text(encoding="utf-8"))
         if not (isinstance(data, dict) and data.get("format") == FORMAT
                 and isinstance(data.get("decisions"), dict)):
             raise ValueError("not a calibration file of this version")
-        return {k: v for k, v in data["decisions"].items()
-                if isinstance(v, dict) and isinstance(v.get("backend"), str)}
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        warnings.warn(f"ignoring the unreadable calibration cache {path} ({e}): backend='auto' "
-                      f"measures again and rewrites it", stacklevel=4)
+        return {k: v for k, v in data["decisions"].items() if isinstance(k, str) and _valid(v)}
+    except _CACHE_ERRORS as e:
+        _warn_once("ignoring the unreadable calibration cache", path, e,
+                   "; decisions are measured again and the file rewritten")
         return {}
 
 
@@ -135,6 +167,7 @@ def clear(memory_only: bool = True) -> None:
     with _lock:
         _decisions.clear()
         _calls.clear()
+        _warned.clear()
         _loaded = None
         if not memory_only:
             for f in (DIRECTORY or cache_dir() / "auto").glob("*.json"):
@@ -157,11 +190,15 @@ def measure_ms(run: Callable[[], None], device: torch.device, repeats: int) -> l
 
 
 def recall(device: torch.device, dtype: torch.dtype, block: tuple[int, int] | None,
-           shape: tuple[int, int, int], density: float, training: bool) -> str | None:
+           shape: tuple[int, int, int], density: float, training: bool,
+           candidates: Callable[[], list[str]] | None = None) -> str | None:
     """The decision this process already holds for such a call, or None (no file I/O, no
-    measurement: a dictionary lookup)."""
+    measurement: a dictionary lookup); None too when it names a backend not in
+    ``candidates()`` (when given)."""
     hit = _decisions.get(bucket(device, dtype, block, shape, density, training))
-    return None if hit is None else hit["backend"]
+    if hit is None or (candidates is not None and hit["backend"] not in candidates()):
+        return None
+    return hit["backend"]
 
 
 def entry(device: torch.device, dtype: torch.dtype, block: tuple[int, int] | None,
@@ -179,10 +216,13 @@ def forget(device: torch.device, dtype: torch.dtype, block: tuple[int, int] | No
         path = _ensure_loaded(device)
         _decisions.pop(key, None)
         _calls.clear()
-        with file_lock(path.with_suffix(".lock")):
-            on_disk = _read(path)
-            if on_disk.pop(key, None) is not None:
-                _write(path, device, on_disk)
+        try:
+            with file_lock(path.with_suffix(".lock")):
+                on_disk = _read(path)
+                if on_disk.pop(key, None) is not None:
+                    _write(path, device, on_disk)
+        except _CACHE_ERRORS as e:
+            _warn_once("cannot update the calibration cache", path, e, _IN_MEMORY)
 
 
 def _write(path: Path, device: torch.device, decisions: dict) -> None:
@@ -209,33 +249,62 @@ def decide(device: torch.device, dtype: torch.dtype, block: tuple[int, int] | No
     if len(_calls) > 100_000:  # many distinct shapes (say, variable lengths): start afresh
         _calls.clear()
     key = bucket(device, dtype, block, shape, density, training)
-    path = cache_file(device)
-    hit = _decisions.get(key)
-    if hit is not None and _loaded == path:
-        _calls[call] = hit["backend"]
-        return hit["backend"]
     with _lock:
-        _ensure_loaded(device)
+        path = _ensure_loaded(device)
         names = candidates()
 
-        def known() -> str | None:  # read from a file: kept if its backend is usable here
+        def known() -> str | None:  # held or read from a file: kept if usable for this call
             hit = _decisions.get(key)
-            return hit["backend"] if hit is not None and hit["backend"] in names else None
+            if hit is not None and hit["backend"] not in names:
+                _warn_once(f"ignoring a decision for backend {hit['backend']!r}, which cannot "
+                           f"serve this call (usable: {', '.join(names)}), in the calibration "
+                           "cache", path, ValueError(key), "; measured again")
+                return None
+            return None if hit is None else hit["backend"]
 
-        if known():
-            return known()
+        made = known()
+        if made is None:
+            about = {"shape": list(shape), "density": round(density, 6)}
+            made = _measure_and_store(key, about, path, device, names, make_runs, expected, known)
+            if made is None:  # another process measured it while this one waited
+                made = known()
+    _calls[call] = made
+    return made
+
+
+def _measure_and_store(key: str, about: dict, path: Path, device: torch.device,
+                       names: list[str], make_runs, expected, known) -> str | None:
+    """Measure under the file's lock and store the decision (in memory, and in the file when
+    it can be written: otherwise one warning); None when the file already held a usable
+    decision for ``key``."""
+    try:
         with file_lock(path.with_suffix(".lock")):
             _decisions.update(_read(path))  # another process may have measured it meanwhile
             if known():
-                return known()
-            entry = _measure(make_runs(names), device, expected() if expected else None)
-            entry.update(shape=list(shape), density=round(density, 6))
-            _decisions[key] = entry
-            on_disk = _read(path)
-            on_disk[key] = entry
-            _write(path, device, on_disk)
-    _calls[call] = entry["backend"]
-    return entry["backend"]
+                return None
+            entry = _measurement(key, about, make_runs, names, device, expected)
+            try:
+                on_disk = _read(path)
+                on_disk[key] = entry
+                _write(path, device, on_disk)
+            except _CACHE_ERRORS as e:
+                _warn_once("cannot write the calibration cache", path, e, _IN_MEMORY)
+            return entry["backend"]
+    except _CACHE_ERRORS as e:  # the lock (its folder) is unusable: measure without it
+        _warn_once("cannot lock the calibration cache", path, e, _IN_MEMORY)
+    if known():
+        return None
+    return _measurement(key, about, make_runs, names, device, expected)["backend"]
+
+
+def _measurement(key: str, about: dict, make_runs, names: list[str], device: torch.device,
+                 expected) -> dict:
+    """Measure the candidates and hold the decision (with ``about`` it: shape, density) in
+    memory."""
+    entry = _measure(make_runs(names), device, expected() if expected else None)
+    entry.update(about)
+    _decisions[key] = entry
+    return entry
 
 
 MARGIN = 0.05  # a backend other than the expected one must be this much faster to be kept
@@ -253,8 +322,15 @@ def _measure(runs: dict[str, Callable[[], None]], device: torch.device,
     if its median over all rounds beats the expected one's by ``MARGIN``: a burst of noise
     on a shared machine (measured here: a 30 % loss at 1 % density, ``csr`` kept over ``cpu``)
     must not overturn the measured prior."""
-    for run in runs.values():
-        run()
+    for name, run in list(runs.items()):
+        try:
+            run()
+        except Exception as e:  # a backend that fails here cannot be picked: the call goes on
+            if len(runs) == 1:
+                raise
+            warnings.warn(f"backend='auto': {name!r} failed while calibrating ({type(e).__name__}: "
+                          f"{e}); it is left out of this decision", stacklevel=6)
+            del runs[name]
     first = {name: measure_ms(run, device, 1)[0] for name, run in runs.items()}
     best = min(first.values())
     timed = {n: r for n, r in runs.items() if first[n] <= 3 * best or n in ("dense", expected)}

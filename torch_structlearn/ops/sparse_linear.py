@@ -329,7 +329,10 @@ def _choice_in_trace(device: torch.device, dtype: torch.dtype, density: float,
     random structure of the same density (the trace has only fake indices; decisions are kept
     per density bucket, not per structure). So a model compiled before any eager call runs the
     backends an eager one would."""
-    made = calibrate.recall(device, dtype, block, shape, density, training)
+    def candidates() -> list[str]:
+        return [b for b in available_backends(block, device) if b != "auto"]
+
+    made = calibrate.recall(device, dtype, block, shape, density, training, candidates)
     if made is not None:
         return made
     batch, in_features, out_features = shape
@@ -342,8 +345,7 @@ def _choice_in_trace(device: torch.device, dtype: torch.dtype, density: float,
     values = torch.randn(rows * k, *((bo, bi) if block else ()), generator=g).to(device, dtype)
     crow, col = crow.to(device), col.to(device)
     return calibrate.decide(
-        device, dtype, block, shape, density, training,
-        lambda: [b for b in available_backends(block, device) if b != "auto"],
+        device, dtype, block, shape, density, training, candidates,
         lambda names: _calibration_runs(shape, values, crow, col, training, names),
         lambda: auto.prior(device, dtype, density, block, shape))
 
