@@ -27,6 +27,16 @@ def _calibration_in_a_temporary_folder(tmp_path_factory):
     calibrate.DIRECTORY = None
 
 
+@pytest.fixture(autouse=True)
+def _fresh_compile_caches():
+    """Each test compiles from scratch: torch.compile keeps at most 8 graphs per function, and
+    the layer's ``forward`` is one function for every layer every test compiles (a test's
+    recompilations must not depend on which tests ran before it)."""
+    yield
+    if "torch._dynamo" in __import__("sys").modules:
+        torch._dynamo.reset()
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -14,21 +14,14 @@ the :class:`KernelCaches` mixin.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from .csr import csr_transpose, validate_csr
 from .ops import auto, calibrate
 from .ops.dense import DenseWeight, flat_index, needs_index
+from .ops.operands import version as _version
 from .ops.sparse_linear import NEEDS_TRANSPOSE
 
 __all__ = ["KernelCaches"]
-
-
-def _version(t: Tensor) -> int:
-    try:
-        return t._version
-    except RuntimeError:  # an inference tensor keeps no version counter
-        return -1
 
 
 class KernelCaches:
@@ -94,6 +87,7 @@ class KernelCaches:
         self._dense = DenseWeight()
         self._caches_for = None
         self._primed = False
+        self._plans = {}  # call plans (layers.StructLearnedLinear.forward): made from these
 
     def _prime_caches(self) -> None:
         """On the first eager call after the caches were dropped, with ``backend='auto'`` and
@@ -130,14 +124,20 @@ class KernelCaches:
             self.register_buffer("dense_index", flat_index(crow, col, self.in_features),
                                  persistent=False)
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        return {**state, "_plans": {}}  # (plans hold kernel pointers into this copy's tensors)
+
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_dense", DenseWeight())  # a layer pickled by an older version
         self.__dict__.setdefault("_caches_for", None)
         self.__dict__.setdefault("_primed", False)
         self.__dict__.setdefault("_structure_seen", None)  # checked on the first call
+        self.__dict__["_plans"] = {}
 
     def _apply(self, fn, *args, **kwargs):
+        self.__dict__["_plans"] = {}
         if getattr(self, "_dense", None) is not None:
             self._dense.clear()  # rebuilt where the layer goes (.to(), .half(), ...)
             self._caches_for = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import block as check_block
@@ -31,9 +32,11 @@ from .data import first_batch
 from .io import Codec, FileCheck, Record, register
 from .kernel_caches import KernelCaches
 from .learn import learn_layer
-from .ops import check_backend, sparse_linear
+from .ops import calibrate, check_backend, cpu, sparse_linear
 from .ops.dense import dense_weight
-from .ops.sparse_linear import check_block_backend, resolve_backend
+from .ops.dense import linear as dense_linear
+from .ops.operands import version as _version
+from .ops.sparse_linear import check_block_backend, eager_call, resolve_backend
 
 __all__ = ["StructLearnedLinear"]
 
@@ -299,18 +302,86 @@ class StructLearnedLinear(KernelCaches, nn.Module):
 
     # ------------------------------------------------------------------ compute
     def forward(self, x: Tensor) -> Tensor:
+        """``(*, in_features) -> (*, out_features)``.
+
+        Eager calls on plain tensors run a *call plan*: the checks, the backend's choice
+        (``auto``) and the caches are made on the first call of a kind — input shape, dtype,
+        device, whether a gradient flows, mode, the weights' and the structure's storage and
+        version — and later calls of that kind go straight to the kernel. Any change of the
+        structure (assigned, edited in place, loaded) or of a weight tensor makes a new plan.
+        Traces (``torch.compile``, ``torch.export``), autocast, functorch transforms and
+        tensor subclasses take the checked path every call."""
+        if (type(x) is not Tensor or torch.compiler.is_compiling()
+                or torch._C._is_any_autocast_enabled()
+                or torch._C._are_functorch_transforms_active()):
+            return self._checked_forward(x)
+        values, bias = self._parameters["values"], self._parameters["bias"]
+        crow, col = self._buffers["crow_indices"], self._buffers["col_indices"]
+        grad = torch.is_grad_enabled() and (x.requires_grad or values.requires_grad or (
+            bias is not None and bias.requires_grad))
+        key = (x.shape, x.dtype, x.device, grad, torch.is_inference_mode_enabled(), self.training,
+               values.data_ptr(), None if bias is None else bias.data_ptr(), crow.data_ptr(),
+               _version(crow), col.data_ptr(), _version(col), calibrate.generation)
+        plan = self._plans.get(key)
+        if plan is None:
+            return self._plan(x, key, grad)
+        return plan(x)
+
+    def _plan(self, x: Tensor, key: tuple, grad: bool) -> Tensor:
+        """This call's output, through the checked path (which validates ``x`` and the
+        structure, picks the backend and builds its caches); the plan for later calls like it
+        is kept under ``key``."""
+        y = self._checked_forward(x)
+        if len(self._plans) >= 64:  # many input shapes (variable lengths): start afresh
+            self._plans.clear()
+        key = (*key[:-1], calibrate.generation)  # (loading decisions from a file bumps it)
+        self._plans[key] = self._make_plan(x, grad)
+        return y
+
+    def _make_plan(self, x: Tensor, grad: bool):
+        """``plan(x) -> y`` for calls like ``x`` on the backend just picked: straight to the
+        kernel, no check repeated."""
+        backend, values, bias = self._last_backend, self.values, self.bias
+        crow, col, in_features = self.crow_indices, self.col_indices, self.in_features
+        lead_out = (*x.shape[:-1], self.out_features)
+        if x.dtype != values.dtype:  # (casts: the checked path handles them)
+            return self._checked_forward
+        csr = self.block is None  # (the kernels read a layer's (nnz, 1) values as (nnz,))
+        if backend == "dense":
+            cache, index = self._dense, self.dense_index
+            if grad:
+                return lambda x: dense_linear(x, values.view(-1) if csr else values, crow, col,
+                                              bias, index, cache)
+            # no gradient: the kept weight is rewritten only when values changed
+            v = values.detach().view(-1) if csr else values.detach()
+            return lambda x: F.linear(x, cache.current(v, crow, col, in_features, index), bias)
+        run = None
+        if backend == "cpu":  # the kernel with its checks made once (None: casts needed)
+            run = cpu.kernels().forward_runner(values, crow, col, bias, in_features)
+            if run is not None and not grad:
+                return lambda x: run(x.reshape(-1, in_features).contiguous()).view(lead_out)
+        t = (self.crow_t, self.col_t, self.perm_t)
+        return lambda x: eager_call(x.reshape(-1, in_features).contiguous(),
+                                    values.view(-1) if csr else values, bias, crow, col, t,
+                                    backend, run).view(lead_out)
+
+    def _checked_forward(self, x: Tensor) -> Tensor:
+        """The forward with every check on every call (traces, subclasses, autocast, and the
+        first call of each plan)."""
         if not isinstance(x, Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(
                 f"expected input of shape (*, {self.in_features}), got {tuple(x.shape)}"
             )
-        if not torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        if not compiling:
             self._check_if_changed()
         values = self.values  # (nnz, 1) or blocks: the ops read (nnz, 1) as (nnz,)
         backend = resolve_backend(x, values, self.crow_indices, self.col_indices, self._backend)
-        if not torch.compiler.is_compiling():
+        if not compiling:
             self._caches_for_call(backend)
+            self._last_backend = backend
         return sparse_linear(
             x,
             values,
@@ -321,7 +392,7 @@ class StructLearnedLinear(KernelCaches, nn.Module):
             transpose=(self.crow_t, self.col_t, self.perm_t),
             dense_index=self.dense_index,
             dense_cache=self._dense if backend == "dense" else None,
-            structure_checked=not torch.compiler.is_compiling(),  # (by _check_if_changed)
+            structure_checked=not compiling,  # (by _check_if_changed)
         )
 
     @property

@@ -60,6 +60,7 @@ _lock = threading.Lock()
 _decisions: dict[str, dict] = {}  # this process's decisions, by key
 _calls: dict[tuple, str] = {}  # the backend of every exact call seen (the fast path)
 _loaded: Path | None = None  # the file _decisions was read from
+generation = 0  # bumped whenever decisions are dropped: layers' call plans made before are stale
 
 
 def enabled() -> bool:
@@ -152,8 +153,10 @@ def _ensure_loaded(device: torch.device) -> Path:
     """Hold the decisions of this configuration's file (another thread count or folder is
     another file: its decisions replace the ones held)."""
     global _loaded
+    global generation
     path = cache_file(device)
     if _loaded != path:
+        generation += 1
         _decisions.clear()
         _calls.clear()
         _decisions.update(_read(path))
@@ -163,8 +166,9 @@ def _ensure_loaded(device: torch.device) -> Path:
 
 def clear(memory_only: bool = True) -> None:
     """Forget this process's decisions (and, with ``memory_only=False``, delete the files)."""
-    global _loaded
+    global _loaded, generation
     with _lock:
+        generation += 1
         _decisions.clear()
         _calls.clear()
         _warned.clear()
@@ -211,8 +215,10 @@ def entry(device: torch.device, dtype: torch.dtype, block: tuple[int, int] | Non
 def forget(device: torch.device, dtype: torch.dtype, block: tuple[int, int] | None,
            shape: tuple[int, int, int], density: float, training: bool) -> None:
     """Drop the decision for such a call, here and in the cache file (the next call measures)."""
+    global generation
     key = bucket(device, dtype, block, shape, density, training)
     with _lock:
+        generation += 1
         path = _ensure_loaded(device)
         _decisions.pop(key, None)
         _calls.clear()

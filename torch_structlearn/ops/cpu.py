@@ -212,12 +212,61 @@ class Kernels:
         b = _bias(bias, out, dt)
         y = xc.new_empty(n, out)
         if n and out:
-            _ok_or_raise(getattr(self._lib, f"{name}_forward")(
+            rc = getattr(self._lib, f"{name}_forward")(
                 _ptr(xc), n, xc.shape[1], _ptr(v), _ptr(crow), _ptr(col), col.numel(), _ptr(b),
-                out, bo, bi, _ptr(y), torch.get_num_threads()), crow, col, (out // bo, xc.shape[1] // bi))
+                out, bo, bi, _ptr(y), torch.get_num_threads())
+            if rc == NONFINITE:
+                self.masked_dense_rows(xc, v, crow, col, b, y)
+            else:
+                _ok_or_raise(rc, crow, col, (out // bo, xc.shape[1] // bi))
         else:
             y.zero_()
         return y if y.dtype == x.dtype else y.to(x.dtype)
+
+    def forward_runner(self, values: Tensor, crow: Tensor, col: Tensor, bias: Tensor | None,
+                       in_features: int):
+        """``run(x (N, in)) -> y (N, out)``: :meth:`forward` on these operands with its checks
+        made once, here — what a layer's call plan runs. None where the operands need
+        conversions (not float32/64, not contiguous, dtypes differ). ``run`` reads the
+        operands' memory as it is now: the caller makes a new runner when a tensor is
+        replaced, and passes ``x`` contiguous, on the CPU, of values' dtype."""
+        values = values.view(-1) if values.dim() == 2 else values  # a layer's (nnz, 1)
+        dt = values.dtype
+        if (dt not in (torch.float32, torch.float64) or not values.is_contiguous()
+                or not (crow.is_contiguous() and col.is_contiguous())
+                or (bias is not None and (bias.dtype != dt or not bias.is_contiguous()))):
+            return None
+        bo, bi = check_operands(values.new_empty(0, in_features), values, crow, col)
+        out = (crow.numel() - 1) * bo
+        if bias is not None and bias.shape != (out,):
+            return None
+        fn = getattr(self._lib, f"{_NAMES[(dt, crow.dtype)]}_forward")
+        ops = (_ptr(values), _ptr(crow), _ptr(col), col.numel(), _ptr(bias), out, bo, bi)
+        threads = torch.get_num_threads
+
+        def run(x: Tensor) -> Tensor:
+            n = x.shape[0]
+            y = x.new_empty(n, out)
+            if not (n and out):
+                return y.zero_()
+            rc = fn(x.data_ptr(), n, in_features, *ops[:5], out, bo, bi, y.data_ptr(), threads())
+            if rc == NONFINITE:
+                self.masked_dense_rows(x, values, crow, col, bias, y)
+            elif rc:
+                _ok_or_raise(rc, crow, col, (out // bo, in_features // bi))
+            return y
+
+        return run
+
+    def masked_dense_rows(self, x: Tensor, values: Tensor, crow: Tensor, col: Tensor,
+                          bias: Tensor | None, y: Tensor) -> None:
+        """Recompute, in ``y (N, out)``, the rows of ``x (N, in)`` holding an inf or NaN as the
+        masked dense product ``F.linear(x, W, bias)`` computes them (``0 * inf = NaN`` off the
+        structure): one numeric behaviour on every backend (README, *inf and NaN*)."""
+        bad = ~torch.isfinite(x).all(1)
+        w = x.new_zeros((crow.numel() - 1) * _block(values)[0], x.shape[1])
+        self.scatter(values, crow, col, w)
+        y[bad] = torch.nn.functional.linear(x[bad], w, bias)
 
     def scatter(self, values: Tensor, crow: Tensor, col: Tensor, weight: Tensor) -> None:
         """``weight[row, col[p]] = values[p]`` for every nonzero — or every ``(bo, bi)`` block
@@ -346,6 +395,9 @@ def info() -> dict:
     k = _kernels
     return {"variant": k.variant, "isa": k.isa, "vector_bytes": k.vector_bytes,
             "tile_rows": k.tile_rows, "flags": " ".join(k.flags)}
+
+
+NONFINITE = 3  # the forward's return code when x holds an inf or NaN
 
 
 def _ok_or_raise(rc: int, crow: Tensor, col: Tensor, shape: tuple[int, int]) -> None:

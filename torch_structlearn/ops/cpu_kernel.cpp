@@ -54,6 +54,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include <omp.h>
@@ -810,11 +811,41 @@ struct Backward {
 // Below this many multiply-adds a call runs on one thread: waking the others costs more.
 constexpr int64_t SERIAL_WORK = 1 << 17;
 
+// Whether any of x's count entries is inf or NaN: exponent bits all ones (integer compares, so
+// the loop vectorises without -ffast-math, which would fold std::isfinite away).
+template <class F>
+bool any_nonfinite(const F* x, int64_t count) {
+    using U = std::conditional_t<sizeof(F) == 4, uint32_t, uint64_t>;
+    constexpr U EXP = sizeof(F) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+    U bad = 0;
+    for (int64_t i = 0; i < count; ++i) {
+        U u;
+        std::memcpy(&u, x + i, sizeof(F));
+        bad |= U((u & EXP) == EXP);
+    }
+    return bad != 0;
+}
+
+template <class F, class I>
+int forward_sparse(const F* x, int64_t n, int64_t in, const F* v, const I* crow, const I* col,
+                   int64_t nnz, const F* bias, int64_t out, int64_t bo, int64_t bi, F* y,
+                   int threads);
+
 template <class F, class I>
 int forward_entry(const F* x, int64_t n, int64_t in, const F* v, const I* crow, const I* col,
                   int64_t nnz, const F* bias, int64_t out, int64_t bo, int64_t bi, F* y,
                   int threads) {
     if (n * nnz * bo * bi < SERIAL_WORK) threads = 1;
+    const int rc = forward_sparse<F, I>(x, n, in, v, crow, col, nnz, bias, out, bo, bi, y, threads);
+    // an inf/NaN input: the rows holding one must read as the masked dense product does
+    // (0 * inf = NaN off the structure); the caller recomputes them (return 3)
+    return rc ? rc : any_nonfinite(x, n * in) ? 3 : 0;
+}
+
+template <class F, class I>
+int forward_sparse(const F* x, int64_t n, int64_t in, const F* v, const I* crow, const I* col,
+                   int64_t nnz, const F* bias, int64_t out, int64_t bo, int64_t bi, F* y,
+                   int threads) {
     if (bo == 1 && bi == 1 && n <= 2) {  // inference on a row or two: gather, no tile
         // the columns are checked as they are read (one pass over the structure, not two)
         if (check_rows(crow, out, nnz)) return 2;
@@ -854,7 +885,9 @@ extern "C" int structlearn_vector_bytes() { return SL_VBYTES; }
 extern "C" int structlearn_tile_rows() { return SL_TILE; }
 
 // Exported entry points; each returns 0, 1 when its workspace could not be allocated, or 2 when
-// the structure is malformed (nothing computed). bias, gx, gv and gb may be null.
+// the structure is malformed (nothing computed); the forward returns 3 when x holds an inf or
+// NaN (y then holds the sparse sums: rows with one must be recomputed as the masked dense
+// product). bias, gx, gv and gb may be null.
 #define STRUCTLEARN_EXPORT(F, I, NAME)                                                          \
     extern "C" int NAME##_forward(const F* x, int64_t n, int64_t in, const F* v,                \
                                   const I* crow, const I* col, int64_t nnz, const F* bias,      \

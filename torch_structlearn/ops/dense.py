@@ -32,7 +32,8 @@ from torch.autograd.function import once_differentiable
 from ..csr import row_of_entries
 from . import cpu, operands
 
-__all__ = ["DenseWeight", "dense_weight", "flat_index", "linear", "needs_index"]
+__all__ = ["DenseWeight", "dense_weight", "flat_index", "linear", "needs_index",
+           "nonfinite_rows"]
 
 
 def flat_index(crow: Tensor, col: Tensor, in_features: int) -> Tensor:
@@ -61,6 +62,23 @@ def dense_weight(values: Tensor, crow: Tensor, col: Tensor, in_features: int,
     # first (measured: ~30 ms of a 4096 x 3072 step at 50 % on the 2-core CPU)
     w = values.new_zeros(out_features * in_features).scatter_(0, index, values)
     return w.view(out_features, in_features)
+
+
+def nonfinite_rows(x: Tensor, y: Tensor, values: Tensor, crow: Tensor, col: Tensor,
+                   bias: Tensor | None) -> Tensor:
+    """``y (N, out)``, a sparse backend's output for ``x (N, in)``, with the rows of ``x``
+    that hold an inf or NaN made what the masked dense product gives them (``0 * inf = NaN``
+    off the structure, as ``F.linear(x, layer.weight)``): one numeric behaviour on every
+    backend. On the CPU those rows are recomputed densely (exact); on a GPU, without a host
+    sync, their finite outputs become NaN (a masked dense row with an inf or NaN input has no
+    finite output; an output the sparse sum leaves at ±inf stays so, where the dense product
+    may give NaN)."""
+    bad = ~torch.isfinite(x).all(1)
+    if x.device.type == "cpu":
+        if bad.any():
+            y[bad] = F.linear(x[bad], dense_weight(values, crow, col, x.shape[1]), bias)
+        return y
+    return torch.where(bad[:, None] & torch.isfinite(y), torch.full_like(y, float("nan")), y)
 
 
 def _fast(t: Tensor) -> bool:
@@ -117,10 +135,29 @@ class DenseWeight:
 
     def __init__(self) -> None:
         self.weight: Tensor | None = None
+        self.holds: tuple | None = None  # what the weight was last written from (see current)
 
     def clear(self) -> None:
         """Drop the weight (memory back; the next call rebuilds it)."""
         self.weight = None
+        self.holds = None
+
+    def current(self, values: Tensor, crow: Tensor, col: Tensor, in_features: int,
+                index: Tensor | None = None) -> Tensor:
+        """The weight for a call through which no gradient flows (inference): rewritten only
+        when ``values`` changed since it was written — another storage or version
+        counter (every in-place op, optimizer step, ``load_state_dict`` and ``.to()`` bumps
+        one). A write through ``.data`` bumps none: ``layer.values.data.copy_(v)`` is not seen
+        (use ``with torch.no_grad(): layer.values.copy_(v)``). Where the version is unknown
+        (an inference tensor) the weight is rewritten every call."""
+        version = operands.version
+        holds = (values.data_ptr(), tuple(values.shape), version(values), crow.data_ptr(),
+                 version(crow), col.data_ptr(), version(col))
+        if holds == self.holds and holds[2] >= 0 and self.weight is not None:
+            return self.weight
+        w = self.get(values, crow, col, in_features, index)
+        self.holds = holds
+        return w
 
     def get(self, values: Tensor, crow: Tensor, col: Tensor, in_features: int,
             index: Tensor | None = None) -> Tensor:
@@ -135,6 +172,7 @@ class DenseWeight:
             w = self.weight = values.new_zeros(shape)
         with torch.no_grad():
             _scatter(values.detach(), crow, col, index, w)
+        self.holds = None  # (current() records what it wrote from)
         return w
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check", "csr_shaped"]
+__all__ = ["check", "csr_shaped", "version"]
 
 
 def check(x: Tensor, values: Tensor, crow: Tensor, col: Tensor) -> tuple[int, int]:
@@ -33,3 +33,12 @@ def csr_shaped(values: Tensor) -> Tensor:
     (``(nnz,)``, blocks ``(nblocks, bo, bi)``) as they are."""
     shaped = isinstance(values, Tensor) and values.dim() == 2 and values.shape[1] == 1
     return values.view(-1) if shaped else values
+
+
+def version(t: Tensor) -> int:
+    """``t``'s version counter (bumped by every in-place change); -1 for an inference tensor,
+    which keeps none."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1

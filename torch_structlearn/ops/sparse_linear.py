@@ -20,6 +20,7 @@ import contextlib
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.fx.experimental.symbolic_shapes import has_static_value
 
 from .._checks import choice
@@ -146,6 +147,8 @@ def _forward(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t, bias: Tens
         y = impl.forward(x.contiguous(), values, crow, col, t, *((bias,) if fused else ()))
     if bias is not None and not fused:
         y.add_(bias)  # y is this op's fresh output: in place saves a second (N, out) buffer
+    if impl is not cpu:  # (the cpu kernels find inf/NaN inputs themselves, in C++)
+        y = dense.nonfinite_rows(x, y, values, crow, col, bias)
     return y
 
 
@@ -193,8 +196,15 @@ def _sparse_linear_backward(
     need_values: bool,
     need_bias: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    return _backward_body(gy, x, values, crow, col, (crow_t, col_t, perm), backend, need_input,
+                          need_values, need_bias)
+
+
+def _backward_body(gy: Tensor, x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t,
+                   backend: str, need_input: bool, need_values: bool, need_bias: bool,
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward op's body: ``(gx, gv, gb)``, an empty tensor for each not needed."""
     impl = _IMPL[backend]
-    t = (crow_t, col_t, perm)
     _check_operands(x, values, crow, col, backend, t if need_input else None, gy)
     gy = gy.contiguous()
     if need_input:
@@ -242,6 +252,43 @@ def _backward(ctx, gy):
 
 
 _sparse_linear.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _Eager(torch.autograd.Function):
+    """The op's forward and backward bodies as a plain ``autograd.Function``, for eager calls
+    on plain tensors: the custom op's dispatch (what traces, FakeTensors and subclasses need)
+    costs tens of microseconds per call, this a few. Same kernels, same checks."""
+
+    @staticmethod
+    def forward(ctx, x, values, bias, crow, col, t, backend, run):
+        ctx.save_for_backward(x, values, crow, col, *t)
+        ctx.backend = backend
+        return run(x) if run is not None else _forward(x, values, crow, col, t, bias, backend)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        x, values, crow, col, *t = ctx.saved_tensors
+        need_x, need_v, need_b = ctx.needs_input_grad[:3]
+        if not (need_x or need_v or need_b):
+            return (None,) * 8
+        gx, gv, gb = _backward_body(gy, x, values, crow, col, tuple(t), ctx.backend, need_x,
+                                    need_v, need_b)
+        return (gx if need_x else None), (gv if need_v else None), (gb if need_b else None), \
+            None, None, None, None, None
+
+
+def eager_call(x: Tensor, values: Tensor, bias: Tensor | None, crow: Tensor, col: Tensor, t,
+               backend: str, run=None) -> Tensor:
+    """``(N, out)`` for ``x (N, in)`` on a resolved sparse ``backend`` (not ``dense``), eager:
+    the op's body directly when no gradient flows, else through :class:`_Eager`. The caller
+    checked the operands' shapes and dtypes and that the tensors are plain (a layer's call
+    plan); ``t``: the transposed structure (empty tensors where not needed); ``run``: the
+    forward on these operands with its checks made (``cpu``'s ``forward_runner``), if any."""
+    if torch.is_grad_enabled() and (x.requires_grad or values.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return _Eager.apply(x, values, bias, crow, col, t, backend, run)
+    return run(x) if run is not None else _forward(x, values, crow, col, t, bias, backend)
 
 
 def _out_features(values: Tensor, crow: Tensor) -> int:
