@@ -193,3 +193,87 @@ def test_finite_rows_beside_a_poisoned_one_are_untouched_and_grads_match():
     w = layer.dense_weight()
     F.linear(x2, w, layer.bias).backward(gy)
     torch.testing.assert_close(x.grad, x2.grad)
+
+
+# ---------------------------------------------------------------- torch.export
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 32), nn.ReLU(),
+                         nn.Linear(32, 10)).eval()
+
+
+def test_export_with_auto_uses_the_decision_made_before_tracing():
+    from torch_structlearn import convert
+    from torch_structlearn.ops import calibrate
+
+    model = _mlp()
+    convert(model, None, density=0.25, method="magnitude", verbose=False)
+    x = torch.randn(8, 64)
+    with torch.no_grad():
+        want = model(x)  # eager: auto decides here
+    picked = calibrate.recall(torch.device("cpu"), torch.float32, None, (8, 64, 48),
+                              model[0].density, False)
+    program = torch.export.export(model, (x,))
+    ops = [n.args[-1] for n in program.graph.nodes
+           if n.op == "call_function" and "structlearn" in str(n.target)]
+    if picked != "dense":
+        assert ops and ops[0] == picked
+    torch.testing.assert_close(program.module()(x), want)
+
+
+EXPORT = """
+import sys, torch
+from torch import nn
+import torch_structlearn
+from torch_structlearn import convert
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 32), nn.ReLU(),
+                      nn.Linear(32, 10)).eval()
+convert(model, None, density=0.25, method="magnitude", verbose=False)
+x = torch.randn(8, 64)
+program = torch.export.export(model, (x,))  # before any eager call: the shipped prior
+torch.export.save(program, sys.argv[1])
+with torch.no_grad():
+    torch.save({"x": x, "y": model(x)}, sys.argv[2])
+"""
+
+RUN = """
+import sys, torch
+import torch_structlearn  # registers the structlearn ops the program calls
+program = torch.export.load(sys.argv[1])
+io = torch.load(sys.argv[2])
+torch.testing.assert_close(program.module()(io["x"]), io["y"])
+print("ok")
+"""
+
+
+def test_an_exported_converted_model_runs_in_a_fresh_process_without_the_cache(tmp_path):
+    import os
+    import subprocess
+
+    for step, script in (("export", EXPORT), ("run", RUN)):
+        env = {**os.environ, "STRUCTLEARN_CACHE": str(tmp_path / f"cache-{step}")}
+        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model.pt2"),
+                               str(tmp_path / "io.pt")], env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok")
+    assert not (tmp_path / "cache-run" / "auto").exists()  # nothing calibrated there
+
+
+def test_aot_inductor_package_of_a_layer_with_auto(tmp_path):
+    """AOTInductor compiles the exported program (with the structlearn op inside) into a
+    package that loads and runs (~25 s: a C++ build)."""
+    from torch_structlearn import convert
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10)).eval()
+    convert(model, None, density=0.25, method="magnitude", verbose=False)
+    x = torch.randn(8, 64)
+    program = torch.export.export(model, (x,))
+    path = torch._inductor.aoti_compile_and_package(program,
+                                                    package_path=str(tmp_path / "m.pt2"))
+    with torch.no_grad():
+        torch.testing.assert_close(torch._inductor.aoti_load_package(path)(x), model(x))

@@ -353,8 +353,11 @@ def resolve_backend(x: Tensor, values: Tensor, crow: Tensor, col: Tensor,
         dtype = x.dtype
     _, _, block, density, shape = _shape_of(x, values, crow)
     training = torch.is_grad_enabled() and (x.requires_grad or values.requires_grad)
-    if torch.compiler.is_compiling() and shape is not None and calibrate.enabled():
+    if (torch.compiler.is_compiling() and shape is not None and calibrate.enabled()
+            and not torch.compiler.is_exporting()):
         return _choice_in_trace(x.device, dtype, density, block, shape, training)
+    # (torch.export traces with fake tensors, where nothing can be timed: auto.choose gives
+    # the decision this process made before tracing, else the shipped prior)
 
     def candidates() -> list[str]:
         return [b for b in available_backends(block, x.device) if b != "auto"]
