@@ -6,6 +6,8 @@
   (:mod:`.kernels`).
 * ``infer``: forward only in ``eval()`` under ``torch.inference_mode()``, batch 1 / 16 / 256.
 * ``calibrate``: measure and print ``auto``'s decisions for a grid of calls on this machine.
+* ``overhead``: ``auto`` against ``nn.Linear`` from batch 1 up, layer sizes 256–4096, density
+  1–50 % (the worst ratio printed), and what a call costs around the kernel (:mod:`.overhead`).
 * ``mlp``: one training epoch of a sparse MLP, or of a hub entry's model (:mod:`.mlp`).
 * ``coding``: dictionary learning against scikit-learn and SPAMS (:mod:`.coding`).
 * ``learn``: time to a structure at the paper's size, the learner's defaults against v0.1's
@@ -31,11 +33,12 @@ from .. import hub
 from ..argtypes import density, fraction, nonnegative, positive
 from ..files import write_json
 from ..ops import BACKENDS, calibrate
-from . import kernels
+from . import kernels, overhead
 from .coding import coding_markdown, run_coding
 from .learn import SETTINGS as LEARN_SETTINGS
 from .learn import learn_markdown, run_learn
 from .mlp import mlp_markdown, run_mlp
+from .overhead import overhead_markdown, run_overhead
 from .timing import machine
 
 __all__ = ["machine", "main", "RENDERERS"]
@@ -43,7 +46,7 @@ __all__ = ["machine", "main", "RENDERERS"]
 
 RENDERERS = {"kernels": kernels.markdown, "infer": kernels.infer_markdown,
              "calibrate": kernels.calibrate_markdown, "mlp": mlp_markdown,
-             "coding": coding_markdown, "learn": learn_markdown}
+             "coding": coding_markdown, "learn": learn_markdown, "overhead": overhead_markdown}
 """The Markdown of a result, by its ``"benchmark"`` field (what ``benchmarks/update_markdown.py``
 writes into BENCHMARKS.md)."""
 
@@ -56,6 +59,16 @@ def _shape(s: str) -> tuple[int, int, int]:
     if min(b, i, o) < 1:
         raise argparse.ArgumentTypeError(f"shape must be three positive ints 'batch,in,out', got {s!r}")
     return b, i, o
+
+
+def _layer(s: str) -> tuple[int, int]:
+    try:
+        i, o = (int(v) for v in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"layer must be 'in,out', got {s!r}") from None
+    if min(i, o) < 1:
+        raise argparse.ArgumentTypeError(f"layer must be two positive ints 'in,out', got {s!r}")
+    return i, o
 
 
 def _grid_options(q: argparse.ArgumentParser, json_default: str, repeats: int) -> None:
@@ -93,6 +106,22 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--modes", nargs="+", choices=("train", "infer"), default=["train", "infer"])
     cal.add_argument("--keep", action="store_true",
                      help="reuse decisions already cached instead of measuring them again")
+    ov = sub.add_parser("overhead", help="auto vs nn.Linear at every size and batch, and the "
+                                         "fixed cost of a call around the kernel")
+    ov.add_argument("--layers", type=_layer, nargs="+", default=overhead.LAYERS, metavar="IN,OUT",
+                    help="layer shapes (default: %(default)s)")
+    ov.add_argument("--batches", type=positive(int), nargs="+", default=overhead.BATCHES,
+                    help="inference batches (default: %(default)s)")
+    ov.add_argument("--train-batches", type=positive(int), nargs="+",
+                    default=overhead.TRAIN_BATCHES, help="forward+backward batches (default: "
+                                                         "%(default)s)")
+    ov.add_argument("--densities", type=density, nargs="+", default=overhead.DENSITIES)
+    ov.add_argument("--runs", type=positive(int), default=5,
+                    help="interleaved runs per cell, the median kept (default: %(default)s)")
+    ov.add_argument("--max-work", type=positive(int), default=overhead.MAX_WORK,
+                    help="leave out cells with batch*in*out above this (default: %(default)s)")
+    ov.add_argument("--json", type=Path, default=Path("runs/bench/overhead.json"))
+    ov.add_argument("--tag", default="", help="suffix of the result's BENCHMARKS.md section key")
     mp = sub.add_parser("mlp", help="one training epoch of a sparse MLP vs nn.Linear")
     mp.add_argument("--device", default="cpu")
     mp.add_argument("--sizes", type=positive(int), nargs="+", default=[3072, 4096, 4096, 10])
@@ -164,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run_mlp(args)
         key = ("mlp" if args.hub is None else f"epoch-{args.hub}") + (
             "" if args.backend == "auto" else f"-{args.backend}")
+    elif args.what == "overhead":
+        result = run_overhead(args)
+        key = "overhead" + (f"-{args.tag}" if args.tag else "")
     elif args.what == "infer":
         args.shapes = args.shapes or kernels.INFER_SHAPES
         args.densities = args.densities or kernels.DENSITIES

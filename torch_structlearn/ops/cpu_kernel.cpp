@@ -583,9 +583,14 @@ void block_backward_rows(const F* gy, const F* x, int64_t n, int64_t in, int64_t
 // threads (the dense backend keeps the copy and rewrites its nonzeros every call; its values
 // gradient is read off the dense gyᵀ x). Off-structure entries of w are never touched.
 
+// Below this many multiply-adds (or moved values) a call runs on one thread: waking the others
+// costs more.
+constexpr int64_t SERIAL_WORK = 1 << 17;
+
 template <class F, class I>
 int scatter_entry(const F* v, const I* crow, const I* col, int64_t nnz, int64_t out,
                   int64_t in, int64_t bo, int64_t bi, F* w, int threads) {
+    if (nnz * bo * bi < SERIAL_WORK) threads = 1;
     if (check_structure(crow, col, out / bo, in / bi, nnz, threads)) return 2;
     const int64_t rows = out / bo;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -600,6 +605,7 @@ int scatter_entry(const F* v, const I* crow, const I* col, int64_t nnz, int64_t 
 template <class F, class I>
 int gather_entry(const F* w, const I* crow, const I* col, int64_t nnz, int64_t out, int64_t in,
                  int64_t bo, int64_t bi, F* v, int threads) {
+    if (nnz * bo * bi < SERIAL_WORK) threads = 1;
     if (check_structure(crow, col, out / bo, in / bi, nnz, threads)) return 2;
     const int64_t rows = out / bo;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -807,9 +813,6 @@ struct Backward {
         static int run(A... a) { return backward<F, I, NV>(a...); }
     };
 };
-
-// Below this many multiply-adds a call runs on one thread: waking the others costs more.
-constexpr int64_t SERIAL_WORK = 1 << 17;
 
 // Whether any of x's count entries is inf or NaN: exponent bits all ones (integer compares, so
 // the loop vectorises without -ffast-math, which would fold std::isfinite away).

@@ -403,8 +403,9 @@ def _choice_in_trace(device: torch.device, dtype: torch.dtype, density: float,
 def _calibration_runs(shape: tuple[int, int, int], values: Tensor, crow: Tensor, col: Tensor,
                       training: bool, names: list[str]) -> dict:
     """One call of each backend in ``names`` on this structure and random inputs of
-    ``shape = (batch, in, out)``, made as a layer makes it: its caches built beforehand, the
-    dense backend's weight kept between calls."""
+    ``shape = (batch, in, out)``, made as a layer's call plan makes it: its caches built
+    beforehand, the ``cpu`` kernels through their checked-once runner, the dense backend's
+    weight kept between calls (and, where no gradient flows, not rewritten)."""
     batch, in_features, out_features = shape
     bi = values.shape[2] if values.dim() == 3 else 1
     check_csr_bounds(crow, col, (crow.numel() - 1, in_features // bi))  # before any backend reads it
@@ -415,16 +416,24 @@ def _calibration_runs(shape: tuple[int, int, int], values: Tensor, crow: Tensor,
     gy = torch.randn(batch, out_features, generator=g).to(dev, dt)
     block = tuple(values.shape[1:]) if values.dim() == 3 else None
     n_cols = in_features // (block[1] if block else 1)
+    empty = (col.new_empty(0),) * 3
     runs = {}
     for name in names:
-        transpose = csr_transpose(crow, col, n_cols) if name in NEEDS_TRANSPOSE and training else None
+        transpose = csr_transpose(crow, col, n_cols) if name in NEEDS_TRANSPOSE and training else empty
         index = dense.flat_index(crow, col, in_features) if name == "dense" and not block else None
         cache = dense.DenseWeight() if name == "dense" else None  # (as a layer keeps it)
+        runner = (cpu.kernels().forward_runner(v.detach(), crow, col, None, in_features)
+                  if name == "cpu" and x.device.type == "cpu" else None)
 
-        def run(name=name, transpose=transpose, index=index, cache=cache):
+        def run(name=name, transpose=transpose, index=index, cache=cache, runner=runner):
+            if name == "dense" and not training:
+                return torch.nn.functional.linear(x, cache.current(v, crow, col, in_features,
+                                                                   index))
             with torch.set_grad_enabled(training):
-                y = sparse_linear(x, v, crow, col, backend=name, transpose=transpose,
-                                  dense_index=index, dense_cache=cache, structure_checked=True)
+                if name == "dense":
+                    y = dense.linear(x, v, crow, col, None, index, cache)
+                else:
+                    y = eager_call(x, v, None, crow, col, transpose, name, runner)
                 if training:
                     x.grad = v.grad = None
                     y.backward(gy)
