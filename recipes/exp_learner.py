@@ -31,11 +31,6 @@ from torch_structlearn.bench.learn import V01  # noqa: E402
 from torch_structlearn.learn import learner_for, read_layer  # noqa: E402
 
 
-def _overlap(a, b) -> float:
-    """Mean per-unit Jaccard overlap of two ``(out, in)`` masks."""
-    return float(((a & b).sum(1) / (a | b).sum(1).clamp_min(1)).double().mean())
-
-
 def learn_with_checks(cfg: dict, args, seed: int, **settings) -> tuple[list[dict], dict]:
     """The learner's run: a snapshot at each check (samples, passes, seconds spent learning,
     overlap with the check before, layer) and the run's last structure."""
@@ -81,10 +76,10 @@ def main(argv=None) -> int:
     trajectories = []
     for seed in seed_range(args):
         snaps, last = learn_with_checks(cfg, args, seed, epochs=args.max_passes, settle=None)
-        final = last["layer"].connectivity.to_mask()
+        final = last["layer"].connectivity
         trajectories.append({"seed": seed, "checks": [
             {k: s[k] for k in ("samples", "passes", "overlap", "seconds")}
-            | {"overlap_last": _overlap(s["layer"].connectivity.to_mask(), final)} for s in snaps]})
+            | {"overlap_last": s["layer"].connectivity.overlap(final)} for s in snaps]})
         if snaps and snaps[-1]["samples"] == last["samples"]:  # the run ended on a check
             last = snaps.pop()
         picks: dict[int, list[float]] = {}  # snapshot index (-1: the last) -> thresholds

@@ -160,6 +160,16 @@ class Connectivity:
         crow_t, col_t, _ = csr_transpose(self._crow, self._col, self._shape[1])
         return Connectivity(crow_t, col_t, (self._shape[1], self._shape[0]))
 
+    def overlap(self, other: Connectivity) -> float:
+        """Mean over units of the Jaccard overlap ``|A ∩ B| / |A ∪ B|`` of each unit's inputs
+        here and in ``other`` (same shape): 1 for equal structures, about the density for
+        independent random ones. How the learner's masks are compared between checks."""
+        if not isinstance(other, Connectivity) or other.shape != self.shape:
+            raise ValueError(f"other must be a Connectivity of shape {self.shape}, got "
+                             f"{getattr(other, 'shape', type(other).__name__)}")
+        a, b = self.to_mask(), other.to_mask()
+        return float(((a & b).sum(1) / (a | b).sum(1).clamp_min(1)).double().mean())
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Connectivity):
             return NotImplemented

@@ -34,12 +34,6 @@ SETTINGS = {"defaults": {}, "defaults, float32": {"precision": "float32"}, "v0.1
 is what a CPU without native bfloat16 (most AVX2 CPUs) runs."""
 
 
-def _overlap(a: Connectivity, b: Connectivity) -> float:
-    """Mean per-unit Jaccard overlap of two masks of one shape."""
-    ma, mb = a.to_mask(), b.to_mask()
-    return float(((ma & mb).sum(1) / (ma | mb).sum(1).clamp_min(1)).double().mean())
-
-
 def run_learn(args) -> dict:
     """Learn the layer with each of ``args.settings`` (and SPAMS unless ``--skip-spams``) on
     ``args.n`` whitened training images; score each on ``args.held_out`` other images."""
@@ -96,7 +90,7 @@ def run_learn(args) -> dict:
               flush=True)
     if "v0.1" in structures:
         for r in rows:
-            r["mask_overlap_v01"] = _overlap(structures[r["method"]], structures["v0.1"])
+            r["mask_overlap_v01"] = structures[r["method"]].overlap(structures["v0.1"])
         base = next(r["seconds"] for r in rows if r["method"] == "v0.1")
         for r in rows:
             r["speedup"] = base / r["seconds"]

@@ -139,9 +139,9 @@ def _fixed(args) -> list[dict]:
                 L = layers["cpu"]
                 run = kernels.forward_runner(L.values.detach(), L.crow_indices, L.col_indices,
                                              L.bias.detach(), fin)
-                fns.append(lambda run=run: run(x))
+                fns.append(lambda run=run, x=x: run(x))
             for m in (*layers.values(), linear):
-                def call(m=m, ctx=ctx):
+                def call(m=m, ctx=ctx, xg=xg):
                     with ctx():
                         m(xg)
                 fns.append(call)
@@ -171,7 +171,7 @@ def _mlp(args) -> list[dict]:
         x = torch.randn(batch, 784)
         fns = []
         for m in (dense, sparse):
-            def call(m=m):
+            def call(m=m, x=x):
                 with torch.inference_mode():
                     m(x)
             fns.append(call)
