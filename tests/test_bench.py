@@ -296,3 +296,33 @@ def test_spams_dictionary_is_scored_like_ours():
         return float(objective(X, D, fista(X, D, lam1=0.1, max_iter=500), 0.1).mean())
 
     assert f(D) < 0.9 * f(D0)
+
+
+def test_overhead_times_auto_against_linear_and_renders(tmp_path, capsys):
+    out, md = tmp_path / "o.json", tmp_path / "B.md"
+    assert bench.main(["overhead", "--layers", "32,48", "--batches", "1", "8",
+                       "--train-batches", "8", "--densities", "0.1", "0.5", "--runs", "2",
+                       "--fixed", "32,48,0.1", "--json", str(out)]) == 0
+    assert "worst ratio" in capsys.readouterr().out
+    assert _script("update_markdown").main([str(md), str(out)]) == 0
+    res = json.loads(out.read_text())
+    cells = {(r["batch"], r["density"], r["mode"]) for r in res["rows"]}
+    assert cells == {(b, d, "infer") for b in (1, 8) for d in (0.1, 0.5)} | {
+        (8, d, "train") for d in (0.1, 0.5)}
+    for r in res["rows"]:
+        assert r["ratio"] == pytest.approx(r["linear_us"] / r["auto_us"])
+        assert r["auto_picked"] in ("cpu", "csr", "dense", "torch_sparse")
+    assert res["worst"]["ratio"] == min(r["ratio"] for r in res["rows"])
+    assert [r["grad"] for r in res["fixed"]] == [False, True]
+    assert all(r["fixed_us"] == pytest.approx(r["cpu_us"] - r["kernel_us"]) for r in res["fixed"])
+    assert [r["batch"] for r in res["mlp"]] == [1, 64]
+    text = md.read_text()
+    assert "<!-- bench:overhead-cpu -->" in text and "Worst cell" in text
+
+
+@pytest.mark.parametrize("argv", [["overhead", "--layers", "32"], ["overhead", "--fixed", "8,8"],
+                                  ["overhead", "--fixed", "8,8,2"]])
+def test_overhead_bad_arguments_exit_2(argv, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        bench.main([*argv, "--json", str(tmp_path / "x.json")])
+    assert e.value.code == 2

@@ -179,7 +179,7 @@ def test_overlap_is_the_mean_per_unit_jaccard_of_the_input_sets():
     b = Connectivity.random((20, 50), density=0.3)
     sets = lambda c: [set(c.col_indices[c.crow_indices[i]:c.crow_indices[i + 1]].tolist())  # noqa: E731
                       for i in range(c.shape[0])]
-    want = sum(len(x & y) / len(x | y) for x, y in zip(sets(a), sets(b))) / 20
+    want = sum(len(x & y) / len(x | y) for x, y in zip(sets(a), sets(b), strict=True)) / 20
     assert a.overlap(b) == pytest.approx(want)
     assert a.overlap(a) == 1.0
     with pytest.raises(ValueError, match="of shape"):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import block as check_block
@@ -35,7 +34,6 @@ from .learn import learn_layer
 from .ops import calibrate, check_backend, cpu, sparse_linear
 from .ops.dense import dense_weight
 from .ops.dense import linear as dense_linear
-from .ops.operands import version as _version
 from .ops.sparse_linear import check_block_backend, eager_call, resolve_backend
 
 __all__ = ["StructLearnedLinear"]
@@ -319,9 +317,13 @@ class StructLearnedLinear(KernelCaches, nn.Module):
         crow, col = self._buffers["crow_indices"], self._buffers["col_indices"]
         grad = torch.is_grad_enabled() and (x.requires_grad or values.requires_grad or (
             bias is not None and bias.requires_grad))
-        key = (x.shape, x.dtype, x.device, grad, torch.is_inference_mode_enabled(), self.training,
-               values.data_ptr(), None if bias is None else bias.data_ptr(), crow.data_ptr(),
-               _version(crow), col.data_ptr(), _version(col), calibrate.generation)
+        try:
+            key = (x.shape, x.dtype, x.device, grad, torch.is_inference_mode_enabled(),
+                   self.training, values.data_ptr(), None if bias is None else bias.data_ptr(),
+                   crow.data_ptr(), crow._version, col.data_ptr(), col._version,
+                   calibrate.generation)
+        except RuntimeError:  # index buffers made under inference_mode keep no version
+            return self._checked_forward(x)
         plan = self._plans.get(key)
         if plan is None:
             return self._plan(x, key, grad)
@@ -354,7 +356,7 @@ class StructLearnedLinear(KernelCaches, nn.Module):
                                               bias, index, cache)
             # no gradient: the kept weight is rewritten only when values changed
             v = values.detach().view(-1) if csr else values.detach()
-            return lambda x: F.linear(x, cache.current(v, crow, col, in_features, index), bias)
+            return cache.inference(v, crow, col, in_features, index, bias)
         run = None
         if backend == "cpu":  # the kernel with its checks made once (None: casts needed)
             run = cpu.kernels().forward_runner(values, crow, col, bias, in_features)

@@ -71,6 +71,14 @@ def _layer(s: str) -> tuple[int, int]:
     return i, o
 
 
+def _fixed(s: str) -> tuple[int, int, float]:
+    try:
+        i, o, d = s.split(",")
+        return _layer(f"{i},{o}") + (density(d),)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected 'in,out,density', got {s!r}") from None
+
+
 def _grid_options(q: argparse.ArgumentParser, json_default: str, repeats: int) -> None:
     q.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     q.add_argument("--shapes", type=_shape, nargs="+", default=None, metavar="B,IN,OUT",
@@ -120,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="interleaved runs per cell, the median kept (default: %(default)s)")
     ov.add_argument("--max-work", type=positive(int), default=overhead.MAX_WORK,
                     help="leave out cells with batch*in*out above this (default: %(default)s)")
+    ov.add_argument("--fixed", type=_fixed, nargs="+", default=overhead.FIXED,
+                    metavar="IN,OUT,DENSITY", help="layers of the batch-1 fixed-cost table "
+                                                   "(default: %(default)s)")
     ov.add_argument("--json", type=Path, default=Path("runs/bench/overhead.json"))
     ov.add_argument("--tag", default="", help="suffix of the result's BENCHMARKS.md section key")
     mp = sub.add_parser("mlp", help="one training epoch of a sparse MLP vs nn.Linear")

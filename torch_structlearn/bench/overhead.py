@@ -123,7 +123,7 @@ def _fixed(args) -> list[dict]:
     kernels = cpu_backend.kernels() if cpu_backend.available() else None
     print(f"\n{'(in, out)':>13} {'density':>8} {'grad':>5} {'kernel µs':>10} {'cpu µs':>8} "
           f"{'dense µs':>9} {'auto µs':>8} {'nn.Linear µs':>13} {'fixed µs':>9}")
-    for fin, fout, density in FIXED:
+    for fin, fout, density in args.fixed:
         torch.manual_seed(0)
         x = torch.randn(1, fin)
         linear = nn.Linear(fin, fout)

@@ -135,29 +135,33 @@ class DenseWeight:
 
     def __init__(self) -> None:
         self.weight: Tensor | None = None
-        self.holds: tuple | None = None  # what the weight was last written from (see current)
 
     def clear(self) -> None:
         """Drop the weight (memory back; the next call rebuilds it)."""
         self.weight = None
-        self.holds = None
 
-    def current(self, values: Tensor, crow: Tensor, col: Tensor, in_features: int,
-                index: Tensor | None = None) -> Tensor:
-        """The weight for a call through which no gradient flows (inference): rewritten only
-        when ``values`` changed since it was written — another storage or version
-        counter (every in-place op, optimizer step, ``load_state_dict`` and ``.to()`` bumps
-        one). A write through ``.data`` bumps none: ``layer.values.data.copy_(v)`` is not seen
-        (use ``with torch.no_grad(): layer.values.copy_(v)``). Where the version is unknown
-        (an inference tensor) the weight is rewritten every call."""
-        version = operands.version
-        holds = (values.data_ptr(), tuple(values.shape), version(values), crow.data_ptr(),
-                 version(crow), col.data_ptr(), version(col))
-        if holds == self.holds and holds[2] >= 0 and self.weight is not None:
-            return self.weight
-        w = self.get(values, crow, col, in_features, index)
-        self.holds = holds
-        return w
+    def inference(self, values: Tensor, crow: Tensor, col: Tensor, in_features: int,
+                  index: Tensor | None = None, bias: Tensor | None = None):
+        """``run(x) -> F.linear(x, weight, bias)`` for calls through which no gradient flows
+        (a layer's inference plan): the weight is written now and rewritten only when
+        ``values`` gets a new version (every in-place op, optimizer step and
+        ``load_state_dict`` makes one; the caller makes a new runner when the tensors are
+        replaced or the structure changes). A write through ``.data`` makes none and is not
+        seen (write under ``torch.no_grad()`` instead). Where ``values`` keeps no version (an
+        inference tensor) the weight is rewritten every call."""
+        self.get(values, crow, col, in_features, index)
+        version = operands.version(values)
+        if version < 0:
+            return lambda x: F.linear(x, self.get(values, crow, col, in_features, index), bias)
+        seen = [version]
+
+        def run(x: Tensor) -> Tensor:
+            if values._version != seen[0]:
+                self.get(values, crow, col, in_features, index)
+                seen[0] = values._version
+            return F.linear(x, self.weight, bias)
+
+        return run
 
     def get(self, values: Tensor, crow: Tensor, col: Tensor, in_features: int,
             index: Tensor | None = None) -> Tensor:
@@ -172,7 +176,6 @@ class DenseWeight:
             w = self.weight = values.new_zeros(shape)
         with torch.no_grad():
             _scatter(values.detach(), crow, col, index, w)
-        self.holds = None  # (current() records what it wrote from)
         return w
 
 

@@ -425,10 +425,12 @@ def _calibration_runs(shape: tuple[int, int, int], values: Tensor, crow: Tensor,
         runner = (cpu.kernels().forward_runner(v.detach(), crow, col, None, in_features)
                   if name == "cpu" and x.device.type == "cpu" else None)
 
+        if name == "dense" and not training:  # the layer's inference plan
+            runner = cache.inference(v.detach(), crow, col, in_features, index)
+
         def run(name=name, transpose=transpose, index=index, cache=cache, runner=runner):
             if name == "dense" and not training:
-                return torch.nn.functional.linear(x, cache.current(v, crow, col, in_features,
-                                                                   index))
+                return runner(x)
             with torch.set_grad_enabled(training):
                 if name == "dense":
                     y = dense.linear(x, v, crow, col, None, index, cache)
