@@ -112,3 +112,160 @@ def test_an_out_path_of_the_wrong_kind_is_refused_before_any_work(tmp_path, caps
     assert main(["convert", "resnet18", "--quiet", "--out", str(tmp_path)]) == 2
     assert f"--out {tmp_path} is a folder; give a file path" in capsys.readouterr().err
     assert afile.read_text() == "x"
+
+
+# ---------------------------------------------------------------- your own data: --data
+
+
+def _digits_arrays(tmp_path):
+    """The packaged digits as a user's files: (N, 1, 8, 8) uint8 images and int labels."""
+    import numpy as np
+    import torch
+
+    from torch_structlearn.datasets import load_dataset
+
+    X, y = load_dataset("digits", "train")
+    images = (X * 255).round().to(torch.uint8).numpy()
+    np.save(tmp_path / "x.npy", images)
+    np.save(tmp_path / "y.npy", y.numpy())
+    return images, y.numpy()
+
+
+@pytest.mark.parametrize("fmt", ["npy", "pt", "safetensors", "folder", "flat"])
+def test_learn_from_your_own_data_without_labels(tmp_path, capsys, fmt):
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from torch_structlearn import ZCAWhitening
+
+    images, _ = _digits_arrays(tmp_path)
+    data = tmp_path / "x.npy"
+    if fmt == "pt":
+        data = tmp_path / "x.pt"
+        torch.save(torch.from_numpy(images), data)
+    elif fmt == "safetensors":
+        data = tmp_path / "x.safetensors"
+        save_file({"pixels": torch.from_numpy(images)}, data)
+    elif fmt == "flat":  # (N, d) feature vectors: no images, no receptive fields
+        data = tmp_path / "f.npy"
+        np.save(data, images.reshape(len(images), -1).astype(np.float32) / 255)
+    elif fmt == "folder":
+        from PIL import Image
+
+        data = tmp_path / "imgs"
+        for i, img in enumerate(images[:300]):
+            (data / f"part{i % 3}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img[0]).save(data / f"part{i % 3}" / f"{i}.png")
+    out = tmp_path / "out"
+    assert main(["learn", "--data", str(data), "--width", "32", "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "test acc" not in text  # nothing trained
+    stack = load(out / "structure.safetensors")
+    assert isinstance(stack, StructLearnedStack) and stack.in_features == 64
+    whiten = ZCAWhitening(64)
+    whiten.load_state_dict(load_file(out / "whitening.safetensors"))
+    assert whiten.fitted
+    assert (out / "receptive_fields.png").exists() == (fmt != "flat")
+    assert json.loads((out / "results.json").read_text())["results"] == []
+
+
+def test_learn_from_your_own_data_with_labels_trains_and_compares(tmp_path, capsys):
+    _digits_arrays(tmp_path)
+    out = tmp_path / "out"
+    assert main(["learn", "--data", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+                 "--width", "32", "--epochs", "2", "--out", str(out), "--quiet"]) == 0
+    assert "test acc" in capsys.readouterr().out
+    assert isinstance(load(out / "structure.safetensors"), StructLearnedClassifier)
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert [r["structure"] for r in rows] == ["learned", "random", "dense"]
+
+
+def test_npy_data_is_memory_mapped():
+    import tempfile
+
+    import numpy as np
+
+    from torch_structlearn.datasets import open_data
+    with tempfile.TemporaryDirectory() as d:
+        np.save(f"{d}/x.npy", np.zeros((1000, 64), np.float32))
+        ds = open_data(f"{d}/x.npy")
+        assert isinstance(ds._array, np.memmap) and len(ds) == 1000 and ds.example_shape == (64,)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "3"], "--epochs: train the structure, which needs labels"),
+    (["--data-root", "x"], "--data-root: only apply to a named --dataset"),
+    (["--test-fraction", "0.2"], "--test-fraction: only applies with --data and --labels"),
+])
+def test_options_that_would_be_ignored_are_refused(tmp_path, capsys, argv, message):
+    _digits_arrays(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["learn", "--data", str(tmp_path / "x.npy"), *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["learn", "--labels", str(tmp_path / "y.npy")])  # a named data set has its labels
+    assert e.value.code == 2 and "--labels: only apply with --data" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no such file"), ("text", "expected a .npy"), ("1d", "expected an (N, d)"),
+    ("labels_short", "expected 1437 non-negative integer class labels"),
+    ("empty_folder", "no images"), ("key_on_folder", "--key is for array files"),
+])
+def test_bad_data_is_one_line_before_any_work(tmp_path, capsys, case, message):
+    import numpy as np
+
+    _digits_arrays(tmp_path)
+    args = ["--data", str(tmp_path / "x.npy")]
+    if case == "missing":
+        args = ["--data", str(tmp_path / "nope.npy")]
+    elif case == "text":
+        (tmp_path / "x.txt").write_text("1 2 3")
+        args = ["--data", str(tmp_path / "x.txt")]
+    elif case == "1d":
+        np.save(tmp_path / "v.npy", np.zeros(5))
+        args = ["--data", str(tmp_path / "v.npy")]
+    elif case == "labels_short":
+        np.save(tmp_path / "y2.npy", np.zeros(10, np.int64))
+        args += ["--labels", str(tmp_path / "y2.npy")]
+    elif case in ("empty_folder", "key_on_folder"):
+        (tmp_path / "empty").mkdir()
+        args = ["--data", str(tmp_path / "empty")] + (["--key", "x"] if case == "key_on_folder" else [])
+    out = tmp_path / "out"
+    assert main(["learn", *args, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("structlearn learn: error:") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_every_option_of_every_command_has_help_and_shows_its_default(capsys):
+    import argparse
+
+    from torch_structlearn.bench import _parser
+
+    def actions(p, path):
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sp in a.choices.items():
+                    yield from actions(sp, [*path, name])
+            elif not isinstance(a, argparse._HelpAction):
+                yield " ".join(path), a, p
+
+    with pytest.raises(SystemExit):  # the main parser is built inside main(): read its help
+        main(["learn", "--help"])
+    assert "(default: 0.25)" in capsys.readouterr().out
+    for command in ("inspect", "convert"):  # (hub has only a positional action)
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "default:" in capsys.readouterr().out
+    for path, a, p in actions(_parser(), ["bench"]):
+        assert a.help, f"{path} {a.option_strings}: no help text"
+        if path != "bench" and a.option_strings:
+            assert p.formatter_class is argparse.ArgumentDefaultsHelpFormatter, path
+
+
+def test_bench_options_before_the_subcommand_are_an_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--shapes", "64,784,512", "infer"])
+    assert e.value.code == 2 and "options go after the subcommand" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from ._checks import image_shape
 from .argtypes import density, fraction, nonnegative, positive
 from .bench import main as bench_main
 from .classifier import StructLearnedClassifier
-from .datasets import DATASETS, load_dataset
+from .datasets import DATASETS, load_dataset, open_data
 from .files import process_alive
 from .files import write_atomic as _write_atomic
 from .files import write_json as _write_json
@@ -41,6 +41,8 @@ from .whitening import ZCAWhitening
 
 
 def _learn(args) -> int:
+    """``structlearn learn``: a named data set (learn, train, compare) or ``--data`` (learn and
+    save the structure; train and compare only with ``--labels``)."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -51,32 +53,88 @@ def _learn(args) -> int:
     _writable_folder(out, "--out")
     t_start = time.perf_counter()
     torch.manual_seed(args.seed)
-    Xtr, ytr = load_dataset(args.dataset, "train", args.data_root, args.limit)
-    Xte, yte = load_dataset(args.dataset, "test", args.data_root)
-    image_shape = tuple(Xtr.shape[1:])
-    d = Xtr[0].numel()
-    n_classes = int(max(ytr.max(), yte.max())) + 1
     verbose = not args.quiet
-    print(f"{args.dataset}: {len(ytr)} train / {len(yte)} test images of shape {image_shape}")
+    name = args.dataset if args.data is None else str(args.data)
+    if args.data is None:
+        Xtr, ytr = load_dataset(args.dataset, "train", args.data_root, args.limit)
+        Xte, yte = load_dataset(args.dataset, "test", args.data_root)
+        shape = tuple(Xtr.shape[1:])
+        print(f"{args.dataset}: {len(ytr)} train / {len(yte)} test images of shape {shape}")
+        unlabelled = DataLoader(TensorDataset(Xtr), batch_size=args.batch_size, shuffle=False)
+        labelled = (Xtr, ytr, Xte, yte)
+    else:
+        data = open_data(args.data, key=args.key, image_size=args.image_size)
+        shape = tuple(data.example_shape)
+        labels = None if args.labels is None else _labels(args.labels, len(data))
+        print(f"{args.data}: {len(data)} examples of shape {shape}"
+              + ("" if labels is None else f", {int(labels.max()) + 1} classes"))
+        unlabelled = DataLoader(data, batch_size=args.batch_size, shuffle=False)
+        labelled = None if labels is None else _split(data, labels, args)
+    images = len(shape) == 3
+    whiten, stack = _learn_unsupervised(args, unlabelled, shape, verbose)
+    rows, models = ([], {}) if labelled is None else _train_and_compare(
+        args, whiten, stack, shape, *labelled, verbose=verbose)
+    # The files are written to a staging folder first, then renamed into place together: an
+    # interrupted run leaves the previous run's results whole, not a new structure beside old
+    # results. With labels: the learned classifier (whitening → stack → trained head);
+    # without: the stack, and the whitening beside it.
+    with _staging(out) as stage:
+        meta = {"dataset": name, "command": " ".join(sys.argv), "results": rows}
+        if models:
+            save(models["learned"], stage / "structure.safetensors", metadata=meta)
+        else:
+            from safetensors.torch import save_file
 
-    # 1. unsupervised: whitening and structure, from images only (labels unused)
-    unlabelled = DataLoader(TensorDataset(Xtr), batch_size=args.batch_size, shuffle=False)
-    if args.whitening_kernel and len(image_shape) != 3:
-        raise ValueError(f"--whitening-kernel needs (C, H, W) images, got shape {image_shape}")
-    if args.flip and len(image_shape) != 3:
-        raise ValueError(f"--flip needs (C, H, W) images, got shape {image_shape}")
+            save(stack, stage / "structure.safetensors", metadata=meta)
+            save_file({k: v.contiguous() for k, v in whiten.state_dict().items()},
+                      str(stage / "whitening.safetensors"))
+        if images:
+            save_receptive_fields(stack.layers[0][0], shape, stage / "receptive_fields.png")
+        _write_json(stage / "results.json", {"args": vars(args), "report": stack.report,
+                                             "results": rows,
+                                             "seconds": time.perf_counter() - t_start}, default=str)
+    written = sorted(f.name for f in out.iterdir() if not f.name.startswith("."))
+    print(f"\nwrote {', '.join(str(out / f) for f in written)} "
+          f"({time.perf_counter() - t_start:.0f} s)")
+    return 0
+
+
+def _learn_unsupervised(args, loader, shape: tuple, verbose: bool):
+    """Whitening and structure, from the examples only (labels unused): ``(whiten, stack)``."""
+    import math
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from .data import MappedLoader
+
+    d = math.prod(shape)
+    if args.whitening_kernel and len(shape) != 3:
+        raise ValueError(f"--whitening-kernel needs (C, H, W) images, got shape {shape}")
+    if getattr(args, "flip", False) and len(shape) != 3:
+        raise ValueError(f"--flip needs (C, H, W) images, got shape {shape}")
     # both built (and their arguments checked) before the whitening's pass over the data
     whiten = ZCAWhitening(d, eps=args.eps, kernel_size=args.whitening_kernel,
-                          image_shape=image_shape if args.whitening_kernel else None)
+                          image_shape=shape if args.whitening_kernel else None)
     stack = StructLearnedStack(d, args.width, max_depth=args.max_depth, density=args.density,
                                group_size=args.group_size, min_gain=args.min_gain,
                                epochs=args.dict_epochs, active_fraction=args.active_fraction,
                                seed=args.seed)
-    whiten.fit(unlabelled)
-    white = DataLoader(TensorDataset(whiten(Xtr).detach()), batch_size=args.batch_size)
+    whiten.fit(loader)
+    if isinstance(loader.dataset, TensorDataset):  # in memory: whiten it once
+        white = DataLoader(TensorDataset(whiten(loader.dataset.tensors[0]).detach()),
+                           batch_size=args.batch_size)
+    else:  # streamed: whitened batch by batch, each pass
+        white = MappedLoader(loader, lambda x: whiten(x).detach())
     stack.learn_structure(white, verbose=verbose)
+    return whiten, stack
 
-    # 2. supervised: the same recipe for learned, random (same fan-in) and dense structures
+
+def _train_and_compare(args, whiten, stack, shape, Xtr, ytr, Xte, yte, *, verbose: bool):
+    """The same recipe for the learned, random (same fan-in) and dense structures: the table
+    rows and the three trained classifiers."""
+    import torch
+
+    d, n_classes = Xtr[0].numel(), int(max(ytr.max(), yte.max())) + 1
     random_stack = StructLearnedStack.random_like(stack, seed=args.seed)
     dense_stack = StructLearnedStack(d, args.width, max_depth=args.max_depth, density=1.0,
                                      group_size=args.group_size, depth=stack.depth)
@@ -84,34 +142,53 @@ def _learn(args) -> int:
     whiten.requires_grad_(False)
     for name, body in (("learned", stack), ("random", random_stack), ("dense", dense_stack)):
         torch.manual_seed(args.seed)
-        model = models[name] = StructLearnedClassifier(whiten, body, n_classes, image_shape)
+        model = models[name] = StructLearnedClassifier(whiten, body, n_classes, shape)
         t0 = time.perf_counter()
         fit_classifier(model, Xtr, ytr, epochs=args.epochs, lr=args.lr, seed=args.seed,
-                       weight_decay=args.weight_decay, hflip=image_shape if args.flip else None,
+                       weight_decay=args.weight_decay, hflip=shape if args.flip else None,
                        verbose=verbose)
         acc = accuracy(model, Xte, yte)
         params = sum(p.numel() for p in body.parameters())
         rows.append({"structure": name, "depth": body.depth, "density": body.density,
                      "test_accuracy": acc, "parameters": params,
                      "train_seconds": time.perf_counter() - t0})
-
     print(f"\n{'structure':<10} {'depth':>5} {'density':>8} {'params':>8} {'test acc':>9}")
     for r in rows:
         print(f"{r['structure']:<10} {r['depth']:>5} {r['density']:>8.3f} {r['parameters']:>8} "
               f"{r['test_accuracy']:>9.2%}")
-    # the learned classifier: whitening → learned stack → trained head. The three files are
-    # written to a staging folder first, then renamed into place together: an interrupted run
-    # leaves the previous run's results whole, not a new structure beside old results.
-    with _staging(out) as stage:
-        save(models["learned"], stage / "structure.safetensors",
-             metadata={"dataset": args.dataset, "command": " ".join(sys.argv), "results": rows})
-        save_receptive_fields(stack.layers[0][0], image_shape, stage / "receptive_fields.png")
-        _write_json(stage / "results.json", {"args": vars(args), "report": stack.report,
-                                             "results": rows,
-                                             "seconds": time.perf_counter() - t_start}, default=str)
-    print(f"\nwrote {out / 'structure.safetensors'}, {out / 'receptive_fields.png'}, "
-          f"{out / 'results.json'} ({time.perf_counter() - t_start:.0f} s)")
-    return 0
+    return rows, models
+
+
+def _labels(path: str, n: int):
+    """The ``(N,)`` integer class labels in an array file (``--labels``), one per example."""
+    import numpy as np
+    import torch
+
+    from .datasets import read_array
+
+    y = read_array(path, "--labels")
+
+    y = y if isinstance(y, torch.Tensor) else torch.from_numpy(np.array(y))
+    if y.dim() != 1 or len(y) != n or y.is_floating_point() or (len(y) and int(y.min()) < 0):
+        raise ValueError(f"--labels {path}: expected {n} non-negative integer class labels (one "
+                         f"per example of --data), got shape {tuple(y.shape)} {y.dtype}")
+    return y.long()
+
+
+def _split(data, labels, args):
+    """``(Xtr, ytr, Xte, yte)`` in memory: ``--test-fraction`` of the examples (a fixed random
+    subset, seed ``--seed``) held out for the accuracy table."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    X = torch.cat(list(DataLoader(data, batch_size=args.batch_size, shuffle=False)))
+    n_test = max(1, round(args.test_fraction * len(X)))
+    if n_test >= len(X):
+        raise ValueError(f"--test-fraction {args.test_fraction} leaves no training examples "
+                         f"of {len(X)}")
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(args.seed))
+    test, train = perm[:n_test], perm[n_test:]
+    return X[train], labels[train], X[test], labels[test]
 
 
 def _writable_folder(folder: Path, flag: str) -> None:
@@ -248,6 +325,52 @@ def _convert(args) -> int:
     return 0
 
 
+S = argparse.SUPPRESS  # an option whose default is filled in after checking it applies
+
+SUPERVISED = {  # the training options of `learn`: they need labels
+    "--epochs": {"type": positive(int), "help": "supervised epochs (default: 40)"},
+    "--lr": {"type": positive(float), "help": "Adam's learning rate (default: 0.003)"},
+    "--weight-decay": {"type": nonnegative, "help": "Adam's L2 penalty (default: 0)"},
+    "--flip": {"action": "store_true",
+               "help": "mirror a random half of every training batch left-right (images)"},
+}
+_LEARN_DEFAULTS = {"dataset": "digits", "labels": None, "key": None, "image_size": None,
+                   "test_fraction": 0.1, "data_root": None, "limit": None, "epochs": 40,
+                   "lr": 3e-3, "weight_decay": 0.0, "flip": False}
+
+
+def _learn_options(parser: argparse.ArgumentParser, args) -> None:
+    """Refuse options given where they would be ignored (exit 2), then fill in the defaults."""
+    given = {k for k in _LEARN_DEFAULTS if hasattr(args, k)}
+    own = args.data is not None
+    rules = [({"labels", "key", "image_size"}, own, "only apply with --data"),
+             ({"test_fraction"}, own and "labels" in given, "only applies with --data and --labels"),
+             ({"data_root", "limit"}, not own, "only apply to a named --dataset"),
+             ({"epochs", "lr", "weight_decay", "flip"}, not own or "labels" in given,
+              "train the structure, which needs labels: a named --dataset, or --labels with --data")]
+    for names, ok, why in rules:
+        bad = sorted(given & names)
+        if bad and not ok:
+            flags = ", ".join("--" + n.replace("_", "-") for n in bad)
+            parser.error(f"{flags}: {why}")
+    for k, v in _LEARN_DEFAULTS.items():
+        if not hasattr(args, k):
+            setattr(args, k, v)
+    if own:
+        args.dataset = None
+
+
+def _hw(s: str) -> tuple[int, int]:
+    """An argparse type: an image size written ``H,W`` (positive ints)."""
+    try:
+        h, w = (int(v) for v in s.split(","))
+        if min(h, w) < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be H,W positive integers, got {s!r}") from None
+    return h, w
+
+
 def _shape(s: str) -> tuple[int, int, int]:
     """An argparse type: an image shape written ``C,H,W`` (positive ints)."""
 
@@ -274,54 +397,85 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="structlearn", description="torch_structlearn command line")
     sub = p.add_subparsers(dest="command", required=True)
-    lr = sub.add_parser("learn", help="learn a structure without labels, then train and compare it",
-                        description="Learn a layer structure from unlabelled images, train it with "
-                                    "labels, and compare with random and dense structures.")
-    lr.add_argument("--dataset", choices=DATASETS, default="digits")
-    lr.add_argument("--data-root", default=None, help="data folder (default $STRUCTLEARN_DATA)")
-    lr.add_argument("--density", type=density, default=0.25)
-    lr.add_argument("--width", type=positive(int), default=128)
-    lr.add_argument("--max-depth", type=positive(int), default=2)
-    lr.add_argument("--group-size", type=positive(int), default=2)
-    lr.add_argument("--min-gain", type=float, default=0.01)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    lr = sub.add_parser(
+        "learn", formatter_class=fmt,
+        help="learn a structure from your data (--data) or a named data set (--dataset)",
+        description="Learn a layer structure from unlabelled examples: whiten them, learn the "
+                    "stack, save the structure (and receptive fields for images). With a named "
+                    "data set, or --data with --labels, also train it and compare it with "
+                    "random and dense structures under the same recipe.")
+    src = lr.add_mutually_exclusive_group()
+    src.add_argument("--dataset", choices=DATASETS, default=S,
+                     help="a named data set, read offline (default: digits, when --data is not "
+                          "given)")
+    src.add_argument("--data", default=None, metavar="PATH",
+                     help="your examples: an (N, d), (N, H, W) or (N, C, H, W) array in a .npy, "
+                          ".pt or .safetensors file, or a folder of images (any layout, labels "
+                          "not read); read as needed, so it may be larger than memory")
+    lr.add_argument("--labels", default=S, metavar="PATH",
+                    help="with --data: (N,) integer class labels in an array file; then also "
+                         "train and compare (default: none, structure learning only)")
+    lr.add_argument("--key", default=S, help="with --data: the array to read in a file holding "
+                                             "several (default: its only one)")
+    lr.add_argument("--image-size", type=_hw, default=S, metavar="H,W",
+                    help="with an image folder: resize every image to H,W (default: all must "
+                         "have the first image's size)")
+    lr.add_argument("--test-fraction", type=fraction, default=S,
+                    help="with --labels: examples held out for the accuracy table (default: 0.1)")
+    lr.add_argument("--data-root", default=S, help="with --dataset: the data folder (default: "
+                                                   "$STRUCTLEARN_DATA)")
+    lr.add_argument("--limit", type=positive(int), default=S,
+                    help="with --dataset: a fixed random subset of N training images (default: "
+                         "all)")
+    lr.add_argument("--density", type=density, default=0.25, help="connections per unit / inputs")
+    lr.add_argument("--width", type=positive(int), default=128, help="units per layer")
+    lr.add_argument("--max-depth", type=positive(int), default=2,
+                    help="layers at most (the coding-efficiency score decides how many)")
+    lr.add_argument("--group-size", type=positive(int), default=2, help="units pooled together")
+    lr.add_argument("--min-gain", type=float, default=0.01,
+                    help="relative coding-efficiency gain a layer must bring to be kept")
     lr.add_argument("--eps", type=positive(float), default=8.0, help="ZCA regulariser")
     lr.add_argument("--whitening-kernel", type=positive(int), default=None, metavar="K",
                     help="whiten with a KxK convolution fitted to the full ZCA (odd K; small "
                          "files for large images) instead of the d x d matrix")
-    lr.add_argument("--dict-epochs", type=positive(int), default=2)
+    lr.add_argument("--dict-epochs", type=positive(int), default=2,
+                    help="dictionary-learning passes over the data")
     lr.add_argument("--active-fraction", type=fraction, default=0.3,
                     help="codes active at the start of dictionary learning (sets lam1)")
-    lr.add_argument("--epochs", type=positive(int), default=40, help="supervised epochs")
-    lr.add_argument("--lr", type=positive(float), default=3e-3)
-    lr.add_argument("--weight-decay", type=nonnegative, default=0.0, help="Adam's L2 penalty")
-    lr.add_argument("--flip", action="store_true",
-                    help="mirror a random half of every training batch left-right")
-    lr.add_argument("--batch-size", type=positive(int), default=256)
-    lr.add_argument("--limit", type=positive(int), default=None, help="use a fixed random subset of N training images")
-    lr.add_argument("--seed", type=int, default=0)
-    lr.add_argument("--out", default="runs/demo")
-    lr.add_argument("--quiet", action="store_true")
-    i = sub.add_parser("inspect", help="summarise a structure file (.safetensors)",
+    for flag, kw in SUPERVISED.items():
+        lr.add_argument(flag, default=S, **kw)
+    lr.add_argument("--batch-size", type=positive(int), default=256, help="examples per batch")
+    lr.add_argument("--seed", type=int, default=0, help="random seed")
+    lr.add_argument("--out", default="runs/demo",
+                    help="output folder: structure.safetensors, results.json, and "
+                         "receptive_fields.png for images (whitening.safetensors without labels)")
+    lr.add_argument("--quiet", action="store_true", help="no progress bars")
+    i = sub.add_parser("inspect", formatter_class=fmt, help="summarise a structure file (.safetensors)",
                        description="Per-layer summary of a structure file; with --png, the "
                                    "first layer's receptive fields as an image grid.")
-    i.add_argument("file")
+    i.add_argument("file", help="a .safetensors file written by torch_structlearn.save")
     i.add_argument("--png", default=None, help="write the first layer's receptive fields here")
     i.add_argument("--image-shape", type=_shape, default=None,
                    help="C,H,W of the first layer's input (classifier files know it)")
-    h = sub.add_parser("hub", help="the hub of pretrained structures",
+    h = sub.add_parser("hub", formatter_class=fmt, help="the hub of pretrained structures",
                        description="List the hub entries (the repo's hub/ and $STRUCTLEARN_HUB).")
-    h.add_argument("action", choices=["list"])
-    cv = sub.add_parser("convert", help="convert a timm model's nn.Linear layers",
+    h.add_argument("action", choices=["list"], help="what to do: list the entries")
+    cv = sub.add_parser("convert", formatter_class=fmt, help="convert a timm model's nn.Linear layers",
                         description="Build a timm model (pretrained=False, or weights from "
                                     "--checkpoint), learn sparse structures for its nn.Linear "
                                     "layers from a data set, write the structures and state_dict.")
     cv.add_argument("model", help="timm model name, e.g. vit_tiny_patch16_224")
-    cv.add_argument("--dataset", choices=DATASETS, default="digits")
-    cv.add_argument("--data-root", default=None)
-    cv.add_argument("--density", type=density, default=0.1)
+    cv.add_argument("--dataset", choices=DATASETS, default="digits",
+                    help="calibration images (resized to the model's input)")
+    cv.add_argument("--data-root", default=None, help="data folder (default: $STRUCTLEARN_DATA)")
+    cv.add_argument("--density", type=density, default=0.1,
+                    help="connections kept per unit / inputs")
     cv.add_argument("--include", default=None, help="glob on module names, e.g. 'blocks.*.mlp.fc*'")
-    cv.add_argument("--exclude", default=None)
-    cv.add_argument("--init", choices=["keep", "dictionary", "random"], default="keep")
+    cv.add_argument("--exclude", default=None, help="glob on module names left dense")
+    cv.add_argument("--init", choices=["keep", "dictionary", "random"], default="keep",
+                    help="the converted layers' weights: the trained ones on the mask, the "
+                         "learned dictionary, or random")
     cv.add_argument("--method", choices=["refit", "sparsegpt", "wanda", "magnitude", "dictionary"],
                     default=None, help="how masks and kept weights are chosen (default: refit "
                     "with --init keep, else dictionary)")
@@ -329,13 +483,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="calibrate layer by layer on the converted model's inputs")
     cv.add_argument("--checkpoint", default=None, help="a state_dict file for the timm model")
     cv.add_argument("--limit", type=positive(int), default=512, help="training images used")
-    cv.add_argument("--batches", type=positive(int), default=None)
-    cv.add_argument("--batch-size", type=positive(int), default=32)
-    cv.add_argument("--out", default="runs/convert/structures.safetensors")
-    cv.add_argument("--quiet", action="store_true")
+    cv.add_argument("--batches", type=positive(int), default=None,
+                    help="calibration batches used (default: all)")
+    cv.add_argument("--batch-size", type=positive(int), default=32, help="images per batch")
+    cv.add_argument("--out", default="runs/convert/structures.safetensors",
+                    help="the structures file (the converted state_dict is written beside it, "
+                         "as .pt)")
+    cv.add_argument("--quiet", action="store_true", help="no progress bars")
     sub.add_parser("bench", help="run the benchmarks and auto's calibration (structlearn bench "
                                  "--help)", add_help=False)
     args = p.parse_args(argv)
+    if args.command == "learn":
+        _learn_options(lr, args)
     try:
         if args.command == "learn":
             return _learn(args)

@@ -83,9 +83,11 @@ def _grid_options(q: argparse.ArgumentParser, json_default: str, repeats: int) -
     q.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     q.add_argument("--shapes", type=_shape, nargs="+", default=None, metavar="B,IN,OUT",
                    help="default: the grid of the device")
-    q.add_argument("--densities", type=density, nargs="+", default=None)
-    q.add_argument("--repeats", type=positive(int), default=repeats)
-    q.add_argument("--json", type=Path, default=Path(json_default))
+    q.add_argument("--densities", type=density, nargs="+", default=None,
+                   help="default: the grid of the device")
+    q.add_argument("--repeats", type=positive(int), default=repeats,
+                   help="timed rounds per measurement (the median kept)")
+    q.add_argument("--json", type=Path, default=Path(json_default), help="result file")
     q.add_argument("--tag", default="", help="suffix of the result's BENCHMARKS.md section key")
 
 
@@ -94,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     sub = p.add_subparsers(dest="what")
-    k = sub.add_parser("kernels", help="every backend and auto vs nn.Linear (default)")
+    k = sub.add_parser("kernels", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="every backend and auto vs nn.Linear (default)")
     for q in (p, k):  # `bench` alone runs kernels
         _grid_options(q, "runs/bench/kernels.json", 5)
         q.add_argument("--blocks", type=int, nargs="+", default=None,
@@ -104,17 +106,21 @@ def _parser() -> argparse.ArgumentParser:
                        help="only these backends (default: every available one, then auto)")
         q.add_argument("--peers", action="store_true",
                        help="also time torch's CSR with autograd and SparseProp (if installed)")
-    inf = sub.add_parser("infer", help="forward only, eval + inference_mode, batch 1/16/256")
+    inf = sub.add_parser("infer", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="forward only, eval + inference_mode, batch 1/16/256")
     _grid_options(inf, "runs/bench/infer.json", 20)
-    inf.add_argument("--backends", nargs="+", default=None)
-    inf.add_argument("--peers", action="store_true")
-    cal = sub.add_parser("calibrate", help="measure and print auto's decisions on this machine")
+    inf.add_argument("--backends", nargs="+", default=None,
+                     help="only these backends (default: every available one, then auto)")
+    inf.add_argument("--peers", action="store_true",
+                     help="also time torch's CSR and SparseProp (if installed)")
+    cal = sub.add_parser("calibrate", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="measure and print auto's decisions on this machine")
     _grid_options(cal, "runs/bench/calibrate.json", calibrate.REPEATS)
-    cal.add_argument("--blocks", type=int, nargs="+", default=[0])
-    cal.add_argument("--modes", nargs="+", choices=("train", "infer"), default=["train", "infer"])
+    cal.add_argument("--blocks", type=int, nargs="+", default=[0],
+                     help="block sizes b (b x b blocks); 0 = unstructured")
+    cal.add_argument("--modes", nargs="+", choices=("train", "infer"), default=["train", "infer"],
+                     help="training (forward + backward) and/or inference calls")
     cal.add_argument("--keep", action="store_true",
                      help="reuse decisions already cached instead of measuring them again")
-    ov = sub.add_parser("overhead", help="auto vs nn.Linear at every size and batch, and the "
+    ov = sub.add_parser("overhead", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="auto vs nn.Linear at every size and batch, and the "
                                          "fixed cost of a call around the kernel")
     ov.add_argument("--layers", type=_layer, nargs="+", default=overhead.LAYERS, metavar="IN,OUT",
                     help="layer shapes (default: %(default)s)")
@@ -123,7 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     ov.add_argument("--train-batches", type=positive(int), nargs="+",
                     default=overhead.TRAIN_BATCHES, help="forward+backward batches (default: "
                                                          "%(default)s)")
-    ov.add_argument("--densities", type=density, nargs="+", default=overhead.DENSITIES)
+    ov.add_argument("--densities", type=density, nargs="+", default=overhead.DENSITIES,
+                    help="layer densities")
     ov.add_argument("--runs", type=positive(int), default=5,
                     help="interleaved runs per cell, the median kept (default: %(default)s)")
     ov.add_argument("--max-work", type=positive(int), default=overhead.MAX_WORK,
@@ -131,54 +138,58 @@ def _parser() -> argparse.ArgumentParser:
     ov.add_argument("--fixed", type=_fixed, nargs="+", default=overhead.FIXED,
                     metavar="IN,OUT,DENSITY", help="layers of the batch-1 fixed-cost table "
                                                    "(default: %(default)s)")
-    ov.add_argument("--json", type=Path, default=Path("runs/bench/overhead.json"))
+    ov.add_argument("--json", type=Path, default=Path("runs/bench/overhead.json"),
+                    help="result file")
     ov.add_argument("--tag", default="", help="suffix of the result's BENCHMARKS.md section key")
-    mp = sub.add_parser("mlp", help="one training epoch of a sparse MLP vs nn.Linear")
-    mp.add_argument("--device", default="cpu")
-    mp.add_argument("--sizes", type=positive(int), nargs="+", default=[3072, 4096, 4096, 10])
-    mp.add_argument("--densities", type=density, nargs="+", default=[0.01, 0.05, 0.10, 0.25])
-    mp.add_argument("--blocks", type=int, nargs="+", default=[0, 32])
+    mp = sub.add_parser("mlp", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="one training epoch of a sparse MLP vs nn.Linear")
+    mp.add_argument("--device", default="cpu", help="cpu or cuda")
+    mp.add_argument("--sizes", type=positive(int), nargs="+", default=[3072, 4096, 4096, 10],
+                    help="layer sizes: in, hidden..., out")
+    mp.add_argument("--densities", type=density, nargs="+", default=[0.01, 0.05, 0.10, 0.25],
+                    help="densities of the sparse layers")
+    mp.add_argument("--blocks", type=int, nargs="+", default=[0, 32],
+                    help="block sizes b (b x b blocks); 0 = unstructured")
     mp.add_argument("--backend", default="auto", choices=BACKENDS,
                     help="backend of the sparse layers (default auto)")
     mp.add_argument("--n", type=positive(int), default=10240, help="samples in the epoch")
-    mp.add_argument("--batch-size", type=positive(int), default=256)
+    mp.add_argument("--batch-size", type=positive(int), default=256, help="samples per step")
     mp.add_argument("--hub", default=None, metavar="NAME",
                     help="time this hub entry's model against itself with nn.Linear layers "
                          "instead of the MLP (--sizes, --densities, --blocks unused)")
-    mp.add_argument("--json", type=Path, default=Path("runs/bench/mlp.json"))
-    c = sub.add_parser("coding", help="dictionary learning vs scikit-learn (and SPAMS, where "
+    mp.add_argument("--json", type=Path, default=Path("runs/bench/mlp.json"), help="result file")
+    c = sub.add_parser("coding", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="dictionary learning vs scikit-learn (and SPAMS, where "
                                       "installed) on MNIST")
-    c.add_argument("--device", default="cpu")
+    c.add_argument("--device", default="cpu", help="cpu or cuda")
     c.add_argument("--n", type=positive(int), default=20000, help="MNIST training images")
-    c.add_argument("--atoms", type=positive(int), default=256)
-    c.add_argument("--lam", type=nonnegative, default=0.1)
-    c.add_argument("--passes", type=positive(int), default=3)
-    c.add_argument("--batch-size", type=positive(int), default=256)
-    c.add_argument("--data-root", default=None)
+    c.add_argument("--atoms", type=positive(int), default=256, help="dictionary atoms K")
+    c.add_argument("--lam", type=nonnegative, default=0.1, help="the L1 penalty λ")
+    c.add_argument("--passes", type=positive(int), default=3, help="passes over the data")
+    c.add_argument("--batch-size", type=positive(int), default=256, help="samples per step")
+    c.add_argument("--data-root", default=None, help="data folder (default: $STRUCTLEARN_DATA)")
     c.add_argument("--skip-sklearn", action="store_true", help="time ours only (e.g. on a GPU)")
     c.add_argument("--skip-spams", action="store_true",
                    help="leave out SPAMS even where it is installed (pip install spams-bin)")
-    c.add_argument("--json", type=Path, default=Path("runs/bench/coding.json"))
-    lb = sub.add_parser("learn", help="time to a structure: the learner's defaults vs v0.1's "
+    c.add_argument("--json", type=Path, default=Path("runs/bench/coding.json"), help="result file")
+    lb = sub.add_parser("learn", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="time to a structure: the learner's defaults vs v0.1's "
                                       "settings and SPAMS, on whitened images")
-    lb.add_argument("--dataset", default="cifar10", choices=["cifar10", "mnist", "fashion-mnist",
-                                                             "digits"])
+    lb.add_argument("--dataset", default="cifar10",
+                    choices=["cifar10", "mnist", "fashion-mnist", "digits"], help="images learned from")
     lb.add_argument("--data-root", default=None, help="data folder (default $STRUCTLEARN_DATA)")
     lb.add_argument("--n", type=positive(int), default=45000, help="training images")
     lb.add_argument("--held-out", type=positive(int), default=2000,
                     help="other images the objective is scored on")
     lb.add_argument("--atoms", type=positive(int), default=1600, help="K, the layer's units")
-    lb.add_argument("--group-size", type=positive(int), default=4)
-    lb.add_argument("--density", type=density, default=0.05)
+    lb.add_argument("--group-size", type=positive(int), default=4, help="units pooled together")
+    lb.add_argument("--density", type=density, default=0.05, help="the layer's density")
     lb.add_argument("--eps", type=positive(float), default=8.0, help="ZCA ε")
     lb.add_argument("--active-fraction", type=fraction, default=None,
                     help="the learner's active_fraction (default: its default)")
     lb.add_argument("--settings", nargs="+", choices=list(LEARN_SETTINGS),
                     default=list(LEARN_SETTINGS), help="the learners timed")
-    lb.add_argument("--seed", type=int, default=0)
+    lb.add_argument("--seed", type=int, default=0, help="random seed")
     lb.add_argument("--skip-spams", action="store_true",
                     help="leave out SPAMS even where it is installed (pip install spams-bin)")
-    lb.add_argument("--json", type=Path, default=Path("runs/bench/learn.json"))
+    lb.add_argument("--json", type=Path, default=Path("runs/bench/learn.json"), help="result file")
     lb.add_argument("--tag", default="", help="suffix of the result's BENCHMARKS.md section key")
     return p
 
@@ -186,6 +197,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    what = next((i for i, a in enumerate(argv) if a in RENDERERS), None)
+    early = [a for a in argv[:what] if a.startswith("-") and a not in ("-h", "--help")]
+    if what is not None and early:  # they would be parsed, then overridden by the subcommand's
+        p.error(f"{' '.join(early)}: options go after the subcommand "
+                f"(structlearn bench {argv[what]} {' '.join(early)} ...)")
     args = p.parse_args(argv)
     args.argv = argv
     if getattr(args, "device", "cpu").startswith("cuda") and not torch.cuda.is_available():
