@@ -86,13 +86,13 @@ def test_inspect_png_hub_list_and_convert(tmp_path, capsys):
         assert e.value.code == 2
         assert f"--image-shape: must be C,H,W positive integers, got '{bad}'" in \
             capsys.readouterr().err
-    out = tmp_path / "conv.safetensors"
+    out = tmp_path / "conv"
     rc = main(["convert", "resnet18", "--dataset", "digits", "--include", "fc", "--density", "0.5",
                "--limit", "64", "--out", str(out), "--quiet"])
     assert rc == 0
-    layers = load(out)
+    layers = load(out / "structures.safetensors")
     assert set(layers) == {"fc"} and abs(layers["fc"].density - 0.5) < 0.01
-    assert out.with_suffix(".pt").exists()
+    assert (out / "weights.safetensors").exists()
     assert main(["convert", "resnet18", "--include", "nothing", "--limit", "8", "--quiet",
                  "--out", str(out)]) == 2
     assert "no nn.Linear matches" in capsys.readouterr().err
@@ -109,8 +109,8 @@ def test_an_out_path_of_the_wrong_kind_is_refused_before_any_work(tmp_path, caps
     afile.write_text("x")
     assert main(["learn", "--quiet", "--out", str(afile)]) == 2
     assert f"--out {afile} is a file; give a folder" in capsys.readouterr().err
-    assert main(["convert", "resnet18", "--quiet", "--out", str(tmp_path)]) == 2
-    assert f"--out {tmp_path} is a folder; give a file path" in capsys.readouterr().err
+    assert main(["convert", "resnet18", "--quiet", "--out", str(afile)]) == 2
+    assert f"--out {afile} is a file; give a folder" in capsys.readouterr().err
     assert afile.read_text() == "x"
 
 
@@ -269,3 +269,75 @@ def test_bench_options_before_the_subcommand_are_an_error(capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "--shapes", "64,784,512", "infer"])
     assert e.value.code == 2 and "options go after the subcommand" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- your own model: convert
+
+
+MODELS_PY = """
+import torch
+from torch import nn
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+"""
+
+
+def test_convert_your_own_model_from_a_factory_and_checkpoint(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    from torch_structlearn import convert_structure
+
+    (tmp_path / "my_models.py").write_text(MODELS_PY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_models", None)
+    import my_models
+
+    trained = my_models.mlp()
+    with torch.no_grad():
+        trained[1].weight.mul_(3)  # "trained" weights, not the factory's
+    torch.save(trained.state_dict(), tmp_path / "ckpt.pt")
+    _digits_arrays(tmp_path)
+    out = tmp_path / "out"
+    assert main(["convert", "my_models:mlp", "--checkpoint", str(tmp_path / "ckpt.pt"),
+                 "--data", str(tmp_path / "x.npy"), "--density", "0.5", "--limit", "100",
+                 "--out", str(out), "--quiet"]) == 0
+    # the documented way back: the factory, the structures, then the weights
+    model = my_models.mlp()
+    assert convert_structure(model, out / "structures.safetensors", weights=False) == ["1", "3"]
+    model.load_state_dict(load_file(out / "weights.safetensors"))
+    kept = model[1].csr_values().detach()
+    dense_at_mask = trained[1].weight.detach()[model[1].dense_weight().detach() != 0]
+    assert model[1].density == 0.5 and kept.abs().mean() > 0
+    assert (dense_at_mask.abs().mean() / kept.abs().mean() - 1).abs() < 0.5  # ~ the trained scale
+    # a saved module needs --trust-pickle
+    torch.save(trained, tmp_path / "whole.pt")
+    assert main(["convert", str(tmp_path / "whole.pt"), "--data", str(tmp_path / "x.npy"),
+                 "--out", str(tmp_path / "o2"), "--quiet"]) == 2
+    assert "--trust-pickle" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "whole.pt"), "--trust-pickle", "--data",
+                 str(tmp_path / "x.npy"), "--limit", "64", "--out", str(tmp_path / "o2"),
+                 "--quiet"]) == 0
+    assert set(load(tmp_path / "o2" / "structures.safetensors")) == {"1", "3"}
+
+
+def test_convert_out_file_spelling_is_deprecated_but_works(tmp_path):
+    out = tmp_path / "conv.safetensors"
+    with pytest.warns(FutureWarning, match="--out is a folder"):
+        assert main(["convert", "resnet18", "--include", "fc", "--limit", "16", "--out", str(out),
+                     "--quiet"]) == 0
+    assert set(load(out)) == {"fc"} and out.with_suffix(".pt").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["no_such_module:f"], "cannot import"),
+    (["resnet18", "--key", "x"], "--key and --image-size only apply with --data"),
+    (["not_a_timm_model"], "not a timm model name"),
+])
+def test_convert_bad_model_or_options_are_one_line(tmp_path, capsys, argv, message):
+    assert main(["convert", *argv, "--limit", "8", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

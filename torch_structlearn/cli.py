@@ -280,20 +280,42 @@ def _hub_list(args) -> int:
 
 
 def _convert(args) -> int:
-    import timm
+    """``structlearn convert MODEL``: a timm model or the user's own (a factory, or a saved
+    module with ``--trust-pickle``), calibrated on a named data set or ``--data``; writes the
+    structures and the converted weights into the ``--out`` folder."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
     out = Path(args.out)
-    if out.is_dir():  # checked now, not after the conversion
-        raise ValueError(f"--out {out} is a folder; give a file path such as "
-                         f"{out / 'structures.safetensors'}")
-    _writable_folder(out.parent, "--out")
+    legacy = out.suffix == ".safetensors"  # 0.1's spelling: --out FILE.safetensors
+    if legacy:
+        warnings.warn("structlearn convert --out FILE.safetensors is deprecated: --out is a "
+                      "folder (structures.safetensors and weights.safetensors go in it), as in "
+                      "every subcommand", FutureWarning, stacklevel=1)
+        structures, weights = out, out.with_suffix(".pt")
+    else:
+        if out.exists() and not out.is_dir():  # checked now, not after the conversion
+            raise ValueError(f"--out {out} is a file; give a folder (it receives "
+                             "structures.safetensors and weights.safetensors)")
+        structures, weights = out / "structures.safetensors", out / "weights.safetensors"
+    _writable_folder(structures.parent, "--out")
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise ValueError(f"--checkpoint {args.checkpoint}: not a file")
-    X, y = load_dataset(args.dataset, "train", args.data_root, args.limit)
-    n_classes = int(y.max()) + 1
-    model = timm.create_model(args.model, pretrained=False, num_classes=n_classes)
+    if args.data is None and (args.key is not None or args.image_size is not None):
+        raise ValueError("--key and --image-size only apply with --data")
+    if args.data is not None and args.data_root is not None:
+        raise ValueError("--data-root only applies to a named --dataset")
+    if args.data is not None:
+        import itertools
+
+        data = open_data(args.data, key=args.key, image_size=args.image_size)
+        first = DataLoader(data, batch_size=min(256, args.limit))  # read no more than --limit
+        X = torch.cat(list(itertools.islice(first, -(-args.limit // first.batch_size))))
+        X, n_classes = X[: args.limit], None
+    else:
+        X, y = load_dataset(args.dataset, "train", args.data_root, args.limit)
+        n_classes = int(y.max()) + 1
+    model, timm_size = _user_model(args, n_classes)
     if args.checkpoint:
         try:
             with warnings.catch_warnings():  # (torch warns about the pickle protocol first)
@@ -304,25 +326,86 @@ def _convert(args) -> int:
                              "torch.load(weights_only=True) accepts (it holds objects or code "
                              "other than tensors); refused") from None
         model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-    size = model.pretrained_cfg.get("input_size", (3, 224, 224))
-    if X.shape[1] != size[0]:
-        X = X.expand(-1, size[0], -1, -1) if X.shape[1] == 1 else X[:, : size[0]]
-    if tuple(X.shape[-2:]) != tuple(size[-2:]):
-        X = torch.nn.functional.interpolate(X, size=tuple(size[-2:]), mode="bilinear",
-                                            align_corners=False)
-    loader = DataLoader(TensorDataset(X, y), batch_size=args.batch_size)
+    if timm_size is not None and args.data is None:  # a named data set, fitted to timm's input
+        if X.shape[1] != timm_size[0]:
+            X = X.expand(-1, timm_size[0], -1, -1) if X.shape[1] == 1 else X[:, : timm_size[0]]
+        if tuple(X.shape[-2:]) != tuple(timm_size[-2:]):
+            X = torch.nn.functional.interpolate(X, size=tuple(timm_size[-2:]), mode="bilinear",
+                                                align_corners=False)
+    loader = DataLoader(TensorDataset(X), batch_size=args.batch_size)
     report = convert(model, loader, density=args.density, include=args.include,
                      exclude=args.exclude, init=args.init, method=args.method,
                      sequential=args.sequential, batches=args.batches,
                      verbose=not args.quiet)
-    save(model, out, metadata={"model": args.model, "dataset": args.dataset,
-                               "command": " ".join(sys.argv), "report": report})
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    _write_atomic(out.with_suffix(".pt"), buf.getvalue())
-    print(f"converted {len(report)} layers; wrote {out} (structures) and "
-          f"{out.with_suffix('.pt')} (state_dict of the converted model)")
+    save(model, structures, metadata={"model": args.model, "dataset": args.data or args.dataset,
+                                      "command": " ".join(sys.argv), "report": report})
+    if legacy:
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        _write_atomic(weights, buf.getvalue())
+    else:
+        from safetensors.torch import save as save_tensors
+
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        _write_atomic(weights, save_tensors(state))
+    print(f"converted {len(report)} layers; wrote {structures} (structures) and {weights} "
+          "(state_dict of the converted model)")
     return 0
+
+
+def _user_model(args, n_classes: int | None):
+    """``(model, timm input size or None)`` for ``MODEL``: ``package.module:factory`` (called
+    with no arguments), a ``torch.save``d module or TorchScript file (``--trust-pickle``), or a
+    timm model name."""
+    import importlib
+
+    import torch
+    from torch import nn
+
+    spec = args.model
+    if ":" in spec and not Path(spec).exists():
+        module_name, _, attr = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"MODEL {spec}: cannot import {attr!r} from {module_name!r} ({e})") from None
+        model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"MODEL {spec}: expected an nn.Module (or a factory returning one), "
+                            f"got {type(model).__name__}")
+        return model, None
+    if Path(spec).is_file():
+        if not args.trust_pickle:
+            raise ValueError(f"MODEL {spec} is a file: loading a saved module runs code from it; "
+                             "pass --trust-pickle if you trust it (or give package.module:factory "
+                             "and --checkpoint)")
+        import zipfile
+
+        scripted = zipfile.is_zipfile(spec) and any(
+            n.endswith("constants.pkl") for n in zipfile.ZipFile(spec).namelist())
+        if scripted:  # a TorchScript archive
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # (torch.jit is deprecated)
+                model = torch.jit.load(spec, map_location="cpu")
+        else:
+            model = torch.load(spec, map_location="cpu", weights_only=False)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"MODEL {spec}: the file holds a {type(model).__name__}, not an "
+                            "nn.Module")
+        return model, None
+    if args.trust_pickle:
+        raise ValueError(f"--trust-pickle: MODEL {spec} is not a file")
+    import timm
+
+    if n_classes is None:
+        raise ValueError(f"MODEL {spec} is a timm name: give --dataset (its classes size the "
+                         "head) or your own model (package.module:factory)")
+    try:
+        model = timm.create_model(spec, pretrained=False, num_classes=n_classes)
+    except RuntimeError as e:
+        raise ValueError(f"MODEL {spec}: not a timm model name, package.module:factory or a "
+                         f"file ({e})") from None
+    return model, model.pretrained_cfg.get("input_size", (3, 224, 224))
 
 
 S = argparse.SUPPRESS  # an option whose default is filled in after checking it applies
@@ -461,13 +544,30 @@ def main(argv: list[str] | None = None) -> int:
     h = sub.add_parser("hub", formatter_class=fmt, help="the hub of pretrained structures",
                        description="List the hub entries (the repo's hub/ and $STRUCTLEARN_HUB).")
     h.add_argument("action", choices=["list"], help="what to do: list the entries")
-    cv = sub.add_parser("convert", formatter_class=fmt, help="convert a timm model's nn.Linear layers",
-                        description="Build a timm model (pretrained=False, or weights from "
-                                    "--checkpoint), learn sparse structures for its nn.Linear "
-                                    "layers from a data set, write the structures and state_dict.")
-    cv.add_argument("model", help="timm model name, e.g. vit_tiny_patch16_224")
-    cv.add_argument("--dataset", choices=DATASETS, default="digits",
-                    help="calibration images (resized to the model's input)")
+    cv = sub.add_parser("convert", formatter_class=fmt,
+                        help="convert a model's nn.Linear layers (timm or your own)",
+                        description="Make a model's nn.Linear layers sparse: MODEL is a timm name, "
+                                    "your factory (package.module:factory), or a saved module "
+                                    "(--trust-pickle); weights from --checkpoint; calibration "
+                                    "examples from --dataset or --data. Writes "
+                                    "structures.safetensors and weights.safetensors into --out.")
+    cv.add_argument("model", help="a timm model name (vit_tiny_patch16_224), package.module:"
+                                  "factory (a callable returning your nn.Module), or a file "
+                                  "written by torch.save(module) / TorchScript (with "
+                                  "--trust-pickle)")
+    csrc = cv.add_mutually_exclusive_group()
+    csrc.add_argument("--dataset", choices=DATASETS, default="digits",
+                      help="calibration images (resized to a timm model's input)")
+    csrc.add_argument("--data", default=None, metavar="PATH",
+                      help="your calibration examples, as the model takes them: an array file "
+                           "(.npy, .pt, .safetensors) or an image folder (as learn --data)")
+    cv.add_argument("--key", default=None, help="with --data: the array to read in a file "
+                                               "holding several")
+    cv.add_argument("--image-size", type=_hw, default=None, metavar="H,W",
+                    help="with an image folder: resize every image to H,W")
+    cv.add_argument("--trust-pickle", action="store_true",
+                    help="MODEL is a saved module: allow loading it (this runs code from the "
+                         "file; only for files you trust)")
     cv.add_argument("--data-root", default=None, help="data folder (default: $STRUCTLEARN_DATA)")
     cv.add_argument("--density", type=density, default=0.1,
                     help="connections kept per unit / inputs")
@@ -481,14 +581,15 @@ def main(argv: list[str] | None = None) -> int:
                     "with --init keep, else dictionary)")
     cv.add_argument("--sequential", action="store_true",
                     help="calibrate layer by layer on the converted model's inputs")
-    cv.add_argument("--checkpoint", default=None, help="a state_dict file for the timm model")
-    cv.add_argument("--limit", type=positive(int), default=512, help="training images used")
+    cv.add_argument("--checkpoint", default=None,
+                    help="a state_dict file for the model (read with weights_only=True)")
+    cv.add_argument("--limit", type=positive(int), default=512, help="calibration examples used")
     cv.add_argument("--batches", type=positive(int), default=None,
                     help="calibration batches used (default: all)")
-    cv.add_argument("--batch-size", type=positive(int), default=32, help="images per batch")
-    cv.add_argument("--out", default="runs/convert/structures.safetensors",
-                    help="the structures file (the converted state_dict is written beside it, "
-                         "as .pt)")
+    cv.add_argument("--batch-size", type=positive(int), default=32, help="examples per batch")
+    cv.add_argument("--out", default="runs/convert",
+                    help="output folder: structures.safetensors (the sparse layers) and "
+                         "weights.safetensors (the converted model's state_dict)")
     cv.add_argument("--quiet", action="store_true", help="no progress bars")
     sub.add_parser("bench", help="run the benchmarks and auto's calibration (structlearn bench "
                                  "--help)", add_help=False)
