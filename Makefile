@@ -1,11 +1,11 @@
-# Two commands: `make test` and `make demo`. Both use one virtual environment in .venv,
+# `make test`, `make demo`, `make docs` (the site, into runs/site; warnings are errors). Both use one virtual environment in .venv,
 # installed once (a stamp file makes the second run a no-op unless pyproject.toml changed).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo bench lint results clean
+.PHONY: install test demo bench lint docs results clean
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ bench: $(STAMP)
 results: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,repro]'
 	$(PY) recipes/make_results.py
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check torch_structlearn tests recipes

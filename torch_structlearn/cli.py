@@ -29,7 +29,8 @@ from ._checks import image_shape
 from .argtypes import density, fraction, nonnegative, positive
 from .bench import main as bench_main
 from .classifier import StructLearnedClassifier
-from .datasets import DATASETS, load_dataset, open_data
+from .data import MappedLoader
+from .datasets import DATASETS, load_dataset, open_data, read_array
 from .files import process_alive
 from .files import write_atomic as _write_atomic
 from .files import write_json as _write_json
@@ -105,8 +106,6 @@ def _learn_unsupervised(args, loader, shape: tuple, verbose: bool):
 
     from torch.utils.data import DataLoader, TensorDataset
 
-    from .data import MappedLoader
-
     d = math.prod(shape)
     if args.whitening_kernel and len(shape) != 3:
         raise ValueError(f"--whitening-kernel needs (C, H, W) images, got shape {shape}")
@@ -163,8 +162,6 @@ def _labels(path: str, n: int):
     """The ``(N,)`` integer class labels in an array file (``--labels``), one per example."""
     import numpy as np
     import torch
-
-    from .datasets import read_array
 
     y = read_array(path, "--labels")
 

@@ -202,17 +202,20 @@ class DictionaryLearner:
             are cheaper per sample — but fewer updates learn worse structures: on whitened
             CIFAR-10 (K = 1 600, two passes) steps of 768 samples trained 1.3 points below
             steps of 250, and ``dict_steps`` 1 or 2 two to three points below 5.
-        max_iter, tol: FISTA limits per step (warm-started from zero each step).
+        max_iter: FISTA iterations per step at most (warm-started from zero each step).
+        tol: FISTA's relative tolerance per step.
         memory: the dictionary statistics average over the last ``memory`` samples (default:
             4 steps).
         dict_steps: projected-gradient steps on the dictionary per step.
-        settle, settle_density, check_every: the stopping rule. Every ``check_every`` samples
-            each atom's support — its ``ceil(settle_density·d)`` largest ``|D|`` entries, the
-            inputs a layer of that density connects the unit to (``None``: the density
-            :func:`~torch_structlearn.learn.learn_layer` is given, else 0.05) — is compared
-            with the one of the check before; once the mean Jaccard overlap reaches ``settle`` the structure has
-            settled and the fit stops, before ``epochs`` passes. ``settle=None`` always runs
-            ``epochs`` passes. The overlaps are kept in ``stability_``.
+        settle: the stopping rule's threshold. Every ``check_every`` samples each atom's
+            support — its ``ceil(settle_density·d)`` largest ``|D|`` entries, the inputs a
+            layer of that density connects the unit to — is compared with the one of the check
+            before; once the mean Jaccard overlap reaches ``settle`` the structure has settled
+            and the fit stops, before ``epochs`` passes. ``settle=None`` always runs ``epochs``
+            passes. The overlaps are kept in ``stability_``.
+        settle_density: the density of the supports compared (``None``: the density
+            :func:`~torch_structlearn.learn.learn_layer` is given, else 0.05).
+        check_every: samples between two checks (unused atoms are also re-initialised then).
         precision: the precision of the three products that take most of the time — the
             codes' ``(N, K) × (K, K)``, the Gram ``DᵀD`` and the dictionary step's ``D A`` (sums,
             codes and the dictionary stay float32): ``'float32'``, ``'bfloat16'``, or

@@ -229,7 +229,9 @@ def convert(
             ``density == 1`` and ``init == 'keep'`` (nothing to learn) or for ``'magnitude'``.
         density: connection density of every converted layer (each unit keeps
             ``ceil(density·in)`` inputs).
-        include, exclude: globs on module names (``'blocks.*.mlp.fc*'``) or ``re.Pattern``.
+        include: globs on module names (``'blocks.*.mlp.fc*'``) or ``re.Pattern``: the layers
+            converted (default: every ``nn.Linear``).
+        exclude: globs or patterns of layers left dense.
         block: ``(bo, bi)`` block-sparse masks (whole blocks, the same number per block row).
         init: ``'keep'`` the trained weights, ``'dictionary'`` or ``'random'`` values on a
             structure read off a dictionary of the layer's inputs.
@@ -254,7 +256,9 @@ def convert(
         epochs: passes over ``loader`` for ``'dictionary'``.
         rows_per_batch: at most this many input rows (tokens × batch) per layer per batch go to
             the dictionary learner (a fixed random subset) — this bounds memory and time.
-        learner, **coding_kw: the coding settings of ``'dictionary'``, as one unfitted
+        learner: the coding settings of ``'dictionary'`` as one unfitted
+            :class:`~torch_structlearn.coding.DictionaryLearner` (see ``coding_kw``).
+        **coding_kw: the coding settings of ``'dictionary'``, as one unfitted
             :class:`~torch_structlearn.coding.DictionaryLearner` and/or its arguments (``lam1``,
             ``lam_g``, ``group_size``, ``max_iter``, ...; they override the learner's), for
             every layer (:func:`~torch_structlearn.learn.learner_for`).

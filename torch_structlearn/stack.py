@@ -82,7 +82,8 @@ class StructLearnedStack(nn.Module):
         in_features: input size.  width: units per layer ``K`` (before pooling).
         max_depth: most layers :meth:`learn_structure` may grow.
         density: connection density of every layer.
-        group_size, pool: the pooling groups (also the group-penalty groups) and mode.
+        group_size: units per pooling group (also the group-penalty groups).
+        pool: the pooling mode (``'l2'``, ``'max'`` or ``'mean'``).
         groups: ``'contiguous'`` (the group-penalty blocks, default) or ``'learned'``: after each
             layer is learned, its units are regrouped by clustering on ``corr(h_j², h_k²)``
             (:func:`~torch_structlearn.pooling.learn_groups`).

@@ -37,8 +37,9 @@ class ZCAWhitening(nn.Module):
         num_features: input size ``d`` (images are flattened: ``C*H*W``).
         eps: regulariser, as a fraction of the mean eigenvalue (default 8: see above).
         per_example_mean: subtract each example's own mean first (default True).
-        image_shape, kernel_size: ``(C, H, W)`` and an odd ``k`` to whiten with a ``k x k``
-            convolution fitted to the full ZCA (see the module docstring) instead of a matrix.
+        image_shape: ``(C, H, W)`` of the examples, with ``kernel_size``.
+        kernel_size: an odd ``k`` to whiten with a ``k x k`` convolution fitted to the full ZCA
+            (see the module docstring) instead of a matrix.
 
     Shape: input ``(N, *)`` with ``prod(*) = d`` → ``(N, d)``.
 
