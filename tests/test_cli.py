@@ -341,3 +341,18 @@ def test_convert_bad_model_or_options_are_one_line(tmp_path, capsys, argv, messa
     assert main(["convert", *argv, "--limit", "8", "--out", str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_progress_in_a_log_is_plain_lines(tmp_path):
+    """Not on a terminal (a pipe, CI): progress as whole lines, no carriage returns or cursor
+    moves from nested bars."""
+    import subprocess
+    import sys
+
+    _digits_arrays(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "torch_structlearn.cli", "learn", "--data",
+                           str(tmp_path / "x.npy"), "--width", "16", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "layers" in proc.stderr and "dictionary" in proc.stderr  # the bars' lines
+    assert "\r" not in proc.stderr and "\x1b" not in proc.stderr

@@ -519,7 +519,7 @@ class DictionaryLearner:
         given, is called at each check of the stopping rule (the first included, which has no
         overlap yet), after ``stability_`` has its new entry (e.g. to keep the structure at each
         check, as ``recipes/exp_learner.py`` does)."""
-        from tqdm.auto import tqdm
+        from .progress import tqdm
 
         if self.epochs > 1:
             require_reiterable(loader, f"fit with epochs={self.epochs}")

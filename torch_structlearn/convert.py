@@ -160,7 +160,7 @@ def _sequential(model: nn.Module, linears: dict[str, nn.Linear], loader: Iterabl
     a working copy whose earlier layers are already converted with the inputs the (untouched)
     ``model`` gives it. One pass over ``loader`` per layer, each cut short after that layer
     when it runs once per forward. ``build(name, stats)`` makes the layer; returns them all."""
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     work = copy.deepcopy(model)
     order = _call_order(model, linears, next(iter(_batches(loader, batches, key, device))))
@@ -269,7 +269,7 @@ def convert(
         relative error ``‖W X − Ŵ X̂‖² / ‖W X‖²`` on the captured inputs — ``X̂ = X`` unless
         ``sequential`` — for the methods that capture them).
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")

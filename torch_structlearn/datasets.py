@@ -79,7 +79,7 @@ def _cifar10(root: Path, split: str) -> tuple[Tensor, Tensor]:
         blob = _read_cache(cache)
         if blob is not None:
             return blob[0].float() / 255.0, blob[1]
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     ds = datasets.ImageFolder(str(folder), transform=transforms.PILToTensor())
     xs = torch.stack([ds[i][0] for i in tqdm(range(len(ds)), desc=f"decoding {sub}/{split}",

@@ -168,7 +168,7 @@ class StructLearnedStack(nn.Module):
         statistics and the centring means are all-reduced and rank 0's score decides the depth,
         so every rank ends with the same stack.
         """
-        from tqdm.auto import tqdm
+        from .progress import tqdm
 
         kw = {**self.learn_kw, **overrides}
         _check_learn_kw(kw, width=self.width, density=self.density, group_size=self.group_size)

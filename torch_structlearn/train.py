@@ -50,7 +50,7 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
     left–right with probability 1/2 in every batch (augmentation; ``X`` may be flattened).
     ``verbose``: a tqdm progress bar over the epochs, showing the last epoch's loss.
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     _check_xy(X, y)
     finite_examples("X", X)  # else every loss is NaN
