@@ -36,7 +36,7 @@ def _fake_times(monkeypatch, ms: dict[str, float]):
     """Every timing of backend b returns ms[b]; returns the list of backends timed."""
     timed = []
 
-    def measure(run, device, repeats):
+    def measure(run, device, repeats, calls=1):
         timed.append(run.backend)
         return [ms[run.backend]] * repeats
 
@@ -76,8 +76,10 @@ def test_picks_the_measured_fastest(fresh, monkeypatch, ms, want):
 def test_a_backend_far_behind_after_the_warm_up_is_not_timed_further(fresh, monkeypatch):
     timed = _fake_times(monkeypatch, {"dense": 10.0, "cpu": 2.0, "csr": 7.0})
     assert _decide() == "cpu"
-    # first round: every backend; then only those within 3x of the best (and dense, the baseline)
-    assert timed.count("csr") == 1 and timed.count("cpu") == timed.count("dense") == calibrate.REPEATS
+    # one lone call each (it sizes the rounds), a first round of every backend, then only those
+    # within 3x of the best (and dense, the baseline)
+    assert timed.count("csr") == 2
+    assert timed.count("cpu") == timed.count("dense") == calibrate.REPEATS + 1
 
 
 def test_decisions_are_reused_from_memory_and_from_the_file(fresh, monkeypatch):
@@ -337,4 +339,4 @@ def test_the_prior_pick_stays_unless_clearly_beaten(fresh, monkeypatch, ms, want
                            lambda: ["dense", "cpu", "csr"], _runs, lambda: "cpu")
     assert got == want
     if want != "dense":  # the newcomer and the prior's pick ran more rounds to decide
-        assert timed.count("cpu") == timed.count("csr") == 2 * calibrate.REPEATS
+        assert timed.count("cpu") == timed.count("csr") == 2 * calibrate.REPEATS + 1  # (+ the lone call)

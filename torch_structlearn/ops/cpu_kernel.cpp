@@ -593,6 +593,15 @@ int scatter_entry(const F* v, const I* crow, const I* col, int64_t nnz, int64_t 
     if (nnz * bo * bi < SERIAL_WORK) threads = 1;
     if (check_structure(crow, col, out / bo, in / bi, nnz, threads)) return 2;
     const int64_t rows = out / bo;
+    if (bo == 1 && bi == 1) {  // one value per entry: a plain store (a memcpy call each costs
+                               // more than the move)
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t j = 0; j < rows; ++j) {
+            F* wj = w + j * in;
+            for (int64_t p = crow[j]; p < crow[j + 1]; ++p) wj[col[p]] = v[p];
+        }
+        return 0;
+    }
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t j = 0; j < rows; ++j)
         for (int64_t p = crow[j]; p < crow[j + 1]; ++p)
@@ -608,6 +617,14 @@ int gather_entry(const F* w, const I* crow, const I* col, int64_t nnz, int64_t o
     if (nnz * bo * bi < SERIAL_WORK) threads = 1;
     if (check_structure(crow, col, out / bo, in / bi, nnz, threads)) return 2;
     const int64_t rows = out / bo;
+    if (bo == 1 && bi == 1) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t j = 0; j < rows; ++j) {
+            const F* wj = w + j * in;
+            for (int64_t p = crow[j]; p < crow[j + 1]; ++p) v[p] = wj[col[p]];
+        }
+        return 0;
+    }
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t j = 0; j < rows; ++j)
         for (int64_t p = crow[j]; p < crow[j + 1]; ++p)

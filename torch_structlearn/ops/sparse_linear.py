@@ -411,9 +411,10 @@ def _calibration_runs(shape: tuple[int, int, int], values: Tensor, crow: Tensor,
     check_csr_bounds(crow, col, (crow.numel() - 1, in_features // bi))  # before any backend reads it
     g = torch.Generator().manual_seed(0)
     dev, dt = values.device, values.dtype
-    x = torch.randn(batch, in_features, generator=g).to(dev, dt).requires_grad_(training)
-    v = values.detach().clone().requires_grad_(training)
-    gy = torch.randn(batch, out_features, generator=g).to(dev, dt)
+    with torch.inference_mode(False):  # a layer's parameters are normal tensors (versioned)
+        x = torch.randn(batch, in_features, generator=g).to(dev, dt).requires_grad_(training)
+        v = values.detach().clone().requires_grad_(training)
+        gy = torch.randn(batch, out_features, generator=g).to(dev, dt)
     block = tuple(values.shape[1:]) if values.dim() == 3 else None
     n_cols = in_features // (block[1] if block else 1)
     empty = (col.new_empty(0),) * 3
