@@ -1,11 +1,13 @@
-"""argparse types shared by the ``structlearn`` command, the benchmarks and the recipes (it
-imports only ``_checks``)."""
+"""argparse types shared by the ``structlearn`` command, the benchmarks and the recipes: thin
+wrappers that turn :mod:`~torch_structlearn._checks`' errors into argparse's (one check per
+rule, in ``_checks``)."""
 
 from __future__ import annotations
 
 import argparse
 import math
 
+from ._checks import density as _check_density
 from ._checks import fraction as _check_fraction
 
 __all__ = ["density", "fraction", "nonnegative", "positive"]
@@ -24,11 +26,12 @@ def positive(kind):
 
 
 def density(s: str) -> float:
-    """An argparse type: a connection density in (0, 1]."""
-    v = float(s)
-    if not 0 < v <= 1:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"density must be in (0, 1], got {s}")
-    return v
+    """An argparse type: a connection density in (0, 1] (the library's check,
+    :func:`torch_structlearn._checks.density`)."""
+    try:
+        return _check_density(float(s))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"density must be in (0, 1], got {s}") from None
 
 
 def nonnegative(text: str) -> float:
