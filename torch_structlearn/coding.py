@@ -27,6 +27,7 @@ from ._checks import choice, density, finite_examples, fraction, penalty, positi
 from ._checks import seed as check_seed
 from .data import batches, flatten_examples, require_reiterable
 from .distributed import all_gather_rows, all_reduce, world_size
+from .progress import tqdm
 
 __all__ = ["fista", "objective", "prox", "DictionaryLearner"]
 
@@ -519,8 +520,6 @@ class DictionaryLearner:
         given, is called at each check of the stopping rule (the first included, which has no
         overlap yet), after ``stability_`` has its new entry (e.g. to keep the structure at each
         check, as ``recipes/exp_learner.py`` does)."""
-        from .progress import tqdm
-
         if self.epochs > 1:
             require_reiterable(loader, f"fit with epochs={self.epochs}")
         t0 = time.perf_counter()

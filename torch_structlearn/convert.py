@@ -29,6 +29,7 @@ from .data import _extract, require_reiterable
 from .io import load_structures
 from .layers import StructLearnedLinear
 from .learn import LayerInit, learner_for, read_layer
+from .progress import tqdm
 
 __all__ = ["convert", "convert_structure", "densify", "select_linears", "replace_module"]
 
@@ -160,8 +161,6 @@ def _sequential(model: nn.Module, linears: dict[str, nn.Linear], loader: Iterabl
     a working copy whose earlier layers are already converted with the inputs the (untouched)
     ``model`` gives it. One pass over ``loader`` per layer, each cut short after that layer
     when it runs once per forward. ``build(name, stats)`` makes the layer; returns them all."""
-    from .progress import tqdm
-
     work = copy.deepcopy(model)
     order = _call_order(model, linears, next(iter(_batches(loader, batches, key, device))))
     missing = [n for n in linears if n not in order]
@@ -269,8 +268,6 @@ def convert(
         relative error ``‖W X − Ŵ X̂‖² / ‖W X‖²`` on the captured inputs — ``X̂ = X`` unless
         ``sequential`` — for the methods that capture them).
     """
-    from .progress import tqdm
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     density = check_density(density)

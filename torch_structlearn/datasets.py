@@ -24,6 +24,7 @@ from torch import Tensor
 from ._checks import choice, positive_int
 from .files import cache_dir
 from .files import write_atomic as _write_atomic
+from .progress import tqdm
 
 __all__ = ["ArrayData", "DATASETS", "ImageFiles", "data_root", "load_dataset", "open_data"]
 
@@ -79,8 +80,6 @@ def _cifar10(root: Path, split: str) -> tuple[Tensor, Tensor]:
         blob = _read_cache(cache)
         if blob is not None:
             return blob[0].float() / 255.0, blob[1]
-    from .progress import tqdm
-
     ds = datasets.ImageFolder(str(folder), transform=transforms.PILToTensor())
     xs = torch.stack([ds[i][0] for i in tqdm(range(len(ds)), desc=f"decoding {sub}/{split}",
                                              unit="image", mininterval=1.0)])

@@ -22,6 +22,7 @@ from .io import MAX_FEATURES, Codec, FileCheck, Record, register
 from .layers import StructLearnedLinear, layer_from_record
 from .learn import CODING_SETTINGS, check_settings, format_report, learn_layer
 from .pooling import GroupPool, check_mode, learn_groups
+from .progress import tqdm
 
 __all__ = ["StructLearnedStack"]
 
@@ -168,8 +169,6 @@ class StructLearnedStack(nn.Module):
         statistics and the centring means are all-reduced and rank 0's score decides the depth,
         so every rank ends with the same stack.
         """
-        from .progress import tqdm
-
         kw = {**self.learn_kw, **overrides}
         _check_learn_kw(kw, width=self.width, density=self.density, group_size=self.group_size)
         key = kw.pop("key", "x")

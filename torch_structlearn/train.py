@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ._checks import finite_examples, image_shape, penalty, positive, positive_int
 from ._checks import seed as check_seed
+from .progress import tqdm
 
 __all__ = ["fit_classifier", "accuracy"]
 
@@ -50,8 +51,6 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
     left–right with probability 1/2 in every batch (augmentation; ``X`` may be flattened).
     ``verbose``: a tqdm progress bar over the epochs, showing the last epoch's loss.
     """
-    from .progress import tqdm
-
     _check_xy(X, y)
     finite_examples("X", X)  # else every loss is NaN
     positive_int("epochs", epochs)
