@@ -2,7 +2,11 @@
 function (they hid import cycles; `lint-imports`, run by `make lint`, checks the layers)."""
 
 import ast
+import importlib
+import sys
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "torch_structlearn"
 
@@ -51,3 +55,13 @@ def test_every_module_is_in_the_import_layers():
     found = {p.stem for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
     found |= {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
     assert found <= listed, sorted(found - listed)
+
+
+@pytest.mark.parametrize("old, new", [("torch_structlearn.csr", "torch_structlearn.connectivity"),
+                                      ("torch_structlearn.data", "torch_structlearn.loaders")])
+def test_renamed_modules_still_import_with_a_deprecation_warning(old, new):
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=new):
+        module = importlib.import_module(old)
+    target = importlib.import_module(new)
+    assert all(getattr(module, name) is getattr(target, name) for name in module.__all__)

@@ -29,12 +29,12 @@ from ._checks import image_shape
 from .argtypes import density, fraction, nonnegative, positive
 from .bench import main as bench_main
 from .classifier import StructLearnedClassifier
-from .data import MappedLoader
 from .datasets import DATASETS, load_dataset, open_data, read_array
 from .files import process_alive
 from .files import write_atomic as _write_atomic
 from .files import write_json as _write_json
 from .io import sparse_layers
+from .loaders import MappedLoader
 from .stack import StructLearnedStack
 from .train import accuracy, fit_classifier
 from .viz import save_receptive_fields

@@ -25,8 +25,8 @@ from torch import Tensor
 
 from ._checks import choice, density, finite_examples, fraction, penalty, positive_int
 from ._checks import seed as check_seed
-from .data import batches, flatten_examples, require_reiterable
 from .distributed import all_gather_rows, all_reduce, world_size
+from .loaders import batches, flatten_examples, require_reiterable
 from .progress import tqdm
 
 __all__ = ["fista", "objective", "prox", "DictionaryLearner"]

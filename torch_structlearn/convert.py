@@ -25,10 +25,10 @@ from ._checks import density as check_density
 from ._checks import seed as check_seed
 from .coding import DictionaryLearner
 from .connectivity import Connectivity
-from .data import _extract, require_reiterable
 from .io import load_structures
 from .layers import StructLearnedLinear
 from .learn import LayerInit, learner_for, read_layer
+from .loaders import _extract, require_reiterable
 from .progress import tqdm
 
 __all__ = ["convert", "convert_structure", "densify", "select_linears", "replace_module"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .csr import csr_transpose, validate_csr
+from .connectivity import csr_transpose, validate_csr
 from .ops import auto, calibrate
 from .ops.dense import DenseWeight, flat_index, needs_index
 from .ops.operands import version as _version

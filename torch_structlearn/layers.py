@@ -27,10 +27,10 @@ from .connectivity import (
     row_of_entries,
     validate_csr,
 )
-from .data import first_batch
 from .io import Codec, FileCheck, Record, register
 from .kernel_caches import KernelCaches
 from .learn import learn_layer
+from .loaders import first_batch
 from .ops import calibrate, check_backend, cpu, sparse_linear
 from .ops.dense import dense_weight
 from .ops.dense import linear as dense_linear

@@ -20,7 +20,7 @@ from ._checks import choice, fraction, penalty, positive_int
 from ._checks import density as check_density
 from .coding import DictionaryLearner
 from .connectivity import Connectivity
-from .data import batches, require_reiterable
+from .loaders import batches, require_reiterable
 
 __all__ = ["learn_layer", "learn_structure", "read_layer", "learner_for", "LayerInit",
            "dictionary_values", "LayerReport", "format_report"]

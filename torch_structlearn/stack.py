@@ -15,12 +15,12 @@ from torch import Tensor, nn
 from ._checks import choice, positive_int
 from ._checks import seed as check_seed
 from .connectivity import Connectivity
-from .data import MappedLoader, batches, first_batch
 from .distributed import all_reduce, broadcast, world_size
 from .entropy import coding_efficiency
 from .io import MAX_FEATURES, Codec, FileCheck, Record, register
 from .layers import StructLearnedLinear, layer_from_record
 from .learn import CODING_SETTINGS, check_settings, format_report, learn_layer
+from .loaders import MappedLoader, batches, first_batch
 from .pooling import GroupPool, check_mode, learn_groups
 from .progress import tqdm
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ._checks import image_shape as check_image_shape
 from ._checks import positive, positive_int
-from .data import batches, flatten_examples, require_reiterable
+from .loaders import batches, flatten_examples, require_reiterable
 
 __all__ = ["ZCAWhitening"]
 

@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..csr import validate_csr
+from ..connectivity import validate_csr
 from ..files import cache_dir, file_lock, write_atomic
 from .csr import _compute_dtype
 from .operands import check as check_operands

@@ -26,7 +26,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from ..csr import bsr_to_csr
+from ..connectivity import bsr_to_csr
 
 # torch warns once that sparse CSR is "beta"; the ops used here are tested against the dense
 # reference in tests/test_ops.py, so the warning only adds noise to users' logs.

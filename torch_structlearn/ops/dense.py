@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..csr import row_of_entries
+from ..connectivity import row_of_entries
 from . import cpu, operands
 
 __all__ = ["DenseWeight", "dense_weight", "flat_index", "linear", "needs_index",

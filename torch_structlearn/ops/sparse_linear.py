@@ -24,7 +24,7 @@ from torch.autograd.function import once_differentiable
 from torch.fx.experimental.symbolic_shapes import has_static_value
 
 from .._checks import choice
-from ..csr import check_csr_bounds, csr_transpose
+from ..connectivity import check_csr_bounds, csr_transpose
 from . import auto, calibrate, cpu, csr, dense, operands, triton_bsr
 from . import torch_sparse as torch_sparse_backend
 

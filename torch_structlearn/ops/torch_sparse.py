@@ -15,7 +15,7 @@ import importlib.util
 import torch
 from torch import Tensor
 
-from ..csr import row_of_entries
+from ..connectivity import row_of_entries
 
 AVAILABLE = importlib.util.find_spec("torch_sparse") is not None
 

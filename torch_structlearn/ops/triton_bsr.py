@@ -25,7 +25,7 @@ import os
 import torch
 from torch import Tensor
 
-from ..csr import row_of_entries
+from ..connectivity import row_of_entries
 
 try:
     import triton
