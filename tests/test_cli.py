@@ -356,3 +356,5 @@ def test_progress_in_a_log_is_plain_lines(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "layers" in proc.stderr and "dictionary" in proc.stderr  # the bars' lines
     assert "\r" not in proc.stderr and "\x1b" not in proc.stderr
+    # a bar's first and finished states (and one per 30 s), not one line per refresh
+    assert len(proc.stderr.splitlines()) <= 12, proc.stderr
