@@ -196,10 +196,7 @@ class ArrayData(torch.utils.data.Dataset):
 def _int_max(dtype: str) -> float | None:
     """The largest value of an integer dtype (numpy or torch spelling), None for floats."""
     name = dtype.removeprefix("torch.")
-    for kind, info in (("uint", np.iinfo), ("int", np.iinfo)):
-        if name.startswith(kind):
-            return float(info(name).max)
-    return None
+    return float(np.iinfo(name).max) if name.startswith(("uint", "int")) else None
 
 
 def _open_array(path: Path, suffix: str, key: str | None):
