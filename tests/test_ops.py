@@ -115,13 +115,14 @@ def test_one_by_one_and_int32_indices(backend):
 @pytest.mark.parametrize("backend", ["cpu", "csr", "dense"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("batch", [5, 700])
+@pytest.mark.parametrize("batch", [1, 2, 5, 700])
 def test_larger_problem_matches_reference(device, backend, dtype, threads, batch):
     # Bigger than the hypothesis cases: exercises the CPU batch chunking (batch > 256), the
-    # cpu kernels' tiles (32 rows, a partial last one) spread over threads, and their
-    # small-batch mode (fewer tiles than threads: W's rows spread instead), on 1 and 3 threads.
+    # cpu kernels' tiles (32 rows, a partial last one) spread over threads, their small-batch
+    # mode (fewer tiles than threads: W's rows spread instead), and the gathered forward of one
+    # or two rows (9 000 nonzeros: spread over threads), on 1 and 3 threads.
     _usable_on(backend, device)
-    conn = Connectivity.random((300, 200), density=0.05, seed=0)
+    conn = Connectivity.random((300, 600), density=0.05, seed=0)
     x, v, b = _inputs(conn, (batch,), True, False, 0, dtype=dtype, device=device)
     x.requires_grad_(), v.requires_grad_(), b.requires_grad_()
     crow, col = conn.crow_indices.to(device), conn.col_indices.to(device)

@@ -7,7 +7,8 @@ cost around the kernel?
   inference (``eval()`` under ``torch.inference_mode()``) at every batch, and forward +
   backward (``train()``, an input that needs its gradient) at the training batches. A cell
   passes when ``auto`` is at least 0.95x as fast as ``nn.Linear`` or within 2 µs of it; the
-  worst ratio is printed.
+  worst ratio is printed. Training cells also time ``nn.Linear`` under the layer's mask
+  through ``torch.nn.utils.prune`` (``masked``): what masked training costs on dense kernels.
 * **fixed cost**: at batch 1, the ``cpu`` kernel alone (its checked-once runner: the output's
   allocation and the foreign call, nothing else) against the layer on ``cpu``, ``dense`` and
   ``auto``, in inference and with autograd (forward only): the difference is what the layer
@@ -25,6 +26,7 @@ import time
 
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from ..convert import convert
 from ..layers import StructLearnedLinear
@@ -82,6 +84,15 @@ def _step(module: nn.Module, x: torch.Tensor, training: bool):
     return train
 
 
+def _masked(linear: nn.Linear, layer: StructLearnedLinear) -> nn.Linear:
+    """A copy of ``linear`` trained under ``layer``'s mask the way PyTorch offers it
+    (``torch.nn.utils.prune``: ``weight = weight_orig * mask`` on every forward) — what masked
+    training costs on dense kernels."""
+    masked = copy.deepcopy(linear)
+    prune.custom_from_mask(masked, "weight", layer.connectivity.to_mask().to(torch.float32))
+    return masked
+
+
 def _passes(auto_us: float, linear_us: float) -> bool:
     return auto_us <= linear_us / SLACK_RATIO or auto_us - linear_us <= SLACK_US
 
@@ -89,7 +100,7 @@ def _passes(auto_us: float, linear_us: float) -> bool:
 def _grid(args) -> list[dict]:
     rows = []
     print(f"{'(in, out)':>13} {'batch':>6} {'density':>8} {'mode':>6} {'nn.Linear µs':>13} "
-          f"{'auto µs':>10} {'ratio':>7}  pick")
+          f"{'auto µs':>10} {'ratio':>7} {'masked µs':>10}  pick")
     for fin, fout in args.layers:
         for mode in ("infer", "train"):
             training = mode == "train"
@@ -102,17 +113,22 @@ def _grid(args) -> list[dict]:
                 for density in args.densities:
                     torch.manual_seed(0)
                     layer = StructLearnedLinear(fin, fout, density=density).train(training)
-                    lin_us, auto_us = _per_call_us(
-                        [_step(linear, x, training), _step(layer, x, training)], args.runs)
+                    steps = [_step(linear, x, training), _step(layer, x, training)]
+                    if training:  # the floor of masked training: nn.Linear under a prune mask
+                        steps.append(_step(_masked(linear, layer), x, training))
+                    lin_us, auto_us, *masked = _per_call_us(steps, args.runs)
                     pick = calibrate.recall(torch.device("cpu"), torch.float32, None,
                                             (batch, fin, fout), layer.density, training)
                     row = {"in": fin, "out": fout, "batch": batch, "density": density,
                            "mode": mode, "linear_us": lin_us, "auto_us": auto_us,
                            "ratio": lin_us / auto_us, "passes": _passes(auto_us, lin_us),
                            "auto_picked": pick}
+                    if masked:
+                        row["masked_us"] = masked[0]
                     rows.append(row)
                     print(f"{str((fin, fout)):>13} {batch:>6} {density:>7.0%} {mode:>6} "
-                          f"{lin_us:>13.1f} {auto_us:>10.1f} {row['ratio']:>6.2f}x  {pick}"
+                          f"{lin_us:>13.1f} {auto_us:>10.1f} {row['ratio']:>6.2f}x "
+                          f"{masked[0] if masked else float('nan'):>10.1f}  {pick}"
                           + ("" if row["passes"] else "  <- slower"), flush=True)
     return rows
 

@@ -586,6 +586,10 @@ void block_backward_rows(const F* gy, const F* x, int64_t n, int64_t in, int64_t
 // Below this many multiply-adds (or moved values) a call runs on one thread: waking the others
 // costs more.
 constexpr int64_t SERIAL_WORK = 1 << 17;
+// The gathered forward of one or two rows spreads its outputs over threads sooner: at batch 1
+// a second thread halves a 512 x 512, 10 % layer's 19 µs, and waking it costs ~3 µs
+// (`structlearn bench overhead`, 2-core EPYC, native and AVX2 builds).
+constexpr int64_t GATHER_SERIAL_WORK = 1 << 13;
 
 template <class F, class I>
 int scatter_entry(const F* v, const I* crow, const I* col, int64_t nnz, int64_t out,
@@ -855,7 +859,8 @@ template <class F, class I>
 int forward_entry(const F* x, int64_t n, int64_t in, const F* v, const I* crow, const I* col,
                   int64_t nnz, const F* bias, int64_t out, int64_t bo, int64_t bi, F* y,
                   int threads) {
-    if (n * nnz * bo * bi < SERIAL_WORK) threads = 1;
+    const bool gathered = bo == 1 && bi == 1 && n <= 2;  // (forward_sparse's gather path)
+    if (n * nnz * bo * bi < (gathered ? GATHER_SERIAL_WORK : SERIAL_WORK)) threads = 1;
     const int rc = forward_sparse<F, I>(x, n, in, v, crow, col, nnz, bias, out, bo, bi, y, threads);
     // an inf/NaN input: the rows holding one must read as the masked dense product does
     // (0 * inf = NaN off the structure); the caller recomputes them (return 3)
