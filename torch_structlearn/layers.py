@@ -32,7 +32,7 @@ from .kernel_caches import KernelCaches
 from .learn import learn_layer
 from .loaders import first_batch
 from .ops import calibrate, check_backend, cpu, sparse_linear
-from .ops.dense import dense_weight
+from .ops.dense import dense_weight, nonfinite_rows
 from .ops.dense import linear as dense_linear
 from .ops.sparse_linear import check_block_backend, eager_call, resolve_backend
 
@@ -359,7 +359,8 @@ class StructLearnedLinear(KernelCaches, nn.Module):
             return cache.inference(v, crow, col, in_features, index, bias)
         run = None
         if backend == "cpu":  # the kernel with its checks made once (None: casts needed)
-            run = cpu.kernels().forward_runner(values, crow, col, bias, in_features)
+            run = cpu.kernels().forward_runner(values, crow, col, bias, in_features,
+                                               nonfinite_rows)
             if run is not None and not grad:
                 return lambda x: run(x.reshape(-1, in_features).contiguous()).view(lead_out)
         t = (self.crow_t, self.col_t, self.perm_t)

@@ -41,6 +41,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,6 +51,10 @@ from ..connectivity import validate_csr
 from ..files import cache_dir, file_lock, write_atomic
 from .csr import _compute_dtype
 from .operands import check as check_operands
+
+# fix_rows(x, y, values, crow, col, bias) -> y: what a forward gives the rows of x holding an
+# inf or NaN (ops/dense.py's nonfinite_rows; this module cannot import it)
+FixRows = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None], Tensor]
 
 __all__ = ["VARIANTS", "Kernels", "available", "build", "compiler", "cpu_flags", "cpu_isa", "cpu_model",
            "error", "isa_flags",
@@ -203,8 +208,11 @@ class Kernels:
                 f"vector_bytes={self.vector_bytes}, tile_rows={self.tile_rows})")
 
     def forward(self, x: Tensor, values: Tensor, crow: Tensor, col: Tensor,
-                bias: Tensor | None = None) -> Tensor:
-        """``y (N, out) = x (N, in) Wᵀ + bias``."""
+                bias: Tensor | None = None, fix_rows: FixRows | None = None) -> Tensor:
+        """``y (N, out) = x (N, in) Wᵀ + bias``. Where ``x`` holds an inf or NaN (the kernel
+        scans for them) ``y = fix_rows(x, y, values, crow, col, bias)`` — the caller's rule for
+        those rows (:func:`~torch_structlearn.ops.dense.nonfinite_rows`: the masked dense
+        product's); None keeps the sparse sum's."""
         dt, name, v, crow, col = _prepare(x, values, crow, col)
         xc = x if x.dtype == dt and x.is_contiguous() else x.to(dt).contiguous()
         bo, bi = _block(v)
@@ -216,7 +224,7 @@ class Kernels:
                 _ptr(xc), n, xc.shape[1], _ptr(v), _ptr(crow), _ptr(col), col.numel(), _ptr(b),
                 out, bo, bi, _ptr(y), torch.get_num_threads())
             if rc == NONFINITE:
-                self.masked_dense_rows(xc, v, crow, col, b, y)
+                y = y if fix_rows is None else fix_rows(xc, y, v, crow, col, b)
             else:
                 _ok_or_raise(rc, crow, col, (out // bo, xc.shape[1] // bi))
         else:
@@ -224,7 +232,7 @@ class Kernels:
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def forward_runner(self, values: Tensor, crow: Tensor, col: Tensor, bias: Tensor | None,
-                       in_features: int):
+                       in_features: int, fix_rows: FixRows | None = None):
         """``run(x (N, in)) -> y (N, out)``: :meth:`forward` on these operands with its checks
         made once, here — what a layer's call plan runs. None where the operands need
         conversions (not float32/64, not contiguous, dtypes differ). ``run`` reads the
@@ -251,22 +259,12 @@ class Kernels:
                 return y.zero_()
             rc = fn(x.data_ptr(), n, in_features, *ops[:5], out, bo, bi, y.data_ptr(), threads())
             if rc == NONFINITE:
-                self.masked_dense_rows(x, values, crow, col, bias, y)
-            elif rc:
+                return y if fix_rows is None else fix_rows(x, y, values, crow, col, bias)
+            if rc:
                 _ok_or_raise(rc, crow, col, (out // bo, in_features // bi))
             return y
 
         return run
-
-    def masked_dense_rows(self, x: Tensor, values: Tensor, crow: Tensor, col: Tensor,
-                          bias: Tensor | None, y: Tensor) -> None:
-        """Recompute, in ``y (N, out)``, the rows of ``x (N, in)`` holding an inf or NaN as the
-        masked dense product ``F.linear(x, W, bias)`` computes them (``0 * inf = NaN`` off the
-        structure): one numeric behaviour on every backend (README, *inf and NaN*)."""
-        bad = ~torch.isfinite(x).all(1)
-        w = x.new_zeros((crow.numel() - 1) * _block(values)[0], x.shape[1])
-        self.scatter(values, crow, col, w)
-        y[bad] = torch.nn.functional.linear(x[bad], w, bias)
 
     def scatter(self, values: Tensor, crow: Tensor, col: Tensor, weight: Tensor) -> None:
         """``weight[row, col[p]] = values[p]`` for every nonzero — or every ``(bo, bi)`` block
@@ -460,8 +458,8 @@ FUSES_BIAS = True
 
 
 def forward(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t=None,
-            bias: Tensor | None = None) -> Tensor:
-    return kernels().forward(x, values, crow, col, bias)
+            bias: Tensor | None = None, fix_rows: FixRows | None = None) -> Tensor:
+    return kernels().forward(x, values, crow, col, bias, fix_rows)
 
 
 def backward(gy: Tensor, x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t,

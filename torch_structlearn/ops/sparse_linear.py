@@ -144,12 +144,12 @@ def _forward(x: Tensor, values: Tensor, crow: Tensor, col: Tensor, t, bias: Tens
     fused = getattr(impl, "FUSES_BIAS", False)
     # The inputs were already cast by the wrapper; autocast must not re-cast the inner matmuls.
     with _no_autocast(x.device.type):
+        if impl is cpu:  # (its kernels find inf/NaN inputs themselves, in C++)
+            return cpu.forward(x.contiguous(), values, crow, col, t, bias, dense.nonfinite_rows)
         y = impl.forward(x.contiguous(), values, crow, col, t, *((bias,) if fused else ()))
     if bias is not None and not fused:
         y.add_(bias)  # y is this op's fresh output: in place saves a second (N, out) buffer
-    if impl is not cpu:  # (the cpu kernels find inf/NaN inputs themselves, in C++)
-        y = dense.nonfinite_rows(x, y, values, crow, col, bias)
-    return y
+    return dense.nonfinite_rows(x, y, values, crow, col, bias)
 
 
 def _no_autocast(device_type: str):
@@ -423,7 +423,8 @@ def _calibration_runs(shape: tuple[int, int, int], values: Tensor, crow: Tensor,
         transpose = csr_transpose(crow, col, n_cols) if name in NEEDS_TRANSPOSE and training else empty
         index = dense.flat_index(crow, col, in_features) if name == "dense" and not block else None
         cache = dense.DenseWeight() if name == "dense" else None  # (as a layer keeps it)
-        runner = (cpu.kernels().forward_runner(v.detach(), crow, col, None, in_features)
+        runner = (cpu.kernels().forward_runner(v.detach(), crow, col, None, in_features,
+                                               dense.nonfinite_rows)
                   if name == "cpu" and x.device.type == "cpu" else None)
 
         if name == "dense" and not training:  # the layer's inference plan
