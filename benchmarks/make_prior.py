@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from torch_structlearn.bench import kernels
-from torch_structlearn.files import write_json
+from torch_structlearn.filesystem import write_json
 from torch_structlearn.ops import auto
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from torch_structlearn.bench import RENDERERS
-from torch_structlearn.files import write_atomic
+from torch_structlearn.filesystem import write_atomic
 
 
 def update(path: Path, key: str, body: str) -> None:

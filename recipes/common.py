@@ -15,13 +15,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from torch_structlearn import Connectivity, StructLearnedLinear, ZCAWhitening
-from torch_structlearn.argtypes import fraction as _fraction
-from torch_structlearn.argtypes import nonnegative as _nonnegative
-from torch_structlearn.argtypes import positive as _positive
 from torch_structlearn.bench import machine as bench_machine
+from torch_structlearn.checks import arg_fraction as _fraction
+from torch_structlearn.checks import arg_nonnegative as _nonnegative
+from torch_structlearn.checks import arg_positive as _positive
 from torch_structlearn.datasets import load_dataset
 from torch_structlearn.entropy import gaussian_total_correlation, marginal_entropy
-from torch_structlearn.files import write_json as _write_json
+from torch_structlearn.filesystem import write_json as _write_json
 from torch_structlearn.pooling import GroupPool
 from torch_structlearn.train import accuracy, fit_classifier
 

@@ -18,8 +18,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from torch_structlearn import StructLearnedStack, ZCAWhitening, save
-from torch_structlearn.argtypes import density as _density
-from torch_structlearn.argtypes import positive as _positive
+from torch_structlearn.checks import arg_density as _density
+from torch_structlearn.checks import arg_positive as _positive
 from torch_structlearn.datasets import DATASETS, load_dataset
 
 

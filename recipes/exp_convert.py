@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT / "recipes"))
 from common import RUNS, done, machine, read_partial  # noqa: E402
 
 from torch_structlearn import StructLearnedLinear, convert, hub, save  # noqa: E402
-from torch_structlearn.argtypes import positive as _positive  # noqa: E402
+from torch_structlearn.checks import arg_positive as _positive  # noqa: E402
 from torch_structlearn.datasets import load_dataset  # noqa: E402
-from torch_structlearn.files import write_atomic, write_json  # noqa: E402
+from torch_structlearn.filesystem import write_atomic, write_json  # noqa: E402
 from torch_structlearn.train import accuracy  # noqa: E402
 
 METHODS = ("dictionary", "magnitude", "wanda", "wanda-seq", "sparsegpt", "sparsegpt-seq",

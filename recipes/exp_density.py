@@ -23,7 +23,7 @@ from baselines import random_local, rbm_mask, snip_mask, synflow_mask  # noqa: E
 from common import add_args, checkpoint, done, finish, network, seed_range, setup, train_eval  # noqa: E402
 
 from torch_structlearn import Connectivity, learn_structure  # noqa: E402
-from torch_structlearn.argtypes import density as _density  # noqa: E402
+from torch_structlearn.checks import arg_density as _density  # noqa: E402
 from torch_structlearn.learn import dictionary_values  # noqa: E402
 
 

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_args, checkpoint, done, finish, seed_range, setup, train_eval  # noqa: E402
 
 from torch_structlearn import StructLearnedStack  # noqa: E402
-from torch_structlearn.argtypes import density as _density  # noqa: E402
-from torch_structlearn.argtypes import positive as _positive  # noqa: E402
+from torch_structlearn.checks import arg_density as _density  # noqa: E402
+from torch_structlearn.checks import arg_positive as _positive  # noqa: E402
 from torch_structlearn.stack import rule_depth  # noqa: E402
 
 

@@ -25,9 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_args, checkpoint, done, finish, network, seed_range, setup, train_eval  # noqa: E402
 
-from torch_structlearn.argtypes import density as _density  # noqa: E402
-from torch_structlearn.argtypes import positive as _positive  # noqa: E402
 from torch_structlearn.bench.learn import V01  # noqa: E402
+from torch_structlearn.checks import arg_density as _density  # noqa: E402
+from torch_structlearn.checks import arg_positive as _positive  # noqa: E402
 from torch_structlearn.learn import learner_for, read_layer  # noqa: E402
 
 

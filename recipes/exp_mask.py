@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_args, checkpoint, done, finish, network, seed_range, setup, train_eval  # noqa: E402
 
 from torch_structlearn import Connectivity, learn_structure  # noqa: E402
-from torch_structlearn.argtypes import density as _density  # noqa: E402
+from torch_structlearn.checks import arg_density as _density  # noqa: E402
 from torch_structlearn.learn import dictionary_values  # noqa: E402
 
 

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_args, checkpoint, done, finish, network, seed_range, setup, train_eval  # noqa: E402
 
 from torch_structlearn import learn_structure  # noqa: E402
-from torch_structlearn.argtypes import density as _density  # noqa: E402
 from torch_structlearn.bench.coding import spams_dictionary  # noqa: E402
+from torch_structlearn.checks import arg_density as _density  # noqa: E402
 from torch_structlearn.learn import dictionary_values, read_layer  # noqa: E402
 
 

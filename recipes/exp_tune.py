@@ -34,10 +34,10 @@ from baselines import random_local  # noqa: E402
 from common import add_args, code_version, data, finish, fit_kw, learn_kw, machine, network, setup  # noqa: E402
 
 from torch_structlearn import learn_structure  # noqa: E402
-from torch_structlearn.argtypes import density as _density  # noqa: E402
-from torch_structlearn.argtypes import fraction as _fraction  # noqa: E402
-from torch_structlearn.argtypes import nonnegative as _nonnegative  # noqa: E402
-from torch_structlearn.argtypes import positive as _positive  # noqa: E402
+from torch_structlearn.checks import arg_density as _density  # noqa: E402
+from torch_structlearn.checks import arg_fraction as _fraction  # noqa: E402
+from torch_structlearn.checks import arg_nonnegative as _nonnegative  # noqa: E402
+from torch_structlearn.checks import arg_positive as _positive  # noqa: E402
 from torch_structlearn.learn import dictionary_values  # noqa: E402
 from torch_structlearn.train import accuracy, fit_classifier  # noqa: E402
 

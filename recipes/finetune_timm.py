@@ -37,11 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
 from torch_structlearn import Connectivity, StructLearnedLinear, convert, hub, save  # noqa: E402
-from torch_structlearn.argtypes import density as _density  # noqa: E402
-from torch_structlearn.argtypes import positive as _positive  # noqa: E402
+from torch_structlearn.checks import arg_density as _density  # noqa: E402
+from torch_structlearn.checks import arg_positive as _positive  # noqa: E402
 from torch_structlearn.convert import replace_module, select_linears  # noqa: E402
 from torch_structlearn.datasets import DATASETS, load_dataset  # noqa: E402
-from torch_structlearn.files import write_json as _write_json  # noqa: E402
+from torch_structlearn.filesystem import write_json as _write_json  # noqa: E402
 from torch_structlearn.train import accuracy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

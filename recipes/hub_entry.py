@@ -21,8 +21,8 @@ from common import machine  # noqa: E402
 
 from torch_structlearn import hub, load  # noqa: E402
 from torch_structlearn.cli import main as structlearn  # noqa: E402
-from torch_structlearn.files import write_atomic as _write_atomic  # noqa: E402
-from torch_structlearn.files import write_json as _write_json  # noqa: E402
+from torch_structlearn.filesystem import write_atomic as _write_atomic  # noqa: E402
+from torch_structlearn.filesystem import write_json as _write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

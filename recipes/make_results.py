@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
 from common import RUNS, SHIPPED, TUNED, recipe_suffix, recorded, result_files  # noqa: E402
 
-from torch_structlearn.files import write_atomic as _write_atomic  # noqa: E402
+from torch_structlearn.filesystem import write_atomic as _write_atomic  # noqa: E402
 
 OUT = ROOT / "recipes" / "RESULTS.md"
 FIG = ROOT / "recipes" / "figures"

@@ -139,7 +139,7 @@ def test_a_cache_folder_that_cannot_be_created_is_one_warning(fresh, monkeypatch
 
 def test_a_read_only_cache_file_is_one_warning(fresh, monkeypatch):
     _fake_times(monkeypatch, {"dense": 10.0, "cpu": 2.0, "csr": 3.0})
-    from torch_structlearn import files
+    from torch_structlearn import filesystem as files
 
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")

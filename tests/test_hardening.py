@@ -217,7 +217,7 @@ def test_a_killed_save_leaves_the_old_file(tmp_path):
     before = path.read_bytes()
     code = textwrap.dedent(f"""
         import os, signal, torch, torch_structlearn as tsl
-        from torch_structlearn import files
+        from torch_structlearn import filesystem as files
         real = files.os.fsync
         def die(fd):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -679,7 +679,7 @@ def test_classifier_with_a_half_precision_body_runs_and_round_trips(tmp_path):
 
 
 def test_a_layer_larger_than_memory_is_refused_before_allocating():
-    from torch_structlearn._checks import physical_memory
+    from torch_structlearn.checks import physical_memory
 
     if physical_memory() is None:
         pytest.skip("the OS does not report its memory")

@@ -84,7 +84,7 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("torch_structlearn.files.os.replace", boom)
+    monkeypatch.setattr("torch_structlearn.filesystem.os.replace", boom)
     with pytest.raises(OSError, match="disk full"):
         tsl.save(_layer(seed=1), path)
     assert path.read_bytes() == before

@@ -57,11 +57,17 @@ def test_every_module_is_in_the_import_layers():
     assert found <= listed, sorted(found - listed)
 
 
-@pytest.mark.parametrize("old, new", [("torch_structlearn.csr", "torch_structlearn.connectivity"),
-                                      ("torch_structlearn.data", "torch_structlearn.loaders")])
-def test_renamed_modules_still_import_with_a_deprecation_warning(old, new):
+@pytest.mark.parametrize("old, new, prefix", [
+    ("torch_structlearn.csr", "torch_structlearn.connectivity", ""),
+    ("torch_structlearn.data", "torch_structlearn.loaders", ""),
+    ("torch_structlearn.files", "torch_structlearn.filesystem", ""),
+    ("torch_structlearn.kernel_caches", "torch_structlearn.ops.kernel_caches", ""),
+    ("torch_structlearn.argtypes", "torch_structlearn.checks", "arg_"),
+])
+def test_renamed_modules_still_import_with_a_deprecation_warning(old, new, prefix):
     sys.modules.pop(old, None)
     with pytest.warns(DeprecationWarning, match=new):
         module = importlib.import_module(old)
     target = importlib.import_module(new)
-    assert all(getattr(module, name) is getattr(target, name) for name in module.__all__)
+    assert module.__all__
+    assert all(getattr(module, name) is getattr(target, prefix + name) for name in module.__all__)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from . import stack as stack_format
-from ._checks import positive_int, positive_ints
+from .checks import positive_int, positive_ints
 from .io import MAX_FEATURES, Codec, FileCheck, Record, register
 from .stack import StructLearnedStack
 from .whitening import ZCAWhitening

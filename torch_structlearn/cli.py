@@ -25,14 +25,17 @@ import warnings
 from pathlib import Path
 
 from . import convert, hub, load, save
-from ._checks import image_shape
-from .argtypes import density, fraction, nonnegative, positive
 from .bench import main as bench_main
+from .checks import arg_density as density
+from .checks import arg_fraction as fraction
+from .checks import arg_nonnegative as nonnegative
+from .checks import arg_positive as positive
+from .checks import image_shape
 from .classifier import StructLearnedClassifier
 from .datasets import DATASETS, load_dataset, open_data, read_array
-from .files import process_alive
-from .files import write_atomic as _write_atomic
-from .files import write_json as _write_json
+from .filesystem import process_alive
+from .filesystem import write_atomic as _write_atomic
+from .filesystem import write_json as _write_json
 from .io import sparse_layers
 from .loaders import MappedLoader
 from .stack import StructLearnedStack

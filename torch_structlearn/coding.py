@@ -23,8 +23,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from ._checks import choice, density, finite_examples, fraction, penalty, positive_int
-from ._checks import seed as check_seed
+from .checks import choice, density, finite_examples, fraction, penalty, positive_int
+from .checks import seed as check_seed
 from .distributed import all_gather_rows, all_reduce, world_size
 from .loaders import batches, flatten_examples, require_reiterable
 from .progress import tqdm

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._checks import block as _check_block
-from ._checks import choice
-from ._checks import density as _check_density
-from ._checks import seed as check_seed
+from .checks import block as _check_block
+from .checks import choice
+from .checks import density as _check_density
+from .checks import seed as check_seed
 
 __all__ = ["Connectivity", "validate_csr", "check_csr_bounds", "csr_transpose", "fan_in_for_density", "row_of_entries",
            "bsr_to_csr"]

@@ -19,10 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from . import pruning
-from ._checks import block as check_block
-from ._checks import choice, positive_int
-from ._checks import density as check_density
-from ._checks import seed as check_seed
+from .checks import block as check_block
+from .checks import choice, positive_int
+from .checks import density as check_density
+from .checks import seed as check_seed
 from .coding import DictionaryLearner
 from .connectivity import Connectivity
 from .io import load_structures

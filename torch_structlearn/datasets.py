@@ -4,7 +4,7 @@
 (an image folder ``cifar10/`` or the lossy ``cifar10-jpeg/``) are read from ``root`` or
 ``$STRUCTLEARN_DATA`` (default ``~/.cache/torch_structlearn``). Nothing is downloaded.
 Decoded CIFAR-10 tensors are cached in ``decoded/`` under the package's cache folder
-(:func:`~torch_structlearn.files.cache_dir`: ``$STRUCTLEARN_CACHE``, default
+(:func:`~torch_structlearn.filesystem.cache_dir`: ``$STRUCTLEARN_CACHE``, default
 ``~/.cache/torch_structlearn``) so later runs start fast; the data folder itself may be
 read-only.
 """
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import choice, positive_int
-from .files import cache_dir
-from .files import write_atomic as _write_atomic
+from .checks import choice, positive_int
+from .filesystem import cache_dir
+from .filesystem import write_atomic as _write_atomic
 from .progress import tqdm
 
 __all__ = ["ArrayData", "DATASETS", "ImageFiles", "data_root", "load_dataset", "open_data"]

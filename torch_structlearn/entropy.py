@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._checks import penalty, positive, positive_int
+from .checks import penalty, positive, positive_int
 
 __all__ = ["marginal_entropy", "gaussian_total_correlation", "coding_efficiency"]
 

@@ -18,8 +18,8 @@ import re
 import torch
 from torch import Tensor, nn
 
-from ._checks import block as check_block
-from ._checks import choice, fits_in_memory, float_dtype, positive_int
+from .checks import block as check_block
+from .checks import choice, fits_in_memory, float_dtype, positive_int
 from .connectivity import (
     Connectivity,
     bsr_to_csr,
@@ -28,12 +28,12 @@ from .connectivity import (
     validate_csr,
 )
 from .io import Codec, FileCheck, Record, register
-from .kernel_caches import KernelCaches
 from .learn import learn_layer
 from .loaders import first_batch
 from .ops import calibrate, check_backend, cpu, sparse_linear
 from .ops.dense import dense_weight, nonfinite_rows
 from .ops.dense import linear as dense_linear
+from .ops.kernel_caches import KernelCaches
 from .ops.sparse_linear import check_block_backend, eager_call, resolve_backend
 
 __all__ = ["StructLearnedLinear"]

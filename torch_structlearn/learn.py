@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._checks import block as check_block
-from ._checks import choice, fraction, penalty, positive_int
-from ._checks import density as check_density
+from .checks import block as check_block
+from .checks import choice, fraction, penalty, positive_int
+from .checks import density as check_density
 from .coding import DictionaryLearner
 from .connectivity import Connectivity
 from .loaders import batches, require_reiterable

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import Tensor
 
-from ._checks import finite_examples
+from .checks import finite_examples
 
 __all__ = ["batches", "first_batch", "flatten_examples", "MappedLoader", "require_reiterable"]
 

@@ -9,7 +9,7 @@ import torch
 from einops import reduce
 from torch import Tensor, nn
 
-from ._checks import choice, positive_int
+from .checks import choice, positive_int
 
 __all__ = ["GroupPool", "learn_groups"]
 

@@ -39,7 +39,7 @@ import torch
 from einops import reduce, repeat
 from torch import Tensor
 
-from ._checks import block as _check_block
+from .checks import block as _check_block
 from .connectivity import fan_in_for_density
 
 fan_in_for_density = fan_in_for_density  # (re-exported: the per-unit fan-in every method keeps)

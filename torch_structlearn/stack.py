@@ -12,8 +12,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from ._checks import choice, positive_int
-from ._checks import seed as check_seed
+from .checks import choice, positive_int
+from .checks import seed as check_seed
 from .connectivity import Connectivity
 from .distributed import all_reduce, broadcast, world_size
 from .entropy import coding_efficiency

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._checks import finite_examples, image_shape, penalty, positive, positive_int
-from ._checks import seed as check_seed
+from .checks import finite_examples, image_shape, penalty, positive, positive_int
+from .checks import seed as check_seed
 from .progress import tqdm
 
 __all__ = ["fit_classifier", "accuracy"]

@@ -11,10 +11,10 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from ._checks import image_shape as check_image_shape
-from ._checks import positive_int
+from .checks import image_shape as check_image_shape
+from .checks import positive_int
 from .connectivity import Connectivity
-from .files import write_atomic as _write_atomic
+from .filesystem import write_atomic as _write_atomic
 from .layers import StructLearnedLinear
 from .pooling import check_permutation
 

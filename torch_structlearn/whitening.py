@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import image_shape as check_image_shape
-from ._checks import positive, positive_int
+from .checks import image_shape as check_image_shape
+from .checks import positive, positive_int
 from .loaders import batches, flatten_examples, require_reiterable
 
 __all__ = ["ZCAWhitening"]

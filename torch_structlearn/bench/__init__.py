@@ -30,8 +30,11 @@ from pathlib import Path
 import torch
 
 from .. import hub
-from ..argtypes import density, fraction, nonnegative, positive
-from ..files import write_json
+from ..checks import arg_density as density
+from ..checks import arg_fraction as fraction
+from ..checks import arg_nonnegative as nonnegative
+from ..checks import arg_positive as positive
+from ..filesystem import write_json
 from ..ops import BACKENDS, calibrate
 from . import kernels, overhead
 from .coding import coding_markdown, run_coding

@@ -21,7 +21,7 @@ whitening and head); and in the safetensors metadata:
 The bytes of a file depend only on what is saved: metadata and tensors in a fixed order, so
 saving the same module twice gives the same file.
 
-:func:`save` writes atomically (:func:`torch_structlearn.files.write_atomic`: a temporary
+:func:`save` writes atomically (:func:`torch_structlearn.filesystem.write_atomic`: a temporary
 file in the same folder, then a rename; a symlink is followed and its target replaced;
 anything but a regular file at the destination is refused).
 :func:`load` opens only regular files, reads the safetensors table and checks the header,
@@ -45,9 +45,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import block as check_block
+from ..checks import block as check_block
 from ..connectivity import Connectivity, validate_csr
-from ..files import write_atomic
+from ..filesystem import write_atomic
 from ..ops import BACKENDS
 from .registry import CODECS, Codec, Record, codec_for
 

@@ -7,7 +7,7 @@ The first time ``backend='auto'`` meets a kind of call — device, dtype, block 
 call's own structure on random inputs of its shape: one warm-up, then ``REPEATS`` rounds in
 turn, the median kept. The fastest wins. As with ``torch.backends.cudnn.benchmark`` or FFTW's
 wisdom, the decision is kept in memory and in a JSON file under
-:func:`~torch_structlearn.files.cache_dir` (``auto/<machine>.json``) whose name is a digest of
+:func:`~torch_structlearn.filesystem.cache_dir` (``auto/<machine>.json``) whose name is a digest of
 the machine — CPU model and instruction set, thread count, torch version, the ``cpu`` kernels'
 build, the GPU — so a decision is never reused on another machine or configuration.
 
@@ -42,7 +42,7 @@ from pathlib import Path
 import filelock
 import torch
 
-from ..files import cache_dir, file_lock, write_json
+from ..filesystem import cache_dir, file_lock, write_json
 from . import cpu
 
 # what a stored decision may name (``sparse_linear.BACKENDS`` less ``auto``; kept here, below it)

@@ -18,7 +18,7 @@ compiler (``$CXX``, else ``g++``) for one *variant*, chosen by ``$STRUCTLEARN_CP
 
 The vector width, tile height and register blocking follow the target at compile time (see
 ``cpu_kernel.cpp``); :func:`info` says what the loaded build is. Libraries are kept in
-:func:`~torch_structlearn.files.cache_dir`, keyed by the source, flags, compiler, CPU and
+:func:`~torch_structlearn.filesystem.cache_dir`, keyed by the source, flags, compiler, CPU and
 torch version, written atomically under a lock (processes starting together compile once);
 later processes load the cached library in milliseconds. Without a compiler the backend is
 unavailable (``available()`` is False, ``error()`` says why) and ``auto`` does without it.
@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from ..connectivity import validate_csr
-from ..files import cache_dir, file_lock, write_atomic
+from ..filesystem import cache_dir, file_lock, write_atomic
 from .csr import _compute_dtype
 from .operands import check as check_operands
 

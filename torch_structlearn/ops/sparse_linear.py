@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.fx.experimental.symbolic_shapes import has_static_value
 
-from .._checks import choice
+from ..checks import choice
 from ..connectivity import check_csr_bounds, csr_transpose
 from . import auto, calibrate, cpu, csr, dense, operands, triton_bsr
 from . import torch_sparse as torch_sparse_backend

@@ -1,7 +1,10 @@
-"""Argument checks shared by every public entry point (one place, one wording)."""
+"""Argument checks shared by every public entry point (one place, one wording), and their
+argparse forms for the ``structlearn`` command, the benchmarks and the recipes (``arg_*``:
+the same rule, its error turned into argparse's)."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 import os
@@ -125,3 +128,41 @@ def fits_in_memory(what: str, nbytes: int) -> None:
     if total is not None and nbytes > total:
         raise ValueError(f"{what} needs about {nbytes / 2**30:.1f} GiB, more than this machine's "
                          f"{total / 2**30:.1f} GiB of memory")
+
+
+# ---------------------------------------------------------------- argparse forms of the rules
+
+def arg_positive(kind):
+    """An argparse type: a finite ``kind`` (int or float) > 0."""
+    def parse(s: str):
+        v = kind(s)
+        if not (math.isfinite(v) and v > 0):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+        return v
+
+    parse.__name__ = f"positive {kind.__name__}"  # what argparse names in 'invalid ... value'
+    return parse
+
+
+def arg_density(s: str) -> float:
+    """An argparse type: a connection density in (0, 1] (:func:`density`)."""
+    try:
+        return density(float(s))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"density must be in (0, 1], got {s}") from None
+
+
+def arg_nonnegative(text: str) -> float:
+    """An argparse type: a finite float >= 0."""
+    v = float(text)
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return v
+
+
+def arg_fraction(s: str) -> float:
+    """An argparse type: a fraction in (0, 1) (:func:`fraction`)."""
+    try:
+        return fraction("value", float(s))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {s}") from e
