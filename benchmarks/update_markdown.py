@@ -1,53 +1,12 @@
-"""Rewrite sections of BENCHMARKS.md from benchmark JSON files (what ``structlearn bench``
-writes): each result replaces the block between ``<!-- bench:SECTION -->`` and
-``<!-- /bench:SECTION -->`` (appended when missing), SECTION being the result's ``"section"``
-(older files: the file's name without ``.json``). The text outside the markers — the analysis —
-is kept.
+"""Deprecated: this script is now `structlearn bench markdown` (0.2; every benchmark's code lives in
+torch_structlearn/bench/, their results here). It forwards there for one release."""
 
-    python benchmarks/update_markdown.py BENCHMARKS.md benchmarks/kernels-avx2-cpu.json [...]
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
 import sys
-from pathlib import Path
+import warnings
 
-from torch_structlearn.bench import RENDERERS
-from torch_structlearn.filesystem import write_atomic
-
-
-def update(path: Path, key: str, body: str) -> None:
-    """Replace the block between ``<!-- bench:key -->`` and ``<!-- /bench:key -->`` of ``path``."""
-    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body}\n{end}"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    write_atomic(path, text.encode())
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python benchmarks/update_markdown.py",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("markdown", type=Path, help="the file to update, e.g. BENCHMARKS.md")
-    p.add_argument("results", type=Path, nargs="+", help="JSON written by `structlearn bench`")
-    args = p.parse_args(argv)
-    for f in args.results:
-        try:
-            result = json.loads(f.read_text())
-            render = RENDERERS[result["benchmark"]]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            p.error(f"{f}: not a `structlearn bench` result ({type(e).__name__}: {e})")
-        key = result.get("section") or f.stem
-        update(args.markdown, key, render(result))
-        print(f"{args.markdown}: section {key} from {f}")
-    return 0
-
+from torch_structlearn.bench import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    warnings.warn("python benchmarks/update_markdown.py is deprecated: run structlearn bench markdown",
+                  DeprecationWarning, stacklevel=1)
+    sys.exit(main(["markdown", *sys.argv[1:]]))

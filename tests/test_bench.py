@@ -12,15 +12,10 @@ from torch_structlearn import bench
 
 
 def _script(name: str):
-    """A script of benchmarks/ (they are not part of the package) as a module."""
-    import importlib.util
-    from pathlib import Path
+    """A ``structlearn bench`` tool's module (markdown, prior, ...)."""
+    import importlib
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module(f"torch_structlearn.bench.{name}")
 
 
 def test_kernels_writes_json_and_markdown_section(tmp_path):
@@ -31,7 +26,7 @@ def test_kernels_writes_json_and_markdown_section(tmp_path):
                        "--repeats", "1", "--backends", "csr", "dense", "auto", "--json", str(out),
                        "--tag", "t"]) == 0
     assert md.read_text() == "# Benchmarks\n\nanalysis kept\n"  # bench edits no file of ours
-    assert _script("update_markdown").main([str(md), str(out)]) == 0
+    assert _script("markdown").main([str(md), str(out)]) == 0
     res = json.loads(out.read_text())
     got = {(r["backend"], r["density"]) for r in res["rows"]}
     assert {("nn.Linear", 1.0), ("csr", 0.25), ("dense", 0.25), ("auto", 0.25)} <= got
@@ -64,7 +59,7 @@ def test_epoch_of_a_hub_entry_against_its_dense_copy(tmp_path):
     out, md = tmp_path / "e.json", tmp_path / "B.md"
     assert bench.main(["mlp", "--hub", "mnist-stack-d5", "--n", "64", "--batch-size", "32",
                        "--json", str(out)]) == 0
-    assert _script("update_markdown").main([str(md), str(out)]) == 0
+    assert _script("markdown").main([str(md), str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["hub"] == "mnist-stack-d5" and res["input_shape"] == [1, 28, 28]
     dense, learned = res["rows"]
@@ -124,7 +119,7 @@ def test_crossover_table_from_json_per_shape(tmp_path, monkeypatch):
             row([8, 64, 48], 0.5, 1.0, dev="cpu/other")]  # another instruction set: its own entry
     f = tmp_path / "k.json"
     f.write_text(json.dumps({"rows": rows, "machine": {"cpu": "Test CPU", "threads": 2}}))
-    assert _script("make_prior").main([str(f)]) == 0
+    assert _script("prior").main([str(f)]) == 0
     written = json.loads((tmp_path / "crossover.json").read_text())
     assert written["by_shape"][here]["float32"] == {"8x64x48": 0.25, "512x64x48": 0.1}
     assert written["by_shape"][here]["float32@csr"] == {"8x64x48": 0.1}
@@ -132,7 +127,7 @@ def test_crossover_table_from_json_per_shape(tmp_path, monkeypatch):
                                     here: {"float32": 0.1, "float32@csr": 0.1},
                                     "cpu/other": {"float32": 0.5}}
     assert written["machines"][here] == {"file": "k.json", "cpu": "Test CPU", "threads": 2}
-    assert "benchmarks/make_prior.py" in written["generated_by"]
+    assert "structlearn bench prior" in written["generated_by"]
     cpu = torch.device("cpu")
     sparse = auto.sparse_backend(cpu, None)  # 'cpu', or 'csr' without a compiler
     assert auto.choose(cpu, torch.float32, 0.2, None, (16, 64, 48)) == (  # reloaded
@@ -154,9 +149,9 @@ def test_crossover_needs_the_instruction_set_of_an_old_file(tmp_path, monkeypatc
     f = tmp_path / "old.json"
     f.write_text(json.dumps({"rows": [old]}))
     with pytest.raises(SystemExit) as e:
-        _script("make_prior").main([str(f)])
+        _script("prior").main([str(f)])
     assert e.value.code == 2
-    assert _script("make_prior").main([str(f), "--isa", "avx512"]) == 0
+    assert _script("prior").main([str(f), "--isa", "avx512"]) == 0
     assert json.loads((tmp_path / "crossover.json").read_text())["crossover"] == {
         "cpu/avx512": {"float32": 0.1}}
 
@@ -165,7 +160,7 @@ def test_crossover_rejects_a_non_benchmark_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     with pytest.raises(SystemExit) as e:
-        _script("make_prior").main([str(bad)])
+        _script("prior").main([str(bad)])
     assert e.value.code == 2
 
 
@@ -207,7 +202,7 @@ def test_infer_times_forward_only_in_eval_and_inference_mode(tmp_path):
     out, md = tmp_path / "i.json", tmp_path / "B.md"
     assert bench.main(["infer", "--shapes", "1,32,48", "16,32,48", "--densities", "0.25",
                        "--repeats", "2", "--backends", "csr", "auto", "--json", str(out)]) == 0
-    assert _script("update_markdown").main([str(md), str(out)]) == 0
+    assert _script("markdown").main([str(md), str(out)]) == 0
     res = json.loads(out.read_text())
     assert {(r["shape"][0], r["backend"]) for r in res["rows"]} == {
         (1, "csr"), (1, "auto"), (16, "csr"), (16, "auto")}
@@ -271,7 +266,7 @@ def test_learn_times_the_defaults_against_v01_and_renders(tmp_path, monkeypatch,
     assert rows["v0.1"]["mask_overlap_v01"] == 1 and rows["v0.1"]["speedup"] == 1
     assert rows["defaults"]["speedup"] == pytest.approx(rows["v0.1"]["seconds"] / rows["defaults"]["seconds"])
     assert all(r["held_out_objective"] > 0 for r in rows.values())
-    assert _script("update_markdown").main([str(md), str(out)]) == 0
+    assert _script("markdown").main([str(md), str(out)]) == 0
     text = md.read_text()
     assert "<!-- bench:learn-digits-t-cpu -->" in text and "| v0.1 | " in text and "CPU flags:" in text
 
@@ -304,7 +299,7 @@ def test_overhead_times_auto_against_linear_and_renders(tmp_path, capsys):
                        "--train-batches", "8", "--densities", "0.1", "0.5", "--runs", "2",
                        "--fixed", "32,48,0.1", "--json", str(out)]) == 0
     assert "worst ratio" in capsys.readouterr().out
-    assert _script("update_markdown").main([str(md), str(out)]) == 0
+    assert _script("markdown").main([str(md), str(out)]) == 0
     res = json.loads(out.read_text())
     cells = {(r["batch"], r["density"], r["mode"]) for r in res["rows"]}
     assert cells == {(b, d, "infer") for b in (1, 8) for d in (0.1, 0.5)} | {
@@ -326,3 +321,27 @@ def test_overhead_bad_arguments_exit_2(argv, tmp_path):
     with pytest.raises(SystemExit) as e:
         bench.main([*argv, "--json", str(tmp_path / "x.json")])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("tool", ["compile-time", "convert-time", "page-faults", "markdown", "prior"])
+def test_bench_tools_run_as_subcommands_with_their_own_help(tool, capsys):
+    from torch_structlearn.bench import main
+
+    with pytest.raises(SystemExit) as e:
+        main([tool, "--help"])
+    assert e.value.code == 0
+    assert f"structlearn bench {tool}" in capsys.readouterr().out
+
+
+def test_old_benchmark_scripts_forward_with_a_deprecation_warning(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "update_markdown.py"
+    md, res = tmp_path / "B.md", tmp_path / "r.json"
+    res.write_text(json.dumps({"benchmark": "nope"}))
+    r = subprocess.run([sys.executable, str(script), str(md), str(res)], capture_output=True,
+                       text=True)
+    assert "DeprecationWarning" in r.stderr and "structlearn bench markdown" in r.stderr
+    assert r.returncode == 2 and "not a `structlearn bench` result" in r.stderr

@@ -15,10 +15,19 @@
 
 Each measures, prints a table and writes JSON (``--json``); every result names the machine,
 its CPU flags and the ``cpu`` kernels' build, since a CPU speed holds for one instruction set.
-Nothing here edits files of the repository: ``python benchmarks/update_markdown.py
-BENCHMARKS.md RESULT.json`` rewrites a result's BENCHMARKS.md section (:data:`RENDERERS` gives
-its Markdown), and ``python benchmarks/make_prior.py kernels-*.json`` rebuilds the prior
-``backend='auto'`` ships with.
+
+More, each with its own ``--help``:
+
+* ``compile-time``: a converted timm model's training step eager against ``torch.compile``,
+  and the compile's time (:mod:`.compile_time`).
+* ``convert-time``: converting timm models by method, time and peak memory (:mod:`.convert_time`).
+* ``page-faults``: what a fresh output tensor costs on this machine (:mod:`.page_faults`).
+* ``markdown BENCHMARKS.md RESULT.json ...``: rewrite each result's BENCHMARKS.md section
+  (:mod:`.markdown`; nothing else here edits files of the repository).
+* ``prior kernels-*.json``: rebuild the prior ``backend='auto'`` ships with (:mod:`.prior`).
+
+The code of every benchmark lives here; their results in ``benchmarks/*.json``, their tables
+and analysis in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -36,22 +45,24 @@ from ..checks import arg_nonnegative as nonnegative
 from ..checks import arg_positive as positive
 from ..filesystem import write_json
 from ..ops import BACKENDS, calibrate
-from . import kernels, overhead
-from .coding import coding_markdown, run_coding
+from . import compile_time, convert_time, kernels, markdown, overhead, page_faults, prior
+from .coding import run_coding
 from .learn import SETTINGS as LEARN_SETTINGS
-from .learn import learn_markdown, run_learn
-from .mlp import mlp_markdown, run_mlp
-from .overhead import overhead_markdown, run_overhead
+from .learn import run_learn
+from .mlp import run_mlp
+from .overhead import run_overhead
 from .timing import machine
 
-__all__ = ["machine", "main", "RENDERERS"]
+__all__ = ["machine", "main", "RENDERERS", "TOOLS"]
 
 
-RENDERERS = {"kernels": kernels.markdown, "infer": kernels.infer_markdown,
-             "calibrate": kernels.calibrate_markdown, "mlp": mlp_markdown,
-             "coding": coding_markdown, "learn": learn_markdown, "overhead": overhead_markdown}
-"""The Markdown of a result, by its ``"benchmark"`` field (what ``benchmarks/update_markdown.py``
+RENDERERS = markdown.RENDERERS
+"""The Markdown of a result, by its ``"benchmark"`` field (what ``structlearn bench markdown``
 writes into BENCHMARKS.md)."""
+
+TOOLS = {"compile-time": compile_time.main, "convert-time": convert_time.main,
+         "page-faults": page_faults.main, "markdown": markdown.main, "prior": prior.main}
+"""Subcommands with parsers of their own: ``structlearn bench NAME ...`` runs ``TOOLS[NAME]``."""
 
 
 def _shape(s: str) -> tuple[int, int, int]:
@@ -200,7 +211,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    what = next((i for i, a in enumerate(argv) if a in RENDERERS), None)
+    if argv and argv[0] in TOOLS:
+        return TOOLS[argv[0]](argv[1:])
+    what = next((i for i, a in enumerate(argv) if a in RENDERERS or a in TOOLS), None)
     early = [a for a in argv[:what] if a.startswith("-") and a not in ("-h", "--help")]
     if what is not None and early:  # they would be parsed, then overridden by the subcommand's
         p.error(f"{' '.join(early)}: options go after the subcommand "
@@ -249,6 +262,6 @@ def main(argv: list[str] | None = None) -> int:
         key = "kernels" + (f"-{args.tag}" if args.tag else "")
     result["section"] = f"{key}-{torch.device(args.device).type}"  # its BENCHMARKS.md section
     write_json(args.json, result)
-    print(f"wrote {args.json} (BENCHMARKS.md: python benchmarks/update_markdown.py "
-          f"BENCHMARKS.md {args.json})")
+    print(f"wrote {args.json} (BENCHMARKS.md: structlearn bench markdown BENCHMARKS.md "
+          f"{args.json})")
     return 0

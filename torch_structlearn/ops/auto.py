@@ -20,7 +20,7 @@ compile (no C++ compiler), ``csr`` (MKL) stands in for them with its own measure
 Each entry has a crossover per measured ``(batch, in, out)`` shape (``by_shape``) and the
 smallest of them (``crossover``). A call with a known shape uses the measured shape nearest to
 it (distance: summed ``|log|`` ratios of batch, in and out); without a shape, the smallest.
-The table is written by ``python benchmarks/make_prior.py benchmarks/kernels-*.json``
+The table is written by ``structlearn bench prior benchmarks/kernels-*.json``
 (never edited by hand).
 """
 
@@ -66,8 +66,8 @@ def _read() -> dict:
             raise ValueError(f"a JSON {type(table).__name__}, not an object")
     except (OSError, UnicodeDecodeError, ValueError) as e:
         warnings.warn(f"ignoring the unreadable crossover table {TABLE_PATH} ({e}): backend='auto' "
-                      f"uses 'dense' everywhere; regenerate it from a checkout with `python "
-                      f"benchmarks/make_prior.py benchmarks/kernels-*.json`", stacklevel=2)
+                      f"uses 'dense' everywhere; regenerate it from a checkout with "
+                      f"`structlearn bench prior benchmarks/kernels-*.json`", stacklevel=2)
         return {}
     return table
 
