@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
 from common import RUNS, done, machine, read_partial  # noqa: E402
 
-from torch_structlearn import StructLearnedLinear, convert, hub, save  # noqa: E402
+from torch_structlearn import Prune, StructLearnedLinear, convert, hub, save  # noqa: E402
 from torch_structlearn.checks import arg_positive as _positive  # noqa: E402
 from torch_structlearn.datasets import load_dataset  # noqa: E402
 from torch_structlearn.filesystem import write_atomic, write_json  # noqa: E402
@@ -151,9 +151,10 @@ def train(model: nn.Module, X, y, *, steps: int | None = None, epochs: int = 1, 
 
 def _convert(model, calib, density: str, method: str, include=None) -> tuple[list[dict], float]:
     name, seq = method.removesuffix("-seq"), method.endswith("-seq")
-    kw = {"density": 0.5, "nm": (2, 4)} if density == "2:4" else {"density": float(density)}
+    kw = {"density": 0.5, "pattern": "2:4"} if density == "2:4" else {"density": float(density)}
     t0 = time.perf_counter()
-    report = convert(model, [(b,) for b in calib.split(256)], method=name, sequential=seq,
+    report = convert(model, [(b,) for b in calib.split(256)],
+                     method=Prune(name, sequential=seq) if name != "dictionary" else name,
                      include=include, verbose=False, **kw)
     return report, time.perf_counter() - t0
 

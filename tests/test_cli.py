@@ -93,6 +93,12 @@ def test_inspect_png_hub_list_and_convert(tmp_path, capsys):
     layers = load(out / "structures.safetensors")
     assert set(layers) == {"fc"} and abs(layers["fc"].density - 0.5) < 0.01
     assert (out / "weights.safetensors").exists()
+    rc = main(["convert", "resnet18", "--dataset", "digits", "--include", "fc", "--density", "0.5",
+               "--pattern", "2:4", "--method", "wanda", "--limit", "64", "--out", str(out),
+               "--quiet"])
+    assert rc == 0
+    mask = load(out / "structures.safetensors")["fc"].connectivity.to_mask()
+    assert bool((mask.reshape(mask.shape[0], -1, 4).sum(2) == 2).all())
     assert main(["convert", "resnet18", "--include", "nothing", "--limit", "8", "--quiet",
                  "--out", str(out)]) == 2
     assert "no nn.Linear matches" in capsys.readouterr().err
@@ -336,6 +342,10 @@ def test_convert_out_file_spelling_is_deprecated_but_works(tmp_path):
     (["no_such_module:f"], "cannot import"),
     (["resnet18", "--key", "x"], "--key and --image-size only apply with --data"),
     (["not_a_timm_model"], "not a timm model name"),
+    (["resnet18", "--method", "wanda", "--init", "random"], "--init random is for --method "
+                                                             "dictionary"),
+    (["resnet18", "--method", "dictionary", "--sequential"], "--sequential is for the pruning"),
+    (["resnet18", "--pattern", "2-4"], "pattern must be None, 'n:m'"),
 ])
 def test_convert_bad_model_or_options_are_one_line(tmp_path, capsys, argv, message):
     assert main(["convert", *argv, "--limit", "8", "--out", str(tmp_path / "o"), "--quiet"]) == 2

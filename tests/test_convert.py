@@ -1,5 +1,6 @@
 """Converting nn.Linear layers of real timm models (built offline, pretrained=False)."""
 
+import copy
 import re
 
 import pytest
@@ -10,7 +11,15 @@ import torch
 from timm.models.mlp_mixer import MlpMixer
 from torch import nn
 
-from torch_structlearn import StructLearnedLinear, convert, convert_structure, load, save
+from torch_structlearn import (
+    Learn,
+    Prune,
+    StructLearnedLinear,
+    convert,
+    convert_structure,
+    load,
+    save,
+)
 from torch_structlearn.convert import select_linears
 
 
@@ -70,7 +79,11 @@ def test_select_linears_globs_and_regex():
     with pytest.raises(ValueError, match="no nn.Linear matches"):
         convert(model, _loader(), density=0.1, include="nothing.*", verbose=False)
     with pytest.raises(ValueError, match="init must be one of"):
-        convert(model, _loader(), density=0.1, init="zeros", verbose=False)
+        convert(model, _loader(), density=0.1, method=Learn("zeros"), verbose=False)
+    with pytest.raises(ValueError, match="method must be one of"):
+        convert(model, _loader(), density=0.1, method="obs", verbose=False)
+    with pytest.raises(ValueError, match="pattern must be None, 'n:m'"):
+        convert(model, _loader(), density=0.1, pattern="2-4", verbose=False)
     with pytest.raises(ValueError, match="density must be in"):
         convert(model, _loader(), density=2.0, verbose=False)
     with pytest.raises(TypeError, match="seed must be an int, got str"):
@@ -79,7 +92,7 @@ def test_select_linears_globs_and_regex():
         convert(model, None, density=0.1, verbose=False)
     one_shot = iter(_loader())
     with pytest.raises(TypeError, match="convert with epochs=2 reads the loader more than once"):
-        convert(model, one_shot, density=0.1, epochs=2, verbose=False)
+        convert(model, one_shot, density=0.1, method=Learn(epochs=2), verbose=False)
     assert len(next(one_shot)[0]) == 8  # refused before reading
     assert all(isinstance(model.get_submodule(n), nn.Linear) for n in fcs)  # nothing converted
 
@@ -88,8 +101,8 @@ def test_select_linears_globs_and_regex():
 def test_ten_percent_learns_from_own_inputs_and_trains(name, tmp_path):
     build, pattern, lr = MODELS[name]
     model = build()
-    report = convert(model, _loader(), density=0.1, include=pattern, epochs=1,
-                     method="dictionary", verbose=False)
+    report = convert(model, _loader(), density=0.1, include=pattern, method="dictionary",
+                     verbose=False)
     for r in report:
         layer = model.get_submodule(r["name"])
         assert abs(layer.density - 0.1) < 0.01 and "objective" in r
@@ -124,8 +137,8 @@ def test_init_modes():
     base = _resnet()
     for init in ("keep", "dictionary", "random"):
         model = _resnet()
-        convert(model, _loader(size=32), density=0.5, include="fc", init=init,
-                method="dictionary", verbose=False)
+        convert(model, _loader(size=32), density=0.5, include="fc", method=Learn(init),
+                verbose=False)
         fc = model.fc
         kept = base.fc.weight[fc.connectivity.to_mask()]
         if init == "keep":
@@ -173,8 +186,7 @@ def test_convert_structure_that_does_not_fit_leaves_the_model_unchanged(tmp_path
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4))
     X = torch.randn(64, 12)
-    convert(model, [X[:32], X[32:]], density=0.5, method="dictionary", verbose=False,
-                max_iter=5)
+    convert(model, [X[:32], X[32:]], density=0.5, method=Learn(max_iter=5), verbose=False)
     path = save(model, tmp_path / "s.safetensors")
     # the second layer of this model is wider than the saved one
     other = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 6))
@@ -197,23 +209,22 @@ def test_a_layer_forward_never_calls_or_nan_input_is_a_clear_error_and_nothing_c
     model = Model()
     X = torch.randn(64, 16)
     with pytest.raises(ValueError, match=r"layers \['spare'\] got no input .* exclude="):
-        convert(model, [X[:32], X[32:]], density=0.5, method="dictionary", verbose=False,
-                max_iter=5)
+        convert(model, [X[:32], X[32:]], density=0.5, method=Learn(max_iter=5), verbose=False)
     assert type(model.used) is nn.Linear and type(model.spare) is nn.Linear
     assert not model.used._forward_pre_hooks  # the capture hooks are removed
     X[40, 3] = float("nan")
     with pytest.raises(ValueError, match=r"layer 'used' input: X contains NaN or Inf"):
-        convert(model, [X[:32], X[32:]], density=0.5, exclude="spare", method="dictionary",
-                verbose=False, max_iter=5)
+        convert(model, [X[:32], X[32:]], density=0.5, exclude="spare",
+                method=Learn(max_iter=5), verbose=False)
     assert type(model.used) is nn.Linear and not model.used._forward_pre_hooks
     for sequential in (False, True):  # the trained-model methods' statistics check too
         with pytest.raises(ValueError, match=r"layer 'used' input: input contains NaN or Inf"):
-            convert(model, [X[:32], X[32:]], density=0.5, exclude="spare", method="refit",
-                    sequential=sequential, verbose=False)
+            convert(model, [X[:32], X[32:]], density=0.5, exclude="spare",
+                    method=Prune("refit", sequential=sequential), verbose=False)
         assert type(model.used) is nn.Linear and not model.used._forward_pre_hooks
     X[40, 3] = 0.0
-    report = convert(model, [X[:32], X[32:]], density=0.5, exclude="spare", method="dictionary",
-                     verbose=False, max_iter=5)
+    report = convert(model, [X[:32], X[32:]], density=0.5, exclude="spare",
+                     method=Learn(max_iter=5), verbose=False)
     assert [r["name"] for r in report] == ["used"] and type(model.spare) is nn.Linear
 
 
@@ -226,7 +237,7 @@ def test_densify_inverts_convert_and_keeps_outputs():
     model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 4))
     x = torch.randn(5, 12)
     loader = [(x, None)]
-    convert(model, loader, density=0.5, init="keep", verbose=False)
+    convert(model, loader, density=0.5, verbose=False)
     assert isinstance(model[0], tsl.StructLearnedLinear)
     want = model(x)
     masked = model[0].dense_weight().detach().clone()
@@ -342,7 +353,8 @@ def test_sequential_refit_fits_the_dense_outputs():
 
     model, X = _trained_mlp(seed=2)
     dense = copy.deepcopy(model)
-    report = convert(model, [(X[:300],), (X[300:],)], density=0.25, sequential=True, verbose=False)
+    report = convert(model, [(X[:300],), (X[300:],)], density=0.25,
+                     method=Prune(sequential=True), verbose=False)
     W = dense[2].weight.detach().double()
     x_ref = torch.tanh(dense[0](X)).detach().double()
     x_hat = torch.tanh(model[0](X)).detach().double()
@@ -356,13 +368,14 @@ def test_sequential_refit_fits_the_dense_outputs():
     assert report[1]["output_error"] == pytest.approx(float(err), rel=1e-6)
     # the fit to the dense outputs beats calibrating on the converted inputs alone
     plain = copy.deepcopy(dense)
-    convert(plain, [(X,)], density=0.25, method="sparsegpt", sequential=True, verbose=False)
+    convert(plain, [(X,)], density=0.25, method=Prune("sparsegpt", sequential=True),
+            verbose=False)
     out = dense(X)
     assert (model(X) - out).square().sum() < (plain(X) - out).square().sum()
 
 
 def test_trained_methods_with_block_masks():
-    """block=(bo, bi) for every trained-model method: whole blocks, the same number per block
+    """pattern=(bo, bi) for every trained-model method: whole blocks, the same number per block
     row, the layer computes its masked dense weight; refit's error is the lowest."""
     import copy
 
@@ -370,7 +383,8 @@ def test_trained_methods_with_block_masks():
     errors = {}
     for method in ("magnitude", "wanda", "sparsegpt", "refit"):
         m = copy.deepcopy(model)
-        report = convert(m, [(X,)], density=0.25, method=method, block=(4, 4), include="0",
+        report = convert(m, [(X,)], density=0.25, method=method,
+                         pattern=(4, 4) if method != "refit" else "4x4", include="0",
                          verbose=False)
         layer = m[0]
         assert layer.block == (4, 4)
@@ -383,31 +397,73 @@ def test_trained_methods_with_block_masks():
     assert errors["refit"] < min(errors["wanda"], errors["sparsegpt"])
 
 
-def test_methods_for_trained_models_refuse_other_inits_and_blocks():
+def test_methods_carry_their_settings_and_bad_ones_are_refused_up_front():
     model = nn.Sequential(nn.Linear(8, 8))
-    with pytest.raises(ValueError, match="method='wanda' chooses the kept weights"):
-        convert(model, [(torch.randn(4, 8),)], density=0.5, method="wanda", init="random")
-    with pytest.raises(ValueError, match=r"coding arguments \['max_iter'\] are for method='dictionary'"):
-        convert(model, [(torch.randn(4, 8),)], density=0.5, max_iter=3)
+    loader = [(torch.randn(4, 8),)]
     with pytest.raises(TypeError, match="sequential must be a bool"):
-        convert(model, [(torch.randn(4, 8),)], density=0.5, sequential=1)
+        Prune("refit", sequential=1)
+    with pytest.raises(ValueError, match="name must be one of"):
+        Prune("dictionary")
+    with pytest.raises(TypeError, match=r"unexpected argument\(s\) \['lam'\]"):
+        Learn(lam=0.1)
+    with pytest.raises(TypeError, match="learner must be a DictionaryLearner"):
+        Learn(learner={"lam1": 0.1})
+    with pytest.raises(ValueError, match="epochs must be"):
+        Learn(epochs=0)
+    with pytest.raises(TypeError, match="method must be a name"):
+        convert(model, loader, density=0.5, method=3)
     with pytest.raises(ValueError, match="method must be one of"):
-        convert(model, [(torch.randn(4, 8),)], density=0.5, method="obs")
+        convert(model, loader, density=0.5, method="obs")
     with pytest.raises(ValueError, match="a loader is needed"):
         convert(model, None, density=0.5, method="wanda")
+    with pytest.raises(ValueError, match=r"blocks \(3, 3\) do not divide layer '0'"):
+        convert(model, loader, density=0.5, pattern=(3, 3))
+    assert repr(Prune("wanda")) == "Prune('wanda')" and Prune() == Prune("refit")
+    assert repr(Learn("random", max_iter=5)) == "Learn('random', max_iter=5)"
     convert(model, None, density=0.5, method="magnitude", verbose=False)  # needs no data
     assert model[0].nnz == 32
 
 
-def test_convert_with_2_4_masks():
-    """nm=(2, 4): every converted unit keeps 2 of each 4 consecutive inputs."""
+def test_old_spellings_still_work_with_a_deprecation_warning():
+    """0.1's init= / nm= / block= / sequential= / learner= / coding keywords map onto the
+    method objects and pattern (one release), refusing what 0.1 refused."""
     model, X = _trained_mlp()
-    convert(model, [(X,)], density=0.5, method="refit", nm=(2, 4), include="0", verbose=False)
+    new, old = copy.deepcopy(model), copy.deepcopy(model)
+    convert(new, [(X,)], density=0.5, method="wanda", pattern="2:4", verbose=False)
+    with pytest.warns(DeprecationWarning, match=r"convert\(nm=\) is deprecated"):
+        convert(old, [(X,)], density=0.5, method="wanda", nm=(2, 4), verbose=False)
+    for a, b in zip(new.modules(), old.modules(), strict=True):
+        if isinstance(a, StructLearnedLinear):
+            assert a.connectivity == b.connectivity
+    m = nn.Sequential(nn.Linear(8, 8))
+    with pytest.warns(DeprecationWarning):
+        convert(m, [(torch.randn(16, 8),)], density=0.5, init="random", max_iter=3,
+                verbose=False)  # 0.1: init != 'keep' made the method 'dictionary'
+    assert isinstance(m[0], StructLearnedLinear)
+    for kw, msg in (({"method": "wanda", "init": "random"}, "method='wanda' chooses the kept"),
+                    ({"nm": (2, 4), "method": "dictionary"}, "not method='dictionary'"),
+                    ({"nm": (2, 4), "block": (4, 4)}, "give nm= or block=, not both"),
+                    ({"method": Prune(), "sequential": True}, "carries its own settings")):
+        with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match=msg):
+            convert(nn.Sequential(nn.Linear(8, 8)), [(torch.randn(4, 8),)], density=0.5, **kw)
+    with pytest.raises(TypeError, match=r"unexpected argument\(s\) \['densty'\]"):
+        convert(nn.Sequential(nn.Linear(8, 8)), None, density=0.5, densty=0.5)
+
+
+def test_convert_with_2_4_masks():
+    """pattern='2:4': every converted unit keeps 2 of each 4 consecutive inputs — for the
+    trained-model methods and for a dictionary's masks alike."""
+    model, X = _trained_mlp()
+    convert(model, [(X,)], density=0.5, method="refit", pattern="2:4", include="0", verbose=False)
     mask = model[0].connectivity.to_mask()
     assert bool((mask.reshape(32, -1, 4).sum(2) == 2).all())
-    with pytest.raises(ValueError, match="not method='dictionary'"):
-        convert(nn.Sequential(nn.Linear(8, 8)), [(torch.randn(4, 8),)], density=0.5, nm=(2, 4),
-                method="dictionary")
+    learned = nn.Sequential(nn.Linear(8, 8))
+    convert(learned, [(torch.randn(64, 8),)], density=0.5, pattern="2:4",
+            method=Learn(max_iter=5), verbose=False)
+    assert bool((learned[0].connectivity.to_mask().reshape(8, 2, 4).sum(2) == 2).all())
     with pytest.raises(ValueError, match=r"layer '0': nm=\(2, 4\): m=4 must divide in_features=10"):
         convert(nn.Sequential(nn.Linear(10, 8)), [(torch.randn(4, 10),)], density=0.5,
-                method="wanda", nm=(2, 4))
+                method="wanda", pattern="2:4")
+    with pytest.raises(ValueError, match=r"density must be 0.5, got 0.25"):
+        convert(nn.Sequential(nn.Linear(8, 8)), [(torch.randn(4, 8),)], density=0.25,
+                pattern="2:4")

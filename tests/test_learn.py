@@ -433,7 +433,7 @@ def test_the_learner_settings_travel_as_one_object():
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from torch_structlearn import DictionaryLearner, StructLearnedStack, convert, learn_layer
+    from torch_structlearn import DictionaryLearner, Learn, StructLearnedStack, convert, learn_layer
     from torch_structlearn.learn import learner_for
 
     settings = DictionaryLearner(2, lam1=0.2, epochs=1, max_iter=5, group_size=2, verbose=False)
@@ -454,5 +454,5 @@ def test_the_learner_settings_travel_as_one_object():
     with pytest.raises(TypeError, match="learner must be a DictionaryLearner"):
         StructLearnedStack(12, 8, group_size=2, learner={"lam1": 0.2})
     model = torch.nn.Sequential(torch.nn.Linear(12, 8))
-    convert(model, loader, density=0.25, init="dictionary", learner=settings, verbose=False)
+    convert(model, loader, density=0.25, method=Learn(learner=settings), verbose=False)
     assert model[0].nnz == 8 * 3

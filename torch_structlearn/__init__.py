@@ -5,7 +5,7 @@ from . import hub  # `torch_structlearn.hub.load(name)`, as `torch.hub`
 from .classifier import StructLearnedClassifier
 from .coding import DictionaryLearner
 from .connectivity import Connectivity
-from .convert import convert, convert_structure, densify
+from .convert import Learn, Prune, convert, convert_structure, densify
 from .io import StructureFileError, load, save
 from .layers import StructLearnedLinear
 from .learn import learn_layer, learn_structure
@@ -28,6 +28,8 @@ __all__ = [
     "learn_structure",
     "learn_layer",
     "convert",
+    "Prune",
+    "Learn",
     "convert_structure",
     "densify",
     "sparse_linear",

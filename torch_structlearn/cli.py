@@ -32,6 +32,7 @@ from .checks import arg_nonnegative as nonnegative
 from .checks import arg_positive as positive
 from .checks import image_shape
 from .classifier import StructLearnedClassifier
+from .convert import Learn, Prune, parse_pattern
 from .datasets import DATASETS, load_dataset, open_data, read_array
 from .filesystem import process_alive
 from .filesystem import write_atomic as _write_atomic
@@ -299,6 +300,18 @@ def _convert(args) -> int:
                              "structures.safetensors and weights.safetensors)")
         structures, weights = out / "structures.safetensors", out / "weights.safetensors"
     _writable_folder(structures.parent, "--out")
+    name = args.method or ("dictionary" if args.init in ("dictionary", "random") else "refit")
+    if name == "dictionary":
+        if args.sequential:
+            raise ValueError("--sequential is for the pruning methods (refit, sparsegpt, wanda, "
+                             "magnitude), not --method dictionary")
+        method = Learn(args.init or "dictionary")
+    else:
+        if args.init not in (None, "keep"):
+            raise ValueError(f"--init {args.init} is for --method dictionary; --method {name} "
+                             "keeps the trained weights")
+        method = Prune(name, sequential=args.sequential)
+    parse_pattern(args.pattern)  # a bad --pattern is refused before any data is read
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise ValueError(f"--checkpoint {args.checkpoint}: not a file")
     if args.data is None and (args.key is not None or args.image_size is not None):
@@ -333,9 +346,8 @@ def _convert(args) -> int:
             X = torch.nn.functional.interpolate(X, size=tuple(timm_size[-2:]), mode="bilinear",
                                                 align_corners=False)
     loader = DataLoader(TensorDataset(X), batch_size=args.batch_size)
-    report = convert(model, loader, density=args.density, include=args.include,
-                     exclude=args.exclude, init=args.init, method=args.method,
-                     sequential=args.sequential, batches=args.batches,
+    report = convert(model, loader, density=args.density, method=method, pattern=args.pattern,
+                     include=args.include, exclude=args.exclude, batches=args.batches,
                      verbose=not args.quiet)
     save(model, structures, metadata={"model": args.model, "dataset": args.data or args.dataset,
                                       "command": " ".join(sys.argv), "report": report})
@@ -573,14 +585,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="connections kept per unit / inputs")
     cv.add_argument("--include", default=None, help="glob on module names, e.g. 'blocks.*.mlp.fc*'")
     cv.add_argument("--exclude", default=None, help="glob on module names left dense")
-    cv.add_argument("--init", choices=["keep", "dictionary", "random"], default="keep",
-                    help="the converted layers' weights: the trained ones on the mask, the "
-                         "learned dictionary, or random")
     cv.add_argument("--method", choices=["refit", "sparsegpt", "wanda", "magnitude", "dictionary"],
-                    default=None, help="how masks and kept weights are chosen (default: refit "
-                    "with --init keep, else dictionary)")
+                    default=None, help="how masks and kept weights are chosen: a pruning "
+                    "method keeps the trained weights; dictionary reads masks off a dictionary "
+                    "of each layer's inputs, for training afterwards (default: refit; "
+                    "dictionary with --init dictionary or random)")
+    cv.add_argument("--pattern", default=None, metavar="N:M|BOxBI",
+                    help="the masks' shape: unstructured (default), n:m (e.g. 2:4, with "
+                         "--density 0.5) or blocks (e.g. 4x4)")
+    cv.add_argument("--init", choices=["dictionary", "random", "keep"], default=None,
+                    help="with --method dictionary: the converted layers' weights (the "
+                         "dictionary's, random, or the trained ones on the mask; default "
+                         "dictionary)")
     cv.add_argument("--sequential", action="store_true",
-                    help="calibrate layer by layer on the converted model's inputs")
+                    help="with a pruning method: calibrate layer by layer on the converted "
+                         "model's inputs")
     cv.add_argument("--checkpoint", default=None,
                     help="a state_dict file for the model (read with weights_only=True)")
     cv.add_argument("--limit", type=positive(int), default=512, help="calibration examples used")

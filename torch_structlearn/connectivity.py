@@ -23,7 +23,7 @@ from .checks import density as _check_density
 from .checks import seed as check_seed
 
 __all__ = ["Connectivity", "validate_csr", "check_csr_bounds", "csr_transpose", "fan_in_for_density", "row_of_entries",
-           "bsr_to_csr"]
+           "bsr_to_csr", "check_nm", "top_per_group"]
 
 
 # ---------------------------------------------------------------- CSR helpers (the structure's invariants,
@@ -417,6 +417,7 @@ class Connectivity:
         mode: str = "per_unit",
         *,
         block: tuple[int, int] | None = None,
+        nm: tuple[int, int] | None = None,
     ) -> Connectivity:
         """Keep the highest-scoring connections of a ``(out_features, in_features)`` score matrix.
 
@@ -426,7 +427,9 @@ class Connectivity:
             matrix (fan-in varies by unit).
         With ``block=(bo, bi)`` (which must divide the shape) scores are summed over
         ``bo x bi`` blocks and whole blocks are kept: per block-row for ``per_unit``, over the
-        whole matrix for ``global``. Scores are compared by absolute value.
+        whole matrix for ``global``. With ``nm=(n, m)`` (``per_unit`` only; ``density`` must be
+        ``n / m`` and ``m`` divide ``in_features``) each unit keeps the top ``n`` of every ``m``
+        consecutive inputs (semi-structured N:M). Scores are compared by absolute value.
         """
         if not isinstance(scores, Tensor):
             raise TypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
@@ -438,6 +441,13 @@ class Connectivity:
         if not bool(torch.isfinite(s).all()):
             raise ValueError("scores contain NaN or Inf")
         rows, cols = s.shape
+        if nm is not None:
+            n, m = check_nm(nm, density, cols)
+            if block is not None or mode != "per_unit":
+                raise ValueError(f"nm={nm!r} keeps n of every m inputs of each unit: it takes "
+                                 f"mode='per_unit' and no block (got mode={mode!r}, "
+                                 f"block={block!r})")
+            return cls.from_mask(top_per_group(s, n, m))
         if block is not None:
             bo, bi = _check_block(block, (rows, cols))
             from einops import reduce
@@ -469,3 +479,28 @@ class Connectivity:
 
         mask = repeat(block_mask.detach().cpu() != 0, "r c -> (r bo) (c bi)", bo=bo, bi=bi)
         return cls.from_mask(mask)
+
+
+def check_nm(nm, density: float, in_features: int) -> tuple[int, int]:
+    """``nm`` as ``(n, m)`` ints with ``1 <= n <= m``, ``m`` dividing ``in_features`` and
+    ``density == n / m``; ``ValueError`` naming what is wrong."""
+    if (not isinstance(nm, (tuple, list)) or len(nm) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in nm)
+            or nm[0] > nm[1]):
+        raise ValueError(f"nm must be a pair (n, m) of ints with 1 <= n <= m, got {nm!r}")
+    n, m = nm
+    if in_features % m:
+        raise ValueError(f"nm={tuple(nm)}: m={m} must divide in_features={in_features}")
+    if abs(density - n / m) > 1e-9:
+        raise ValueError(f"nm={tuple(nm)} keeps {n}/{m} of the inputs: density must be {n / m:g}, "
+                         f"got {density!r}")
+    return n, m
+
+
+def top_per_group(scores: Tensor, n: int, m: int) -> Tensor:
+    """``(out, in)`` bool mask keeping the ``n`` largest scores of each ``m`` consecutive."""
+    rows, d = scores.shape
+    g = scores.reshape(rows, d // m, m)
+    mask = torch.zeros_like(g, dtype=torch.bool)
+    mask.scatter_(2, g.topk(n, dim=2).indices, True)
+    return mask.reshape(rows, d)

@@ -13,6 +13,7 @@ import fnmatch
 import os
 import re
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -27,14 +28,171 @@ from .coding import DictionaryLearner
 from .connectivity import Connectivity
 from .io import load_structures
 from .layers import StructLearnedLinear
-from .learn import LayerInit, learner_for, read_layer
+from .learn import CODING_SETTINGS, LayerInit, learner_for, read_layer
 from .loaders import _extract, require_reiterable
 from .progress import tqdm
 
-__all__ = ["convert", "convert_structure", "densify", "select_linears", "replace_module"]
+__all__ = ["convert", "Prune", "Learn", "parse_pattern", "convert_structure", "densify",
+           "select_linears", "replace_module"]
 
-_INITS = ("keep", "dictionary", "random")
 Patterns = str | re.Pattern | Sequence[str | re.Pattern] | None  # globs or regexes on module names
+
+
+class Prune:
+    """A :func:`convert` method for a *trained* model: each layer keeps its own weights on the
+    mask that best preserves its outputs, chosen from the weights and the second moment
+    ``H = Σ x xᵀ`` of its captured inputs (:mod:`torch_structlearn.pruning`; O(in²) memory per
+    layer).
+
+    Args:
+        name: ``'refit'`` (default: SparseGPT's OBS selection in 3 gradual passes, then each
+            unit's least-squares weights on ``H``), ``'sparsegpt'``, ``'wanda'`` (largest
+            ``|W|·‖X_j‖``) or ``'magnitude'`` (largest ``|W|``; needs no data).
+        sequential: calibrate layer by layer in call order, each on the inputs it gets once the
+            layers before it are converted (as SparseGPT and Wanda do); ``'refit'`` then fits
+            each layer to the *dense* model's outputs, correcting upstream error. Costs one
+            pass over the loader per layer (cut short after the layer) and a copy of the model.
+    """
+
+    def __init__(self, name: str = "refit", *, sequential: bool = False) -> None:
+        choice("name", name, pruning.METHODS)
+        if not isinstance(sequential, bool):
+            raise TypeError(f"sequential must be a bool, got {sequential!r}")
+        self.name, self.sequential = name, sequential
+
+    def __repr__(self) -> str:
+        return f"Prune({self.name!r}" + (", sequential=True)" if self.sequential else ")")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Prune) and (self.name, self.sequential) == (
+            other.name, other.sequential)
+
+
+class Learn:
+    """A :func:`convert` method that reads each layer's mask off a dictionary learned from the
+    layer's inputs (:class:`~torch_structlearn.coding.DictionaryLearner`, streamed with
+    ``partial_fit``) — meant for training afterwards: it ignores what trained weights compute.
+
+    Args:
+        init: the converted layers' weights: ``'dictionary'`` (the dictionary's, bias 0),
+            ``'random'`` (Kaiming-uniform) or ``'keep'`` (the trained weights on the mask).
+        learner: the coding settings as one unfitted ``DictionaryLearner``.
+        epochs: passes over the loader.
+        rows_per_batch: at most this many input rows (tokens × batch) per layer per batch go to
+            the learner (a fixed random subset): this bounds memory and time.
+        **coding: ``DictionaryLearner`` arguments (``lam1``, ``lam_g``, ``group_size``, ...),
+            overriding ``learner``'s (:func:`~torch_structlearn.learn.learner_for`).
+    """
+
+    def __init__(self, init: str = "dictionary", *, learner: DictionaryLearner | None = None,
+                 epochs: int = 1, rows_per_batch: int = 2048, **coding) -> None:
+        choice("init", init, ("dictionary", "random", "keep"))
+        positive_int("epochs", epochs)
+        positive_int("rows_per_batch", rows_per_batch)
+        _check_coding(learner, coding)
+        self.init, self.learner, self.epochs = init, learner, epochs
+        self.rows_per_batch, self.coding = rows_per_batch, coding
+
+    name = "dictionary"
+    sequential = False
+
+    def __repr__(self) -> str:
+        args = [repr(self.init)] + [f"{k}={v!r}" for k, v in (
+            ("learner", self.learner), ("epochs", self.epochs),
+            ("rows_per_batch", self.rows_per_batch), *self.coding.items())
+            if (k, v) not in (("learner", None), ("epochs", 1), ("rows_per_batch", 2048))]
+        return f"Learn({', '.join(args)})"
+
+
+Method = str | Prune | Learn
+
+
+def _check_coding(learner, coding: dict) -> None:
+    """``learner`` a ``DictionaryLearner`` or None, ``coding`` its arguments' names."""
+    if learner is not None and not isinstance(learner, DictionaryLearner):
+        raise TypeError(f"learner must be a DictionaryLearner (its settings), got "
+                        f"{type(learner).__name__}")
+    unknown = sorted(set(coding) - CODING_SETTINGS)
+    if unknown:
+        raise TypeError(f"unexpected argument(s) {unknown}; the coding settings are "
+                        f"{sorted(CODING_SETTINGS)}")
+
+
+def _method(method: Method) -> Prune | Learn:
+    """``method`` as a :class:`Prune` or :class:`Learn` (a name: ``'dictionary'`` → ``Learn()``,
+    the others → ``Prune(name)``)."""
+    if isinstance(method, (Prune, Learn)):
+        return method
+    if isinstance(method, str):
+        choice("method", method, (*pruning.METHODS, "dictionary"))
+        return Learn() if method == "dictionary" else Prune(method)
+    raise TypeError(f"method must be a name ({', '.join(pruning.METHODS)}, dictionary), a Prune "
+                    f"or a Learn, got {type(method).__name__}")
+
+
+def parse_pattern(pattern) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """``(block, nm)`` of a :func:`convert` ``pattern``: ``None`` (unstructured), ``'n:m'``
+    (semi-structured: ``n`` of every ``m`` consecutive inputs of a unit, e.g. ``'2:4'``) or a
+    block shape ``(bo, bi)`` (also written ``'boxbi'``, e.g. ``'4x4'``)."""
+    if pattern is None:
+        return None, None
+    if isinstance(pattern, str):
+        for sep, what in ((":", "nm"), ("x", "block")):
+            a, found, b = pattern.partition(sep)
+            if found and a.isdigit() and b.isdigit():
+                pair = (int(a), int(b))
+                return (None, pair) if what == "nm" else (check_block(pair), None)
+    elif isinstance(pattern, (tuple, list)):
+        return check_block(tuple(pattern)), None
+    raise ValueError(f"pattern must be None, 'n:m' (semi-structured, e.g. '2:4') or a block "
+                     f"(bo, bi) / 'boxbi' (e.g. (4, 4) or '4x4'), got {pattern!r}")
+
+
+_OLD_SPELLINGS = ("init", "nm", "block", "sequential", "learner", "epochs", "rows_per_batch")
+
+
+def _from_old_spelling(method, pattern, old: dict) -> tuple[Prune | Learn, object]:
+    """``(method, pattern)`` from 0.1's keywords (``init=``, ``nm=``, ``block=``,
+    ``sequential=``, ``learner=``, ``epochs=``, ``rows_per_batch=``, coding arguments), with a
+    ``DeprecationWarning``; the combinations 0.1 refused are refused the same way."""
+    given = sorted(old)
+    warnings.warn(f"convert({', '.join(k + '=' for k in given)}) is deprecated: give "
+                  "method=Prune(name, sequential=...) or method=Learn(init, learner=..., "
+                  "epochs=..., rows_per_batch=..., **coding) and pattern='n:m' or (bo, bi)",
+                  DeprecationWarning, stacklevel=3)
+    init = old.pop("init", "keep")
+    choice("init", init, ("keep", "dictionary", "random"))
+    nm, block = old.pop("nm", None), old.pop("block", None)
+    if nm is not None and block is not None:
+        raise ValueError(f"give nm= or block=, not both (got nm={nm!r}, block={block})")
+    if (nm is not None or block is not None) and pattern is not None:
+        raise ValueError("give pattern= or the deprecated nm=/block=, not both")
+    if nm is not None:
+        pattern = f"{nm[0]}:{nm[1]}" if isinstance(nm, (tuple, list)) and len(nm) == 2 else nm
+    elif block is not None:
+        pattern = block
+    sequential = old.pop("sequential", False)
+    name = method if isinstance(method, str) else None
+    if name == "refit" and (init != "keep" or old):  # 0.1's default method followed init
+        name = "dictionary"
+    if isinstance(method, (Prune, Learn)):
+        if init != "keep" or old or sequential:
+            raise ValueError(f"method={method!r} carries its own settings: drop "
+                             f"{sorted(set(given) - {'nm', 'block'})}")
+        return method, pattern
+    choice("method", name, ("dictionary", *pruning.METHODS))
+    if name != "dictionary":
+        if init != "keep":
+            raise ValueError(f"method={name!r} chooses the kept weights of a trained layer: it "
+                             f"takes init='keep' (got init={init!r})")
+        if old:
+            raise ValueError(f"learner= and coding arguments {sorted(old)} are for "
+                             f"method='dictionary', not method={name!r}")
+        return Prune(name, sequential=sequential), pattern
+    if nm is not None:
+        raise ValueError("nm= is for the trained-model methods ('refit', 'sparsegpt', "
+                         "'wanda', 'magnitude'), not method='dictionary'")
+    return Learn(init, **old), pattern
 
 
 def _patterns(p: Patterns) -> list:
@@ -204,79 +362,57 @@ def convert(
     loader: Iterable | None = None,
     *,
     density: float,
+    method: Method = "refit",
+    pattern: str | tuple[int, int] | None = None,
     include: Patterns = None,
     exclude: Patterns = None,
-    block: tuple[int, int] | None = None,
-    init: str = "keep",
-    method: str | None = None,
-    nm: tuple[int, int] | None = None,
-    sequential: bool = False,
     batches: int | None = None,
-    epochs: int = 1,
-    rows_per_batch: int = 2048,
     key: str = "x",
     seed: int = 0,
     verbose: bool = True,
-    learner: DictionaryLearner | None = None,
-    **coding_kw,
+    **deprecated,
 ) -> list[dict]:
     """Replace matching ``nn.Linear`` layers of ``model`` in place; returns a per-layer report.
 
     Args:
         model: any module; its ``nn.Linear`` layers named by ``include``/``exclude`` are replaced.
-        loader: yields model inputs (tensors, ``(x, y)`` or dicts with ``key``); not needed when
-            ``density == 1`` and ``init == 'keep'`` (nothing to learn) or for ``'magnitude'``.
+        loader: yields model inputs (tensors, ``(x, y)`` or dicts with ``key``); not needed for
+            ``'magnitude'`` or when nothing is chosen (``density == 1`` keeping the weights).
         density: connection density of every converted layer (each unit keeps
             ``ceil(density·in)`` inputs).
+        method: how the masks and the kept weights are chosen — a name or an object that
+            carries its own settings, so that no combination is invalid:
+            :class:`Prune` for a *trained* model (``'refit'``, the default; ``'sparsegpt'``,
+            ``'wanda'``, ``'magnitude'``; ``Prune('refit', sequential=True)``), or
+            :class:`Learn` (``'dictionary'``; ``Learn('random', lam_g=...)``) to read the
+            masks off a dictionary of each layer's inputs, for training afterwards.
+        pattern: the masks' shape: ``None`` (unstructured), ``'n:m'`` (``n`` of every ``m``
+            consecutive inputs of a unit, e.g. ``'2:4'`` with ``density=0.5``) or blocks
+            ``(bo, bi)`` / ``'4x4'`` (whole blocks, the same number per block row).
         include: globs on module names (``'blocks.*.mlp.fc*'``) or ``re.Pattern``: the layers
             converted (default: every ``nn.Linear``).
         exclude: globs or patterns of layers left dense.
-        block: ``(bo, bi)`` block-sparse masks (whole blocks, the same number per block row).
-        init: ``'keep'`` the trained weights, ``'dictionary'`` or ``'random'`` values on a
-            structure read off a dictionary of the layer's inputs.
-        method: how the mask and the kept weights are chosen. For a *trained* model
-            (``init='keep'``, default ``'refit'``) each layer keeps what best preserves its
-            outputs, from its weights and the second moment ``H = Σ x xᵀ`` of its captured
-            inputs (:mod:`torch_structlearn.pruning`; O(in²) memory per layer):
-            ``'refit'`` (SparseGPT's OBS selection run in 3 gradual passes, then each unit's
-            least-squares weights on ``H``), ``'sparsegpt'``, ``'wanda'`` (largest
-            ``|W|·‖X_j‖``) and ``'magnitude'`` (largest ``|W|``; no data) — the anchors, for
-            comparison. ``'dictionary'`` (default for the other inits) reads the mask off a
-            dictionary learned from each layer's inputs and is meant for training afterwards:
-            it ignores what the trained weights compute.
-        nm: ``(n, m)`` semi-structured masks for the trained-model methods: ``n`` of every
-            ``m`` consecutive inputs of a unit kept (``(2, 4)`` with ``density=0.5``).
-        sequential: calibrate layer by layer in call order, each on the inputs it gets once the
-            layers before it are converted (as SparseGPT and Wanda do); ``'refit'`` then fits
-            each layer to the *dense* model's outputs, correcting upstream error. Costs one
-            pass over ``loader`` per layer (cut short after the layer) and a copy of ``model``;
-            the default captures every layer in one pass.
         batches: batches per pass over ``loader`` (default: all).
-        epochs: passes over ``loader`` for ``'dictionary'``.
-        rows_per_batch: at most this many input rows (tokens × batch) per layer per batch go to
-            the dictionary learner (a fixed random subset) — this bounds memory and time.
-        learner: the coding settings of ``'dictionary'`` as one unfitted
-            :class:`~torch_structlearn.coding.DictionaryLearner` (see ``coding_kw``).
-        **coding_kw: the coding settings of ``'dictionary'``, as one unfitted
-            :class:`~torch_structlearn.coding.DictionaryLearner` and/or its arguments (``lam1``,
-            ``lam_g``, ``group_size``, ``max_iter``, ...; they override the learner's), for
-            every layer (:func:`~torch_structlearn.learn.learner_for`).
+        **deprecated: 0.1's ``init=``, ``nm=``, ``block=``, ``sequential=``, ``learner=``,
+            ``epochs=``, ``rows_per_batch=`` and coding arguments, with a
+            ``DeprecationWarning`` (one release).
 
     Returns:
         One dict per converted layer: ``name, in_features, out_features, density, nnz, seconds,
         method`` (and ``objective`` when a dictionary was learned; ``output_error``, the
         relative error ``‖W X − Ŵ X̂‖² / ‖W X‖²`` on the captured inputs — ``X̂ = X`` unless
-        ``sequential`` — for the methods that capture them).
+        ``sequential`` — for :class:`Prune` methods that capture them).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     density = check_density(density)
-    choice("init", init, _INITS)
-    positive_int("epochs", epochs)
-    positive_int("rows_per_batch", rows_per_batch)
+    method = "refit" if method is None else method  # (0.1's spelling of the default)
+    if deprecated:  # 0.1's keywords, and its coding arguments given directly
+        _check_coding(None, {k: v for k, v in deprecated.items() if k not in _OLD_SPELLINGS})
+        method, pattern = _from_old_spelling(method, pattern, dict(deprecated))
+    method = _method(method)
+    block, nm = parse_pattern(pattern)
     check_seed("seed", seed)
-    if not isinstance(sequential, bool):
-        raise TypeError(f"sequential must be a bool, got {sequential!r}")
     if batches is not None:
         positive_int("batches", batches)
     names = select_linears(model, include, exclude)
@@ -286,40 +422,26 @@ def convert(
                          f"the model's nn.Linear layers are {all_names[:20]}"
                          + (" ..." if len(all_names) > 20 else ""))
     linears = {n: model.get_submodule(n) for n in names}
-    if block is not None:
-        block = check_block(block)
-        for n, lin in linears.items():
-            if lin.out_features % block[0] or lin.in_features % block[1]:
-                raise ValueError(f"block={tuple(block)} does not divide layer {n!r} of shape "
-                                 f"({lin.out_features}, {lin.in_features})")
-    if method is None:
-        method = "refit" if init == "keep" else "dictionary"
-    choice("method", method, ("dictionary", *pruning.METHODS))
-    trained = method != "dictionary"
-    if trained and init != "keep":
-        raise ValueError(f"method={method!r} chooses the kept weights of a trained layer: it "
-                         f"takes init='keep' (got init={init!r})")
-    if trained and (learner is not None or coding_kw):
-        raise ValueError(f"learner= and coding arguments {sorted(coding_kw)} are for "
-                         f"method='dictionary', not method={method!r}")
-    if nm is not None:
-        if not trained:
-            raise ValueError("nm= is for the trained-model methods ('refit', 'sparsegpt', "
-                             "'wanda', 'magnitude'), not method='dictionary'")
-        if block is not None:
-            raise ValueError(f"give nm= or block=, not both (got nm={nm!r}, block={block})")
-        for n, lin in linears.items():
+    for n, lin in linears.items():
+        if block is not None and (lin.out_features % block[0] or lin.in_features % block[1]):
+            raise ValueError(f"pattern={pattern!r}: blocks {block} do not divide layer {n!r} of "
+                             f"shape ({lin.out_features}, {lin.in_features})")
+        if nm is not None:
             try:
                 pruning.check_nm(nm, density, lin.in_features)
             except ValueError as e:
-                raise ValueError(f"layer {n!r}: {e}") from None
-    everything = density == 1.0 and init == "keep"  # nothing to choose
+                raise ValueError(f"pattern={pattern!r}, layer {n!r}: {e}") from None
+    trained = isinstance(method, Prune)
+    keep = trained or method.init == "keep"
+    everything = density == 1.0 and keep  # nothing to choose
     learn = not trained and not everything
-    capture = learn or (trained and method != "magnitude" and not everything)
+    capture = learn or (trained and method.name != "magnitude" and not everything)
+    epochs = 1 if trained else method.epochs
+    sequential = trained and method.sequential
     if capture and loader is None:
         raise ValueError(f"a loader is needed to learn structures (method={method!r}, "
-                         f"density={density}, init={init!r})")
-    if capture and (epochs > 1 or (sequential and trained)):
+                         f"density={density})")
+    if capture and (epochs > 1 or sequential):
         require_reiterable(loader, "convert with " + (f"epochs={epochs}" if epochs > 1
                                                       else "sequential=True"))
 
@@ -331,14 +453,14 @@ def convert(
 
     def build(n: str, st: pruning.InputStatistics | None) -> nn.Module:
         t0 = time.perf_counter()
-        new, extras[n] = _pruned(linears[n], method, density, st, nm, block)
+        new, extras[n] = _pruned(linears[n], method.name, density, st, nm, block)
         seconds[n] += time.perf_counter() - t0
         return new
 
     was_training = model.training
     model.eval()
     try:
-        if capture and trained and sequential:
+        if capture and sequential:
             t0 = time.perf_counter()
             built = _sequential(model, linears, loader, batches, key, device, build, verbose)
             per_layer = (time.perf_counter() - t0 - sum(seconds.values())) / len(names)
@@ -347,15 +469,16 @@ def convert(
         else:
             if capture:
                 if learn:
-                    learners = {n: learner_for(lin.out_features, learner, seed=seed,
-                                               verbose=False, **coding_kw)
+                    learners = {n: learner_for(lin.out_features, method.learner, seed=seed,
+                                               verbose=False, **method.coding)
                                 for n, lin in linears.items()}
                 else:
                     stats = {n: pruning.InputStatistics(lin.in_features, lin.weight.device)
                              for n, lin in linears.items()}
+                rows = 2048 if trained else method.rows_per_batch
                 _capture(model, linears, loader, learners, stats, seconds, epochs, batches, key,
-                         device, rows_per_batch, seed, tqdm(range(epochs), desc="convert",
-                                                            unit="pass", disable=not verbose))
+                         device, rows, seed, tqdm(range(epochs), desc="convert", unit="pass",
+                                                  disable=not verbose))
             built = {}
             for n, lin in linears.items():
                 if trained:
@@ -363,10 +486,10 @@ def convert(
                     continue
                 t0 = time.perf_counter()
                 D = learners[n].dictionary_ if learn else None
-                learned = None if D is None else read_layer(D, density, "per_unit", block)
+                learned = None if D is None else read_layer(D, density, "per_unit", block, nm)
                 conn = (Connectivity.from_mask(torch.ones(lin.out_features, lin.in_features))
                         if learned is None else learned.connectivity)
-                built[n] = _build(lin, conn, init, learned, block)
+                built[n] = _build(lin, conn, method.init, learned, block)
                 seconds[n] += time.perf_counter() - t0
                 if D is not None:
                     extras[n] = {"objective": learners[n].objective_[-1]}
@@ -378,7 +501,7 @@ def convert(
         new = built[n]
         report.append({"name": n, "in_features": lin.in_features, "out_features": lin.out_features,
                        "density": new.density, "nnz": new.nnz, "seconds": seconds[n],
-                       "method": method, **extras.get(n, {})})
+                       "method": method.name, **extras.get(n, {})})
     for n, new in built.items():  # swapped in only once every layer is built
         replace_module(model, n, new)
     if verbose:

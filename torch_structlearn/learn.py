@@ -70,15 +70,18 @@ class LayerInit:
 
 
 def read_layer(dictionary: Tensor, density: float, mode: str = "per_unit",
-               block: tuple[int, int] | None = None) -> LayerInit:
+               block: tuple[int, int] | None = None,
+               nm: tuple[int, int] | None = None) -> LayerInit:
     """The one place a learned dictionary ``D (in, out)`` becomes a layer: unit ``k`` connects
     to the inputs with the largest ``|D[:, k]|`` (its top ``ceil(density·in)`` for
     ``mode='per_unit'``, the top ``density`` fraction of the layer for ``'global'``, whole
-    ``block=(bo, bi)`` blocks by summed ``|D|``), and its weights start from ``Dᵀ`` on those
-    connections (:func:`dictionary_values`). Used by :func:`learn_layer`,
+    ``block=(bo, bi)`` blocks by summed ``|D|``, the top ``n`` of every ``m`` consecutive
+    inputs for ``nm=(n, m)``), and its weights start from ``Dᵀ`` on those connections
+    (:func:`dictionary_values`). Used by :func:`learn_layer`,
     ``StructLearnedStack.learn_structure`` and :func:`~torch_structlearn.convert`."""
     D = dictionary.detach().cpu()
-    conn = Connectivity.from_scores(D.T, density, mode, block=tuple(block) if block else None)
+    conn = Connectivity.from_scores(D.T, density, mode, block=tuple(block) if block else None,
+                                    nm=nm)
     return LayerInit(conn, dictionary_values(D, conn), D)
 
 

@@ -40,7 +40,8 @@ from einops import reduce, repeat
 from torch import Tensor
 
 from .checks import block as _check_block
-from .connectivity import fan_in_for_density
+from .connectivity import check_nm as _check_nm
+from .connectivity import fan_in_for_density, top_per_group
 
 fan_in_for_density = fan_in_for_density  # (re-exported: the per-unit fan-in every method keeps)
 
@@ -134,30 +135,8 @@ def _damped(H: Tensor, damp: float) -> Tensor:
 
 
 def check_nm(nm, density: float, in_features: int) -> tuple[int, int] | None:
-    """``nm`` as ``(n, m)`` positive ints with ``n <= m`` dividing ``in_features`` and
-    ``density == n / m`` (``None`` passes), else ``ValueError``."""
-    if nm is None:
-        return None
-    if (not isinstance(nm, (tuple, list)) or len(nm) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in nm)
-            or nm[0] > nm[1]):
-        raise ValueError(f"nm must be a pair (n, m) of ints with 1 <= n <= m, got {nm!r}")
-    n, m = nm
-    if in_features % m:
-        raise ValueError(f"nm={tuple(nm)}: m={m} must divide in_features={in_features}")
-    if abs(density - n / m) > 1e-9:
-        raise ValueError(f"nm={tuple(nm)} keeps {n}/{m} of the inputs: density must be {n / m:g}, "
-                         f"got {density!r}")
-    return n, m
-
-
-def _top_per_group(scores: Tensor, n: int, m: int) -> Tensor:
-    """``(out, in)`` bool mask keeping the ``n`` largest scores of each ``m`` consecutive."""
-    rows, d = scores.shape
-    g = scores.reshape(rows, d // m, m)
-    mask = torch.zeros_like(g, dtype=torch.bool)
-    mask.scatter_(2, g.topk(n, dim=2).indices, True)
-    return mask.reshape(rows, d)
+    """:func:`~torch_structlearn.connectivity.check_nm`, ``None`` passing."""
+    return None if nm is None else _check_nm(nm, density, in_features)
 
 
 def _top_per_row(scores: Tensor, k: int) -> Tensor:
@@ -189,7 +168,7 @@ def _select(scores: Tensor, density: float, nm, block=None) -> Tensor:
     nm = check_nm(nm, density, scores.shape[1])
     block = check_block(block, tuple(scores.shape), nm)
     if nm is not None:
-        return _top_per_group(scores, *nm)
+        return top_per_group(scores, *nm)
     if block is not None:
         return _top_blocks(scores, fan_in_for_density(density, scores.shape[1] // block[1]), block)
     return _top_per_row(scores, fan_in_for_density(density, scores.shape[1]))
