@@ -99,6 +99,12 @@ def test_inspect_png_hub_list_and_convert(tmp_path, capsys):
     assert rc == 0
     mask = load(out / "structures.safetensors")["fc"].connectivity.to_mask()
     assert bool((mask.reshape(mask.shape[0], -1, 4).sum(2) == 2).all())
+    capsys.readouterr()
+    assert main(["inspect", str(out / "structures.safetensors")]) == 0  # layers by module name
+    assert "  fc: 512 -> 1" in capsys.readouterr().out
+    assert main(["inspect", str(path), "--png", str(png), "--image-shape", "3,28,28"]) == 2
+    captured = capsys.readouterr()  # refused before anything is printed
+    assert captured.out == "" and "the first layer takes 784 inputs, not 2352" in captured.err
     assert main(["convert", "resnet18", "--include", "nothing", "--limit", "8", "--quiet",
                  "--out", str(out)]) == 2
     assert "no nn.Linear matches" in capsys.readouterr().err

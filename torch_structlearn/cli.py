@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import pickle
 import shutil
@@ -236,18 +237,28 @@ class _staging:
 def _inspect(args) -> int:
     module = load(args.file)
     layers = sparse_layers(module)
-    print(args.file)
-    if not isinstance(module, dict):
-        print(f"  {type(module).__name__}: {module.extra_repr()}")
-    if args.png:
+    if isinstance(module, dict):  # a converted model's layers, by module name
+        names = {id(layer): name for name, layer in module.items()}
+    else:
+        names = {id(m): name or type(m).__name__ for name, m in module.named_modules()}
+    shape = None
+    if args.png:  # checked before anything is printed
         shape = args.image_shape or getattr(module, "input_shape", None)
         if shape is None:
             raise ValueError("--png needs --image-shape C,H,W for this file")
+        if math.prod(shape) != layers[0].in_features:
+            raise ValueError(f"--image-shape {','.join(map(str, shape))}: the first layer takes "
+                             f"{layers[0].in_features} inputs, not {math.prod(shape)}")
+    print(args.file)
+    if not isinstance(module, dict):
+        print(f"  {type(module).__name__}: {module.extra_repr()}")
+    if shape is not None:
         save_receptive_fields(layers[0], shape, args.png)
         print(f"  wrote {args.png}")
     for i, layer in enumerate(layers):
         fan = layer.fan_in.long()
-        print(f"  layer {i}: {layer.in_features} -> {layer.out_features}, nnz={layer.nnz}, "
+        print(f"  {names.get(id(layer), f'layer {i}')}: {layer.in_features} -> "
+              f"{layer.out_features}, nnz={layer.nnz}, "
               f"density={layer.density:.4%}, fan_in min/mean/max = "
               f"{int(fan.min())}/{fan.float().mean():.1f}/{int(fan.max())}, "
               f"empty units = {int((fan == 0).sum())}")
