@@ -254,7 +254,7 @@ def test_bad_data_is_one_line_before_any_work(tmp_path, capsys, case, message):
 def test_every_option_of_every_command_has_help_and_shows_its_default(capsys):
     import argparse
 
-    from torch_structlearn.bench import _parser
+    from torch_structlearn.bench import TOOLS, _parser
 
     def actions(p, path):
         for a in p._actions:
@@ -271,10 +271,13 @@ def test_every_option_of_every_command_has_help_and_shows_its_default(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "default:" in capsys.readouterr().out
-    for path, a, p in actions(_parser(), ["bench"]):
-        assert a.help, f"{path} {a.option_strings}: no help text"
-        if path != "bench" and a.option_strings:
-            assert p.formatter_class is argparse.ArgumentDefaultsHelpFormatter, path
+    parsers = [(_parser(), ["bench"])] + [(tool.parser(), ["bench", name])
+                                          for name, tool in TOOLS.items()]
+    for parser, root in parsers:
+        for path, a, p in actions(parser, root):
+            assert a.help, f"{path} {a.option_strings}: no help text"
+            if path != "bench" and a.option_strings:
+                assert p.formatter_class is argparse.ArgumentDefaultsHelpFormatter, path
 
 
 def test_bench_options_before_the_subcommand_are_an_error(capsys):

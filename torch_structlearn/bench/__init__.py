@@ -60,9 +60,10 @@ RENDERERS = markdown.RENDERERS
 """The Markdown of a result, by its ``"benchmark"`` field (what ``structlearn bench markdown``
 writes into BENCHMARKS.md)."""
 
-TOOLS = {"compile-time": compile_time.main, "convert-time": convert_time.main,
-         "page-faults": page_faults.main, "markdown": markdown.main, "prior": prior.main}
-"""Subcommands with parsers of their own: ``structlearn bench NAME ...`` runs ``TOOLS[NAME]``."""
+TOOLS = {"compile-time": compile_time, "convert-time": convert_time, "page-faults": page_faults,
+         "markdown": markdown, "prior": prior}
+"""Subcommands with parsers of their own (each module's ``parser()``): ``structlearn bench
+NAME ...`` runs ``TOOLS[NAME].main``."""
 
 
 def _shape(s: str) -> tuple[int, int, int]:
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in TOOLS:
-        return TOOLS[argv[0]](argv[1:])
+        return TOOLS[argv[0]].main(argv[1:])
     what = next((i for i, a in enumerate(argv) if a in RENDERERS or a in TOOLS), None)
     early = [a for a in argv[:what] if a.startswith("-") and a not in ("-h", "--help")]
     if what is not None and early:  # they would be parsed, then overridden by the subcommand's

@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..checks import arg_density, arg_positive
 from ..convert import convert
 from ..filesystem import write_json
 from .timing import machine
@@ -60,21 +61,29 @@ def child(cfg: dict) -> dict:
             "profile_ms_per_step": dict(sorted(ops.items(), key=lambda kv: -kv[1])[:12])}
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="structlearn bench compile-time",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="convnext_atto")
+    p.add_argument("--model", default="convnext_atto", help="timm model name")
     p.add_argument("--kwargs", type=json.loads, default={"conv_mlp": False},
                    help="timm.create_model keyword arguments as JSON (default: the MLPs as "
                         "nn.Linear layers, which convnext_atto makes 1x1 convolutions otherwise)")
-    p.add_argument("--density", type=float, default=0.1)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--density", type=arg_density, default=0.1,
+                   help="density of every converted layer")
+    p.add_argument("--batch", type=arg_positive(int), default=8, help="images per step")
+    p.add_argument("--size", type=arg_positive(int), default=224, help="image side")
+    p.add_argument("--steps", type=arg_positive(int), default=5,
+                   help="timed steps after the first call (the median kept)")
     p.add_argument("--backend", default="inductor", help="torch.compile backend")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/compile-time-cpu.json"))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/compile-time-cpu.json"),
+                   help="result file")
     p.add_argument("--child", type=json.loads, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child)))

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..checks import arg_density, arg_positive
 from ..convert import convert
 from ..filesystem import write_json
 from .timing import machine
@@ -58,16 +59,26 @@ def child(model_name: str, method: str, density: float, calib: int) -> dict:
     return out
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="structlearn bench convert-time",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--models", nargs="+", default=MODELS)
-    p.add_argument("--methods", nargs="+", default=["refit", "sparsegpt", "wanda"])
-    p.add_argument("--density", type=float, default=0.1)
-    p.add_argument("--calib", type=int, default=128)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/convert-time-cpu.json"))
+    p.add_argument("--models", nargs="+", default=MODELS, help="timm model names")
+    p.add_argument("--methods", nargs="+", default=["refit", "sparsegpt", "wanda"],
+                   choices=["refit", "sparsegpt", "wanda", "magnitude", "dictionary"],
+                   help="convert methods timed")
+    p.add_argument("--density", type=arg_density, default=0.1,
+                   help="density of every converted layer")
+    p.add_argument("--calib", type=arg_positive(int), default=128,
+                   help="calibration images (random, 224x224)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/convert-time-cpu.json"),
+                   help="result file")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1], float(args.child[2]), int(args.child[3]))))

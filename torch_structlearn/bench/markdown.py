@@ -39,11 +39,17 @@ def update(path: Path, key: str, body: str) -> None:
     write_atomic(path, text.encode())
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="structlearn bench markdown",
-                                description=__doc__.split("\n\n")[0])
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("markdown", type=Path, help="the file to update, e.g. BENCHMARKS.md")
     p.add_argument("results", type=Path, nargs="+", help="JSON written by `structlearn bench`")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     for f in args.results:
         try:

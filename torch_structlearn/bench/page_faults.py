@@ -35,9 +35,14 @@ def per_call(fn, n: int = 9) -> tuple[float, float]:
     return statistics.median(times), (faults() - f0) / n
 
 
+def parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog="structlearn bench page-faults",
+                                   description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="structlearn bench page-faults",
-                            description=__doc__.split("\n\n")[0]).parse_args(argv)
+    parser().parse_args(argv)
     m = machine()
     print(f"{m['cpu']} ({' '.join(m['cpu_flags'])}), {m['threads']} threads, torch {m['torch']}")
     kept = torch.empty(4096, 3072)

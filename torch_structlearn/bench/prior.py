@@ -49,12 +49,18 @@ def write_tables(table: dict, by_shape: dict, cmd: str, sources: dict) -> None:
         live.update(fresh)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="structlearn bench prior",
-                                description=__doc__.split("\n\n")[0])
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("files", type=Path, nargs="+", help="JSON written by `structlearn bench kernels`")
     p.add_argument("--isa", default=None, help="instruction set (avx2, avx512, ...) of old files")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = parser()
     args = p.parse_args(argv)
     table, by_shape = auto.TABLE, auto.BY_SHAPE
     sources = dict(auto.load_sources())
