@@ -36,7 +36,7 @@ def test_learn_demo_on_digits_writes_loadable_outputs(tmp_path, capsys, kernel):
     assert all(0 <= r["test_accuracy"] <= 1 for r in res["results"])
     # inspect reads it back
     assert main(["inspect", str(out / "structure.safetensors")]) == 0
-    assert "layer 0: 64 -> 32" in capsys.readouterr().out
+    assert "  body.layers.0.0: 64 -> 32" in capsys.readouterr().out
 
 
 def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):

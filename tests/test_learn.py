@@ -374,6 +374,41 @@ def test_convolutional_whitening_approximates_the_full_zca(tmp_path):
     assert len(next(one_shot)[0]) == 500  # refused before reading anything
 
 
+def test_low_rank_whitening_is_the_full_zca_on_its_directions_and_close_elsewhere(tmp_path):
+    """rank=k: the k highest-variance directions whitened exactly, the rest at one common
+    scale; fitted directly or made from a fitted full ZCA (low_rank), the same module; its
+    error against the full ZCA output shrinks with k; saved and loaded in a classifier."""
+    from torch_structlearn import StructLearnedClassifier, StructLearnedStack
+
+    X = _photo_crops(n=5000, size=16)
+    train, test = X[:4000], X[4000:]
+    full = ZCAWhitening(256).fit(_loader(train, 500))
+    ref = full(test)
+    errors = {}
+    for k in (8, 64, 200):
+        low = ZCAWhitening(256, rank=k).fit(_loader(train, 500))
+        assert low.basis.shape == (256, k) and not hasattr(low, "matrix")
+        torch.testing.assert_close(low(test), full.low_rank(k)(test), rtol=1e-3, atol=1e-4)
+        errors[k] = float((low(test) - ref).norm() / ref.norm())
+        # exact on the kept directions: W u = s u for every kept eigenvector u
+        u = low.basis
+        torch.testing.assert_close(u.T @ full.matrix @ u, torch.diag(low.gains + low.floor),
+                                   rtol=1e-3, atol=1e-4)
+    assert errors[200] < errors[64] < errors[8] and errors[200] < 0.05, errors
+    assert "rank=64" in repr(ZCAWhitening(256, rank=64))
+    with pytest.raises(ValueError, match="give rank= or kernel_size=, not both"):
+        ZCAWhitening(256, rank=8, image_shape=(1, 16, 16), kernel_size=3)
+    with pytest.raises(ValueError, match="rank must be < num_features = 256"):
+        ZCAWhitening(256, rank=256)
+    with pytest.raises(ValueError, match="low_rank needs a fitted full-matrix"):
+        ZCAWhitening(256).low_rank(8)
+    stack = StructLearnedStack(256, 16, max_depth=1, density=0.25, group_size=2)
+    model = StructLearnedClassifier(full.low_rank(64), stack, 3, (1, 16, 16)).eval()
+    back = load(save(model, tmp_path / "c.safetensors"))
+    assert back.whitening.rank == 64
+    torch.testing.assert_close(back(test[:5]), model(test[:5]))
+
+
 def test_a_failed_refit_keeps_the_fitted_whitening():
     """The convolution whitening reads the loader twice; when the second pass fails, the module
     keeps its previous fit whole (it used to hold the new mean with the old filter)."""

@@ -69,6 +69,11 @@ _CONFIG = {**stack_format.CONFIG, "num_classes": int, "input_shape": list, "eps"
            "per_example_mean": bool}
 
 
+def _whitening_tensors(kernel: int | None, rank: int | None) -> tuple[str, ...]:
+    """The whitening's buffers a file stores, besides its mean."""
+    return ("weight",) if kernel else ("basis", "gains", "floor") if rank else ("matrix",)
+
+
 def _encode(model: StructLearnedClassifier) -> tuple[dict, list, dict[str, Tensor]]:
     config, layers, tensors = stack_format.encode(model.body)
     w = model.whitening
@@ -76,19 +81,25 @@ def _encode(model: StructLearnedClassifier) -> tuple[dict, list, dict[str, Tenso
                   per_example_mean=w.per_example_mean)
     if w.kernel_size:  # convolutional whitening (optional key)
         config["whitening_kernel"] = w.kernel_size
-    tensors.update({"whitening.mean": w.mean,
-                    **({"whitening.weight": w.weight} if w.kernel_size else {"whitening.matrix": w.matrix}),
+    if w.rank:  # low-rank whitening (optional key)
+        config["whitening_rank"] = w.rank
+    tensors.update({"whitening.mean": w.mean, **{f"whitening.{k}": getattr(w, k)
+                                                 for k in _whitening_tensors(w.kernel_size, w.rank)},
                     "head.weight": model.head.weight, "head.bias": model.head.bias})
     return config, layers, tensors
 
 
 def _check(f: FileCheck, config: dict, layers: list) -> set[str]:
     expected = stack_format.check(f, config, layers, _CONFIG, "StructLearnedClassifier",
-                                  optional={"whitening_kernel"})
-    kernel = config.get("whitening_kernel")
+                                  optional={"whitening_kernel", "whitening_rank"})
+    kernel, rank = config.get("whitening_kernel"), config.get("whitening_rank")
     if kernel is not None and (not isinstance(kernel, int) or isinstance(kernel, bool)
                                or kernel < 1 or kernel % 2 == 0):
         f.fail(f"whitening_kernel must be a positive odd int, got {kernel!r:.100}")
+    if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1
+                             or kernel is not None):
+        f.fail(f"whitening_rank must be a positive int (and no whitening_kernel), got "
+               f"{rank!r:.100}")
     shape = config["input_shape"]
     if not shape or not positive_ints(shape) or max(shape) > MAX_FEATURES:
         f.fail(f"input_shape must be a list of positive ints, got {shape!r:.100}")
@@ -96,9 +107,12 @@ def _check(f: FileCheck, config: dict, layers: list) -> set[str]:
     if d != config["in_features"] or config["num_classes"] < 1:
         f.fail("input_shape / num_classes do not match the stack config")
     out = config["width"] // config["group_size"]
-    whitening = (("whitening.weight", [shape[0], shape[0], kernel, kernel]) if kernel else
-                 ("whitening.matrix", [d, d]))
-    for key, want in (("whitening.mean", [d]), whitening,
+    if rank is not None and rank >= d:
+        f.fail(f"whitening_rank {rank} must be below the {d} features")
+    shapes = {"weight": [shape[0], shape[0], kernel, kernel], "basis": [d, rank],
+              "gains": [rank], "floor": [1], "matrix": [d, d]}
+    whitening = [(f"whitening.{k}", shapes[k]) for k in _whitening_tensors(kernel, rank)]
+    for key, want in (("whitening.mean", [d]), *whitening,
                       ("head.weight", [config["num_classes"], out]),
                       ("head.bias", [config["num_classes"]])):
         f.entry(key, {"F32"}, want)
@@ -108,19 +122,17 @@ def _check(f: FileCheck, config: dict, layers: list) -> set[str]:
 
 def _decode(f: FileCheck, c: dict, records: list[Record], tensors: dict[str, Tensor]
             ) -> StructLearnedClassifier:
-    kernel = c.get("whitening_kernel")
+    kernel, rank = c.get("whitening_kernel"), c.get("whitening_rank")
     try:
         whiten = ZCAWhitening(c["in_features"], eps=c["eps"], per_example_mean=c["per_example_mean"],
                               image_shape=tuple(c["input_shape"]) if kernel else None,
-                              kernel_size=kernel)
+                              kernel_size=kernel, rank=rank)
     except (TypeError, ValueError) as e:
         f.fail(f"invalid whitening config: {e}")
     with torch.no_grad():
         whiten.mean.copy_(tensors["whitening.mean"])
-        if kernel:
-            whiten.weight.copy_(tensors["whitening.weight"])
-        else:
-            whiten.matrix.copy_(tensors["whitening.matrix"])
+        for k in _whitening_tensors(kernel, rank):
+            getattr(whiten, k).copy_(tensors[f"whitening.{k}"])
         whiten._fitted.fill_(True)
     model = StructLearnedClassifier(whiten, stack_format.decode(f, c, records, tensors),
                                     c["num_classes"], c["input_shape"])

@@ -118,7 +118,8 @@ def _learn_unsupervised(args, loader, shape: tuple, verbose: bool):
         raise ValueError(f"--flip needs (C, H, W) images, got shape {shape}")
     # both built (and their arguments checked) before the whitening's pass over the data
     whiten = ZCAWhitening(d, eps=args.eps, kernel_size=args.whitening_kernel,
-                          image_shape=shape if args.whitening_kernel else None)
+                          image_shape=shape if args.whitening_kernel else None,
+                          rank=args.whitening_rank)
     stack = StructLearnedStack(d, args.width, max_depth=args.max_depth, density=args.density,
                                group_size=args.group_size, min_gain=args.min_gain,
                                epochs=args.dict_epochs, active_fraction=args.active_fraction,
@@ -545,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
     lr.add_argument("--whitening-kernel", type=positive(int), default=None, metavar="K",
                     help="whiten with a KxK convolution fitted to the full ZCA (odd K; small "
                          "files for large images) instead of the d x d matrix")
+    lr.add_argument("--whitening-rank", type=positive(int), default=None, metavar="R",
+                    help="keep the ZCA in rank R: the R highest-variance directions exactly, "
+                         "the others at one common scale (d x R numbers instead of d x d)")
     lr.add_argument("--dict-epochs", type=positive(int), default=2,
                     help="dictionary-learning passes over the data")
     lr.add_argument("--active-fraction", type=fraction, default=0.3,
