@@ -14,7 +14,7 @@ def _problem(out=6, d=10, n=200, seed=0):
     A = torch.randn(d, d, generator=g, dtype=torch.float64)
     X = torch.randn(n, d, generator=g, dtype=torch.float64) @ A  # correlated inputs
     W = torch.randn(out, d, generator=g, dtype=torch.float64)
-    stats = pruning.InputStatistics(d)
+    stats = pruning.InputStatistics(d, dtype=torch.float64)  # exact references
     for chunk in X.split(37):  # streamed in uneven batches
         stats.update(chunk)
     return W, X, stats.H
@@ -29,16 +29,23 @@ def test_input_statistics_of_low_precision_batches_and_bad_inputs():
     g = torch.Generator().manual_seed(1)
     X = torch.randn(3000, 12, generator=g, dtype=torch.float64)
     exact = X.T @ X
-    for dtype, rtol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
-        stats = pruning.InputStatistics(12)
-        for chunk in X.split(100):  # many batches: summed in float64
+    for dtype, stats_dtype, rtol in ((torch.float32, torch.float64, 1e-5),
+                                     (torch.bfloat16, torch.float64, 2e-2),
+                                     (torch.float32, torch.float32, 1e-5)):  # the default
+        stats = pruning.InputStatistics(12, dtype=stats_dtype)
+        for chunk in X.split(100):  # many batches
             stats.update(chunk.to(dtype))
-        assert stats.H.dtype == torch.float64 and stats.n == 3000
-        torch.testing.assert_close(stats.H, exact, rtol=rtol, atol=rtol * float(exact.abs().max()))
+        assert stats.H.dtype == stats_dtype and stats.n == 3000
+        torch.testing.assert_close(stats.H, exact.to(stats_dtype), rtol=rtol,
+                                   atol=rtol * float(exact.abs().max()))
     big = X[:50].float() * 1e20  # finite inputs whose float32 products overflow
-    stats = pruning.InputStatistics(12)
+    stats = pruning.InputStatistics(12, dtype=torch.float64)
     stats.update(big)
     torch.testing.assert_close(stats.H, big.double().T @ big.double())
+    with pytest.raises(ValueError, match=r"overflow torch.float32 .*dtype=torch.float64"):
+        pruning.InputStatistics(12).update(big)
+    with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
+        pruning.InputStatistics(12, dtype=torch.float16)
     bad = X[:50].clone()
     bad[7, 3] = float("inf")
     stats = pruning.InputStatistics(12, paired=True)
@@ -172,7 +179,7 @@ def test_paired_statistics_target_is_the_least_squares_fit_to_the_reference_outp
     W, X_ref, _ = _problem(seed=3)
     g = torch.Generator().manual_seed(4)
     X = X_ref + 0.3 * torch.randn(X_ref.shape, generator=g, dtype=torch.float64)  # perturbed
-    stats = pruning.InputStatistics(X.shape[1], paired=True)
+    stats = pruning.InputStatistics(X.shape[1], paired=True, dtype=torch.float64)
     for a, b in zip(X.split(37), X_ref.split(37), strict=True):
         stats.update(a, b)
     want = torch.linalg.lstsq(X, X_ref @ W.T).solution.T

@@ -244,11 +244,12 @@ def _build(linear: nn.Linear, conn: Connectivity, init: str, learned: LayerInit 
 @torch.no_grad()
 def _pruned(linear: nn.Linear, method: str, density: float,
             stats: pruning.InputStatistics | None, nm: tuple[int, int] | None,
-            block: tuple[int, int] | None) -> tuple[StructLearnedLinear, dict]:
+            block: tuple[int, int] | None, tick=None) -> tuple[StructLearnedLinear, dict]:
     """The sparse layer of a trained ``linear`` by ``method`` (:mod:`~torch_structlearn.pruning`)
-    and, when inputs were captured, its relative output error on them."""
-    W = linear.weight.detach().double()
+    and, when inputs were captured, its relative output error on them (``tick()`` after each
+    block of columns the OBS methods process)."""
     H = None if stats is None else stats.H
+    W = linear.weight.detach().to(torch.float32 if H is None else H.dtype)
     if stats is None:  # nothing captured: no data needed (magnitude) or nothing to choose
         method = "magnitude"
     if method == "magnitude":
@@ -256,9 +257,10 @@ def _pruned(linear: nn.Linear, method: str, density: float,
     elif method == "wanda":
         mask, kept = pruning.wanda(W, H, density, nm, block), W
     elif method == "sparsegpt":
-        mask, kept = pruning.sparsegpt(W, H, density, nm=nm, block=block)
+        mask, kept = pruning.sparsegpt(W, H, density, nm=nm, block=block, tick=tick)
     else:  # refit: aims at the dense model's outputs when the statistics are paired
-        mask, kept = pruning.obs_refit(stats.target(W), H, density, nm=nm, block=block)
+        mask, kept = pruning.obs_refit(stats.target(W), H, density, nm=nm, block=block,
+                                       tick=tick)
     layer = StructLearnedLinear.from_linear(linear, Connectivity.from_mask(mask.cpu()), block=block)
     layer.copy_csr_values_(kept[mask].to(layer.values))  # row-major = CSR order
     extra = {} if stats is None else {"output_error": stats.relative_error(W, kept * mask)}
@@ -453,7 +455,13 @@ def convert(
 
     def build(n: str, st: pruning.InputStatistics | None) -> nn.Module:
         t0 = time.perf_counter()
-        new, extras[n] = _pruned(linears[n], method.name, density, st, nm, block)
+        blocks = 0 if st is None else pruning.column_blocks(method.name, linears[n].in_features,
+                                                            nm, block)
+        # a bar per layer long enough for one (its elapsed time stays on the finished bar)
+        with tqdm(total=blocks, desc=f"convert {n} ({method.name})", unit="block",
+                  disable=not verbose or blocks < 8) as bar:
+            new, extras[n] = _pruned(linears[n], method.name, density, st, nm, block,
+                                     tick=bar.update)
         seconds[n] += time.perf_counter() - t0
         return new
 

@@ -31,6 +31,13 @@ per block row, so the layer runs on the block kernels.
 
 ``H`` is damped (``H + λ·mean(diag H)·I``, ``damp = λ``) as SparseGPT does, so that inputs
 that never vary do not make the solves singular.
+
+Precision and memory: the statistics and the solvers work in ``H``'s dtype — float32 by
+default (:class:`InputStatistics`), as SparseGPT's reference does; float64 statistics give
+float64 solvers. The small per-row systems of :func:`refit` are always solved in float64. A
+layer's conversion holds ``H`` and at most two more ``(in, in)`` matrices at a time (the
+inverse's factor is formed in place), plus layer-sized ``(out, in)`` copies; the right-hand
+sides of :func:`refit` read only the kept rows of ``H``.
 """
 
 from __future__ import annotations
@@ -46,13 +53,14 @@ from .connectivity import fan_in_for_density, top_per_group
 fan_in_for_density = fan_in_for_density  # (re-exported: the per-unit fan-in every method keeps)
 
 __all__ = ["InputStatistics", "magnitude", "wanda", "sparsegpt", "refit", "obs_refit",
-           "output_error", "METHODS"]
+           "inverse_factor", "output_error", "METHODS"]
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "refit")
 
 
 class InputStatistics:
-    """``H = Σ x xᵀ`` and the count of a layer's inputs, accumulated batch by batch (float64).
+    """``H = Σ x xᵀ`` and the count of a layer's inputs, accumulated batch by batch (in
+    ``dtype``: float32 by default, float64 for exact references).
 
     ``update(x)`` takes ``(..., in_features)`` inputs (leading dimensions flattened: tokens
     count as examples). ``update(x, x_ref)`` also pairs them with the inputs ``x_ref`` the same
@@ -61,9 +69,13 @@ class InputStatistics:
     output what the dense layer does on ``x_ref`` is then ``W_target = W Cᵀ H⁻¹`` (:func:`target`).
     """
 
-    def __init__(self, in_features: int, device=None, paired: bool = False) -> None:
+    def __init__(self, in_features: int, device=None, paired: bool = False,
+                 dtype: torch.dtype = torch.float32) -> None:
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+
         def zeros():
-            return torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
+            return torch.zeros(in_features, in_features, dtype=dtype, device=device)
 
         self.H = zeros()
         self.C = zeros() if paired else None
@@ -75,8 +87,7 @@ class InputStatistics:
         """Add a batch; ``ValueError`` if it contains NaN or Inf (nothing is added then).
 
         Each batch's products are formed in the inputs' precision (float32 for float16/bfloat16)
-        and summed across batches in float64 — as fast as a float32 product, and a sum over many
-        batches does not lose the small ones."""
+        and summed across batches in the statistics' dtype."""
         x = self._rows(x)
         if self.C is None:
             self.H += self._gram(x, x)
@@ -95,16 +106,20 @@ class InputStatistics:
         x = x.detach().reshape(-1, self.H.shape[0]).to(self.H.device)
         return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
-    @staticmethod
-    def _gram(a: Tensor, b: Tensor) -> Tensor:
-        """``aᵀ b`` in float64; in ``a``'s precision when that is finite (NaN or Inf in a product
-        of finite inputs is float32 overflow: redone in float64)."""
+    def _gram(self, a: Tensor, b: Tensor) -> Tensor:
+        """``aᵀ b`` in the statistics' dtype, formed in ``a``'s precision when that is finite
+        (NaN or Inf in a product of finite inputs is float32 overflow: redone in float64,
+        ``ValueError`` if the statistics cannot hold it)."""
         g = a.T @ b
         if not bool(torch.isfinite(g).all()):
             if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
                 raise ValueError("input contains NaN or Inf")
             g = a.double().T @ b.double()
-        return g.double()
+        g = g.to(self.H.dtype)
+        if not bool(torch.isfinite(g).all()):
+            raise ValueError(f"the inputs' second moments overflow {self.H.dtype} (values above "
+                             "~1e19); use InputStatistics(dtype=torch.float64)")
+        return g
 
     def target(self, W: Tensor, damp: float = 0.01) -> Tensor:
         """The unconstrained least-squares weights ``argmin_Ŵ ‖W X_ref − Ŵ X‖²`` (``W`` itself
@@ -113,20 +128,30 @@ class InputStatistics:
         if self.C is None:
             return W
         L = torch.linalg.cholesky(_damped(self.H, damp))
-        return torch.cholesky_solve(self.C @ W.double().T.to(self.C), L).T.to(W.dtype)
+        return torch.cholesky_solve(self.C @ W.to(self.C).T, L).T.to(W.dtype)
 
     def relative_error(self, W: Tensor, W_hat: Tensor) -> float:
         """``‖W X_ref − Ŵ X‖² / ‖W X_ref‖²`` (``X_ref = X`` when unpaired)."""
-        W, W_hat = W.double().to(self.H.device), W_hat.double().to(self.H.device)
+        W, W_hat = W.to(self.H), W_hat.to(self.H)
         if self.C is None:
-            return output_error(W, W_hat, self.H) / max(output_error(W, torch.zeros_like(W), self.H), 1e-300)
-        ref = float(((W @ self.H_ref) * W).sum())
-        err = ref - 2 * float(((W_hat @ self.C) * W).sum()) + float(((W_hat @ self.H) * W_hat).sum())
+            return output_error(W, W_hat, self.H) / max(_quadratic(W, self.H, W), 1e-300)
+        ref = _quadratic(W, self.H_ref, W)
+        err = ref - 2 * _quadratic(W_hat, self.C, W) + _quadratic(W_hat, self.H, W_hat)
         return max(err, 0.0) / max(ref, 1e-300)
 
 
+def _quadratic(A: Tensor, H: Tensor, B: Tensor, rows: int = 1024) -> float:
+    """``Σ_i a_iᵀ H b_i`` over the rows of ``A``, ``B (out, in)``, in row chunks (no
+    ``(out, in)`` temporary), summed in float64."""
+    total = 0.0
+    for a in range(0, A.shape[0], rows):
+        total += float(((A[a : a + rows] @ H) * B[a : a + rows]).sum(dtype=torch.float64))
+    return total
+
+
 def _damped(H: Tensor, damp: float) -> Tensor:
-    H = H.double().clone()
+    """A damped copy of ``H`` (its dtype)."""
+    H = H.clone()
     d = torch.diagonal(H)
     dead = d == 0  # inputs that never varied: keep them out of the solves' way
     H[dead, dead] = 1.0
@@ -212,39 +237,46 @@ def _spd_solve(A: Tensor, b: Tensor) -> Tensor:
 @torch.no_grad()
 def refit(W: Tensor, H: Tensor, mask: Tensor, damp: float = 0.01, rows_per_solve: int = 256,
           init: Tensor | None = None, solver: str = "auto", tol: float = 1e-8,
-          max_iter: int = 1000) -> Tensor:
+          max_iter: int | None = None) -> Tensor:
     """``(out, in)`` weights on ``mask`` minimising ``Σ_i (w_i − ŵ_i)ᵀ H (w_i − ŵ_i)`` (zeros
     off the mask): per row ``ŵ_S = H_SS⁻¹ (H w)_S`` on its kept inputs ``S``. Rows must keep
     the same number of inputs (the library's per-unit fan-in).
 
-    ``solver``: ``'direct'`` factorises every row's ``H_SS`` (``k × k``, batched Cholesky:
-    ``out·k³/3`` flops); ``'cg'`` runs preconditioned conjugate gradients on all rows at once
-    (each iteration one ``(out, in) @ (in, in)`` product, masked), from ``init`` (e.g.
+    ``solver``: ``'direct'`` factorises every row's ``H_SS`` (``k × k``, batched Cholesky in
+    float64: ``out·k³/3`` flops; the right-hand sides read only the kept rows of ``H``);
+    ``'cg'`` runs preconditioned conjugate gradients on all rows at once (each iteration one
+    ``(out, in) @ (in, in)`` product in ``H``'s dtype, masked), from ``init`` (e.g.
     SparseGPT's weights) or the masked ``W``, until the residual is below ``tol`` relative to
-    the right-hand side (at most ``max_iter`` iterations); ``'auto'`` takes the direct solve
-    while ``k³ ≤ 200·in²`` (batched Cholesky ran at ~2 GFLOP/s on the 2-core EPYC against
-    tens for the products CG needs, and CG took 100–300 iterations on ReLU activations), else
-    CG."""
+    the right-hand side or after ``max_iter`` iterations — CG lowers the error at every
+    iteration, so a capped run is still never worse than ``init``. ``max_iter=None`` caps the
+    work at about 100 products of a 1 024-wide layer (``max(10, 4·10¹¹ / (out·in²))``
+    iterations, at most 1 000): an 8 192 × 8 192 layer gets 10. ``'auto'`` takes the direct
+    solve while ``k³ ≤ 200·in²`` (batched Cholesky ran at ~2 GFLOP/s on the 2-core EPYC
+    against tens for the products CG needs, and CG took 100–300 iterations on ReLU
+    activations), else CG."""
     if solver not in ("auto", "direct", "cg"):
         raise ValueError(f"solver must be 'auto', 'direct' or 'cg', got {solver!r}")
-    Hd = _damped(H, damp).to(W.device)
     counts = mask.sum(1)
     k = int(counts[0]) if counts.numel() else 0
     if not bool((counts == k).all()):
         raise ValueError("refit needs the same number of kept inputs in every row")
     if k == 0:
         return torch.zeros_like(W)
+    Hd = _damped(H, damp).to(W.device)
     if solver == "cg" or (solver == "auto" and k**3 > 200 * W.shape[1] ** 2):
+        if max_iter is None:
+            max_iter = min(1000, max(10, int(4e11 // (W.shape[0] * W.shape[1] ** 2))))
         return _refit_cg(W, Hd, mask, init, tol, max_iter).to(W.dtype)
     out = torch.zeros_like(W, dtype=torch.float64)
     S = mask.nonzero()[:, 1].view(W.shape[0], k)  # each row's kept columns, ascending
-    HW = W.double() @ Hd  # row i: (H w_i)ᵀ  (H symmetric)
-    rows_per_solve = max(1, min(rows_per_solve, 2**25 // (k * k)))  # (r, k, k) ≤ 256 MiB
+    Wh = W.to(Hd.dtype)
+    # rows per batched solve: the (r, k, k) systems and the (r, k, in) rows of H they read
+    rows_per_solve = max(1, min(rows_per_solve, 2**25 // (k * k), 2**25 // (k * W.shape[1])))
     for a in range(0, W.shape[0], rows_per_solve):
         s = S[a : a + rows_per_solve]
-        Hss = Hd[s[:, :, None], s[:, None, :]]  # (r, k, k)
-        rhs = HW[a : a + rows_per_solve].gather(1, s)  # (r, k)
-        v = _spd_solve(Hss, rhs.unsqueeze(-1)).squeeze(-1)
+        Hss = Hd[s[:, :, None], s[:, None, :]].double()  # (r, k, k)
+        rhs = (Hd[s] @ Wh[a : a + rows_per_solve, :, None]).double()  # (r, k, 1) = (H w)_S
+        v = _spd_solve(Hss, rhs).squeeze(-1)
         out[a : a + rows_per_solve].scatter_(1, s, v)
     return out.to(W.dtype)
 
@@ -253,11 +285,12 @@ def _refit_cg(W: Tensor, Hd: Tensor, mask: Tensor, init: Tensor | None, tol: flo
               max_iter: int) -> Tensor:
     """Every row's masked normal equations ``(H_SS) ŵ_S = (H w)_S`` by Jacobi-preconditioned
     conjugate gradients, all rows advanced together (per-row step sizes)."""
-    M = mask.to(torch.float64)
-    B = (W.double() @ Hd) * M
-    V = (W.double() if init is None else init.double()) * M
+    M = mask.to(Hd.dtype)
+    B = (W.to(Hd.dtype) @ Hd) * M
+    V = (W if init is None else init).to(Hd.dtype) * M
     R = B - (V @ Hd) * M
     dinv = 1.0 / torch.diagonal(Hd)
+    tiny = torch.finfo(Hd.dtype).tiny
     Z = R * dinv
     P = Z.clone()
     rz = (R * Z).sum(1)
@@ -266,20 +299,55 @@ def _refit_cg(W: Tensor, Hd: Tensor, mask: Tensor, init: Tensor | None, tol: flo
         if float(R.norm()) <= tol * scale:
             break
         AP = (P @ Hd) * M
-        alpha = rz / (P * AP).sum(1).clamp_min(1e-300)
+        alpha = rz / (P * AP).sum(1).clamp_min(tiny)
         V.add_(alpha[:, None] * P)
         R.sub_(alpha[:, None] * AP)
         Z = R * dinv
         rz_new = (R * Z).sum(1)
-        P = Z + (rz_new / rz.clamp_min(1e-300))[:, None] * P
+        P = Z + (rz_new / rz.clamp_min(tiny))[:, None] * P
         rz = rz_new
     return V
+
+
+def _blocksize(blocksize: int, nm, block) -> int:
+    """SparseGPT's columns per block: a multiple of ``m`` (N:M groups never straddle blocks)
+    and of the block width."""
+    if nm is not None:
+        blocksize = max(nm[1], blocksize // nm[1] * nm[1])
+    unit = 1 if block is None else block[1]
+    return max(unit, blocksize // unit * unit)
+
+
+def column_blocks(method: str, in_features: int, nm=None, block=None, steps: int = 3,
+                  blocksize: int = 128) -> int:
+    """How many column blocks ``method`` ('sparsegpt' or 'refit') processes on a layer of
+    ``in_features`` inputs — the ``tick`` calls it makes (0 for the other methods)."""
+    if method not in ("sparsegpt", "refit"):
+        return 0
+    per_pass = -(-in_features // _blocksize(blocksize, nm, block))
+    return per_pass * (steps if method == "refit" else 1)
+
+
+def inverse_factor(H: Tensor, damp: float = 0.01) -> Tensor:
+    """``U`` upper triangular with ``(H + damping)⁻¹ = Uᵀ U`` (in ``H``'s dtype): SparseGPT's
+    factor, formed with at most two ``(in, in)`` matrices besides ``H`` (Cholesky in place, the
+    inverse, its Cholesky into the first)."""
+    A = _damped(H, damp)
+    if not bool(torch.isfinite(A).all()):
+        raise ValueError("the input statistics contain NaN or Inf")
+    _, info = torch.linalg.cholesky_ex(A, out=(A, torch.empty((), dtype=torch.int32)))
+    if int(info):
+        raise ValueError("the input statistics are not positive definite even with damping")
+    B = torch.cholesky_inverse(A)
+    torch.linalg.cholesky(B, upper=True, out=A)
+    return A
 
 
 @torch.no_grad()
 def sparsegpt(W: Tensor, H: Tensor, density: float, damp: float = 0.01,
               blocksize: int = 128, nm: tuple[int, int] | None = None,
-              block: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+              block: tuple[int, int] | None = None, U: Tensor | None = None,
+              tick=None) -> tuple[Tensor, Tensor]:
     """``(mask, weights)`` by SparseGPT (Frantar & Alistarh, 2023, "SparseGPT: Massive
     Language Models Can Be Accurately Pruned in One-Shot", Algorithm 1), with the per-unit
     fan-in of the library: within each block of ``blocksize`` columns, each row keeps its
@@ -288,19 +356,17 @@ def sparsegpt(W: Tensor, H: Tensor, density: float, damp: float = 0.01,
     weight's error is spread over the row's later columns by the OBS update. With ``nm``, as
     the paper's N:M variant: at every ``m``-th column each row drops the ``m − n`` least salient
     of the next ``m`` (on the weights updated so far). With ``block=(bo, bi)``, whole blocks
-    are dropped (saliency summed over the block), the same number per block row."""
+    are dropped (saliency summed over the block), the same number per block row. Computes in
+    ``H``'s dtype; ``U`` (:func:`inverse_factor`) is computed when not given; ``tick()`` is
+    called after each block of columns (progress)."""
     rows, d = W.shape
     nm = check_nm(nm, density, d)
     block = check_block(block, (rows, d), nm)
     unit = 1 if block is None else block[1]  # columns per selectable unit
-    if nm is not None:
-        blocksize = max(nm[1], blocksize // nm[1] * nm[1])  # groups never straddle blocks
-    blocksize = max(unit, blocksize // unit * unit)
+    blocksize = _blocksize(blocksize, nm, block)
     k = fan_in_for_density(density, d // unit)  # kept units (columns or blocks) per row
-    Hd = _damped(H, damp).to(W.device)
-    Hinv = torch.cholesky_inverse(torch.linalg.cholesky(Hd))
-    U = torch.linalg.cholesky(Hinv, upper=True)  # H⁻¹ = Uᵀ U, U upper triangular
-    Wc = W.double().clone()
+    U = (inverse_factor(H, damp) if U is None else U).to(W.device)  # H⁻¹ = Uᵀ U
+    Wc = W.to(U.dtype, copy=True)
     mask = torch.zeros(rows, d, dtype=torch.bool, device=W.device)
     drop_total = d // unit - k
     dropped = 0
@@ -332,15 +398,17 @@ def sparsegpt(W: Tensor, H: Tensor, density: float, damp: float = 0.01,
             torch.mul(WbT[j], scale[j], out=err[j])
             WbT[j:].addr_(Ub[j, j:], err[j], alpha=-1)
         Wc[:, b0:b1] = WbT.T
-        Wc[:, b1:] -= err.T @ U[b0:b1, b1:]
+        Wc[:, b1:].addmm_(err.T, U[b0:b1, b1:], alpha=-1)
         mask[:, b0:b1] = ~drop
-    return mask, (Wc * mask).to(W.dtype)
+        if tick is not None:
+            tick()
+    return mask, Wc.mul_(mask).to(W.dtype)
 
 
 @torch.no_grad()
 def obs_refit(W: Tensor, H: Tensor, density: float, steps: int = 3, damp: float = 0.01,
               nm: tuple[int, int] | None = None,
-              block: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+              block: tuple[int, int] | None = None, tick=None) -> tuple[Tensor, Tensor]:
     """``(mask, weights)``: :func:`sparsegpt`'s selection run gradually, ``steps`` passes to the
     densities ``density^(s/steps)`` (each pass on the weights the previous one left, so the
     error compensation of the early passes guides the later choices; ``nm`` applies to the last
@@ -348,15 +416,18 @@ def obs_refit(W: Tensor, H: Tensor, density: float, steps: int = 3, damp: float 
     minimiser of ``‖W X − Ŵ X‖²`` on it, so never worse than SparseGPT's own weights there."""
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    cur = W.double()
+    U = inverse_factor(H, damp).to(W.device)  # one factor for every pass
+    cur = W.to(H.dtype)
     for s in range(1, steps + 1):
         last = s == steps
         mask, cur = sparsegpt(cur, H, density if last else density ** (s / steps), damp=damp,
-                              nm=nm if last else None, block=block)
+                              nm=nm if last else None, block=block, U=U, tick=tick)
+    del U
     return mask, refit(W, H, mask, damp=damp, init=cur).to(W.dtype)
 
 
 def output_error(W: Tensor, W_hat: Tensor, H: Tensor) -> float:
-    """``‖W X − Ŵ X‖² = Σ_i (w_i − ŵ_i)ᵀ H (w_i − ŵ_i)`` from ``H = Σ x xᵀ``."""
-    D = (W.double() - W_hat.double()).to(H.device)
-    return float(((D @ H.double()) * D).sum())
+    """``‖W X − Ŵ X‖² = Σ_i (w_i − ŵ_i)ᵀ H (w_i − ŵ_i)`` from ``H = Σ x xᵀ`` (in ``H``'s
+    dtype, summed in float64)."""
+    D = W.to(H) - W_hat.to(H)
+    return _quadratic(D, H, D)
