@@ -263,3 +263,42 @@ def test_auto_precision_is_bfloat16_only_with_native_bfloat16(monkeypatch):
     assert _product_dtype("auto", torch.device("cuda")) == torch.float32
     assert _product_dtype("float32", cpu) == torch.float32
     assert _product_dtype("bfloat16", cpu) == torch.bfloat16
+
+
+# ---------------------------------------------------------------- degenerate data ([convert-scale])
+
+
+def _degenerate_cases():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    one = torch.randn(1, 16, generator=g)
+    return {
+        "all zero": ([torch.zeros(32, 16), torch.zeros(32, 16)], "are all identical"),
+        "one example repeated": ([one.expand(40, 16).clone()], "are all identical"),
+        "a single example": (DataLoader(TensorDataset(one), batch_size=4), "from 1 example"),
+        "a single example, unknown size": (iter([one]), "from 1 example"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_degenerate_cases()))
+def test_nothing_to_learn_from_is_an_error_and_keeps_the_previous_fit(case):
+    loader, message = _degenerate_cases()[case]
+    learner = DictionaryLearner(8, epochs=1, verbose=False)
+    with pytest.raises(ValueError, match=message):
+        learner.fit(loader)
+    assert not hasattr(learner, "dictionary_")  # nothing half-learned left behind
+
+
+def test_fewer_examples_than_atoms_is_a_warning_naming_both():
+    X = torch.randn(10, 16, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match="10 examples for 32 atoms"):
+        learner = DictionaryLearner(32, epochs=1, verbose=False).fit([X])
+    assert learner.dictionary_.shape == (16, 32)
+
+
+def test_a_nan_in_the_third_batch_is_named_batch_3():
+    batches = [torch.randn(8, 16) for _ in range(3)]
+    batches[2][5, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"batch 3: contains NaN or Inf \(first in example 5\)"):
+        DictionaryLearner(4, epochs=1, verbose=False).fit(batches)

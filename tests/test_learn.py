@@ -43,11 +43,11 @@ class _Bad:
 
 @pytest.mark.parametrize("loader, err, match", [
     (_Bad([]), ValueError, "no \\(non-empty\\) batches"),
-    (_Bad([torch.randn(4, 5), torch.full((4, 5), float("nan"))]), ValueError, "batch 1: contains NaN"),
-    (_Bad([torch.randn(4, 5), torch.randn(4, 6)]), ValueError, "batch 1: feature size changed from 5 to 6"),
-    (_Bad(["not a tensor"]), TypeError, "batch 0: the loader must yield tensors"),
+    (_Bad([torch.randn(4, 5), torch.full((4, 5), float("nan"))]), ValueError, "batch 2: contains NaN"),
+    (_Bad([torch.randn(4, 5), torch.randn(4, 6)]), ValueError, "batch 2: feature size changed from 5 to 6"),
+    (_Bad(["not a tensor"]), TypeError, "batch 1: the loader must yield tensors"),
     (_Bad([{"y": torch.randn(4, 5)}]), KeyError, "no key 'x'"),
-    (torch.randn(8, 5), ValueError, r"batch 0: x must be \(N, d\) or \(N, C, H, W\), got shape \(5,\)"),
+    (torch.randn(8, 5), ValueError, r"batch 1: x must be \(N, d\) or \(N, C, H, W\), got shape \(5,\)"),
 ])
 def test_bad_loaders(loader, err, match):
     with pytest.raises(err, match=match):
@@ -491,3 +491,19 @@ def test_the_learner_settings_travel_as_one_object():
     model = torch.nn.Sequential(torch.nn.Linear(12, 8))
     convert(model, loader, density=0.25, method=Learn(learner=settings), verbose=False)
     assert model[0].nnz == 8 * 3
+
+
+def test_stack_and_convert_refuse_data_with_nothing_to_learn():
+    """A stack on all-zero data used to report its layer 'kept'; convert's dictionary method
+    learned from it silently. Both now stop with the reason, naming the layer for convert."""
+    from torch_structlearn import Learn, convert
+
+    zeros = [torch.zeros(32, 16), torch.zeros(32, 16)]
+    with pytest.raises(ValueError, match="are all identical"):
+        StructLearnedStack(16, 8, max_depth=2, density=0.25, group_size=2).learn_structure(
+            zeros, verbose=False)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8))
+    with pytest.raises(ValueError, match=r"layer '0' input: the 64 examples are all identical"):
+        convert(model, [(z,) for z in zeros], density=0.25, method=Learn(max_iter=5),
+                verbose=False)
+    assert type(model[0]) is torch.nn.Linear

@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -26,7 +27,7 @@ from torch import Tensor
 from .checks import choice, density, finite_examples, fraction, penalty, positive_int
 from .checks import seed as check_seed
 from .distributed import all_gather_rows, all_reduce, world_size
-from .loaders import batches, flatten_examples, require_reiterable
+from .loaders import batches, flatten_examples, known_examples, require_reiterable
 from .progress import tqdm
 
 __all__ = ["fista", "objective", "prox", "DictionaryLearner"]
@@ -441,6 +442,7 @@ class DictionaryLearner:
             self._reset_epoch()
         elif X.shape[1] != self.dictionary_.shape[0]:
             raise ValueError(f"X has {X.shape[1]} features, the dictionary {self.dictionary_.shape[0]}")
+        self._note_examples(X)
         A = self._codes(X, self.dictionary_, warm=True)
         self._f += float(objective(X, self.dictionary_, A, self.lam1_, self.lam_g_, self.group_size).sum())
         self._n += X.shape[0]
@@ -452,6 +454,30 @@ class DictionaryLearner:
         if self._since_check >= self.check_every:
             self._check_settled()
         return self
+
+    def _note_examples(self, X: Tensor) -> None:
+        """Whether the examples so far vary (any row differs from the first one seen)."""
+        if getattr(self, "_row0", None) is None:
+            self._row0, self._varied = X[0].clone(), False
+        if not self._varied:
+            self._varied = bool((X != self._row0).any())
+
+    def check_data(self) -> None:
+        """After a first pass: ``ValueError`` when there was nothing to learn from — fewer than
+        2 examples, or examples that do not vary (all zero, one example repeated) — and a
+        ``UserWarning`` naming both numbers when there are fewer examples than atoms (atoms
+        beyond the examples' span cannot be learned). :meth:`fit` calls it after its first
+        pass (and restores the previous fit when it raises)."""
+        n = self._seen
+        if n < 2:
+            raise ValueError(f"cannot learn a dictionary from {n} example(s): need at least 2")
+        if not self._varied:
+            raise ValueError(f"the {n} examples are all identical (all-zero data, or one "
+                             "example repeated): there is nothing to learn from")
+        if n < self.n_atoms:
+            warnings.warn(f"{n} examples for {self.n_atoms} atoms: at most {n} atoms can be "
+                          "learned from them, the rest stay near their initial directions",
+                          UserWarning, stacklevel=3)
 
     def _supports(self) -> Tensor:
         """``(d, K)`` bool: each atom's ``ceil(settle_density·d)`` largest ``|D|`` entries."""
@@ -522,6 +548,9 @@ class DictionaryLearner:
         check, as ``recipes/exp_learner.py`` does)."""
         if self.epochs > 1:
             require_reiterable(loader, f"fit with epochs={self.epochs}")
+        known = known_examples(loader, self.key)
+        if known == 1:  # before any work (0: the loader names it); the rest after the first pass
+            raise ValueError(f"cannot learn a dictionary from {known} example(s): need at least 2")
         t0 = time.perf_counter()
         previous = vars(self).copy()
         params = inspect.signature(type(self)).parameters
@@ -539,6 +568,8 @@ class DictionaryLearner:
                     self.partial_fit(X)
                     if self.settled_:
                         break
+                if epoch == 0:
+                    self.check_data()
                 last = self.settled_ or epoch == self.epochs - 1
                 self._end_epoch(reinit=not last)
                 if pass_size is None:  # the first pass is whole (a check needs two supports)

@@ -542,7 +542,7 @@ def _capture(model, linears, loader, learners, stats, seconds, epochs, batches, 
 
     handles = [lin.register_forward_pre_hook(hook(n)) for n, lin in linears.items()]
     try:
-        for _ in passes:
+        for p in passes:
             for x in _batches(loader, batches, key, device):
                 model(x)
             idle = ([n for n, lr in learners.items() if not hasattr(lr, "dictionary_")]
@@ -551,7 +551,12 @@ def _capture(model, linears, loader, learners, stats, seconds, epochs, batches, 
                 raise ValueError(f"layers {idle} got no input while the loader ran through "
                                  "the model (does forward() call them?); leave them out with "
                                  "exclude=")
-            for lr in learners.values():
+            for name, lr in learners.items():
+                if p == 0:
+                    try:
+                        lr.check_data()
+                    except ValueError as e:
+                        raise ValueError(f"layer {name!r} input: {e}") from None
                 lr._end_epoch()
     finally:
         for h in handles:

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from .checks import finite_examples
 
-__all__ = ["batches", "first_batch", "flatten_examples", "MappedLoader", "require_reiterable"]
+__all__ = ["batches", "first_batch", "flatten_examples", "known_examples", "MappedLoader",
+           "require_reiterable"]
 
 
 def require_reiterable(loader: Iterable, why: str) -> None:
@@ -36,29 +37,30 @@ def flatten_examples(x: Tensor, name: str = "x") -> Tensor:
 
 
 def _extract(batch, key: str, index: int) -> Tensor:
+    """The ``x`` of the loader's batch ``index`` (0-based; messages count batches from 1)."""
     if isinstance(batch, Tensor):
         x = batch
     elif isinstance(batch, (tuple, list)):
         if not batch or not isinstance(batch[0], Tensor):
-            raise TypeError(f"batch {index}: a tuple/list batch must start with a tensor (x, ...)")
+            raise TypeError(f"batch {index + 1}: a tuple/list batch must start with a tensor (x, ...)")
         x = batch[0]
     elif isinstance(batch, dict):
         if key not in batch:
-            raise KeyError(f"batch {index}: dict batch has no key {key!r} (keys: {sorted(batch)}); "
+            raise KeyError(f"batch {index + 1}: dict batch has no key {key!r} (keys: {sorted(batch)}); "
                            f"pass key=...")
         x = batch[key]
         if not isinstance(x, Tensor):
-            raise TypeError(f"batch {index}: batch[{key!r}] must be a tensor, got {type(x).__name__}")
+            raise TypeError(f"batch {index + 1}: batch[{key!r}] must be a tensor, got {type(x).__name__}")
     else:
         raise TypeError(
-            f"batch {index}: the loader must yield tensors, (x, y) tuples/lists or dicts, "
+            f"batch {index + 1}: the loader must yield tensors, (x, y) tuples/lists or dicts, "
             f"got {type(batch).__name__}"
         )
     if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
-        raise TypeError(f"batch {index}: x must be a real tensor, got dtype {x.dtype}")
+        raise TypeError(f"batch {index + 1}: x must be a real tensor, got dtype {x.dtype}")
     if x.dim() < 2:
         raise ValueError(
-            f"batch {index}: x must be (N, d) or (N, C, H, W), got shape {tuple(x.shape)}; to learn "
+            f"batch {index + 1}: x must be (N, d) or (N, C, H, W), got shape {tuple(x.shape)}; to learn "
             f"from a tensor X pass DataLoader(TensorDataset(X), batch_size=...), not X itself")
     return x
 
@@ -68,7 +70,8 @@ def batches(loader: Iterable, *, key: str = "x", device=None, dtype=torch.float3
     """Yield each batch of ``loader`` as a ``(N, d)`` tensor (images are flattened).
 
     Raises ``TypeError`` for batches that are not tensors/tuples/dicts, ``ValueError`` for
-    NaN/Inf (naming the batch index and the example), a feature size that changes, or an empty loader.
+    NaN/Inf (naming the batch, counted from 1, and the example), a feature size that changes,
+    or an empty loader.
     """
     features = None
     n = 0
@@ -79,16 +82,35 @@ def batches(loader: Iterable, *, key: str = "x", device=None, dtype=torch.float3
             features = x.shape[1]
         elif x.shape[1] != features:
             raise ValueError(
-                f"batch {i}: feature size changed from {features} to {x.shape[1]}"
+                f"batch {i + 1}: feature size changed from {features} to {x.shape[1]}"
             )
         if check_finite:
-            finite_examples(f"batch {i}:", x)
+            finite_examples(f"batch {i + 1}:", x)
         if x.shape[0] == 0:
             continue
         n += 1
         yield x
     if n == 0:
         raise ValueError("the loader yielded no (non-empty) batches")
+
+
+def known_examples(loader: Iterable, key: str = "x") -> int | None:
+    """How many examples ``loader`` yields per pass when that is known without reading it: a
+    ``DataLoader``'s sampler length (its ``batch_sampler``'s, with ``drop_last``), or the sum
+    of the batch sizes of a list/tuple of batches; None otherwise."""
+    if isinstance(loader, (list, tuple)):
+        try:
+            return sum(_extract(b, key, i).shape[0] for i, b in enumerate(loader))
+        except (TypeError, KeyError, ValueError):
+            return None  # (batches() names the problem when they are read)
+    sampler = getattr(loader, "sampler", None)
+    try:
+        n = len(sampler)
+    except TypeError:
+        return None
+    if getattr(loader, "drop_last", False) and getattr(loader, "batch_size", None):
+        n -= n % loader.batch_size
+    return n
 
 
 def first_batch(loader: Iterable, *, in_features: int | None = None, **kw) -> Tensor:
