@@ -24,18 +24,20 @@ def _reference(layer, x):
         return F.linear(x, layer.dense_weight(), layer.bias)
 
 
-def _layer(backend, block=None, density=0.1, seed=0):
+def _layer(backend, block=None, density=0.1, seed=0, bias=True):
     torch.manual_seed(seed)
-    return StructLearnedLinear(32, 24, density=density, block=block, backend=backend)
+    return StructLearnedLinear(32, 24, density=density, block=block, backend=backend, bias=bias)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("block", [None, (4, 8)])
 @pytest.mark.parametrize("mode", ["no_grad", "inference", "grad"])
-def test_planned_calls_match_the_dense_reference(backend, block, mode):
+@pytest.mark.parametrize("bias", [True, False])
+def test_planned_calls_match_the_dense_reference(backend, block, mode, bias):
     if block is not None and backend == "torch_sparse":
         pytest.skip("torch_sparse serves unstructured layers only")
-    layer = _layer(backend, block, density=0.25)
+    layer = _layer(backend, block, density=0.25, bias=bias)
+    assert "bias" in layer._parameters and (layer.bias is None) == (not bias)  # as nn.Linear
     ctx = {"no_grad": torch.no_grad, "inference": torch.inference_mode,
            "grad": torch.enable_grad}[mode]
     for shape in [(5, 32), (2, 3, 32), (1, 32), (5, 32), (2, 3, 32)]:  # plans made, then reused

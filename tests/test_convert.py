@@ -467,3 +467,89 @@ def test_convert_with_2_4_masks():
     with pytest.raises(ValueError, match=r"density must be 0.5, got 0.25"):
         convert(nn.Sequential(nn.Linear(8, 8)), [(torch.randn(4, 8),)], density=0.25,
                 pattern="2:4")
+
+
+# ---------------------------------------------------------------- shared modules and tied weights
+
+
+class _Shared(nn.Module):
+    """One nn.Linear used under two names, called twice per forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(32, 32)
+        self.b = self.a
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.head(self.b(torch.relu(self.a(x))))
+
+
+def test_a_shared_module_is_converted_once_and_every_name_points_to_it(tmp_path):
+    torch.manual_seed(0)
+    model, X = _Shared(), torch.randn(256, 32)
+    W = model.a.weight.detach().clone()
+    with torch.no_grad():  # both call sites' inputs: what the statistics must hold
+        both = torch.cat([X, torch.relu(model.a(X))]).double()
+    seen = []
+    model.a.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    dense_out = model(X)
+    report = convert(model, [(X[:128],), (X[128:],)], density=0.5, exclude="head",
+                     verbose=False)
+    # twice per forward: the dense run above, then both batches of the capture (every call
+    # site's inputs reach the statistics)
+    assert seen == [256, 256, 128, 128, 128, 128]
+    assert [r["name"] for r in report] == ["a"] and report[0]["aliases"] == ["b"]
+    assert isinstance(model.a, StructLearnedLinear) and model.b is model.a
+    from torch_structlearn import pruning
+
+    H = both.T @ both
+    W_hat = model.a.dense_weight().detach().double()
+    want = pruning.output_error(W.double(), W_hat, H) / pruning.output_error(
+        W.double(), torch.zeros_like(W_hat), H)
+    assert report[0]["output_error"] == pytest.approx(want, rel=1e-3)
+    with torch.no_grad():
+        assert float((model(X) - dense_out).norm() / dense_out.norm()) < 0.6
+    # saved by its first name; applied to a fresh shared model, every name gets it
+    path = save(model, tmp_path / "s.safetensors")
+    fresh = _Shared()
+    assert convert_structure(fresh, path) == ["a"]
+    assert isinstance(fresh.b, StructLearnedLinear) and fresh.b is fresh.a
+    from torch_structlearn import densify
+
+    densify(fresh)
+    assert type(fresh.a) is nn.Linear and fresh.b is fresh.a
+    # a name matched by exclude leaves the module dense under both names
+    other = _Shared()
+    with pytest.raises(ValueError, match="no nn.Linear matches"):
+        convert(other, None, density=0.5, method="magnitude", exclude=["b", "head"])
+
+
+class _Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.mid = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 50, bias=False)
+        self.out.weight = self.emb.weight  # weight tying (embedding ↔ output head)
+
+    def forward(self, idx):
+        return self.out(torch.relu(self.mid(self.emb(idx))))
+
+
+def test_a_tied_weight_is_refused_by_default_and_untied_only_when_asked():
+    model = _Tied()
+    with pytest.raises(ValueError, match=r"out.weight is the same Parameter as emb.weight: "
+                                         r"converting 'out' would break that tie.*"
+                                         r"exclude='out'.*untie=True"):
+        convert(model, None, density=0.5, method="magnitude", verbose=False)
+    assert type(model.mid) is nn.Linear and model.out.weight is model.emb.weight  # untouched
+    convert(model, None, density=0.5, method="magnitude", exclude="out", verbose=False)
+    assert isinstance(model.mid, StructLearnedLinear) and model.out.weight is model.emb.weight
+    model = _Tied()
+    with pytest.warns(UserWarning, match="out.weight is the same Parameter as emb.weight.*own copy"):
+        convert(model, None, density=0.5, method="magnitude", untie=True, verbose=False)
+    assert isinstance(model.out, StructLearnedLinear)
+    assert model(torch.tensor([[1, 2, 3]])).shape == (1, 3, 50)
+    with pytest.raises(TypeError, match="untie must be a bool"):
+        convert(_Tied(), None, density=0.5, method="magnitude", untie="yes")

@@ -33,7 +33,7 @@ from .loaders import _extract, require_reiterable
 from .progress import tqdm
 
 __all__ = ["convert", "Prune", "Learn", "parse_pattern", "convert_structure", "densify",
-           "select_linears", "replace_module"]
+           "select_linears", "linear_aliases", "replace_module"]
 
 Patterns = str | re.Pattern | Sequence[str | re.Pattern] | None  # globs or regexes on module names
 
@@ -213,17 +213,58 @@ def _match(name: str, pats: list) -> bool:
                for p in pats)
 
 
+def linear_aliases(model: nn.Module) -> dict[str, list[str]]:
+    """Every ``nn.Linear`` module (exactly that class) of ``model`` by its first name: all the
+    names it is reachable under (``m.a = m.b = nn.Linear(...)``: ``{'a': ['a', 'b']}``)."""
+    names: dict[int, list[str]] = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        if type(m) is nn.Linear:
+            names.setdefault(id(m), []).append(n)
+    return {ns[0]: ns for ns in names.values()}
+
+
 def select_linears(model: nn.Module, include: Patterns = None, exclude: Patterns = None) -> list[str]:
     """Names of the ``nn.Linear`` modules (exactly that class) matching ``include`` (globs such as
-    ``'blocks.*.mlp.fc*'`` or compiled regexes; default: all) and not ``exclude``."""
+    ``'blocks.*.mlp.fc*'`` or compiled regexes; default: all) and not ``exclude``. A module
+    reachable under several names is listed once, by its first name; it is included when any
+    of its names matches ``include`` and left out when any matches ``exclude``."""
     inc, exc = _patterns(include), _patterns(exclude)
-    names = [n for n, m in model.named_modules() if type(m) is nn.Linear]
-    return [n for n in names if (not inc or _match(n, inc)) and not _match(n, exc)]
+    return [n for n, names in linear_aliases(model).items()
+            if (not inc or any(_match(a, inc) for a in names))
+            and not any(_match(a, exc) for a in names)]
+
+
+def _ties(model: nn.Module, linears: dict[str, nn.Linear], aliases: dict[str, list[str]],
+          untie: bool) -> None:
+    """Refuse (``untie=False``) or warn about (``untie=True``) converting a layer whose weight
+    or bias is also another module's parameter: the converted layer gets its own copy."""
+    owners: dict[int, list[str]] = {}
+    for pn, prm in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(prm), []).append(pn)
+    for n, lin in linears.items():
+        for what in ("weight", "bias"):
+            prm = getattr(lin, what)
+            own = {f"{a}.{what}" if a else what for a in aliases[n]}
+            others = [o for o in owners.get(id(prm), []) if o not in own]
+            if not others:
+                continue
+            tie = f"{n + '.' if n else ''}{what} is the same Parameter as {', '.join(others)}"
+            if not untie:
+                raise ValueError(f"{tie}: converting {n!r} would break that tie. Leave the layer "
+                                 f"dense (exclude={n!r}), or pass untie=True to convert it "
+                                 "anyway with its own copy")
+            warnings.warn(f"{tie}: the converted {n!r} gets its own copy (untie=True); the tie "
+                          "is broken", UserWarning, stacklevel=3)
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
+    """Put ``new`` in place of the submodule ``name`` — under every name that module is
+    reachable by (a module shared by two parents is replaced in both)."""
+    old = model.get_submodule(name)
+    for n, m in list(model.named_modules(remove_duplicate=False)):
+        if m is old and n:
+            parent, _, child = n.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
 def _build(linear: nn.Linear, conn: Connectivity, init: str, learned: LayerInit | None,
@@ -371,6 +412,7 @@ def convert(
     batches: int | None = None,
     key: str = "x",
     seed: int = 0,
+    untie: bool = False,
     verbose: bool = True,
     **deprecated,
 ) -> list[dict]:
@@ -395,6 +437,11 @@ def convert(
             converted (default: every ``nn.Linear``).
         exclude: globs or patterns of layers left dense.
         batches: batches per pass over ``loader`` (default: all).
+        untie: convert a layer whose weight (or bias) is tied to another parameter (an output
+            head sharing the embedding's weight) anyway, giving it its own copy, with a warning;
+            by default that is a ``ValueError`` naming both parameters, before any work. A
+            module reachable under several names is not a tie: it is converted once (its
+            statistics from every call site) and every name then points to the converted layer.
         **deprecated: 0.1's ``init=``, ``nm=``, ``block=``, ``sequential=``, ``learner=``,
             ``epochs=``, ``rows_per_batch=`` and coding arguments, with a
             ``DeprecationWarning`` (one release).
@@ -403,7 +450,8 @@ def convert(
         One dict per converted layer: ``name, in_features, out_features, density, nnz, seconds,
         method`` (and ``objective`` when a dictionary was learned; ``output_error``, the
         relative error ``‖W X − Ŵ X̂‖² / ‖W X‖²`` on the captured inputs — ``X̂ = X`` unless
-        ``sequential`` — for :class:`Prune` methods that capture them).
+        ``sequential`` — for :class:`Prune` methods that capture them; ``aliases``, the
+        module's other names, when it has some).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -415,6 +463,8 @@ def convert(
     method = _method(method)
     block, nm = parse_pattern(pattern)
     check_seed("seed", seed)
+    if not isinstance(untie, bool):
+        raise TypeError(f"untie must be a bool, got {untie!r}")
     if batches is not None:
         positive_int("batches", batches)
     names = select_linears(model, include, exclude)
@@ -424,6 +474,8 @@ def convert(
                          f"the model's nn.Linear layers are {all_names[:20]}"
                          + (" ..." if len(all_names) > 20 else ""))
     linears = {n: model.get_submodule(n) for n in names}
+    aliases = linear_aliases(model)
+    _ties(model, linears, aliases, untie)
     for n, lin in linears.items():
         if block is not None and (lin.out_features % block[0] or lin.in_features % block[1]):
             raise ValueError(f"pattern={pattern!r}: blocks {block} do not divide layer {n!r} of "
@@ -509,8 +561,9 @@ def convert(
         new = built[n]
         report.append({"name": n, "in_features": lin.in_features, "out_features": lin.out_features,
                        "density": new.density, "nnz": new.nnz, "seconds": seconds[n],
-                       "method": method.name, **extras.get(n, {})})
-    for n, new in built.items():  # swapped in only once every layer is built
+                       "method": method.name, **extras.get(n, {}),
+                       **({"aliases": aliases[n][1:]} if len(aliases[n]) > 1 else {})})
+    for n, new in built.items():  # swapped in only once every layer is built (every name)
         replace_module(model, n, new)
     if verbose:
         for r in report:
@@ -617,7 +670,7 @@ def densify(model: nn.Module) -> nn.Module:
 
     if isinstance(model, StructLearnedLinear):
         return dense(model)
-    names = [n for n, m in model.named_modules() if isinstance(m, StructLearnedLinear)]
+    names = [n for n, m in model.named_modules() if isinstance(m, StructLearnedLinear)]  # (once each)
     built = {n: dense(model.get_submodule(n)) for n in names}
     for n, lin in built.items():
         replace_module(model, n, lin)

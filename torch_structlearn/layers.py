@@ -115,7 +115,10 @@ class StructLearnedLinear(KernelCaches, nn.Module):
         factory = {"device": device, "dtype": dtype}
         crow, col = self._storage_structure(connectivity)
         self.values = nn.Parameter(torch.empty(self._values_shape(col.numel()), **factory))
-        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **factory))
+        else:  # registered as None, as nn.Linear does (the call plan reads _parameters)
+            self.register_parameter("bias", None)
         self._set_structure(crow, col, device)
         self.reset_parameters()
 
@@ -313,7 +316,7 @@ class StructLearnedLinear(KernelCaches, nn.Module):
                 or torch._C._is_any_autocast_enabled()
                 or torch._C._are_functorch_transforms_active()):
             return self._checked_forward(x)
-        values, bias = self._parameters["values"], self._parameters["bias"]
+        values, bias = self._parameters["values"], self._parameters.get("bias")
         crow, col = self._buffers["crow_indices"], self._buffers["col_indices"]
         grad = torch.is_grad_enabled() and (x.requires_grad or values.requires_grad or (
             bias is not None and bias.requires_grad))
