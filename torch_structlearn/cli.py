@@ -360,7 +360,7 @@ def _convert(args) -> int:
     loader = DataLoader(TensorDataset(X), batch_size=args.batch_size)
     report = convert(model, loader, density=args.density, method=method, pattern=args.pattern,
                      include=args.include, exclude=args.exclude, batches=args.batches,
-                     verbose=not args.quiet)
+                     untie=args.untie, verbose=not args.quiet)
     save(model, structures, metadata={"model": args.model, "dataset": args.data or args.dataset,
                                       "command": " ".join(sys.argv), "report": report})
     if legacy:
@@ -615,6 +615,9 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("--sequential", action="store_true",
                     help="with a pruning method: calibrate layer by layer on the converted "
                          "model's inputs")
+    cv.add_argument("--untie", action="store_true",
+                    help="convert a layer whose weight is tied to another parameter anyway (it "
+                         "gets its own copy; default: an error naming the tie)")
     cv.add_argument("--checkpoint", default=None,
                     help="a state_dict file for the model (read with weights_only=True)")
     cv.add_argument("--limit", type=positive(int), default=512, help="calibration examples used")
