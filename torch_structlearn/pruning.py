@@ -330,17 +330,21 @@ def column_blocks(method: str, in_features: int, nm=None, block=None, steps: int
 
 def inverse_factor(H: Tensor, damp: float = 0.01) -> Tensor:
     """``U`` upper triangular with ``(H + damping)⁻¹ = Uᵀ U`` (in ``H``'s dtype): SparseGPT's
-    factor, formed with at most two ``(in, in)`` matrices besides ``H`` (Cholesky in place, the
-    inverse, its Cholesky into the first)."""
-    A = _damped(H, damp)
+    factor, with at most two ``(in, in)`` matrices besides ``H``. With ``P`` the reversal
+    permutation and ``P H P = L Lᵀ`` (Cholesky), ``H⁻¹ = (P L⁻ᵀ P)(P L⁻¹ P)`` and
+    ``U = P L⁻¹ P``: one Cholesky and one triangular solve, no explicit inverse and no second
+    factorisation (``cholesky_inverse`` took 3 s for 1 024 × 1 024 on the 2-core EPYC at
+    times, against 0.07 s for this)."""
+    A = _damped(H, damp).flip(0, 1)
     if not bool(torch.isfinite(A).all()):
         raise ValueError("the input statistics contain NaN or Inf")
     _, info = torch.linalg.cholesky_ex(A, out=(A, torch.empty((), dtype=torch.int32)))
     if int(info):
         raise ValueError("the input statistics are not positive definite even with damping")
-    B = torch.cholesky_inverse(A)
-    torch.linalg.cholesky(B, upper=True, out=A)
-    return A
+    B = torch.eye(len(A), dtype=A.dtype, device=A.device)
+    torch.linalg.solve_triangular(A, B, upper=False, out=B)  # L⁻¹, in place of the identity
+    del A
+    return B.flip(0, 1)
 
 
 @torch.no_grad()
