@@ -553,3 +553,25 @@ def test_a_tied_weight_is_refused_by_default_and_untied_only_when_asked():
     assert model(torch.tensor([[1, 2, 3]])).shape == (1, 3, 50)
     with pytest.raises(TypeError, match="untie must be a bool"):
         convert(_Tied(), None, density=0.5, method="magnitude", untie="yes")
+
+
+def test_float32_conversion_matches_float64_on_a_trained_mnist_mlp(tmp_path, load_recipe):
+    """recipes/exp_precision.py at a small scale: Prune('refit') in float32 (the default) and
+    in float64 give the same test accuracy and output errors to about 3 digits."""
+    import json
+
+    from tests.conftest import require_data
+
+    require_data("MNIST")
+    out = tmp_path / "p.json"
+    assert load_recipe("exp_precision.py").main(["--limit", "2048", "--epochs", "1", "--calib",
+                                                 "512", "--hidden", "128", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    for f32, f64 in zip(rows[::2], rows[1::2], strict=True):
+        assert f32["dtype"] == "torch.float32" and f64["dtype"] == "torch.float64"
+        assert abs(f32["test_accuracy"] - f64["test_accuracy"]) <= 0.002
+        for name, e in f32["output_error"].items():
+            assert e == pytest.approx(f64["output_error"][name], rel=1e-2, abs=1e-5)
+    assert repr(Prune("refit", dtype=torch.float64)) == "Prune('refit', dtype=torch.float64)"
+    with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
+        Prune(dtype=torch.float16)
