@@ -6,6 +6,7 @@ from .classifier import StructLearnedClassifier
 from .coding import DictionaryLearner
 from .connectivity import Connectivity
 from .convert import Learn, Prune, convert, convert_structure, densify
+from .dynamic import DynamicSparsity
 from .io import StructureFileError, load, save
 from .layers import StructLearnedLinear
 from .learn import learn_layer, learn_structure
@@ -32,6 +33,7 @@ __all__ = [
     "Learn",
     "convert_structure",
     "densify",
+    "DynamicSparsity",
     "sparse_linear",
     "save",
     "load",

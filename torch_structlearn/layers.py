@@ -413,6 +413,7 @@ class StructLearnedLinear(KernelCaches, nn.Module):
 
     def dense_weight(self) -> Tensor:
         """``(out_features, in_features)`` dense weight (zeros off the structure); differentiable."""
+        self._check_if_changed()  # (an in-place edit of the structure makes dense_index stale)
         return dense_weight(self.values, self.crow_indices, self.col_indices, self.in_features,
                             self.dense_index)
 
