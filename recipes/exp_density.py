@@ -1,12 +1,17 @@
 """Experiment 2 — density sweep: learned connectivity against random (same per-unit fan-in),
-random-local, a sparsifying RBM, SNIP, SynFlow and dense, 3 seeds, one training recipe.
+random-local, a sparsifying RBM, SNIP, SynFlow, dynamic sparse training (RigL, SET, and RigL
+started from the learned structure) and dense, 3 seeds, one training recipe.
 
     python recipes/exp_density.py --dataset mnist --quick     # 2-core CPU, < 20 min
     python recipes/exp_density.py --dataset cifar10           # full setting (GPU)
 
 Network: whitened image → sparse layer (K units) → ReLU → L2 group pooling → linear head.
 Learned = structure from group sparse coding on the unlabelled training images + dictionary
-init; every other structure starts from the per-unit Kaiming init. Writes
+init; every other structure starts from the per-unit Kaiming init. ``rigl`` and ``set`` start
+from the random structure and update it while training (``DynamicSparsity``, the papers'
+settings: ΔT 100 steps, fraction 0.3 cosine-decayed to 0 at 75 % of training; SET's constant
+fraction is replaced by the same schedule so that only the growth rule differs);
+``learned-rigl`` starts RigL from the learned structure and its dictionary init. Writes
 runs/repro/density-<dataset>[-quick].json (``--resume``: see common.checkpoint).
 """
 
@@ -22,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import random_local, rbm_mask, snip_mask, synflow_mask  # noqa: E402
 from common import add_args, checkpoint, done, finish, network, seed_range, setup, train_eval  # noqa: E402
 
-from torch_structlearn import Connectivity, learn_structure  # noqa: E402
+from torch_structlearn import Connectivity, DynamicSparsity, learn_structure  # noqa: E402
 from torch_structlearn.checks import arg_density as _density  # noqa: E402
 from torch_structlearn.learn import dictionary_values  # noqa: E402
 
@@ -31,7 +36,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_args(p, resumable=True)
     p.add_argument("--densities", type=_density, nargs="+", default=[0.01, 0.02, 0.05, 0.10, 0.25])
-    methods = ["learned", "random", "random-local", "rbm", "snip", "synflow"]
+    methods = ["learned", "random", "random-local", "rbm", "snip", "synflow", "rigl", "set",
+               "learned-rigl"]
     p.add_argument("--methods", nargs="+", choices=methods, default=methods)
     args = p.parse_args(argv)
     cfg = setup(args, "density")
@@ -43,10 +49,15 @@ def main(argv=None) -> int:
 
     rows = list(cfg["done"])  # those an interrupted run saved (--resume)
 
-    def run(method, density, seed, conn=None, values=None, dense=False):
+    def run(method, density, seed, conn=None, values=None, dense=False, dynamic=None):
         torch.manual_seed(seed)
         model = network(conn, d, K, args.group_size, n_classes, values=values, dense=dense)
-        r = train_eval(model, splits, seed=seed, **cfg["fit"])
+        fit = dict(cfg["fit"])
+        if dynamic is not None:  # mask updates after every optimizer step
+            fit["after_step"] = lambda opt, n: DynamicSparsity(
+                model, opt, method=dynamic, update_every=100, fraction=0.3, total_steps=n,
+                seed=seed).step
+        r = train_eval(model, splits, seed=seed, **fit)
         rows.append({"method": method, "density": density, "seed": seed,
                      "actual_density": 1.0 if dense else conn.density, **r})
         print(f"{method:>13} {density:>6.2%} seed {seed}: val {r['val_accuracy']:.4f} "
@@ -56,8 +67,9 @@ def main(argv=None) -> int:
     for seed in seed_range(args):
         if not done(rows, method="dense", seed=seed):
             run("dense", 1.0, seed, dense=True)
-        if "learned" in args.methods and not all(done(rows, method="learned", density=r, seed=seed)
-                                                 for r in args.densities):
+        if any(m in args.methods and not all(done(rows, method=m, density=r, seed=seed)
+                                             for r in args.densities)
+               for m in ("learned", "learned-rigl")):
             # one dictionary per seed; each density reads its own mask
             _, D, _ = learn_structure(cfg["loader"], K, density=args.densities[0],
                                       group_size=args.group_size, epochs=cfg["dict_epochs"],
@@ -71,6 +83,12 @@ def main(argv=None) -> int:
                     run(method, density, seed, conn, dictionary_values(D, conn))
                 elif method == "random":
                     run(method, density, seed, Connectivity.random((K, d), density=density, seed=seed))
+                elif method in ("rigl", "set"):
+                    run(method, density, seed, Connectivity.random((K, d), density=density,
+                                                                   seed=seed), dynamic=method)
+                elif method == "learned-rigl":
+                    conn = Connectivity.from_scores(D.T, density, "per_unit")
+                    run(method, density, seed, conn, dictionary_values(D, conn), dynamic="rigl")
                 elif method == "random-local":
                     run(method, density, seed, random_local(K, cfg["image_shape"], density, seed))
                 elif method == "rbm":

@@ -699,3 +699,34 @@ def test_exp_learner_trains_the_structure_each_threshold_stops_at(monkeypatch, t
     assert "### Time to a structure — mnist (--quick)" in text
     assert "| 0.3 | " in text and "| end of the run (at most 2 passes) | 0.999 | " in text
     assert text.count("\n| 1 | ") == 1  # the stability table's first check
+
+
+def test_density_sweep_runs_rigl_set_and_learned_then_rigl(monkeypatch, tmp_path, load_recipe):
+    """End to end on MNIST (tiny settings, two epochs: one mask update at step 100): the three
+    dynamic-sparse-training structures train, and their masks moved away from where they
+    started while every unit kept its fan-in."""
+    require_data("MNIST/raw")
+    exp = load_recipe("exp_density.py")
+    common = sys.modules["common"]
+    monkeypatch.setattr(common, "RUNS", tmp_path)
+    monkeypatch.setattr(common, "SHIPPED", tmp_path / "shipped")
+    argv = ["--quick", "--seeds", "1", "--width", "16", "--epochs", "2", "--dict-epochs", "1",
+            "--densities", "0.1", "--methods", "rigl", "set", "learned-rigl"]
+    trained, real = [], exp.train_eval
+
+    def keep(model, splits, **kw):
+        sparse = hasattr(model[0], "connectivity")  # (the dense network has an nn.Linear)
+        start = model[0].connectivity.to_mask() if sparse else None
+        r = real(model, splits, **kw)
+        trained.append((start, model[0].connectivity.to_mask() if sparse else None))
+        return r
+
+    monkeypatch.setattr(exp, "train_eval", keep)
+    monkeypatch.setattr(sys, "argv", ["exp_density.py", *argv])
+    assert exp.main(argv) == 0
+    out = json.loads((tmp_path / "density-mnist-quick.json").read_text())
+    assert [r["method"] for r in out["rows"]] == ["dense", "rigl", "set", "learned-rigl"]
+    assert all(0 <= r["test_accuracy"] <= 1 for r in out["rows"])
+    assert len(trained) == 4
+    for start, end in trained[1:]:  # (the first is the dense network's nn.Linear: no mask)
+        assert not torch.equal(start, end) and torch.equal(start.sum(1), end.sum(1))

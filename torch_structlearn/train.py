@@ -41,7 +41,8 @@ def _check_classes(y: Tensor, logits: Tensor) -> None:
 
 def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, lr: float = 1e-3,
                    batch_size: int = 128, weight_decay: float = 0.0, seed: int = 0,
-                   hflip: tuple[int, int, int] | None = None, verbose: bool = False) -> list[float]:
+                   hflip: tuple[int, int, int] | None = None, verbose: bool = False,
+                   after_step=None) -> list[float]:
     """Train ``model`` (``X (N, ...)`` → logits) with Adam (L2 ``weight_decay``), cross-entropy
     and a cosine schedule; returns the mean training loss per epoch and leaves ``model`` in eval
     mode. Deterministic for a seed. NaN or Inf in ``X``, and a label outside the model's
@@ -50,6 +51,9 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
     ``hflip=(C, H, W)``: each training example, read as a ``(C, H, W)`` image, is mirrored
     left–right with probability 1/2 in every batch (augmentation; ``X`` may be flattened).
     ``verbose``: a tqdm progress bar over the epochs, showing the last epoch's loss.
+    ``after_step(optimizer, total_steps)``: called once before training; the function it
+    returns is called after every optimizer step — e.g. dynamic sparse training,
+    ``lambda opt, n: DynamicSparsity(model, opt, total_steps=n).step``.
     """
     _check_xy(X, y)
     finite_examples("X", X)  # else every loss is NaN
@@ -65,6 +69,7 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
     g = torch.Generator().manual_seed(check_seed("seed", seed))
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    stepped = None if after_step is None else after_step(opt, epochs * math.ceil(len(y) / batch_size))
     losses = []
     model.train()
     bar = tqdm(range(epochs), desc="training", unit="epoch", disable=not verbose)
@@ -84,6 +89,8 @@ def fit_classifier(model: nn.Module, X: Tensor, y: Tensor, *, epochs: int = 20, 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if stepped is not None:
+                stepped()
             total += float(loss.detach()) * len(idx)
         sched.step()
         losses.append(total / len(y))
