@@ -311,7 +311,9 @@ def _pruned(linear: nn.Linear, method: str, density: float,
                                        tick=tick)
     layer = StructLearnedLinear.from_linear(linear, Connectivity.from_mask(mask.cpu()), block=block)
     layer.copy_csr_values_(kept[mask].to(layer.values))  # row-major = CSR order
-    extra = {} if stats is None else {"output_error": stats.relative_error(W, kept * mask)}
+    if kept is W:  # magnitude and wanda keep the weights as they are: the error needs them masked
+        kept = W * mask
+    extra = {} if stats is None else {"output_error": stats.relative_error(W, kept)}
     return layer, extra
 
 

@@ -80,46 +80,41 @@ class InputStatistics:
         self.H = zeros()
         self.C = zeros() if paired else None
         self.H_ref = zeros() if paired else None
-        self.n = 0
+        self.n, self._bound = 0, 0.0
 
     @torch.no_grad()
     def update(self, x: Tensor, x_ref: Tensor | None = None) -> None:
-        """Add a batch; ``ValueError`` if it contains NaN or Inf (nothing is added then).
+        """Add a batch; ``ValueError`` if it contains NaN or Inf, or values so large that the
+        sums could overflow the statistics' dtype (nothing is added then).
 
-        Each batch's products are formed in the inputs' precision (float32 for float16/bfloat16)
-        and summed across batches in the statistics' dtype."""
+        The products are accumulated into the statistics in place (``addmm_``, in their
+        dtype: no ``in × in`` temporary)."""
         x = self._rows(x)
-        if self.C is None:
-            self.H += self._gram(x, x)
-        else:
+        pairs = [(self.H, x, x)]
+        rows = [x]
+        if self.C is not None:
             r = self._rows(x_ref)
             if r.shape != x.shape:
                 raise ValueError(f"paired inputs differ in shape: {tuple(x.shape)} and the "
                                  f"reference's {tuple(r.shape)}")
-            H, C, H_ref = self._gram(x, x), self._gram(x, r), self._gram(r, r)
-            self.H += H
-            self.C += C
-            self.H_ref += H_ref
+            pairs += [(self.C, x, r), (self.H_ref, r, r)]
+            rows.append(r)
+        if not all(_all_finite(t) for t in rows):
+            raise ValueError("input contains NaN or Inf")
+        # |Σ x_i x_j| <= n · max|x|²: a bound on every entry, kept below the dtype's range
+        peak = max((float(t.abs().amax()) for t in rows if t.numel()), default=0.0)
+        bound = self._bound + x.shape[0] * peak * peak
+        if not bound < torch.finfo(self.H.dtype).max / 4:
+            raise ValueError(f"the inputs' second moments may overflow {self.H.dtype} (|x| up to "
+                             f"{peak:.3g}); use InputStatistics(dtype=torch.float64)")
+        for M, a, b in pairs:
+            M.addmm_(a.T.to(M.dtype), b.to(M.dtype))
+        self._bound = bound
         self.n += x.shape[0]
 
     def _rows(self, x: Tensor) -> Tensor:
         x = x.detach().reshape(-1, self.H.shape[0]).to(self.H.device)
         return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-    def _gram(self, a: Tensor, b: Tensor) -> Tensor:
-        """``aᵀ b`` in the statistics' dtype, formed in ``a``'s precision when that is finite
-        (NaN or Inf in a product of finite inputs is float32 overflow: redone in float64,
-        ``ValueError`` if the statistics cannot hold it)."""
-        g = a.T @ b
-        if not bool(torch.isfinite(g).all()):
-            if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
-                raise ValueError("input contains NaN or Inf")
-            g = a.double().T @ b.double()
-        g = g.to(self.H.dtype)
-        if not bool(torch.isfinite(g).all()):
-            raise ValueError(f"the inputs' second moments overflow {self.H.dtype} (values above "
-                             "~1e19); use InputStatistics(dtype=torch.float64)")
-        return g
 
     def target(self, W: Tensor, damp: float = 0.01) -> Tensor:
         """The unconstrained least-squares weights ``argmin_Ŵ ‖W X_ref − Ŵ X‖²`` (``W`` itself
@@ -149,13 +144,30 @@ def _quadratic(A: Tensor, H: Tensor, B: Tensor, rows: int = 1024) -> float:
     return total
 
 
+def _all_finite(t: Tensor) -> bool:
+    """No NaN or Inf in ``t`` — without ``isfinite``'s temporaries of ``t``'s size (an
+    ``in × in`` matrix's check allocated ~1.8 of it): the sum is finite when every entry is,
+    and only a non-finite sum (an entry, or an overflow of the sum) is checked row by row."""
+    if bool(torch.isfinite(t.sum())):
+        return True
+    return all(bool(torch.isfinite(c).all()) for c in t.reshape(len(t), -1).split(256))
+
+
+def _shift(H: Tensor, damp: float) -> Tensor:
+    """``(in,)``: what damping adds to ``H``'s diagonal — ``damp`` times the mean diagonal, after
+    the inputs that never varied (zero diagonal) are set to 1 to keep them out of the solves'
+    way. ``H + diag(shift)`` is the damped ``H``; the solvers add it on the fly, never copying
+    ``H``."""
+    d = torch.diagonal(H)
+    fixed = torch.where(d == 0, torch.ones_like(d), d)
+    mean = float(fixed.mean())
+    return fixed - d + (damp * mean if mean > 0 else damp)
+
+
 def _damped(H: Tensor, damp: float) -> Tensor:
     """A damped copy of ``H`` (its dtype)."""
     H = H.clone()
-    d = torch.diagonal(H)
-    dead = d == 0  # inputs that never varied: keep them out of the solves' way
-    H[dead, dead] = 1.0
-    d.add_(damp * float(d.mean()) if float(d.mean()) > 0 else damp)
+    torch.diagonal(H).add_(_shift(H, damp))
     return H
 
 
@@ -212,8 +224,8 @@ def wanda(W: Tensor, H: Tensor, density: float, nm: tuple[int, int] | None = Non
     (Sun et al., 2023, "A Simple and Effective Pruning Approach for Large Language Models";
     with ``nm``, per group of ``m`` consecutive inputs, as the paper does for N:M; with
     ``block``, summed over blocks)."""
-    norms = torch.diagonal(H).double().clamp_min(0).sqrt().to(W.device)
-    return _select(W.detach().abs().double() * norms, density, nm, block)
+    norms = torch.diagonal(H).clamp_min(0).sqrt().to(W.device, W.dtype)
+    return _select(W.detach().abs().mul_(norms), density, nm, block)
 
 
 def _spd_solve(A: Tensor, b: Tensor) -> Tensor:
@@ -262,49 +274,60 @@ def refit(W: Tensor, H: Tensor, mask: Tensor, damp: float = 0.01, rows_per_solve
         raise ValueError("refit needs the same number of kept inputs in every row")
     if k == 0:
         return torch.zeros_like(W)
-    Hd = _damped(H, damp).to(W.device)
+    H = H.to(W.device)
+    shift = _shift(H, damp)
     if solver == "cg" or (solver == "auto" and k**3 > 200 * W.shape[1] ** 2):
         if max_iter is None:
             max_iter = min(1000, max(10, int(4e11 // (W.shape[0] * W.shape[1] ** 2))))
-        return _refit_cg(W, Hd, mask, init, tol, max_iter).to(W.dtype)
-    out = torch.zeros_like(W, dtype=torch.float64)
+        return _refit_cg(W, H, shift, mask, init, tol, max_iter).to(W.dtype)
+    out = torch.zeros_like(W)
     S = mask.nonzero()[:, 1].view(W.shape[0], k)  # each row's kept columns, ascending
-    Wh = W.to(Hd.dtype)
+    Wh = W.to(H.dtype)
     # rows per batched solve: the (r, k, k) systems and the (r, k, in) rows of H they read
     rows_per_solve = max(1, min(rows_per_solve, 2**25 // (k * k), 2**25 // (k * W.shape[1])))
     for a in range(0, W.shape[0], rows_per_solve):
         s = S[a : a + rows_per_solve]
-        Hss = Hd[s[:, :, None], s[:, None, :]].double()  # (r, k, k)
-        rhs = (Hd[s] @ Wh[a : a + rows_per_solve, :, None]).double()  # (r, k, 1) = (H w)_S
+        Hss = H[s[:, :, None], s[:, None, :]].double()  # (r, k, k), damped below
+        Hss.diagonal(dim1=1, dim2=2).add_(shift[s].double())
+        w = Wh[a : a + rows_per_solve]
+        # (H_d w)_S = H[S, :] w + shift_S w_S: the kept rows of H only
+        rhs = (H[s] @ w[:, :, None]).double() + (shift[s] * w.gather(1, s)).double()[:, :, None]
         v = _spd_solve(Hss, rhs).squeeze(-1)
-        out[a : a + rows_per_solve].scatter_(1, s, v)
-    return out.to(W.dtype)
+        out[a : a + rows_per_solve].scatter_(1, s, v.to(out.dtype))
+    return out
 
 
-def _refit_cg(W: Tensor, Hd: Tensor, mask: Tensor, init: Tensor | None, tol: float,
-              max_iter: int) -> Tensor:
-    """Every row's masked normal equations ``(H_SS) ŵ_S = (H w)_S`` by Jacobi-preconditioned
-    conjugate gradients, all rows advanced together (per-row step sizes)."""
-    M = mask.to(Hd.dtype)
-    B = (W.to(Hd.dtype) @ Hd) * M
-    V = (W if init is None else init).to(Hd.dtype) * M
-    R = B - (V @ Hd) * M
-    dinv = 1.0 / torch.diagonal(Hd)
-    tiny = torch.finfo(Hd.dtype).tiny
+def _refit_cg(W: Tensor, H: Tensor, shift: Tensor, mask: Tensor, init: Tensor | None,
+              tol: float, max_iter: int) -> Tensor:
+    """Every row's masked normal equations ``(H_d)_SS ŵ_S = (H_d w)_S`` (``H_d = H +
+    diag(shift)``) by Jacobi-preconditioned conjugate gradients, all rows advanced together
+    (per-row step sizes). Five ``(out, in)`` buffers, updated in place; ``H`` is not copied."""
+
+    def apply(X: Tensor, out: Tensor) -> Tensor:  # out = (X H_d) ⊙ mask
+        torch.mm(X, H, out=out)
+        return out.addcmul_(X, shift).mul_(mask)
+
+    dt = H.dtype
+    R = apply(W.to(dt), torch.empty(W.shape, dtype=dt, device=W.device))  # B = (W H_d) ⊙ mask
+    scale = float(R.norm()) or 1.0
+    V = (W if init is None else init).to(dt, copy=True).mul_(mask)
+    AP = apply(V, torch.empty_like(R))
+    R.sub_(AP)
+    dinv = 1.0 / (torch.diagonal(H) + shift)
+    tiny = torch.finfo(dt).tiny
     Z = R * dinv
     P = Z.clone()
     rz = (R * Z).sum(1)
-    scale = float(B.norm()) or 1.0
     for _ in range(max_iter):
         if float(R.norm()) <= tol * scale:
             break
-        AP = (P @ Hd) * M
+        apply(P, AP)
         alpha = rz / (P * AP).sum(1).clamp_min(tiny)
-        V.add_(alpha[:, None] * P)
-        R.sub_(alpha[:, None] * AP)
-        Z = R * dinv
+        V.addcmul_(alpha[:, None], P)
+        R.addcmul_(alpha[:, None], AP, value=-1)
+        torch.mul(R, dinv, out=Z)
         rz_new = (R * Z).sum(1)
-        P = Z + (rz_new / rz.clamp_min(tiny))[:, None] * P
+        P.mul_((rz_new / rz.clamp_min(tiny))[:, None]).add_(Z)
         rz = rz_new
     return V
 
@@ -335,8 +358,9 @@ def inverse_factor(H: Tensor, damp: float = 0.01) -> Tensor:
     ``U = P L⁻¹ P``: one Cholesky and one triangular solve, no explicit inverse and no second
     factorisation (``cholesky_inverse`` took 3 s for 1 024 × 1 024 on the 2-core EPYC at
     times, against 0.07 s for this)."""
-    A = _damped(H, damp).flip(0, 1)
-    if not bool(torch.isfinite(A).all()):
+    A = H.flip(0, 1)  # the one copy of H; damped in place (its diagonal is H's, reversed)
+    torch.diagonal(A).add_(_shift(H, damp).flip(0))
+    if not _all_finite(A):
         raise ValueError("the input statistics contain NaN or Inf")
     _, info = torch.linalg.cholesky_ex(A, out=(A, torch.empty((), dtype=torch.int32)))
     if int(info):
@@ -351,7 +375,7 @@ def inverse_factor(H: Tensor, damp: float = 0.01) -> Tensor:
 def sparsegpt(W: Tensor, H: Tensor, density: float, damp: float = 0.01,
               blocksize: int = 128, nm: tuple[int, int] | None = None,
               block: tuple[int, int] | None = None, U: Tensor | None = None,
-              tick=None) -> tuple[Tensor, Tensor]:
+              tick=None, overwrite: bool = False) -> tuple[Tensor, Tensor]:
     """``(mask, weights)`` by SparseGPT (Frantar & Alistarh, 2023, "SparseGPT: Massive
     Language Models Can Be Accurately Pruned in One-Shot", Algorithm 1), with the per-unit
     fan-in of the library: within each block of ``blocksize`` columns, each row keeps its
@@ -362,7 +386,8 @@ def sparsegpt(W: Tensor, H: Tensor, density: float, damp: float = 0.01,
     of the next ``m`` (on the weights updated so far). With ``block=(bo, bi)``, whole blocks
     are dropped (saliency summed over the block), the same number per block row. Computes in
     ``H``'s dtype; ``U`` (:func:`inverse_factor`) is computed when not given; ``tick()`` is
-    called after each block of columns (progress)."""
+    called after each block of columns (progress); ``overwrite=True`` updates ``W`` in place
+    (when it is a private copy of ``H``'s dtype) instead of copying it."""
     rows, d = W.shape
     nm = check_nm(nm, density, d)
     block = check_block(block, (rows, d), nm)
@@ -370,7 +395,7 @@ def sparsegpt(W: Tensor, H: Tensor, density: float, damp: float = 0.01,
     blocksize = _blocksize(blocksize, nm, block)
     k = fan_in_for_density(density, d // unit)  # kept units (columns or blocks) per row
     U = (inverse_factor(H, damp) if U is None else U).to(W.device)  # H⁻¹ = Uᵀ U
-    Wc = W.to(U.dtype, copy=True)
+    Wc = W if overwrite and W.dtype == U.dtype else W.to(U.dtype, copy=True)
     mask = torch.zeros(rows, d, dtype=torch.bool, device=W.device)
     drop_total = d // unit - k
     dropped = 0
@@ -424,8 +449,10 @@ def obs_refit(W: Tensor, H: Tensor, density: float, steps: int = 3, damp: float 
     cur = W.to(H.dtype)
     for s in range(1, steps + 1):
         last = s == steps
+        # the first pass copies W; the later ones update the previous pass's private copy
         mask, cur = sparsegpt(cur, H, density if last else density ** (s / steps), damp=damp,
-                              nm=nm if last else None, block=block, U=U, tick=tick)
+                              nm=nm if last else None, block=block, U=U, tick=tick,
+                              overwrite=s > 1)
     del U
     return mask, refit(W, H, mask, damp=damp, init=cur).to(W.dtype)
 
