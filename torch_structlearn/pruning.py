@@ -249,7 +249,7 @@ def _spd_solve(A: Tensor, b: Tensor) -> Tensor:
 @torch.no_grad()
 def refit(W: Tensor, H: Tensor, mask: Tensor, damp: float = 0.01, rows_per_solve: int = 256,
           init: Tensor | None = None, solver: str = "auto", tol: float = 1e-8,
-          max_iter: int | None = None) -> Tensor:
+          max_iter: int | None = None, overwrite_init: bool = False) -> Tensor:
     """``(out, in)`` weights on ``mask`` minimising ``Σ_i (w_i − ŵ_i)ᵀ H (w_i − ŵ_i)`` (zeros
     off the mask): per row ``ŵ_S = H_SS⁻¹ (H w)_S`` on its kept inputs ``S``. Rows must keep
     the same number of inputs (the library's per-unit fan-in).
@@ -262,7 +262,8 @@ def refit(W: Tensor, H: Tensor, mask: Tensor, damp: float = 0.01, rows_per_solve
     the right-hand side or after ``max_iter`` iterations — CG lowers the error at every
     iteration, so a capped run is still never worse than ``init``. ``max_iter=None`` caps the
     work at about 100 products of a 1 024-wide layer (``max(10, 4·10¹¹ / (out·in²))``
-    iterations, at most 1 000): an 8 192 × 8 192 layer gets 10. ``'auto'`` takes the direct
+    iterations, at most 1 000): an 8 192 × 8 192 layer gets 10 (``overwrite_init=True`` lets
+    CG update ``init`` in place, a private copy, instead of copying it). ``'auto'`` takes the direct
     solve while ``k³ ≤ 200·in²`` (batched Cholesky ran at ~2 GFLOP/s on the 2-core EPYC
     against tens for the products CG needs, and CG took 100–300 iterations on ReLU
     activations), else CG."""
@@ -279,7 +280,7 @@ def refit(W: Tensor, H: Tensor, mask: Tensor, damp: float = 0.01, rows_per_solve
     if solver == "cg" or (solver == "auto" and k**3 > 200 * W.shape[1] ** 2):
         if max_iter is None:
             max_iter = min(1000, max(10, int(4e11 // (W.shape[0] * W.shape[1] ** 2))))
-        return _refit_cg(W, H, shift, mask, init, tol, max_iter).to(W.dtype)
+        return _refit_cg(W, H, shift, mask, init, tol, max_iter, overwrite_init).to(W.dtype)
     out = torch.zeros_like(W)
     S = mask.nonzero()[:, 1].view(W.shape[0], k)  # each row's kept columns, ascending
     Wh = W.to(H.dtype)
@@ -298,7 +299,7 @@ def refit(W: Tensor, H: Tensor, mask: Tensor, damp: float = 0.01, rows_per_solve
 
 
 def _refit_cg(W: Tensor, H: Tensor, shift: Tensor, mask: Tensor, init: Tensor | None,
-              tol: float, max_iter: int) -> Tensor:
+              tol: float, max_iter: int, overwrite_init: bool = False) -> Tensor:
     """Every row's masked normal equations ``(H_d)_SS ŵ_S = (H_d w)_S`` (``H_d = H +
     diag(shift)``) by Jacobi-preconditioned conjugate gradients, all rows advanced together
     (per-row step sizes). Five ``(out, in)`` buffers, updated in place; ``H`` is not copied."""
@@ -310,26 +311,34 @@ def _refit_cg(W: Tensor, H: Tensor, shift: Tensor, mask: Tensor, init: Tensor | 
     dt = H.dtype
     R = apply(W.to(dt), torch.empty(W.shape, dtype=dt, device=W.device))  # B = (W H_d) ⊙ mask
     scale = float(R.norm()) or 1.0
-    V = (W if init is None else init).to(dt, copy=True).mul_(mask)
+    if init is not None and overwrite_init and init.dtype == dt:
+        V = init.mul_(mask)
+    else:
+        V = (W if init is None else init).to(dt, copy=True).mul_(mask)
     AP = apply(V, torch.empty_like(R))
     R.sub_(AP)
     dinv = 1.0 / (torch.diagonal(H) + shift)
     tiny = torch.finfo(dt).tiny
     Z = R * dinv
     P = Z.clone()
-    rz = (R * Z).sum(1)
+    rz = _rowdot(R, Z)
     for _ in range(max_iter):
         if float(R.norm()) <= tol * scale:
             break
         apply(P, AP)
-        alpha = rz / (P * AP).sum(1).clamp_min(tiny)
+        alpha = rz / _rowdot(P, AP).clamp_min(tiny)
         V.addcmul_(alpha[:, None], P)
         R.addcmul_(alpha[:, None], AP, value=-1)
         torch.mul(R, dinv, out=Z)
-        rz_new = (R * Z).sum(1)
+        rz_new = _rowdot(R, Z)
         P.mul_((rz_new / rz.clamp_min(tiny))[:, None]).add_(Z)
         rz = rz_new
     return V
+
+
+def _rowdot(a: Tensor, b: Tensor, rows: int = 1024) -> Tensor:
+    """``(a ⊙ b).sum(1)`` in row chunks (no ``(out, in)`` temporary)."""
+    return torch.cat([(x * y).sum(1) for x, y in zip(a.split(rows), b.split(rows), strict=True)])
 
 
 def _blocksize(blocksize: int, nm, block) -> int:
@@ -454,7 +463,7 @@ def obs_refit(W: Tensor, H: Tensor, density: float, steps: int = 3, damp: float 
                               nm=nm if last else None, block=block, U=U, tick=tick,
                               overwrite=s > 1)
     del U
-    return mask, refit(W, H, mask, damp=damp, init=cur).to(W.dtype)
+    return mask, refit(W, H, mask, damp=damp, init=cur, overwrite_init=True).to(W.dtype)
 
 
 def output_error(W: Tensor, W_hat: Tensor, H: Tensor) -> float:
