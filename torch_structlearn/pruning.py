@@ -302,7 +302,7 @@ def _refit_cg(W: Tensor, H: Tensor, shift: Tensor, mask: Tensor, init: Tensor | 
               tol: float, max_iter: int, overwrite_init: bool = False) -> Tensor:
     """Every row's masked normal equations ``(H_d)_SS ŵ_S = (H_d w)_S`` (``H_d = H +
     diag(shift)``) by Jacobi-preconditioned conjugate gradients, all rows advanced together
-    (per-row step sizes). Five ``(out, in)`` buffers, updated in place; ``H`` is not copied."""
+    (per-row step sizes). Four ``(out, in)`` buffers, updated in place; ``H`` is not copied."""
 
     def apply(X: Tensor, out: Tensor) -> Tensor:  # out = (X H_d) ⊙ mask
         torch.mm(X, H, out=out)
@@ -319,9 +319,8 @@ def _refit_cg(W: Tensor, H: Tensor, shift: Tensor, mask: Tensor, init: Tensor | 
     R.sub_(AP)
     dinv = 1.0 / (torch.diagonal(H) + shift)
     tiny = torch.finfo(dt).tiny
-    Z = R * dinv
-    P = Z.clone()
-    rz = _rowdot(R, Z)
+    P = R * dinv  # the preconditioned residual Z = R ⊙ dinv is never stored: P absorbs it
+    rz = _rowdot(R, P)
     for _ in range(max_iter):
         if float(R.norm()) <= tol * scale:
             break
@@ -329,16 +328,17 @@ def _refit_cg(W: Tensor, H: Tensor, shift: Tensor, mask: Tensor, init: Tensor | 
         alpha = rz / _rowdot(P, AP).clamp_min(tiny)
         V.addcmul_(alpha[:, None], P)
         R.addcmul_(alpha[:, None], AP, value=-1)
-        torch.mul(R, dinv, out=Z)
-        rz_new = _rowdot(R, Z)
-        P.mul_((rz_new / rz.clamp_min(tiny))[:, None]).add_(Z)
+        rz_new = _rowdot(R, R, dinv)
+        P.mul_((rz_new / rz.clamp_min(tiny))[:, None]).addcmul_(R, dinv)
         rz = rz_new
     return V
 
 
-def _rowdot(a: Tensor, b: Tensor, rows: int = 1024) -> Tensor:
-    """``(a ⊙ b).sum(1)`` in row chunks (no ``(out, in)`` temporary)."""
-    return torch.cat([(x * y).sum(1) for x, y in zip(a.split(rows), b.split(rows), strict=True)])
+def _rowdot(a: Tensor, b: Tensor, scale: Tensor | None = None, rows: int = 1024) -> Tensor:
+    """``(a ⊙ b ⊙ scale).sum(1)`` (``scale (in,)`` broadcast over the rows) in row chunks: no
+    ``(out, in)`` temporary."""
+    return torch.cat([(x * y if scale is None else x * y * scale).sum(1)
+                      for x, y in zip(a.split(rows), b.split(rows), strict=True)])
 
 
 def _blocksize(blocksize: int, nm, block) -> int:
