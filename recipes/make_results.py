@@ -20,7 +20,8 @@ from torch_structlearn.filesystem import write_atomic as _write_atomic  # noqa: 
 
 OUT = ROOT / "recipes" / "RESULTS.md"
 FIG = ROOT / "recipes" / "figures"
-BASELINES = ["random", "random-local", "rbm", "snip", "synflow"]
+BASELINES = ["random", "random-local", "rbm", "snip", "synflow", "rigl", "set"]
+DYNAMIC = ["rigl", "set", "learned-rigl"]  # structures that change while training (DynamicSparsity)
 
 # Short analyses, by result file (prose only: every number stays in the generated tables),
 # kept as Markdown in recipes/analysis.md: one `## <result name>` section each.
@@ -62,9 +63,15 @@ def _cell(vals, fmt: str = ".2%") -> str:
 
 def density_section(res: dict) -> list[str]:
     rows = res["rows"]
-    methods = [m for m in ["learned", *BASELINES] if any(r["method"] == m for r in rows)]
+    methods = [m for m in ["learned", "learned-rigl", *BASELINES] if any(r["method"] == m for r in rows)]
     dens = sorted({r["density"] for r in rows if r["method"] != "dense"})
-    lines = _header(res, "Density sweep", "(validation accuracy in the JSON)") + [
+    dynamic = any(m in DYNAMIC for m in methods)
+    title = "Density sweep against dynamic sparse training" if dynamic else "Density sweep"
+    note = ("(validation accuracy in the JSON; rigl/set start from the random structure, "
+            "learned-rigl from the learned one and its dictionary init, and update the masks "
+            "every 100 steps, fraction 0.3 cosine-decayed to 0 at 75 % of training)" if dynamic
+            else "(validation accuracy in the JSON)")
+    lines = _header(res, title, note) + [
         "| method | " + " | ".join(f"{d:.0%}" for d in dens) + " |", "|---|" + "---|" * len(dens)]
     for m in methods:
         cells = [_cell([r["test_accuracy"] for r in rows if r["method"] == m and r["density"] == d])
@@ -74,6 +81,11 @@ def density_section(res: dict) -> list[str]:
     if dv:
         lines.append(f"| dense (100 %) | {_cell(dv)} |" + " |" * (len(dens) - 1))
     lines.append("")
+    if dynamic:  # training time per run, the mask updates included
+        secs = {m: statistics.mean(r["train_seconds"] for r in rows if r["method"] == m)
+                for m in ["dense", *methods] if any(r["method"] == m for r in rows)}
+        lines += ["Training time per run (all densities, mask updates included): " + ", ".join(
+            f"{m} {v:.2f} s" for m, v in secs.items()) + ".", ""]
     verdict = density_verdict(res)
     if verdict is not None:
         lines += [f"Target *{TARGETS['density']}*: {verdict[1]}.", ""]
@@ -292,7 +304,9 @@ def targets_section(results: list[dict]) -> list[str]:
         for res in results:
             verdict = judge(res)
             if verdict is not None:
-                lines.append(f"| {TARGETS[kind]} | {titles[kind]} — {res['dataset']}{_label(res)} "
+                title = titles[kind] + (" against RigL/SET" if any(
+                    r["method"] in DYNAMIC for r in res["rows"]) else "")
+                lines.append(f"| {TARGETS[kind]} | {title} — {res['dataset']}{_label(res)} "
                              f"| {verdict[1]} |")
     xs, ys = _all_scored(results)
     if xs:
@@ -695,7 +709,7 @@ def density_plot(res: dict) -> str | None:
     rows = res["rows"]
     dens = sorted({r["density"] for r in rows if r["method"] != "dense"})
     fig, ax = plt.subplots(figsize=(6, 4))
-    for m in ["learned", *BASELINES]:
+    for m in ["learned", "learned-rigl", *BASELINES]:
         pts = [[r["test_accuracy"] for r in rows if r["method"] == m and r["density"] == d] for d in dens]
         if not all(pts):
             continue
@@ -713,7 +727,8 @@ def density_plot(res: dict) -> str | None:
                  f"{f' ({recipe})' if recipe else ''}")
     ax.legend(fontsize=8)
     quick = "-quick" if res["quick"] else ""
-    return _save(fig, f"density-{res['dataset']}{quick}{recipe_suffix(recorded(res))}.png")
+    dst = "dst-" if any(r["method"] in DYNAMIC for r in rows) else ""  # its own picture
+    return _save(fig, f"{dst}density-{res['dataset']}{quick}{recipe_suffix(recorded(res))}.png")
 
 
 def depth_plot(results: list[dict]) -> str | None:
