@@ -309,10 +309,17 @@ def _pruned(linear: nn.Linear, method: str, density: float,
     else:  # refit: aims at the dense model's outputs when the statistics are paired
         mask, kept = pruning.obs_refit(stats.target(W), H, density, nm=nm, block=block,
                                        tick=tick)
-    layer = StructLearnedLinear.from_linear(linear, Connectivity.from_mask(mask.cpu()), block=block)
+    # built empty and filled from `kept` (from_linear would gather the old weights first: at
+    # 2:4 on an 8192-wide layer, 0.6 GiB of index copies for values overwritten at once)
+    layer = StructLearnedLinear(linear.in_features, linear.out_features,
+                                bias=linear.bias is not None,
+                                connectivity=Connectivity.from_mask(mask.cpu()), block=block,
+                                device=linear.weight.device, dtype=linear.weight.dtype)
     layer.copy_csr_values_(kept[mask].to(layer.values))  # row-major = CSR order
+    if linear.bias is not None:
+        layer.bias.copy_(linear.bias)
     if kept is W:  # magnitude and wanda keep the weights as they are: the error needs them masked
-        kept = W * mask
+        kept = W.masked_fill(~mask, 0)
     extra = {} if stats is None else {"output_error": stats.relative_error(W, kept)}
     return layer, extra
 

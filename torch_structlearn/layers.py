@@ -135,8 +135,8 @@ class StructLearnedLinear(KernelCaches, nn.Module):
     def _storage_structure(self, connectivity: Connectivity) -> tuple[Tensor, Tensor]:
         """The stored index buffers: CSR, or BSR for a block layer (``ValueError`` when the
         connectivity is not made of whole blocks)."""
-        if self.block is None:
-            return connectivity.crow_indices, connectivity.col_indices
+        if self.block is None:  # (the connectivity's own tensors: _set_structure copies them)
+            return connectivity._crow, connectivity._col
         return connectivity.block_structure(self.block)
 
     def _values_shape(self, n: int) -> tuple[int, ...]:
@@ -147,8 +147,9 @@ class StructLearnedLinear(KernelCaches, nn.Module):
         device = device if device is not None else self.values.device
         bo, bi = self.block or (1, 1)
         idx = _index_dtype(col.numel(), self.in_features // bi, self.out_features // bo)
-        self.register_buffer("crow_indices", crow.to(device, idx))
-        self.register_buffer("col_indices", col.to(device, idx))
+        # copies: the layer edits its buffers in place (dynamic sparsity), a Connectivity never
+        self.register_buffer("crow_indices", crow.to(device, idx, copy=True))
+        self.register_buffer("col_indices", col.to(device, idx, copy=True))
         self._refresh_caches()
         self._structure_seen = self._structure_key()  # validated by whoever gave it
 

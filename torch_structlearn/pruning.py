@@ -304,17 +304,19 @@ def _refit_cg(W: Tensor, H: Tensor, shift: Tensor, mask: Tensor, init: Tensor | 
     diag(shift)``) by Jacobi-preconditioned conjugate gradients, all rows advanced together
     (per-row step sizes). Four ``(out, in)`` buffers, updated in place; ``H`` is not copied."""
 
+    off = ~mask  # (masked_fill_ with it allocates nothing; mul_ by a bool mask made a float copy)
+
     def apply(X: Tensor, out: Tensor) -> Tensor:  # out = (X H_d) ⊙ mask
         torch.mm(X, H, out=out)
-        return out.addcmul_(X, shift).mul_(mask)
+        return out.addcmul_(X, shift).masked_fill_(off, 0)
 
     dt = H.dtype
     R = apply(W.to(dt), torch.empty(W.shape, dtype=dt, device=W.device))  # B = (W H_d) ⊙ mask
     scale = float(R.norm()) or 1.0
     if init is not None and overwrite_init and init.dtype == dt:
-        V = init.mul_(mask)
+        V = init.masked_fill_(off, 0)
     else:
-        V = (W if init is None else init).to(dt, copy=True).mul_(mask)
+        V = (W if init is None else init).to(dt, copy=True).masked_fill_(off, 0)
     AP = apply(V, torch.empty_like(R))
     R.sub_(AP)
     dinv = 1.0 / (torch.diagonal(H) + shift)
@@ -440,7 +442,7 @@ def sparsegpt(W: Tensor, H: Tensor, density: float, damp: float = 0.01,
         mask[:, b0:b1] = ~drop
         if tick is not None:
             tick()
-    return mask, Wc.mul_(mask).to(W.dtype)
+    return mask, Wc.masked_fill_(~mask, 0).to(W.dtype)  # (mul_ by a bool mask copies it as floats)
 
 
 @torch.no_grad()
