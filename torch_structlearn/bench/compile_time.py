@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 from ..checks import arg_density, arg_positive
 from ..convert import convert
 from ..filesystem import write_json
-from .timing import machine
+from .timing import machine, machine_line, run_child
 
 
 def child(cfg: dict) -> dict:
@@ -89,7 +88,7 @@ def main(argv=None) -> int:
         print(json.dumps(child(args.child)))
         return 0
     m = machine()
-    print(f"{m['cpu']} ({' '.join(m['cpu_flags'])}), {m['threads']} threads, torch {m['torch']}")
+    print(machine_line(m))
     rows = []
     for sparse in (False, True):
         for compiled in (False, True):
@@ -97,15 +96,10 @@ def main(argv=None) -> int:
                    "batch": args.batch, "size": args.size, "steps": args.steps,
                    "backend": args.backend, "sparse": sparse, "compiled": compiled}
             with tempfile.TemporaryDirectory() as cache:  # a cold compile: no inductor cache
-                r = subprocess.run([sys.executable, "-m", "torch_structlearn.bench", "compile-time",
-                                    "--child", json.dumps(cfg)],
-                                   capture_output=True, text=True,
-                                   env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache})
-            if r.returncode:
-                sys.stderr.write(r.stderr[-4000:])
-                raise SystemExit(f"the {'compiled' if compiled else 'eager'} "
-                                 f"{'converted' if sparse else 'dense'} run failed")
-            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+                rows.append(run_child("compile-time", cfg,
+                                      f"the {'compiled' if compiled else 'eager'} "
+                                      f"{'converted' if sparse else 'dense'} run",
+                                      env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}))
             print(f"{'converted' if sparse else 'dense':<10} {'compiled' if compiled else 'eager':<9}"
                   f" step {rows[-1]['step_seconds']:7.3f} s   first call "
                   f"{rows[-1]['first_seconds']:7.1f} s", flush=True)

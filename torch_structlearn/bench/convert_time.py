@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 from ..checks import arg_density, arg_positive
 from ..convert import convert
 from ..filesystem import write_json
-from .timing import machine
+from .timing import machine, machine_line, run_child
 
 MODELS = ["deit_tiny_patch16_224", "convnext_atto", "resmlp_12_224", "mixer_s16_224",
           "swin_tiny_patch4_window7_224"]
@@ -111,19 +110,13 @@ def main(argv=None) -> int:
         print(json.dumps(child(args.child)))
         return 0
     m = machine()
-    head = f"{m['cpu']} ({' '.join(m['cpu_flags'])}), {m['threads']} threads, torch {m['torch']}"
-    print(head)
+    print(machine_line(m))
     rows = []
     for model in args.models:
         for method in ["forward", *args.methods]:
             cfg = {"model": model, "method": method, "density": args.density,
                    "calib": args.calib, "pattern": args.pattern}
-            r = subprocess.run([sys.executable, "-m", "torch_structlearn.bench", "convert-time",
-                                "--child", json.dumps(cfg)], capture_output=True, text=True)
-            if r.returncode:
-                sys.stderr.write(r.stderr[-4000:])
-                raise SystemExit(f"{model} {method} failed")
-            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+            rows.append(run_child("convert-time", cfg, f"{model} {method}"))
             print(f"{model:<30} {method:<10} {rows[-1]['seconds']:8.1f} s  "
                   f"peak {rows[-1]['peak_mib']:7.0f} MiB (model alone {rows[-1]['baseline_mib']:.0f}"
                   f", above it {rows[-1]['above_model_mib']:.0f})", flush=True)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..layers import StructLearnedLinear
-from .timing import machine
+from .timing import machine, machine_line
 
 
 def faults() -> int:
@@ -43,8 +43,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser().parse_args(argv)
-    m = machine()
-    print(f"{m['cpu']} ({' '.join(m['cpu_flags'])}), {m['threads']} threads, torch {m['torch']}")
+    print(machine_line(machine()))
     kept = torch.empty(4096, 3072)
     fresh_ms, fresh_faults = per_call(lambda: torch.empty(4096, 3072).fill_(1.0))
     kept_ms, kept_faults = per_call(lambda: kept.fill_(1.0))

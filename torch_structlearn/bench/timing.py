@@ -8,10 +8,13 @@ events; CUDA: ``max_memory_allocated``); buffers MKL allocates internally are no
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -140,6 +143,23 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def machine_line(m: dict) -> str:
+    """One line naming a :func:`machine`: CPU, its vector-ISA flags, threads, torch."""
+    return f"{m['cpu']} ({' '.join(m['cpu_flags'])}), {m['threads']} threads, torch {m['torch']}"
+
+
+def run_child(tool: str, cfg: dict, what: str, env: dict | None = None) -> dict:
+    """``structlearn bench TOOL --child CFG`` in a fresh process (nothing compiled, calibrated
+    or allocated before it); its result, the JSON of its last output line. A failed child
+    shows the end of its stderr and stops the benchmark with ``SystemExit`` naming ``what``."""
+    r = subprocess.run([sys.executable, "-m", "torch_structlearn.bench", tool, "--child",
+                        json.dumps(cfg)], capture_output=True, text=True, env=env)
+    if r.returncode:
+        sys.stderr.write(r.stderr[-4000:])
+        raise SystemExit(f"{what} failed")
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def header(result: dict, show_gpu: bool, tail: str) -> list[str]:
