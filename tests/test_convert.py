@@ -22,6 +22,8 @@ from torch_structlearn import (
 )
 from torch_structlearn.convert import select_linears
 
+from .conftest import require_data
+
 
 def _images(n, size, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -559,8 +561,6 @@ def test_float32_conversion_matches_float64_on_a_trained_mnist_mlp(tmp_path, loa
     """recipes/exp_precision.py at a small scale: Prune('refit') in float32 (the default) and
     in float64 give the same test accuracy and output errors to about 3 digits."""
     import json
-
-    from tests.conftest import require_data
 
     require_data("MNIST")
     out = tmp_path / "p.json"

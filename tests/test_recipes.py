@@ -425,15 +425,22 @@ def test_recipes_and_cli_flush_denormals_in_every_thread(setup):
     assert plain.stdout.strip() == str(1 << 20)  # the check itself sees denormals otherwise
 
 
+def _recipe_writing_to(tmp_path, monkeypatch, load_recipe, script: str):
+    """``(recipe, common)``: the recipe ``script`` and the ``common`` module it imports, which
+    then writes runs and shipped results under ``tmp_path`` (end-to-end tests)."""
+    exp = load_recipe(script)
+    common = sys.modules["common"]
+    monkeypatch.setattr(common, "RUNS", tmp_path)
+    monkeypatch.setattr(common, "SHIPPED", tmp_path / "shipped")
+    return exp, common
+
+
 def test_an_interrupted_experiment_resumes_with_the_rows_it_saved(monkeypatch, tmp_path, load_recipe):
     """End to end on MNIST (tiny settings): exp_single stopped after its first network, then run
     again with --resume, trains only the second one (learning no dictionary: the fully connected
     layer needs none) and keeps the first one's row unchanged."""
     require_data("MNIST/raw")
-    exp = load_recipe("exp_single.py")
-    common = sys.modules["common"]
-    monkeypatch.setattr(common, "RUNS", tmp_path)
-    monkeypatch.setattr(common, "SHIPPED", tmp_path / "shipped")
+    exp, common = _recipe_writing_to(tmp_path, monkeypatch, load_recipe, "exp_single.py")
     argv = ["--quick", "--seeds", "1", "--width", "16", "--epochs", "1", "--dict-epochs", "1"]
     trained, real = [], exp.train_eval
 
@@ -666,10 +673,7 @@ def test_exp_learner_trains_the_structure_each_threshold_stops_at(monkeypatch, t
     ``learn_structure(..., settle=t)`` returns — the rule run for real, not replayed — and the
     trajectory's overlaps are those of the checks."""
     require_data("MNIST/raw")
-    exp = load_recipe("exp_learner.py")
-    common = sys.modules["common"]
-    monkeypatch.setattr(common, "RUNS", tmp_path)
-    monkeypatch.setattr(common, "SHIPPED", tmp_path / "shipped")
+    exp, common = _recipe_writing_to(tmp_path, monkeypatch, load_recipe, "exp_learner.py")
     argv = ["--quick", "--seeds", "1", "--width", "16", "--epochs", "1", "--max-passes", "2",
             "--check-every", "2000", "--thresholds", "0.3", "0.999"]
     trained, real = [], exp.train_eval
@@ -706,10 +710,7 @@ def test_density_sweep_runs_rigl_set_and_learned_then_rigl(monkeypatch, tmp_path
     dynamic-sparse-training structures train, and their masks moved away from where they
     started while every unit kept its fan-in."""
     require_data("MNIST/raw")
-    exp = load_recipe("exp_density.py")
-    common = sys.modules["common"]
-    monkeypatch.setattr(common, "RUNS", tmp_path)
-    monkeypatch.setattr(common, "SHIPPED", tmp_path / "shipped")
+    exp, common = _recipe_writing_to(tmp_path, monkeypatch, load_recipe, "exp_density.py")
     argv = ["--quick", "--seeds", "1", "--width", "16", "--epochs", "2", "--dict-epochs", "1",
             "--densities", "0.1", "--methods", "rigl", "set", "learned-rigl"]
     trained, real = [], exp.train_eval
