@@ -101,7 +101,6 @@ class Learn:
         self.rows_per_batch, self.coding = rows_per_batch, coding
 
     name = "dictionary"
-    sequential = False
 
     def __repr__(self) -> str:
         args = [repr(self.init)] + [f"{k}={v!r}" for k, v in (

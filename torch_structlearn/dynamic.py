@@ -35,7 +35,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .checks import choice, fraction, positive_int
+from .checks import choice, density, positive_int
 from .checks import seed as check_seed
 from .layers import StructLearnedLinear
 
@@ -96,8 +96,8 @@ class DynamicSparsity:
         choice("method", method, ("rigl", "set"))
         positive_int("update_every", update_every)
         positive_int("total_steps", total_steps)
-        self.fraction = _fraction(fraction, "fraction")
-        self.stop = _fraction(stop, "stop")
+        self.fraction = density(fraction, "fraction")  # (the rule for (0, 1])
+        self.stop = density(stop, "stop")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
                             f"{type(optimizer).__name__}")
@@ -205,10 +205,8 @@ class DynamicSparsity:
         kept = src >= 0
         col = new.nonzero()[:, 1].to(layer.col_indices)
         values = layer.values  # the optimizer's parameter: changed in place
-        for t in (values, *self._state_of(values)):
-            flat = t.view(-1) if t.numel() == values.numel() else None
-            if flat is None:
-                continue
+        for t in (values, *self._state_of(values)):  # (state tensors of values' shape)
+            flat = t.view(-1)
             moved_t = torch.zeros_like(flat)
             moved_t[kept] = flat[src[kept]]
             flat.copy_(moved_t)
@@ -222,9 +220,3 @@ class DynamicSparsity:
         state = self.optimizer.state.get(p, {})
         return [v for v in state.values() if isinstance(v, Tensor) and v.shape == p.shape]
 
-
-def _fraction(v, name: str) -> float:
-    """``v`` in (0, 1]."""
-    if v == 1:
-        return 1.0
-    return fraction(name, v)
