@@ -261,7 +261,7 @@ def test_learn_times_the_defaults_against_v01_and_renders(tmp_path, monkeypatch,
     assert "spams: not installed" in capsys.readouterr().out
     res = json.loads(out.read_text())
     rows = {r["method"]: r for r in res["rows"]}
-    assert set(rows) == {"defaults", "defaults, float32", "v0.1"}
+    assert set(rows) == {"defaults", "defaults, float32", "defaults, input space", "v0.1"}
     assert rows["v0.1"]["passes"] == 5 and rows["defaults"]["passes"] == 2
     assert rows["v0.1"]["mask_overlap_v01"] == 1 and rows["v0.1"]["speedup"] == 1
     assert rows["defaults"]["speedup"] == pytest.approx(rows["v0.1"]["seconds"] / rows["defaults"]["seconds"])

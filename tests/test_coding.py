@@ -112,7 +112,8 @@ def test_dead_atoms_are_reinitialised():
         b[:, :4] = torch.randn(100, 4, generator=g)
         rest.append(b)
     loader = [first] + rest
-    dl = DictionaryLearner(8, lam1=0.2, epochs=2, seed=0, verbose=False).fit(loader)
+    # in the input space: the subspace of the data's energy has no e9 direction at all
+    dl = DictionaryLearner(8, lam1=0.2, epochs=2, seed=0, subspace=None, verbose=False).fit(loader)
     assert dl.n_reinit_[0] >= 1
     assert dl.dictionary_[9].abs().max() < 0.5  # no atom still points along e9
     assert np.isfinite(dl.objective_).all()
@@ -302,3 +303,59 @@ def test_a_nan_in_the_third_batch_is_named_batch_3():
     batches[2][5, 1] = float("nan")
     with pytest.raises(ValueError, match=r"batch 3: contains NaN or Inf \(first in example 5\)"):
         DictionaryLearner(4, epochs=1, verbose=False).fit(batches)
+
+
+# ---------------------------------------------------------------- the principal subspace
+def _in_subspace(n: int = 1200, d: int = 48, r: int = 12, seed: int = 0):
+    """Samples that lie exactly in a random ``r``-dimensional subspace of ``R^d``."""
+    g = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(d, r, generator=g)).Q
+    return (torch.randn(n, r, generator=g) * torch.linspace(3, 1, r)) @ Q.T, Q
+
+
+def test_learning_in_the_subspace_is_exact_when_the_data_lies_in_it():
+    # The reference is the learner in the whole input space: the objective is invariant under
+    # the rotation into the subspace's coordinates, so both runs make the same steps.
+    X, Q = _in_subspace()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X), batch_size=100)
+    kw = dict(group_size=2, epochs=2, precision="float32", seed=1, verbose=False)
+    whole = DictionaryLearner(16, subspace=None, **kw).fit(loader)
+    sub = DictionaryLearner(16, subspace=0.999, **kw).fit(loader)
+    assert whole.basis_ is None and sub.basis_.shape == (48, 12)
+    assert torch.allclose(sub.basis_.T @ sub.basis_, torch.eye(12), atol=1e-5)
+    assert (Q.T @ sub.basis_).svd().S.min() > 0.999  # the data's own subspace
+    assert torch.allclose(sub.dictionary_, whole.dictionary_, atol=2e-3)
+    assert np.allclose(sub.objective_, whole.objective_, rtol=1e-4)
+    assert torch.allclose(sub.transform(X[:50]), whole.transform(X[:50]), atol=2e-3)
+
+
+def test_the_subspace_holds_the_asked_energy_and_is_skipped_when_nearly_whole():
+    g = torch.Generator().manual_seed(0)
+    scales = torch.tensor([8.0, 4.0, 2.0, 1.0] + [0.05] * 16)  # energy 64 16 4 1, then 16·0.0025
+    X = torch.randn(20_000, 20, generator=g) * scales
+    energy = (scales.square().cumsum(0) / scales.square().sum()).tolist()
+    for fraction, r in ((0.7, 1), (0.9, 2), (0.99, 4)):
+        assert (r == 1 or energy[r - 2] < fraction) and fraction <= energy[r - 1]
+        learner = DictionaryLearner(4, subspace=fraction, epochs=1, verbose=False).fit([X])
+        assert learner.basis_.shape == (20, r)
+        assert learner.dictionary_.shape == (20, 4)
+    # all 20 directions (more than 90 %): the whole input space is cheaper
+    assert DictionaryLearner(4, subspace=0.99999, epochs=1, verbose=False).fit([X]).basis_ is None
+
+
+@pytest.mark.parametrize("value, err", [(0.0, ValueError), (1.5, ValueError), ("all", ValueError),
+                                        ([0.9], TypeError)])
+def test_a_bad_subspace_is_named(value, err):
+    with pytest.raises(err, match="subspace must be"):
+        DictionaryLearner(4, subspace=value)
+
+
+def test_auto_subspace_only_for_layers_at_least_a_quarter_as_wide_as_their_input():
+    X, _ = _in_subspace(n=400, d=48, r=6)
+    assert DictionaryLearner(11, epochs=1, verbose=False).fit([X]).basis_ is None  # 44 < 48
+    assert DictionaryLearner(12, epochs=1, verbose=False).fit([X]).basis_.shape == (48, 6)
+    # a one-shot iterator is read once, by the learning: 'auto' skips the subspace, a fraction
+    # asked for explicitly is an error before anything is read
+    assert DictionaryLearner(12, epochs=1, verbose=False).fit(iter([X])).basis_ is None
+    with pytest.raises(TypeError, match="subspace=0.99 reads the loader more than once"):
+        DictionaryLearner(12, epochs=1, subspace=0.99, verbose=False).fit(iter([X]))

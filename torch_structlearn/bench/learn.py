@@ -25,13 +25,16 @@ from ..whitening import ZCAWhitening
 from .coding import spams_dictionary
 from .timing import command, header, machine
 
-V01 = {"batch_size": 250, "max_iter": 50, "precision": "float32", "epochs": 5, "settle": None}
+V01 = {"batch_size": 250, "max_iter": 50, "precision": "float32", "epochs": 5, "settle": None,
+       "subspace": None}
 """The v0.1 learner's settings (steps of 250 samples, as the loaders of its recipes gave; memory:
 its default, four steps)."""
 
-SETTINGS = {"defaults": {}, "defaults, float32": {"precision": "float32"}, "v0.1": V01}
+SETTINGS = {"defaults": {}, "defaults, float32": {"precision": "float32"},
+            "defaults, input space": {"subspace": None}, "v0.1": V01}
 """The rows of ``bench learn`` by name: learner settings over the defaults. ``defaults, float32``
-is what a CPU without native bfloat16 (most AVX2 CPUs) runs."""
+is what a CPU without native bfloat16 (most AVX2 CPUs) runs; ``defaults, input space`` learns
+without the principal subspace (``subspace=None``), what the subspace saves."""
 
 
 def run_learn(args) -> dict:
