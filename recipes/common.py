@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from torch_structlearn import Connectivity, StructLearnedLinear, ZCAWhitening
+from torch_structlearn import Connectivity, DynamicSparsity, StructLearnedLinear, ZCAWhitening
 from torch_structlearn.bench import machine as bench_machine
 from torch_structlearn.checks import arg_fraction as _fraction
 from torch_structlearn.checks import arg_nonnegative as _nonnegative
@@ -123,6 +123,15 @@ def train_eval(model: nn.Module, splits, *, seed: int, **fit) -> dict:
             "train_accuracy": accuracy(model, Xtr, ytr), "train_loss": losses[-1],
             **score_parts(hidden), "train_seconds": seconds, "machine": machine(),
             "code": code_version()}
+
+
+def dynamic_fit(fit: dict, model: nn.Module, method: str, seed: int) -> dict:
+    """``fit`` with dynamic sparse training of every ``StructLearnedLinear`` of ``model``
+    (``DynamicSparsity``, ``method`` 'rigl' or 'set') after each optimizer step, at the papers'
+    settings: ΔT 100 steps, fraction 0.3 cosine-decayed to 0 at 75 % of training (SET's constant
+    fraction replaced by the same schedule, so that only the growth rule differs)."""
+    return {**fit, "after_step": lambda opt, n: DynamicSparsity(
+        model, opt, method=method, update_every=100, fraction=0.3, total_steps=n, seed=seed).step}
 
 
 def score_parts(hidden: torch.Tensor) -> dict:

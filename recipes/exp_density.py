@@ -11,7 +11,9 @@ init; every other structure starts from the per-unit Kaiming init. ``rigl`` and 
 from the random structure and update it while training (``DynamicSparsity``, the papers'
 settings: ΔT 100 steps, fraction 0.3 cosine-decayed to 0 at 75 % of training; SET's constant
 fraction is replaced by the same schedule so that only the growth rule differs);
-``learned-rigl`` starts RigL from the learned structure and its dictionary init. Writes
+``learned-rigl`` starts RigL from the learned structure and its dictionary init;
+``dense-params`` is a dense layer with as many weights as the sparse one (``density·K`` units,
+rounded to a multiple of the group size), the same-parameter-count baseline. Writes
 runs/repro/density-<dataset>[-quick].json (``--resume``: see common.checkpoint).
 """
 
@@ -25,9 +27,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import random_local, rbm_mask, snip_mask, synflow_mask  # noqa: E402
-from common import add_args, checkpoint, done, finish, network, seed_range, setup, train_eval  # noqa: E402
+from common import (  # noqa: E402
+    add_args,
+    checkpoint,
+    done,
+    dynamic_fit,
+    finish,
+    network,
+    seed_range,
+    setup,
+    train_eval,
+)
 
-from torch_structlearn import Connectivity, DynamicSparsity, learn_structure  # noqa: E402
+from torch_structlearn import Connectivity, learn_structure  # noqa: E402
 from torch_structlearn.checks import arg_density as _density  # noqa: E402
 from torch_structlearn.learn import dictionary_values  # noqa: E402
 
@@ -37,7 +49,7 @@ def main(argv=None) -> int:
     add_args(p, resumable=True)
     p.add_argument("--densities", type=_density, nargs="+", default=[0.01, 0.02, 0.05, 0.10, 0.25])
     methods = ["learned", "random", "random-local", "rbm", "snip", "synflow", "rigl", "set",
-               "learned-rigl"]
+               "learned-rigl", "dense-params"]
     p.add_argument("--methods", nargs="+", choices=methods, default=methods)
     args = p.parse_args(argv)
     cfg = setup(args, "density")
@@ -49,17 +61,13 @@ def main(argv=None) -> int:
 
     rows = list(cfg["done"])  # those an interrupted run saved (--resume)
 
-    def run(method, density, seed, conn=None, values=None, dense=False, dynamic=None):
+    def run(method, density, seed, conn=None, values=None, dense=False, dynamic=None, width=K):
         torch.manual_seed(seed)
-        model = network(conn, d, K, args.group_size, n_classes, values=values, dense=dense)
-        fit = dict(cfg["fit"])
-        if dynamic is not None:  # mask updates after every optimizer step
-            fit["after_step"] = lambda opt, n: DynamicSparsity(
-                model, opt, method=dynamic, update_every=100, fraction=0.3, total_steps=n,
-                seed=seed).step
+        model = network(conn, d, width, args.group_size, n_classes, values=values, dense=dense)
+        fit = cfg["fit"] if dynamic is None else dynamic_fit(cfg["fit"], model, dynamic, seed)
         r = train_eval(model, splits, seed=seed, **fit)
-        rows.append({"method": method, "density": density, "seed": seed,
-                     "actual_density": 1.0 if dense else conn.density, **r})
+        rows.append({"method": method, "density": density, "seed": seed, "width": width,
+                     "actual_density": width / K if dense else conn.density, **r})
         print(f"{method:>13} {density:>6.2%} seed {seed}: val {r['val_accuracy']:.4f} "
               f"test {r['test_accuracy']:.4f}", flush=True)
         checkpoint("density", args, cfg, rows)
@@ -89,6 +97,9 @@ def main(argv=None) -> int:
                 elif method == "learned-rigl":
                     conn = Connectivity.from_scores(D.T, density, "per_unit")
                     run(method, density, seed, conn, dictionary_values(D, conn), dynamic="rigl")
+                elif method == "dense-params":  # dense, as many first-layer weights
+                    width = max(args.group_size, round(density * K / args.group_size) * args.group_size)
+                    run(method, density, seed, dense=True, width=width)
                 elif method == "random-local":
                     run(method, density, seed, random_local(K, cfg["image_shape"], density, seed))
                 elif method == "rbm":

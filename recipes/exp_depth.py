@@ -7,6 +7,10 @@ layers; the stopping rule's network is the prefix the rule keeps on that stack's
 first layer whose relative gain is below ``min_gain`` ends it), trained once as that forced
 depth and recorded with ``same_as``.
 
+``--dynamic`` also trains every forced depth with dynamic sparse training (``DynamicSparsity``,
+the density sweep's settings): ``rigl`` and ``set`` from a random stack of the same shape and
+fan-in, ``learned-rigl`` from the learned stack and its dictionary init.
+
     python recipes/exp_depth.py --dataset mnist --quick
 """
 
@@ -21,7 +25,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_args, checkpoint, done, finish, seed_range, setup, train_eval  # noqa: E402
+from common import add_args, checkpoint, done, dynamic_fit, finish, seed_range, setup, train_eval  # noqa: E402
 
 from torch_structlearn import StructLearnedStack  # noqa: E402
 from torch_structlearn.checks import arg_density as _density  # noqa: E402
@@ -36,13 +40,17 @@ def main(argv=None) -> int:
     p.add_argument("--max-depth", type=_positive(int), default=4)
     p.add_argument("--min-gain", type=float, default=0.01, help="the stopping rule's threshold")
     p.add_argument("--verbose", action="store_true", help="progress bars while learning")
+    p.add_argument("--dynamic", action="store_true",
+                   help="also train each forced depth with RigL and SET (from a random stack) and "
+                        "RigL from the learned stack")
     args = p.parse_args(argv)
     cfg = setup(args, "depth")
     K, d = cfg["K"], cfg["d"]
     rows = list(cfg["done"])  # those an interrupted run saved (--resume)
     for seed in seed_range(args):
-        if all(done(rows, method=f"forced depth {k}", seed=seed)  # the rule's pick is one of them
-               for k in range(1, args.max_depth + 1)):
+        dynamic = ("rigl", "set", "learned-rigl") if args.dynamic else ()
+        if all(done(rows, method=f"{m} depth {k}", seed=seed)  # the rule's pick is one of them
+               for k in range(1, args.max_depth + 1) for m in ("forced", *dynamic)):
             continue
         torch.manual_seed(seed)
         grown = StructLearnedStack(d, K, max_depth=args.max_depth, density=args.density,
@@ -66,6 +74,23 @@ def main(argv=None) -> int:
             print(f"depth {k} seed {seed}: test {r['test_accuracy']:.4f}"
                   + (" (the stopping rule's pick)" if k == picked else ""), flush=True)
             checkpoint("depth", args, cfg, rows)
+        for k in range(1, grown.depth + 1):
+            for method in dynamic:
+                if done(rows, method=f"{method} depth {k}", seed=seed):
+                    continue
+                torch.manual_seed(seed)
+                if method == "learned-rigl":
+                    stack = copy.deepcopy(grown)
+                    stack.layers = stack.layers[:k]
+                else:  # random layers of the same shapes and fan-in
+                    stack = StructLearnedStack(d, K, max_depth=k, density=args.density,
+                                               group_size=args.group_size)
+                model = nn.Sequential(stack, nn.Linear(stack.out_features, cfg["n_classes"]))
+                r = train_eval(model, cfg["splits"], seed=seed,
+                               **dynamic_fit(cfg["fit"], model, method.removeprefix("learned-"), seed))
+                rows.append({"method": f"{method} depth {k}", "depth": k, "seed": seed, **r})
+                print(f"{method} depth {k} seed {seed}: test {r['test_accuracy']:.4f}", flush=True)
+                checkpoint("depth", args, cfg, rows)
     finish("depth", args, cfg, rows, density=args.density)
     return 0
 

@@ -20,7 +20,7 @@ from torch_structlearn.filesystem import write_atomic as _write_atomic  # noqa: 
 
 OUT = ROOT / "recipes" / "RESULTS.md"
 FIG = ROOT / "recipes" / "figures"
-BASELINES = ["random", "random-local", "rbm", "snip", "synflow", "rigl", "set"]
+BASELINES = ["random", "random-local", "rbm", "snip", "synflow", "rigl", "set", "dense-params"]
 DYNAMIC = ["rigl", "set", "learned-rigl"]  # structures that change while training (DynamicSparsity)
 
 # Short analyses, by result file (prose only: every number stays in the generated tables),

@@ -731,3 +731,63 @@ def test_density_sweep_runs_rigl_set_and_learned_then_rigl(monkeypatch, tmp_path
     assert len(trained) == 4
     for start, end in trained[1:]:  # (the first is the dense network's nn.Linear: no mask)
         assert not torch.equal(start, end) and torch.equal(start.sum(1), end.sum(1))
+
+
+def test_density_sweep_dense_at_the_same_parameter_count(monkeypatch, tmp_path, load_recipe):
+    """``dense-params``: a dense first layer with as many weights as the sparse layer at that
+    density (density·K units, a multiple of the group size, at least one group)."""
+    require_data("MNIST/raw")
+    exp, common = _recipe_writing_to(tmp_path, monkeypatch, load_recipe, "exp_density.py")
+    argv = ["--quick", "--seeds", "1", "--width", "64", "--epochs", "1", "--dict-epochs", "1",
+            "--densities", "0.01", "0.25", "--methods", "dense-params"]
+    widths, real = [], exp.train_eval
+
+    def keep(model, splits, **kw):
+        widths.append((type(model[0]).__name__, model[0].out_features, model[-1].in_features))
+        return real(model, splits, **kw)
+
+    monkeypatch.setattr(exp, "train_eval", keep)
+    monkeypatch.setattr(sys, "argv", ["exp_density.py", *argv])
+    assert exp.main(argv) == 0
+    out = json.loads((tmp_path / "density-mnist-quick.json").read_text())
+    # dense (64 units), then 1 % → 0.64 units: one group of 4; 25 % → 16 units
+    assert widths == [("Linear", 64, 16), ("Linear", 4, 1), ("Linear", 16, 4)]
+    assert [(r["method"], r["width"], r["actual_density"]) for r in out["rows"]] == [
+        ("dense", 64, 1.0), ("dense-params", 4, 4 / 64), ("dense-params", 16, 0.25)]
+
+
+def test_depth_experiment_trains_each_depth_with_rigl_set_and_learned_rigl(monkeypatch, tmp_path,
+                                                                          load_recipe):
+    """``exp_depth --dynamic`` on MNIST (tiny settings; two epochs: one mask update at step 100):
+    RigL and SET start from random stacks of the learned stack's shapes and fan-in,
+    learned-RigL from the learned stack itself; every layer's mask moves, fan-in kept."""
+    require_data("MNIST/raw")
+    exp, common = _recipe_writing_to(tmp_path, monkeypatch, load_recipe, "exp_depth.py")
+    argv = ["--quick", "--seeds", "1", "--width", "16", "--epochs", "2", "--dict-epochs", "1",
+            "--max-depth", "2", "--dynamic"]
+    trained, real = [], exp.train_eval
+
+    def keep(model, splits, **kw):
+        layers = [b[0] for b in model[0].layers]
+        start = [layer.connectivity.to_mask() for layer in layers]
+        r = real(model, splits, **kw)
+        trained.append((start, [layer.connectivity.to_mask() for layer in layers],
+                        "after_step" in kw))
+        return r
+
+    monkeypatch.setattr(exp, "train_eval", keep)
+    monkeypatch.setattr(sys, "argv", ["exp_depth.py", *argv])
+    assert exp.main(argv) == 0
+    out = json.loads((tmp_path / "depth-mnist-quick.json").read_text())
+    methods = [r["method"] for r in out["rows"] if r["method"] != "stopping rule"]
+    assert methods == ["forced depth 1", "forced depth 2", "rigl depth 1", "set depth 1",
+                       "learned-rigl depth 1", "rigl depth 2", "set depth 2", "learned-rigl depth 2"]
+    assert [t[2] for t in trained] == [False, False] + [True] * 6
+    learned = trained[1][0]  # forced depth 2's masks: the learned stack
+    for i, (start, end, _) in enumerate(trained[2:]):
+        method = methods[2 + i]
+        assert len(start) == int(method[-1])
+        assert all(torch.equal(a.sum(1), b.sum(1)) for a, b in zip(start, end, strict=True))
+        assert any(not torch.equal(a, b) for a, b in zip(start, end, strict=True))
+        from_learned = all(torch.equal(a, b) for a, b in zip(start, learned, strict=False))
+        assert from_learned == method.startswith("learned-rigl"), method
