@@ -329,6 +329,17 @@ def test_learning_in_the_subspace_is_exact_when_the_data_lies_in_it():
     assert torch.allclose(sub.transform(X[:50]), whole.transform(X[:50]), atol=2e-3)
 
 
+def test_the_subspace_learner_starts_from_the_input_space_atoms_and_penalty():
+    # more atoms than the first batch has samples: the rest start as Gaussian directions,
+    # drawn in the input space and projected, so lam1='auto' reads the same inner products
+    X, _ = _in_subspace(n=400, d=48, r=12)
+    kw = dict(epochs=1, precision="float32", seed=2, verbose=False)
+    whole = DictionaryLearner(64, subspace=None, **kw).fit([X[:40], X[40:]])
+    sub = DictionaryLearner(64, subspace=0.999, **kw).fit([X[:40], X[40:]])
+    assert sub.basis_.shape == (48, 12)
+    assert sub.lam1_ == pytest.approx(whole.lam1_, rel=1e-5)
+
+
 def test_the_subspace_holds_the_asked_energy_and_is_skipped_when_nearly_whole():
     g = torch.Generator().manual_seed(0)
     scales = torch.tensor([8.0, 4.0, 2.0, 1.0] + [0.05] * 16)  # energy 64 16 4 1, then 16·0.0025

@@ -394,7 +394,11 @@ class DictionaryLearner:
             return None
         return evecs.flip(1)[:, :r].contiguous()
 
-    def _init(self, X: Tensor) -> None:
+    def _init(self, X: Tensor, basis: Tensor | None) -> None:
+        """The starting atoms (samples of the first batch ``X (N, d)``, Gaussian directions when
+        there are fewer samples than atoms) and ``lam1='auto'``, both taken in the input space
+        and then, with a ``basis (d, r)``, in its coordinates: the subspace learner starts from
+        the input-space learner's atoms, projected, and reads λ₁ off the same inner products."""
         if self._distributed:  # every rank starts from the same global first batch
             X = all_gather_rows(X)
         g = torch.Generator().manual_seed(self.seed)
@@ -409,14 +413,21 @@ class DictionaryLearner:
         dead = norms < 1e-8
         if dead.any():
             D[:, dead] = torch.randn(d, int(dead.sum()), generator=g).to(X)
-        self._D = D / D.norm(dim=0, keepdim=True)
+        D = D / D.norm(dim=0, keepdim=True)
+        if basis is not None:  # x·d = (Uᵀx)·(Uᵀd) up to the energy outside the subspace
+            X, D = X @ basis, basis.T @ D
+            dead = D.norm(dim=0) < 1e-8  # an atom with nothing inside the subspace
+            if dead.any():
+                D[:, dead] = torch.randn(D.shape[0], int(dead.sum()), generator=g).to(X)
         if self.lam1 == "auto":
-            c = (X @ self._D).abs().flatten()
+            c = (X @ D).abs().flatten()
             if c.numel() > 1_000_000:
                 c = c[torch.randperm(c.numel(), generator=g)[:1_000_000].to(c.device)]
             self.lam1_ = float(torch.quantile(c.double(), 1 - self.active_fraction))
         else:
             self.lam1_ = float(self.lam1)
+        self._D = D / D.norm(dim=0, keepdim=True)
+        d = D.shape[0]
         self.lam_g_ = (self.lam1_ if self.group_size > 1 else 0.0) if self.lam_g is None else float(self.lam_g)
         self._A = torch.zeros(K, K, dtype=X.dtype, device=X.device)
         self._B = torch.zeros(d, K, dtype=X.dtype, device=X.device)
@@ -523,7 +534,7 @@ class DictionaryLearner:
         if getattr(self, "_D", None) is None:
             self._distributed = (self.distributed if self.distributed is not None else world_size() > 1)
             self._d = X.shape[1]
-            self._init(X if basis is None else X @ basis)
+            self._init(X, basis)
             self.objective_, self.n_reinit_ = [], []
             self._reset_epoch()
         elif X.shape[1] != self._d:
