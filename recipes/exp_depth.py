@@ -9,7 +9,9 @@ depth and recorded with ``same_as``.
 
 ``--dynamic`` also trains every forced depth with dynamic sparse training (``DynamicSparsity``,
 the density sweep's settings): ``rigl`` and ``set`` from a random stack of the same shape and
-fan-in, ``learned-rigl`` from the learned stack and its dictionary init.
+fan-in, ``learned-rigl`` from the learned stack and its dictionary init, and, with the same
+number of weights spread over the layers by ERK (``erk_densities``), a static random stack
+(``erk``) and RigL from it (``rigl-erk``).
 
     python recipes/exp_depth.py --dataset mnist --quick
 """
@@ -27,9 +29,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_args, checkpoint, done, dynamic_fit, finish, seed_range, setup, train_eval  # noqa: E402
 
-from torch_structlearn import StructLearnedStack  # noqa: E402
+from torch_structlearn import Connectivity, StructLearnedStack  # noqa: E402
 from torch_structlearn.checks import arg_density as _density  # noqa: E402
 from torch_structlearn.checks import arg_positive as _positive  # noqa: E402
+from torch_structlearn.dynamic import erk_densities  # noqa: E402
 from torch_structlearn.stack import rule_depth  # noqa: E402
 
 
@@ -41,14 +44,15 @@ def main(argv=None) -> int:
     p.add_argument("--min-gain", type=float, default=0.01, help="the stopping rule's threshold")
     p.add_argument("--verbose", action="store_true", help="progress bars while learning")
     p.add_argument("--dynamic", action="store_true",
-                   help="also train each forced depth with RigL and SET (from a random stack) and "
-                        "RigL from the learned stack")
+                   help="also train each forced depth with RigL and SET (from a random stack), "
+                        "RigL from the learned stack, and a static and a RigL random stack with "
+                        "ERK layer densities")
     args = p.parse_args(argv)
     cfg = setup(args, "depth")
     K, d = cfg["K"], cfg["d"]
     rows = list(cfg["done"])  # those an interrupted run saved (--resume)
     for seed in seed_range(args):
-        dynamic = ("rigl", "set", "learned-rigl") if args.dynamic else ()
+        dynamic = ("rigl", "set", "learned-rigl", "erk", "rigl-erk") if args.dynamic else ()
         if all(done(rows, method=f"{m} depth {k}", seed=seed)  # the rule's pick is one of them
                for k in range(1, args.max_depth + 1) for m in ("forced", *dynamic)):
             continue
@@ -85,9 +89,16 @@ def main(argv=None) -> int:
                 else:  # random layers of the same shapes and fan-in
                     stack = StructLearnedStack(d, K, max_depth=k, density=args.density,
                                                group_size=args.group_size)
+                if method.endswith("erk"):  # the same weights, spread by ERK
+                    layers = [block[0] for block in stack.layers]
+                    shapes = [(layer.out_features, layer.in_features) for layer in layers]
+                    for layer, shape, dl in zip(layers, shapes, erk_densities(shapes, args.density),
+                                                strict=True):
+                        layer.set_connectivity(Connectivity.random(shape, density=dl))
                 model = nn.Sequential(stack, nn.Linear(stack.out_features, cfg["n_classes"]))
-                r = train_eval(model, cfg["splits"], seed=seed,
-                               **dynamic_fit(cfg["fit"], model, method.removeprefix("learned-"), seed))
+                fit = (cfg["fit"] if method == "erk" else
+                       dynamic_fit(cfg["fit"], model, "set" if method == "set" else "rigl", seed))
+                r = train_eval(model, cfg["splits"], seed=seed, **fit)
                 rows.append({"method": f"{method} depth {k}", "depth": k, "seed": seed, **r})
                 print(f"{method} depth {k} seed {seed}: test {r['test_accuracy']:.4f}", flush=True)
                 checkpoint("depth", args, cfg, rows)

@@ -134,3 +134,23 @@ def test_schedule_and_bad_arguments():
     with pytest.raises(RuntimeError, match="no gradient was captured"):
         opt.step()
         dst.step()  # no forward/backward through the model before it
+
+
+def test_erk_densities_keep_the_budget_in_the_erdos_renyi_proportions():
+    from torch_structlearn.dynamic import erk_densities
+
+    shapes = [(256, 3072), (256, 64), (128, 256)]
+    dens = erk_densities(shapes, 0.05)
+    sizes = [o * i for o, i in shapes]
+    assert sum(d * n for d, n in zip(dens, sizes, strict=True)) == pytest.approx(0.05 * sum(sizes))
+    ratios = [d / ((o + i) / (o * i)) for d, (o, i) in zip(dens, shapes, strict=True)]
+    assert ratios == pytest.approx([ratios[0]] * 3)  # one ε for every layer
+    assert erk_densities([(64, 64)], 0.05) == pytest.approx([0.05])  # one layer: uniform
+    # a layer that would exceed 1 is dense, the budget left goes to the others
+    capped = erk_densities([(4, 4), (1000, 1000)], 0.5)
+    assert capped[0] == 1.0 and capped[1] == pytest.approx((0.5 * 1_000_016 - 16) / 1_000_000)
+    assert erk_densities([(4, 4), (8, 8)], 1.0) == [1.0, 1.0]
+    with pytest.raises(ValueError, match="density must be in"):
+        erk_densities(shapes, 0.0)
+    with pytest.raises(ValueError, match="at least one"):
+        erk_densities([], 0.1)

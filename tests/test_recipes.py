@@ -760,10 +760,11 @@ def test_depth_experiment_trains_each_depth_with_rigl_set_and_learned_rigl(monke
                                                                           load_recipe):
     """``exp_depth --dynamic`` on MNIST (tiny settings; two epochs: one mask update at step 100):
     RigL and SET start from random stacks of the learned stack's shapes and fan-in,
-    learned-RigL from the learned stack itself; every layer's mask moves, fan-in kept."""
+    learned-RigL from the learned stack itself, erk/rigl-erk from random stacks with ERK layer
+    densities; the dynamic ones' masks move, the static ERK one's stay; fan-in kept."""
     require_data("MNIST/raw")
     exp, common = _recipe_writing_to(tmp_path, monkeypatch, load_recipe, "exp_depth.py")
-    argv = ["--quick", "--seeds", "1", "--width", "16", "--epochs", "2", "--dict-epochs", "1",
+    argv = ["--quick", "--seeds", "1", "--width", "64", "--epochs", "2", "--dict-epochs", "1",
             "--max-depth", "2", "--dynamic"]
     trained, real = [], exp.train_eval
 
@@ -780,14 +781,19 @@ def test_depth_experiment_trains_each_depth_with_rigl_set_and_learned_rigl(monke
     assert exp.main(argv) == 0
     out = json.loads((tmp_path / "depth-mnist-quick.json").read_text())
     methods = [r["method"] for r in out["rows"] if r["method"] != "stopping rule"]
-    assert methods == ["forced depth 1", "forced depth 2", "rigl depth 1", "set depth 1",
-                       "learned-rigl depth 1", "rigl depth 2", "set depth 2", "learned-rigl depth 2"]
-    assert [t[2] for t in trained] == [False, False] + [True] * 6
+    each = ["rigl", "set", "learned-rigl", "erk", "rigl-erk"]
+    assert methods == ["forced depth 1", "forced depth 2", *(f"{m} depth {k}" for k in (1, 2)
+                                                              for m in each)]
+    assert [t[2] for t in trained] == [False, False] + [m != "erk" for m in each] * 2
     learned = trained[1][0]  # forced depth 2's masks: the learned stack
-    for i, (start, end, _) in enumerate(trained[2:]):
+    for i, (start, end, dynamic) in enumerate(trained[2:]):
         method = methods[2 + i]
         assert len(start) == int(method[-1])
         assert all(torch.equal(a.sum(1), b.sum(1)) for a, b in zip(start, end, strict=True))
-        assert any(not torch.equal(a, b) for a, b in zip(start, end, strict=True))
+        assert any(not torch.equal(a, b) for a, b in zip(start, end, strict=True)) == dynamic
         from_learned = all(torch.equal(a, b) for a, b in zip(start, learned, strict=False))
         assert from_learned == method.startswith("learned-rigl"), method
+        if method.startswith(("erk", "rigl-erk")) and len(start) == 2:  # ERK: the same weights,
+            uniform = [m.sum() for m in learned]  # the narrow second layer denser
+            assert start[1].float().mean() > learned[1].float().mean()
+            assert abs(sum(m.sum() for m in start) - sum(uniform)) <= 0.02 * sum(uniform)

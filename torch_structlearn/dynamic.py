@@ -31,15 +31,49 @@ optimizer keeps its parameters and the layer re-checks and re-plans its next cal
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .checks import choice, density, positive_int
+from .checks import density as check_density
 from .checks import seed as check_seed
 from .layers import StructLearnedLinear
 
-__all__ = ["DynamicSparsity", "update_mask"]
+__all__ = ["DynamicSparsity", "erk_densities", "update_mask"]
+
+
+def erk_densities(shapes: Sequence[tuple[int, int]], density: float) -> list[float]:
+    """Erdős–Rényi-Kernel layer densities (RigL's ERK, after SET's Erdős–Rényi) for linear
+    layers of ``shapes`` ``(out_features, in_features)`` that keep ``density`` of all their
+    weights: layer ``l`` gets ``ε (in_l + out_l) / (in_l · out_l)``, with ``ε`` such that
+    ``Σ_l density_l · in_l · out_l = density · Σ_l in_l · out_l``; a layer that would exceed 1
+    is made dense and ``ε`` found again for the others. Small layers get more of the budget
+    than a uniform density gives them, wide ones less.
+
+    >>> erk_densities([(256, 3072), (256, 64)], 0.05)   # doctest: +ELLIPSIS
+    [0.0465..., 0.2149...]
+    """
+    density = check_density(density)
+    if not shapes:
+        raise ValueError("shapes must name at least one (out_features, in_features) layer")
+    for shape in shapes:
+        if len(shape) != 2:
+            raise ValueError(f"each shape must be (out_features, in_features), got {shape!r}")
+        for n in shape:
+            positive_int("out_features/in_features", n)
+    sizes = [o * i for o, i in shapes]
+    raw = [(o + i) / (o * i) for o, i in shapes]
+    dense: set[int] = set()
+    while len(dense) < len(shapes):
+        budget = density * sum(sizes) - sum(sizes[j] for j in dense)
+        eps = budget / sum(raw[j] * sizes[j] for j in range(len(shapes)) if j not in dense)
+        over = {j for j in range(len(shapes)) if j not in dense and eps * raw[j] > 1}
+        if not over:
+            return [1.0 if j in dense else eps * raw[j] for j in range(len(shapes))]
+        dense |= over
+    return [1.0] * len(shapes)
 
 
 @torch.no_grad()
