@@ -117,10 +117,10 @@ def fista(
     FISTA (Beck & Teboulle 2009) with step ``1/L``, ``L`` the largest eigenvalue of ``DᵀD``
     (power iteration), and the gradient-based adaptive restart of O'Donoghue & Candès (2015)
     applied per sample. Stops when the relative change of ``A`` falls below ``tol`` or after
-    ``max_iter`` iterations. ``A0`` warm-starts; ``L`` and ``G = DᵀD (K, K)``, when the
-    caller has them, are not recomputed, nor ``XD = X D (N, K)``. ``compute_dtype`` (e.g. ``torch.bfloat16``) is the
-    precision of the iteration's ``(N, K) × (K, K)`` product, its one O(N K²) step; the codes
-    and the sums stay in ``X``'s dtype.
+    ``max_iter`` iterations. ``A0`` warm-starts; ``L``, ``G = DᵀD (K, K)`` and ``XD = X D
+    (N, K)``, when the caller has them, are not recomputed. ``compute_dtype`` (e.g.
+    ``torch.bfloat16``) is the precision of the iteration's ``(N, K) × (K, K)`` product, its one
+    O(N K²) step; the codes and the sums stay in ``X``'s dtype.
     """
     penalty("lam1", lam1)
     penalty("lam_g", lam_g)
@@ -243,7 +243,7 @@ class DictionaryLearner:
             subspace costs one ``d × d`` eigendecomposition (2 s at d = 3 072 on 2 cores), which
             narrower layers do not earn back in two passes over 10 000 examples. On whitened
             CIFAR-10 (ε 8) 0.999 keeps 1 166 of the 3 072 directions, and the paper-size layer
-            (45 000 images, K = 1 600) learns in 103 s instead of 174 (BENCHMARKS.md).
+            (45 000 images, K = 1 600) learns in 105 s instead of 186 (BENCHMARKS.md).
         precision: the precision of the three products that take most of the time — the
             codes' ``(N, K) × (K, K)``, the Gram ``DᵀD`` and the dictionary step's ``D A`` (sums,
             codes and the dictionary stay float32): ``'float32'``, ``'bfloat16'``, or
