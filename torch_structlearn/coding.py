@@ -369,7 +369,7 @@ class DictionaryLearner:
         require_reiterable(loader, f"subspace={self.subspace}")
         S, n = None, 0
         for X in batches(loader, key=self.key, device=self.device):
-            X = flatten_examples(X, "X").to(torch.float32)[: SUBSPACE_EXAMPLES - n]
+            X = X[: SUBSPACE_EXAMPLES - n]  # batches() gives (N, d) float32 rows
             if self.subspace == "auto" and 4 * self.n_atoms < X.shape[1]:
                 return None
             if S is None:
@@ -426,7 +426,8 @@ class DictionaryLearner:
             self.lam1_ = float(torch.quantile(c.double(), 1 - self.active_fraction))
         else:
             self.lam1_ = float(self.lam1)
-        self._D = D / D.norm(dim=0, keepdim=True)
+        # (the projected atoms are shorter than 1: renormalised once λ₁ has read them)
+        self._D = D if basis is None else D / D.norm(dim=0, keepdim=True)
         d = D.shape[0]
         self.lam_g_ = (self.lam1_ if self.group_size > 1 else 0.0) if self.lam_g is None else float(self.lam_g)
         self._A = torch.zeros(K, K, dtype=X.dtype, device=X.device)
