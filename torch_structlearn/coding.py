@@ -438,24 +438,33 @@ class DictionaryLearner:
         self.stability_, self.settled_, self._support, self._since_check = [], False, None, 0
         self._active_check = torch.zeros(K, dtype=torch.float64, device=X.device)
 
-    def _codes(self, X: Tensor, D: Tensor, *, warm: bool = False) -> Tensor:
-        # while fitting the dictionary moves little between batches: warm-start the power
-        # iteration (``warm``); transform and score start cold, so they change no state and
-        # give the same codes every call
+    def _solve(self, X: Tensor, D: Tensor, v: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Codes ``A`` of ``X`` under ``D``, with the Gram matrix ``G``, ``XD`` and the power
+        iteration's vector (started from ``v``, or cold when ``None``)."""
         low = getattr(self, "precision_", X.dtype)
         G = D.T @ D if low == X.dtype else _low_mm(D.T, D, low)
-        L, v = _lipschitz(G, v=getattr(self, "_v", None) if warm else None)
+        L, v = _lipschitz(G, v=v)
         XD = X @ D
         A = fista(X, D, lam1=self.lam1_, lam_g=self.lam_g_, group_size=self.group_size,
                   nonneg=self.nonneg, max_iter=self.max_iter, tol=self.tol, L=L, G=G, XD=XD,
                   compute_dtype=getattr(self, "precision_", None))
-        if warm:  # fitting: also the batch's summed objective, from the pieces at hand
-            self._v = v
-            # ½‖x − Da‖² = ½‖x‖² − aᵀDᵀx + ½aᵀGa: N K² multiply-adds instead of N d K
-            AG = A @ G if G.dtype == A.dtype else _low_mm(A, G, G.dtype)
-            self._batch_f = float(0.5 * X.square().sum() - (A * XD).sum() + 0.5 * (A * AG).sum()
-                                  + _penalty(A, self.lam1_, self.lam_g_, self.group_size).sum())
-        return A
+        return A, G, XD, v
+
+    def _codes(self, X: Tensor, D: Tensor) -> Tensor:
+        """Codes for transform and score: a cold start, so they change no state and give the
+        same codes every call."""
+        return self._solve(X, D, None)[0]
+
+    def _fit_codes(self, X: Tensor) -> tuple[Tensor, float]:
+        """A fitting step's codes of ``X`` under the current dictionary, and the batch's summed
+        objective. The dictionary moves little between batches, so the power iteration starts
+        from the last step's vector."""
+        A, G, XD, self._v = self._solve(X, self._D, getattr(self, "_v", None))
+        # ½‖x − Da‖² = ½‖x‖² − aᵀDᵀx + ½aᵀGa: N K² multiply-adds instead of N d K
+        AG = A @ G if G.dtype == A.dtype else _low_mm(A, G, G.dtype)
+        f = float(0.5 * X.square().sum() - (A * XD).sum() + 0.5 * (A * AG).sum()
+                  + _penalty(A, self.lam1_, self.lam_g_, self.group_size).sum())
+        return A, f
 
     def _update(self, X: Tensor, A: Tensor) -> None:
         """Update the sufficient statistics ``A = E[a aᵀ]``, ``B = E[x aᵀ]`` (Mairal et al. 2009)
@@ -542,8 +551,7 @@ class DictionaryLearner:
             raise ValueError(f"X has {X.shape[1]} features, the dictionary {self._d}")
         self._note_examples(X)
         Z = X if basis is None else X @ basis
-        A = self._codes(Z, self._D, warm=True)
-        f = self._batch_f
+        A, f = self._fit_codes(Z)
         if basis is not None:  # + the energy outside the subspace, ½‖x‖² − ½‖Uᵀx‖²
             f += 0.5 * float(X.square().sum() - Z.square().sum())
         self._f += f
