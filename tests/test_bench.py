@@ -53,6 +53,24 @@ def test_mlp_writes_json_with_training_peak(tmp_path):
     assert dense["held_bytes"] == 2 * 4 * n_params
 
 
+def test_mlp_dynamic_rows_update_the_masks_in_the_epoch(tmp_path):
+    out, md = tmp_path / "m.json", tmp_path / "B.md"
+    # 128 samples in batches of 16: 8 steps, an update every 3 -> updates after steps 3 and 6
+    assert bench.main(["mlp", "--sizes", "32", "64", "4", "--densities", "0.25", "--blocks", "0",
+                       "32", "--n", "128", "--batch-size", "16", "--dynamic", "rigl",
+                       "--update-every", "3", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in res["rows"]}
+    # block layers cannot be updated: only the unstructured MLP gets a rigl row
+    assert list(rows) == ["nn.Linear", "25%", "25% block 32", "25% rigl"]
+    assert rows["25% rigl"]["mask_updates"] == 2 and rows["25% rigl"]["dynamic"] == "rigl"
+    assert 0 < rows["25% rigl"]["update_seconds"] < rows["25% rigl"]["epoch_seconds"]
+    assert rows["25%"]["mask_updates"] == 0
+    assert _script("markdown").main([str(md), str(out)]) == 0
+    text = md.read_text()
+    assert "<!-- bench:mlp-rigl-cpu -->" in text and "| 25% rigl |" in text and "2 × " in text
+
+
 def test_epoch_of_a_hub_entry_against_its_dense_copy(tmp_path):
     from torch_structlearn import hub
 
@@ -78,7 +96,9 @@ def test_epoch_of_a_hub_entry_against_its_dense_copy(tmp_path):
                                   ["mlp", "--hub", "no-such-entry"], ["mlp", "--n", "0"],
                                   ["mlp", "--sizes", "8", "0", "2"], ["kernels", "--shapes", "0,8,8"],
                                   ["coding", "--lam", "-1"], ["coding", "--lam", "nan"],
-                                  ["coding", "--atoms", "0"], ["coding", "--passes", "0"]])
+                                  ["coding", "--atoms", "0"], ["coding", "--passes", "0"],
+                                  ["mlp", "--dynamic", "nope"], ["mlp", "--update-every", "0"],
+                                  ["mlp", "--hub", "mnist-stack-d5", "--dynamic", "rigl"]])
 def test_bad_arguments_exit_2(argv, tmp_path):
     with pytest.raises(SystemExit) as e:
         bench.main([*argv, "--json", str(tmp_path / "x.json")])

@@ -171,6 +171,12 @@ def _parser() -> argparse.ArgumentParser:
     mp.add_argument("--hub", default=None, metavar="NAME",
                     help="time this hub entry's model against itself with nn.Linear layers "
                          "instead of the MLP (--sizes, --densities, --blocks unused)")
+    mp.add_argument("--dynamic", choices=["rigl", "set"], default=None,
+                    help="also train each unstructured sparse MLP with its masks updated this "
+                         "way (DynamicSparsity)")
+    mp.add_argument("--update-every", type=positive(int), default=10,
+                    help="with --dynamic: steps between mask updates (RigL's paper: 100; the "
+                         "default puts several updates in one benchmark epoch)")
     mp.add_argument("--json", type=Path, default=Path("runs/bench/mlp.json"), help="result file")
     c = sub.add_parser("coding", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="dictionary learning vs scikit-learn (and SPAMS, where "
                                       "installed) on MNIST")
@@ -234,9 +240,12 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--sizes needs at least 3 sizes (in, hidden..., out), got {args.sizes}")
         if args.hub is not None and args.hub not in hub.list():
             p.error(f"--hub {args.hub!r}: no such entry; available: {hub.list()}")
+        if args.hub is not None and args.dynamic:
+            p.error(f"--dynamic {args.dynamic}: times the MLP's masks, not a hub entry's (--hub)")
         result = run_mlp(args)
         key = ("mlp" if args.hub is None else f"epoch-{args.hub}") + (
-            "" if args.backend == "auto" else f"-{args.backend}")
+            "" if args.backend == "auto" else f"-{args.backend}") + (
+            f"-{args.dynamic}" if args.dynamic else "")
     elif args.what == "overhead":
         result = run_overhead(args)
         key = "overhead" + (f"-{args.tag}" if args.tag else "")
