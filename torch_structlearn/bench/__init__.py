@@ -178,6 +178,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="with --dynamic: steps between mask updates (RigL's paper: 100; the "
                          "default puts several updates in one benchmark epoch)")
     mp.add_argument("--json", type=Path, default=Path("runs/bench/mlp.json"), help="result file")
+    mp.add_argument("--tag", default="", help="suffix of the result's BENCHMARKS.md section key")
     c = sub.add_parser("coding", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="dictionary learning vs scikit-learn (and SPAMS, where "
                                       "installed) on MNIST")
     c.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_mlp(args)
         key = ("mlp" if args.hub is None else f"epoch-{args.hub}") + (
             "" if args.backend == "auto" else f"-{args.backend}") + (
-            f"-{args.dynamic}" if args.dynamic else "")
+            f"-{args.dynamic}" if args.dynamic else "") + (f"-{args.tag}" if args.tag else "")
     elif args.what == "overhead":
         result = run_overhead(args)
         key = "overhead" + (f"-{args.tag}" if args.tag else "")
