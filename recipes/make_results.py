@@ -82,10 +82,15 @@ def density_section(res: dict) -> list[str]:
         lines.append(f"| dense (100 %) | {_cell(dv)} |" + " |" * (len(dens) - 1))
     lines.append("")
     if dynamic:  # training time per epoch, the mask updates included
-        secs = {m: statistics.mean(r["train_seconds"] for r in rows if r["method"] == m) / res["epochs"]
-                for m in ["dense", *methods] if any(r["method"] == m for r in rows)}
-        lines += ["Training time per epoch (mean over densities and seeds, mask updates included): "
-                  + ", ".join(f"{m} {v:.3g} s" for m, v in secs.items()) + ".", ""]
+        def epoch(m, d=None):
+            return statistics.mean(r["train_seconds"] for r in rows if r["method"] == m
+                                   and d in (None, r["density"])) / res["epochs"]
+        lines += ["Training seconds per epoch (mean over seeds, mask updates included; dense "
+                  f"{epoch('dense'):.2f} s):", "",
+                  "| method | " + " | ".join(f"{d:.0%}" for d in dens) + " |",
+                  "|---|" + "---|" * len(dens)]
+        lines += [f"| {m} | " + " | ".join(f"{epoch(m, d):.2f}" for d in dens) + " |" for m in methods]
+        lines.append("")
     verdict = density_verdict(res)
     if verdict is not None:
         lines += [f"Target *{TARGETS['density']}*: {verdict[1]}.", ""]

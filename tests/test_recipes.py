@@ -196,6 +196,23 @@ def test_header_names_results_made_with_other_than_the_validation_choices(settin
     assert make_results._header(res, "Depth")[0] == label
 
 
+def test_dst_density_section_gives_seconds_per_epoch_per_method_and_density(make_results):
+    rows = [{"method": "dense", "density": 1.0, "seed": s, "test_accuracy": 0.5,
+             "train_seconds": 40.0 + 8 * s} for s in (0, 1)]
+    rows += [{"method": m, "density": d, "seed": s, "test_accuracy": 0.6, "actual_density": d,
+              "train_seconds": t * (1 + s)} for m, t in [("learned", 4.0), ("rigl", 6.0)]
+             for d in (0.01, 0.05) for s in (0, 1)]
+    res = {"experiment": "density", "dataset": "cifar10", "quick": False, "command": "python x",
+           "machine": "m", "wall_seconds": 60, "n_train": 10, "width": 8, "group_size": 4,
+           "epochs": 4, "dict_epochs": 1, "seeds": 2, "whiten_eps": 8.0, "active_fraction": 0.3,
+           "dict_memory": "short", "rows": rows}
+    text = "\n".join(make_results.density_section(res))
+    assert "against dynamic sparse training" in text
+    # dense: (40 + 48) / 2 / 4 epochs; learned: (4 + 8) / 2 / 4; rigl: (6 + 12) / 2 / 4
+    assert "mask updates included; dense 11.00 s" in text
+    assert "| learned | 1.50 | 1.50 |" in text and "| rigl | 2.25 | 2.25 |" in text
+
+
 def test_tune_section_marks_the_choice_and_shows_no_test_accuracy(make_results):
     mod = make_results
     rows = [{"whiten_eps": e, "method": "random-local", "seed": 0, "val_accuracy": 0.5} for e in (0.1, 2.0)]
