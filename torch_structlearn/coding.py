@@ -455,14 +455,15 @@ class DictionaryLearner:
         same codes every call."""
         return self._solve(X, D, None)[0]
 
-    def _fit_codes(self, X: Tensor) -> tuple[Tensor, float]:
-        """A fitting step's codes of ``X`` under the current dictionary, and the batch's summed
-        objective. The dictionary moves little between batches, so the power iteration starts
-        from the last step's vector."""
-        A, G, XD, self._v = self._solve(X, self._D, getattr(self, "_v", None))
-        # ½‖x − Da‖² = ½‖x‖² − aᵀDᵀx + ½aᵀGa: N K² multiply-adds instead of N d K
+    def _fit_codes(self, Z: Tensor, energy: Tensor) -> tuple[Tensor, float]:
+        """A fitting step's codes of ``Z`` (the batch in the learner's coordinates) under the
+        current dictionary, and the batch's summed objective, ``energy`` being ``Σ‖x‖²`` of the
+        input rows (with a subspace it also counts what lies outside it). The dictionary moves
+        little between batches, so the power iteration starts from the last step's vector."""
+        A, G, ZD, self._v = self._solve(Z, self._D, getattr(self, "_v", None))
+        # ½‖x − Da‖² = ½‖x‖² − aᵀDᵀz + ½aᵀGa: N K² multiply-adds instead of N d K
         AG = A @ G if G.dtype == A.dtype else _low_mm(A, G, G.dtype)
-        f = float(0.5 * X.square().sum() - (A * XD).sum() + 0.5 * (A * AG).sum()
+        f = float(0.5 * energy - (A * ZD).sum() + 0.5 * (A * AG).sum()
                   + _penalty(A, self.lam1_, self.lam_g_, self.group_size).sum())
         return A, f
 
@@ -551,9 +552,7 @@ class DictionaryLearner:
             raise ValueError(f"X has {X.shape[1]} features, the dictionary {self._d}")
         self._note_examples(X)
         Z = X if basis is None else X @ basis
-        A, f = self._fit_codes(Z)
-        if basis is not None:  # + the energy outside the subspace, ½‖x‖² − ½‖Uᵀx‖²
-            f += 0.5 * float(X.square().sum() - Z.square().sum())
+        A, f = self._fit_codes(Z, X.square().sum())  # (with the energy outside the subspace)
         self._f += f
         self._n += X.shape[0]
         used = (A != 0).sum(0).double()

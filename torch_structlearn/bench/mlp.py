@@ -104,8 +104,8 @@ def run_mlp(args) -> dict:
             if isinstance(t, torch.Tensor))
         if method is not None:  # updates all through the epoch (the schedule ends far after it)
             steps = -(-args.n // args.batch_size)
-            upd["dst"] = DynamicSparsity(model, opt, method=method, update_every=args.update_every,
-                                  total_steps=4 * steps)
+            upd["dst"] = DynamicSparsity(model, opt, method=method,
+                                         update_every=args.update_every, total_steps=4 * steps)
         sync(device)
         t0 = time.perf_counter()
         for i0 in range(0, args.n, args.batch_size):
